@@ -1,0 +1,71 @@
+import http from 'node:http'
+import { MscError, type MscErrorCode } from '../util/errors.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody } from './types.ts'
+
+/** The CLI's view of a node: typed calls over the node's unix socket. */
+export class ControlClient {
+  readonly socketPath: string
+
+  constructor (socketPath: string) {
+    this.socketPath = socketPath
+  }
+
+  private async request<T> (method: string, path: string, payload?: unknown, signal?: AbortSignal): Promise<T> {
+    const res = await this.raw(method, path, payload, signal)
+    const chunks: Buffer[] = []
+    for await (const c of res) chunks.push(c as Buffer)
+    const text = Buffer.concat(chunks).toString('utf8')
+    let value: unknown
+    try { value = JSON.parse(text) } catch {
+      throw new MscError('INTERNAL', `node answered ${res.statusCode} with a body that is not JSON`)
+    }
+    if ((res.statusCode ?? 500) >= 400) {
+      const e = (value as ApiErrorBody).error
+      throw new MscError((e?.code ?? 'INTERNAL') as MscErrorCode, e?.message ?? `node answered ${res.statusCode}`, e?.details ?? [])
+    }
+    return value as T
+  }
+
+  /** A raw response, for streams (logs). */
+  async raw (method: string, path: string, payload?: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    const body = payload === undefined ? undefined : JSON.stringify(payload)
+    return await new Promise((resolve, reject) => {
+      const req = http.request({
+        socketPath: this.socketPath, method, path, signal,
+        headers: body == null ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
+      }, resolve)
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+          reject(new MscError('DAEMON_UNREACHABLE', `no msc node is listening on ${this.socketPath} (start one with \`msc node start --data-dir DIR\`, or pass --data-dir / MSC_DATA_DIR)`))
+        } else if (err.code === 'EACCES') {
+          reject(new MscError('DAEMON_UNREACHABLE', `permission denied on ${this.socketPath} (the API socket is 0600: run as the node's user)`))
+        } else reject(err)
+      })
+      if (body != null) req.write(body)
+      req.end()
+    })
+  }
+
+  status (): Promise<NodeStatus> { return this.request('GET', '/v1/status') }
+  list (): Promise<ContainerInfo[]> { return this.request('GET', '/v1/containers') }
+  inspect (name: string): Promise<ContainerInfo> { return this.request('GET', `/v1/containers/${enc(name)}`) }
+  run (name: string, bundle: string): Promise<ContainerInfo> { return this.request('POST', '/v1/containers', { name, bundle }) }
+  stop (name: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/stop`, {}) }
+  remove (name: string, force = false): Promise<{ removed: string }> { return this.request('DELETE', `/v1/containers/${enc(name)}${force ? '?force=1' : ''}`) }
+  checkpoint (name: string, stop = false): Promise<CheckpointInfo> { return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop }) }
+  checkpoints (name: string): Promise<CheckpointInfo[]> { return this.request('GET', `/v1/containers/${enc(name)}/checkpoints`) }
+  restore (name: string, from?: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/restore`, from == null ? {} : { from }) }
+
+  async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)
+    if ((res.statusCode ?? 500) >= 400) {
+      const chunks: Buffer[] = []
+      for await (const c of res) chunks.push(c as Buffer)
+      const e = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as ApiErrorBody).error
+      throw new MscError(e.code as MscErrorCode, e.message, e.details)
+    }
+    return res
+  }
+}
+
+function enc (s: string): string { return encodeURIComponent(s) }

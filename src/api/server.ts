@@ -1,0 +1,163 @@
+import http from 'node:http'
+import fs from 'node:fs'
+import fsp from 'node:fs/promises'
+import type { Logger } from '../util/logger.ts'
+import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest } from './types.ts'
+
+/** What the API serves; the node implements it. Keeps api/ free of node internals. */
+export interface ControlHandlers {
+  status: () => Promise<NodeStatus>
+  list: () => Promise<ContainerInfo[]>
+  inspect: (name: string) => Promise<ContainerInfo>
+  run: (req: RunRequest, signal: AbortSignal) => Promise<ContainerInfo>
+  stop: (name: string) => Promise<ContainerInfo>
+  remove: (name: string, force: boolean) => Promise<void>
+  checkpoint: (name: string, req: CheckpointRequest, signal: AbortSignal) => Promise<CheckpointInfo>
+  checkpoints: (name: string) => Promise<CheckpointInfo[]>
+  restore: (name: string, req: RestoreRequest, signal: AbortSignal) => Promise<ContainerInfo>
+  logFiles: (name: string) => Promise<string[]>
+}
+
+const STATUS: Record<MscErrorCode, number> = {
+  INVALID_ARGUMENT: 400, INVALID_BUNDLE: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, INVALID_STATE: 409,
+  RUNTIME_ERROR: 500, CRIU_ERROR: 500, CRIU_MISSING: 500, RUNC_MISSING: 500, NO_SPACE: 507,
+  DAEMON_UNREACHABLE: 503, INTERNAL: 500
+}
+
+const MAX_BODY = 64 * 1024
+
+/**
+ * The node's local control API: JSON over HTTP on a unix socket (mode 0600, so only
+ * root or the node's user can drive it). Routes are listed in docs/api.md.
+ */
+export class ControlServer {
+  private readonly server: http.Server
+  private readonly handlers: ControlHandlers
+  private readonly log: Logger
+  private readonly followers = new Set<() => void>()
+
+  constructor (handlers: ControlHandlers, logger: Logger) {
+    this.handlers = handlers
+    this.log = logger
+    this.server = http.createServer((req, res) => { void this.handle(req, res) })
+    this.server.requestTimeout = 0 // checkpoints of big containers and `logs -f` take long
+  }
+
+  async listen (socketPath: string): Promise<void> {
+    await fsp.rm(socketPath, { force: true })
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject)
+      // umask-independent 0600: create, then chmod before anyone is told we listen.
+      this.server.listen(socketPath, () => { this.server.off('error', reject); resolve() })
+    })
+    await fsp.chmod(socketPath, 0o600)
+  }
+
+  async close (): Promise<void> {
+    for (const stop of this.followers) stop()
+    this.server.closeAllConnections()
+    await new Promise<void>((resolve) => this.server.close(() => resolve()))
+  }
+
+  private async handle (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const ac = new AbortController()
+    res.on('close', () => { if (!res.writableFinished) ac.abort() })
+    const url = new URL(req.url ?? '/', 'http://msc')
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+    const method = req.method ?? 'GET'
+    try {
+      if (parts[0] !== 'v1') throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
+      const [, a, name, op] = parts
+      const h = this.handlers
+      if (a === 'status' && method === 'GET' && name == null) return send(res, 200, await h.status())
+      if (a !== 'containers') throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
+      if (name == null) {
+        if (method === 'GET') return send(res, 200, await h.list())
+        if (method === 'POST') return send(res, 201, await h.run(await body<RunRequest>(req), ac.signal))
+      } else if (op == null) {
+        if (method === 'GET') return send(res, 200, await h.inspect(name))
+        if (method === 'DELETE') { await h.remove(name, url.searchParams.get('force') === '1'); return send(res, 200, { removed: name }) }
+      } else if (method === 'POST' && op === 'stop') {
+        return send(res, 200, await h.stop(name))
+      } else if (method === 'POST' && op === 'checkpoint') {
+        return send(res, 201, await h.checkpoint(name, await body<CheckpointRequest>(req), ac.signal))
+      } else if (method === 'GET' && op === 'checkpoints') {
+        return send(res, 200, await h.checkpoints(name))
+      } else if (method === 'POST' && op === 'restore') {
+        return send(res, 200, await h.restore(name, await body<RestoreRequest>(req), ac.signal))
+      } else if (method === 'GET' && op === 'logs') {
+        return await this.streamLogs(name, url.searchParams.get('follow') === '1', res)
+      }
+      throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
+    } catch (err) {
+      const e = toMscError(err)
+      if (e.code === 'INTERNAL') this.log.error({ err }, 'api request failed')
+      else this.log.debug({ code: e.code, msg: e.message }, 'api request refused')
+      if (!res.headersSent) send(res, STATUS[e.code] ?? 500, { error: e.toJSON() })
+      else res.destroy()
+    }
+  }
+
+  /**
+   * Sends the container's output so far and, with follow, what it writes next, until
+   * the client goes away. Follows LOG across a rotation by watching its size.
+   */
+  private async streamLogs (name: string, follow: boolean, res: http.ServerResponse): Promise<void> {
+    const [rotated, current] = await this.handlers.logFiles(name)
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    for (const f of [rotated!, current!]) {
+      try { await pipeFile(f, 0, res) } catch {}
+    }
+    if (!follow) { res.end(); return }
+    let pos = (await fsp.stat(current!).catch(() => ({ size: 0 }))).size
+    let busy = false
+    const tick = async (): Promise<void> => {
+      if (busy) return
+      busy = true
+      try {
+        const size = (await fsp.stat(current!).catch(() => ({ size: 0 }))).size
+        if (size < pos) pos = 0 // rotated: start the new file from its beginning
+        if (size > pos) pos = await pipeFile(current!, pos, res)
+      } finally { busy = false }
+    }
+    const timer = setInterval(() => { void tick() }, 200)
+    const stop = (): void => { clearInterval(timer); this.followers.delete(stop); res.end() }
+    this.followers.add(stop)
+    res.on('close', stop)
+  }
+}
+
+async function pipeFile (file: string, start: number, res: http.ServerResponse): Promise<number> {
+  return await new Promise<number>((resolve, reject) => {
+    const rs = fs.createReadStream(file, { start })
+    let pos = start
+    rs.on('data', (d) => { pos += d.length; res.write(d) })
+    rs.on('end', () => resolve(pos))
+    rs.on('error', reject)
+  })
+}
+
+function send (res: http.ServerResponse, status: number, value: unknown): void {
+  const text = JSON.stringify(value)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+async function body<T> (req: http.IncomingMessage): Promise<T> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const c of req) {
+    size += (c as Buffer).length
+    if (size > MAX_BODY) throw new MscError('INVALID_ARGUMENT', 'request body too large')
+    chunks.push(c as Buffer)
+  }
+  if (size === 0) return {} as T
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
+    if (v == null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object')
+    return v as T
+  } catch (err) {
+    throw new MscError('INVALID_ARGUMENT', `request body is not a JSON object: ${(err as Error).message}`)
+  }
+}

@@ -1,0 +1,100 @@
+import type { Command } from 'commander'
+import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
+import { checkpointsTable, containersTable, bytes } from '../render.ts'
+
+/** run, ps, logs, stop, rm, checkpoint, checkpoints, restore: each one API call. */
+export function registerContainerCommands (program: Command): void {
+  withTarget(program.command('run')
+    .description('start a container from an OCI bundle (config.json + rootfs)')
+    .argument('<name>', 'container name, unique on the node')
+    .argument('<bundle>', 'OCI bundle directory')
+    .option('--json', 'print the container as JSON'))
+    .action(async (name: string, bundle: string, opts: TargetOpts) => {
+      const { resolve } = await import('node:path')
+      const c = await clientFor(opts).run(name, resolve(bundle))
+      if (opts.json === true) printJson(c)
+      else process.stdout.write(`${c.name} running (pid ${c.pid})\n`)
+    })
+
+  withTarget(program.command('ps')
+    .description('list the node\'s containers')
+    .option('--json', 'print a JSON array (schema in docs/cli.md)'))
+    .action(async (opts: TargetOpts) => {
+      const list = await clientFor(opts).list()
+      if (opts.json === true) printJson(list)
+      else process.stdout.write(containersTable(list) + '\n')
+    })
+
+  withTarget(program.command('logs')
+    .description('print a container\'s output so far')
+    .argument('<name>')
+    .option('-f, --follow', 'keep printing new output until interrupted'))
+    .action(async (name: string, opts: TargetOpts & { follow?: boolean }) => {
+      const ac = new AbortController()
+      const onSig = (): void => ac.abort()
+      process.once('SIGINT', onSig)
+      process.once('SIGTERM', onSig)
+      try {
+        const res = await clientFor(opts).logs(name, opts.follow === true, ac.signal)
+        for await (const chunk of res) process.stdout.write(chunk as Buffer)
+      } catch (err) {
+        if (!ac.signal.aborted) throw err
+      } finally {
+        process.off('SIGINT', onSig)
+        process.off('SIGTERM', onSig)
+      }
+    })
+
+  withTarget(program.command('stop')
+    .description('stop a running container (SIGTERM, then SIGKILL after the node\'s stop timeout)')
+    .argument('<name>')
+    .option('--json', 'print the container as JSON'))
+    .action(async (name: string, opts: TargetOpts) => {
+      const c = await clientFor(opts).stop(name)
+      if (opts.json === true) printJson(c)
+      else process.stdout.write(`${c.name} stopped\n`)
+    })
+
+  withTarget(program.command('rm')
+    .description('remove a stopped container with its checkpoints and logs')
+    .argument('<name>')
+    .option('--force', 'stop it first if it runs')
+    .option('--json', 'print the result as JSON'))
+    .action(async (name: string, opts: TargetOpts & { force?: boolean }) => {
+      const r = await clientFor(opts).remove(name, opts.force === true)
+      if (opts.json === true) printJson(r)
+      else process.stdout.write(`${name} removed\n`)
+    })
+
+  withTarget(program.command('checkpoint')
+    .description('checkpoint a running container with CRIU (it keeps running unless --stop)')
+    .argument('<name>')
+    .option('--stop', 'stop the container once its checkpoint is written')
+    .option('--json', 'print the checkpoint as JSON'))
+    .action(async (name: string, opts: TargetOpts & { stop?: boolean }) => {
+      const cp = await clientFor(opts).checkpoint(name, opts.stop === true)
+      if (opts.json === true) printJson(cp)
+      else process.stdout.write(`${cp.id}  ${bytes(cp.sizeBytes)} in ${cp.durationMs} ms${cp.leftRunning ? '' : ', container stopped'}\n`)
+    })
+
+  withTarget(program.command('checkpoints')
+    .description('list a container\'s checkpoints, oldest first')
+    .argument('<name>')
+    .option('--json', 'print a JSON array'))
+    .action(async (name: string, opts: TargetOpts) => {
+      const list = await clientFor(opts).checkpoints(name)
+      if (opts.json === true) printJson(list)
+      else process.stdout.write(checkpointsTable(list) + '\n')
+    })
+
+  withTarget(program.command('restore')
+    .description('bring a stopped container back from a checkpoint (the latest unless --from)')
+    .argument('<name>')
+    .option('--from <checkpoint>', 'checkpoint id (see msc checkpoints NAME)')
+    .option('--json', 'print the container as JSON'))
+    .action(async (name: string, opts: TargetOpts & { from?: string }) => {
+      const c = await clientFor(opts).restore(name, opts.from)
+      if (opts.json === true) printJson(c)
+      else process.stdout.write(`${c.name} restored (pid ${c.pid})\n`)
+    })
+}

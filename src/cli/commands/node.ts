@@ -1,0 +1,47 @@
+import type { Command } from 'commander'
+import { createLogger } from '../../util/logger.ts'
+import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey } from '../../node/config.ts'
+import { MscNode } from '../../node/daemon.ts'
+import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
+import { statusText } from '../render.ts'
+
+/** `msc node start` (the daemon, in the foreground) and `msc status`. */
+export function registerNodeCommands (program: Command): void {
+  const node = program.command('node').description('run an msc node (the daemon)')
+  const start = node.command('start')
+    .description('run a node in the foreground until SIGTERM or SIGINT')
+  for (const spec of Object.values(NODE_OPTIONS)) {
+    const isBool = spec.defaultText === 'false'
+    const envs = spec.env.length > 0 ? ` (env ${spec.env.join(', ')})` : ''
+    start.option(isBool ? spec.flag : `${spec.flag} <value>`, `${spec.description}${envs} [default: ${spec.defaultText}]`)
+  }
+  start.action(async (opts: Record<string, string | boolean | undefined>) => {
+    const flags: Partial<Record<NodeOptionKey, string | boolean | undefined>> = {}
+    for (const [key] of Object.entries(NODE_OPTIONS)) flags[key as NodeOptionKey] = opts[key]
+    const config = resolveNodeConfig(flags)
+    const logger = createLogger(config.logLevel, { pretty: config.logFormat === 'pretty' })
+    const n = new MscNode(config, logger)
+    await n.start()
+    await new Promise<void>((resolve) => {
+      let stopping = false
+      const onSignal = (sig: string): void => {
+        if (stopping) return
+        stopping = true
+        logger.info({ signal: sig }, 'stopping')
+        n.stop().catch((err) => logger.error({ err }, 'stop failed')).finally(resolve)
+      }
+      process.on('SIGTERM', () => onSignal('SIGTERM'))
+      process.on('SIGINT', () => onSignal('SIGINT'))
+    })
+    logger.flush?.()
+  })
+
+  withTarget(program.command('status')
+    .description('show this node: version, data dir, runtime, containers')
+    .option('--json', 'print as JSON'))
+    .action(async (opts: TargetOpts) => {
+      const s = await clientFor(opts).status()
+      if (opts.json === true) printJson(s)
+      else process.stdout.write(statusText(s) + '\n')
+    })
+}

@@ -1,0 +1,55 @@
+import { Command, Option, CommanderError } from 'commander'
+import { MscError, toMscError } from '../util/errors.ts'
+import { VERSION } from '../version.ts'
+import { registerContainerCommands } from './commands/containers.ts'
+import { registerNodeCommands } from './commands/node.ts'
+import { registerLocalCommands } from './commands/local.ts'
+
+/**
+ * msc's command line. Commands talk to a node through its control API (api/client.ts);
+ * only `node start`, `bundle` and `doctor` work without one.
+ *
+ * Exit codes: 0 ok, 1 the operation failed, 2 bad usage or arguments, 3 no node reachable.
+ */
+export function buildProgram (): Command {
+  const program = new Command('msc')
+    .description('Live migration and failover of runc containers between peer-to-peer nodes')
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError('(run msc --help for usage)')
+    .exitOverride()
+  registerNodeCommands(program)
+  registerContainerCommands(program)
+  registerLocalCommands(program)
+  return program
+}
+
+export function exitCodeOf (err: MscError): number {
+  if (err.code === 'INVALID_ARGUMENT' || err.code === 'INVALID_BUNDLE') return 2
+  if (err.code === 'DAEMON_UNREACHABLE') return 3
+  return 1
+}
+
+/** Prints an error: one line of reason, then any detail lines indented. */
+export function reportError (err: unknown, json: boolean): number {
+  const e = toMscError(err)
+  if (json) process.stdout.write(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n')
+  process.stderr.write(`msc: ${e.message}\n`)
+  for (const d of e.details) process.stderr.write(`  ${d}\n`)
+  return exitCodeOf(e)
+}
+
+async function main (argv: string[]): Promise<void> {
+  const program = buildProgram()
+  try {
+    await program.parseAsync(argv)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : 2
+      return
+    }
+    process.exitCode = reportError(err, argv.includes('--json'))
+  }
+}
+
+export { Option }
+await main(process.argv)

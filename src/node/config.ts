@@ -1,0 +1,144 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import { MscError } from '../util/errors.ts'
+
+/**
+ * Every option of `msc node start`, in one table: its flag, its environment
+ * variables (the original msc's names kept where they apply), its default and how it
+ * is parsed. docs/configuration.md documents this table and a unit test keeps the two
+ * in step. Precedence: flag, then environment, then default.
+ */
+export interface OptionSpec<T> {
+  key: string
+  flag: string
+  env: string[]
+  description: string
+  defaultText: string
+  default: (partial: Record<string, unknown>) => T
+  parse: (raw: string, source: string) => T
+}
+
+function oneOf<T extends string> (values: readonly T[]) {
+  return (raw: string, source: string): T => {
+    if ((values as readonly string[]).includes(raw)) return raw as T
+    throw new MscError('INVALID_ARGUMENT', `${source}: expected one of ${values.join(', ')}, got "${raw}"`)
+  }
+}
+
+function positiveInt (min: number, max: number) {
+  return (raw: string, source: string): number => {
+    const n = Number(raw)
+    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new MscError('INVALID_ARGUMENT', `${source}: expected a whole number from ${min} to ${max}, got "${raw}"`)
+    }
+    return n
+  }
+}
+
+function absPath (raw: string, source: string): string {
+  if (raw.trim() === '') throw new MscError('INVALID_ARGUMENT', `${source}: empty path`)
+  return path.resolve(raw)
+}
+
+function bool (raw: string, source: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true
+  if (/^(0|false|no|off)$/i.test(raw)) return false
+  throw new MscError('INVALID_ARGUMENT', `${source}: expected true or false, got "${raw}"`)
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+export type LogLevel = typeof LOG_LEVELS[number]
+
+/** The private CRIU that `npm run setup` installs when the system's does not work. */
+export const PRIVATE_CRIU = '/opt/msc/bin/criu'
+
+export const NODE_OPTIONS = {
+  dataDir: {
+    key: 'dataDir', flag: '--data-dir', env: ['MSC_DATA_DIR', 'DUMP_PATH'],
+    description: 'Directory holding this node\'s state: containers, checkpoints, logs, the API socket.',
+    defaultText: '/var/lib/msc', default: () => '/var/lib/msc', parse: absPath
+  } satisfies OptionSpec<string>,
+  apiSocket: {
+    key: 'apiSocket', flag: '--api-socket', env: ['MSC_API_SOCKET', 'RPC_ADDR'],
+    description: 'Unix socket of the local control API (mode 0600).',
+    defaultText: 'DATA_DIR/msc.sock', default: (p) => path.join(p.dataDir as string, 'msc.sock'), parse: absPath
+  } satisfies OptionSpec<string>,
+  logLevel: {
+    key: 'logLevel', flag: '--log-level', env: ['LOG_LEVEL', 'MSC_LOG_LEVEL'],
+    description: `Log level: ${LOG_LEVELS.join(', ')}.`,
+    defaultText: 'info', default: () => 'info' as LogLevel, parse: oneOf(LOG_LEVELS)
+  } satisfies OptionSpec<LogLevel>,
+  logFormat: {
+    key: 'logFormat', flag: '--log-format', env: ['MSC_LOG_FORMAT'],
+    description: 'Log format: pretty (human-readable) or json (one object a line).',
+    defaultText: 'pretty on a TTY, json otherwise',
+    default: () => (process.stderr.isTTY === true ? 'pretty' : 'json') as 'pretty' | 'json',
+    parse: oneOf(['pretty', 'json'] as const)
+  } satisfies OptionSpec<'pretty' | 'json'>,
+  runcPath: {
+    key: 'runcPath', flag: '--runc', env: ['MSC_RUNC'],
+    description: 'runc binary.', defaultText: 'runc (from PATH)', default: () => 'runc', parse: (raw: string) => raw
+  } satisfies OptionSpec<string>,
+  criuPath: {
+    key: 'criuPath', flag: '--criu', env: ['MSC_CRIU'],
+    description: 'CRIU binary given to runc (needs CRIU >= 4.2 on kernels >= 6.16).',
+    defaultText: `${PRIVATE_CRIU} if present (installed by npm run setup), else criu from PATH`,
+    default: () => (fs.existsSync(PRIVATE_CRIU) ? PRIVATE_CRIU : 'criu'), parse: (raw: string) => raw
+  } satisfies OptionSpec<string>,
+  cgroupParent: {
+    key: 'cgroupParent', flag: '--cgroup-parent', env: ['MSC_CGROUP_PARENT'],
+    description: 'Parent cgroup of this node\'s containers (each node needs its own when several share a kernel).',
+    defaultText: 'msc-NODEID (NODEID is made once and kept in the data dir)', default: () => '', parse: (raw: string, source: string) => {
+      if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(raw)) throw new MscError('INVALID_ARGUMENT', `${source}: not a cgroup path: "${raw}"`)
+      return raw
+    }
+  } satisfies OptionSpec<string>,
+  containerLogMaxBytes: {
+    key: 'containerLogMaxBytes', flag: '--container-log-max', env: ['MSC_CONTAINER_LOG_MAX'],
+    description: 'Bytes of container output kept per log file; the log rotates once to LOG.1, so at most twice this on disk.',
+    defaultText: '8388608 (8 MiB)', default: () => 8 * 1024 * 1024, parse: positiveInt(1024, 2 ** 40)
+  } satisfies OptionSpec<number>,
+  stopTimeoutMs: {
+    key: 'stopTimeoutMs', flag: '--stop-timeout', env: ['MSC_STOP_TIMEOUT'],
+    description: 'Milliseconds between SIGTERM and SIGKILL when stopping a container.',
+    defaultText: '5000', default: () => 5000, parse: positiveInt(0, 3_600_000)
+  } satisfies OptionSpec<number>,
+  stopContainersOnExit: {
+    key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
+    description: 'Stop this node\'s containers when the node stops. Off by default: containers outlive a node restart and are adopted again.',
+    defaultText: 'false', default: () => false, parse: bool
+  } satisfies OptionSpec<boolean>
+}
+
+export type NodeOptionKey = keyof typeof NODE_OPTIONS
+export type NodeConfig = { [K in NodeOptionKey]: ReturnType<typeof NODE_OPTIONS[K]['default']> }
+
+/**
+ * Resolves the node configuration. `flags` holds raw strings from the command line,
+ * keyed by option key (booleans as 'true'); undefined means not given.
+ */
+export function resolveNodeConfig (flags: Partial<Record<NodeOptionKey, string | boolean | undefined>>, env: NodeJS.ProcessEnv = process.env): NodeConfig {
+  const out: Record<string, unknown> = {}
+  // Order matters: dataDir first, apiSocket's default depends on it.
+  for (const key of Object.keys(NODE_OPTIONS) as NodeOptionKey[]) {
+    const spec = NODE_OPTIONS[key] as OptionSpec<unknown>
+    const flag = flags[key]
+    if (flag !== undefined) {
+      out[key] = spec.parse(String(flag), spec.flag)
+      continue
+    }
+    const envName = spec.env.find((e) => env[e] != null && env[e] !== '')
+    if (envName != null) {
+      out[key] = spec.parse(env[envName]!, `environment variable ${envName}`)
+      continue
+    }
+    out[key] = spec.default(out)
+  }
+  return out as NodeConfig
+}
+
+/** Where a client (the CLI) finds a node: its data dir and API socket. */
+export function resolveClientTarget (flags: { dataDir?: string, apiSocket?: string }, env: NodeJS.ProcessEnv = process.env): { dataDir: string, apiSocket: string } {
+  const c = resolveNodeConfig({ dataDir: flags.dataDir, apiSocket: flags.apiSocket }, env)
+  return { dataDir: c.dataDir, apiSocket: c.apiSocket }
+}

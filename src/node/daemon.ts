@@ -1,0 +1,117 @@
+import fs from 'node:fs/promises'
+import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
+import { Runc } from '../runtime/runc.ts'
+import { ControlServer } from '../api/server.ts'
+import type { NodeStatus } from '../api/types.ts'
+import { ContainerManager } from './container-manager.ts'
+import { DataDir } from './data-dir.ts'
+import type { NodeConfig } from './config.ts'
+import { VERSION } from '../version.ts'
+
+/**
+ * The msc node: the one place that wires components together. Starts them in order
+ * (data dir, runtime, containers, control API) and stops them in reverse.
+ */
+export class MscNode {
+  readonly config: NodeConfig
+  readonly dataDir: DataDir
+  private readonly log: Logger
+  private readonly rootLog: Logger
+  private runc?: Runc
+  private containers?: ContainerManager
+  private api?: ControlServer
+  private startedAt = ''
+  private nodeId = ''
+  private cgroupParent = ''
+
+  constructor (config: NodeConfig, logger: Logger) {
+    this.config = config
+    this.rootLog = logger
+    this.log = logger.child({ component: 'node' })
+    this.dataDir = new DataDir(config.dataDir)
+  }
+
+  async start (): Promise<void> {
+    await this.dataDir.init()
+    await this.claimDataDir()
+    this.nodeId = await this.dataDir.nodeId()
+    this.cgroupParent = this.config.cgroupParent !== '' ? this.config.cgroupParent : `msc-${this.nodeId}`
+    this.runc = new Runc({
+      runcPath: this.config.runcPath, criuPath: this.config.criuPath, root: this.dataDir.runcRoot,
+      logger: this.rootLog.child({ component: 'runc' })
+    })
+    // runc is required to run anything; CRIU only to checkpoint, so its absence is a
+    // warning here and a clear error on the first checkpoint.
+    const runcVersion = await this.runc.version()
+    this.containers = new ContainerManager({
+      dataDir: this.dataDir, runc: this.runc, cgroupParent: this.cgroupParent,
+      logMaxBytes: this.config.containerLogMaxBytes, stopTimeoutMs: this.config.stopTimeoutMs,
+      logger: this.rootLog.child({ component: 'containers' })
+    })
+    const adopted = await this.containers.list()
+    const c = this.containers
+    this.api = new ControlServer({
+      status: async () => await this.status(),
+      list: async () => await c.list(),
+      inspect: async (name) => await c.inspect(name),
+      run: async (req, signal) => await c.run(req.name, req.bundle, signal),
+      stop: async (name) => await c.stop(name),
+      remove: async (name, force) => { await c.remove(name, { force }) },
+      checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
+      checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
+      restore: async (name, req, signal) => { await this.requireCriu(); return await c.restore(name, { from: req.from, signal }) },
+      logFiles: async (name) => await c.logFiles(name)
+    }, this.rootLog.child({ component: 'api' }))
+    await this.api.listen(this.config.apiSocket)
+    this.startedAt = new Date().toISOString()
+    this.log.info({
+      dataDir: this.config.dataDir, api: this.config.apiSocket, nodeId: this.nodeId, runc: runcVersion,
+      criu: this.config.criuPath, adopted: adopted.filter((x) => x.state === 'running').map((x) => x.name)
+    }, 'msc node started')
+  }
+
+  async stop (): Promise<void> {
+    await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
+    if (this.config.stopContainersOnExit) await this.containers?.stopAll()
+    await fs.rm(this.config.apiSocket, { force: true })
+    await fs.rm(this.dataDir.pidFile, { force: true })
+    this.log.info('msc node stopped')
+  }
+
+  private async status (): Promise<NodeStatus> {
+    const list = await this.containers!.list()
+    return {
+      version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
+      cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
+      containers: list.length, startedAt: this.startedAt
+    }
+  }
+
+  private async requireCriu (): Promise<void> {
+    const p = this.config.criuPath
+    const { execa } = await import('execa')
+    const r = await execa(p, ['--version'], { reject: false, timeout: 10_000 })
+    if (r.exitCode !== 0) {
+      throw new MscError('CRIU_MISSING', `CRIU is not usable at ${p}: run \`npm run setup\`, or point --criu / MSC_CRIU at CRIU >= 4.2 (\`msc doctor\` checks it)`)
+    }
+  }
+
+  /** One node per data dir: a live pid in node.pid means the dir is taken. */
+  private async claimDataDir (): Promise<void> {
+    const file = this.dataDir.pidFile
+    try {
+      const pid = Number((await fs.readFile(file, 'utf8')).trim())
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+        throw new MscError('ALREADY_EXISTS', `another msc node (pid ${pid}) already uses data dir ${this.config.dataDir}`)
+      }
+    } catch (err) {
+      if (err instanceof MscError) throw err
+    }
+    await fs.writeFile(file, `${process.pid}\n`, { mode: 0o600 })
+  }
+}
+
+function isAlive (pid: number): boolean {
+  try { process.kill(pid, 0); return true } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM' }
+}

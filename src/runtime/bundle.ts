@@ -1,0 +1,84 @@
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { MscError } from '../util/errors.ts'
+
+/** The parts of an OCI runtime config msc reads or rewrites; the rest passes through. */
+export interface OciConfig {
+  ociVersion?: string
+  process?: { terminal?: boolean, args?: string[], cwd?: string, env?: string[], [k: string]: unknown }
+  root?: { path?: string, readonly?: boolean }
+  mounts?: Array<{ destination: string, type?: string, source?: string, options?: string[] }>
+  linux?: { cgroupsPath?: string, namespaces?: Array<{ type: string, path?: string }>, [k: string]: unknown }
+  [k: string]: unknown
+}
+
+export interface LoadedBundle {
+  dir: string
+  config: OciConfig
+  rootfs: string
+}
+
+/**
+ * Reads and checks an OCI bundle: `config.json` parses, names a process, and its root
+ * is an existing directory. Every problem is an INVALID_BUNDLE error that says which.
+ */
+export async function loadBundle (dir: string): Promise<LoadedBundle> {
+  const abs = path.resolve(dir)
+  let st
+  try { st = await fs.stat(abs) } catch { throw new MscError('INVALID_BUNDLE', `bundle directory ${abs} does not exist`) }
+  if (!st.isDirectory()) throw new MscError('INVALID_BUNDLE', `bundle ${abs} is not a directory`)
+  let text: string
+  try {
+    text = await fs.readFile(path.join(abs, 'config.json'), 'utf8')
+  } catch {
+    throw new MscError('INVALID_BUNDLE', `bundle ${abs} has no config.json`)
+  }
+  let config: OciConfig
+  try {
+    config = JSON.parse(text) as OciConfig
+  } catch (err) {
+    throw new MscError('INVALID_BUNDLE', `bundle ${abs}: config.json is not valid JSON (${(err as Error).message})`)
+  }
+  if (config == null || typeof config !== 'object' || Array.isArray(config)) {
+    throw new MscError('INVALID_BUNDLE', `bundle ${abs}: config.json is not an object`)
+  }
+  const args = config.process?.args
+  if (!Array.isArray(args) || args.length === 0 || !args.every((a) => typeof a === 'string')) {
+    throw new MscError('INVALID_BUNDLE', `bundle ${abs}: config.json has no process.args`)
+  }
+  const rootPath = config.root?.path
+  if (typeof rootPath !== 'string' || rootPath === '') throw new MscError('INVALID_BUNDLE', `bundle ${abs}: config.json has no root.path`)
+  const rootfs = path.resolve(abs, rootPath)
+  try {
+    if (!(await fs.stat(rootfs)).isDirectory()) throw new Error('not a directory')
+  } catch {
+    throw new MscError('INVALID_BUNDLE', `bundle ${abs}: root ${rootfs} is not a directory`)
+  }
+  const exe = args[0]!
+  if (exe.startsWith('/')) {
+    try { await fs.lstat(path.join(rootfs, exe)) } catch {
+      throw new MscError('INVALID_BUNDLE', `bundle ${abs}: process ${exe} does not exist in the rootfs`)
+    }
+  }
+  return { dir: abs, config, rootfs }
+}
+
+/**
+ * The config runc actually runs: the user's, with the root made absolute (the bundle
+ * dir runc sees is the node's, not the user's), the node's cgroup path, and no
+ * terminal (CRIU needs the container's stdio to be pipes).
+ */
+export function runtimeConfig (b: LoadedBundle, cgroupsPath: string): OciConfig {
+  const c = structuredClone(b.config)
+  c.root = { ...c.root, path: b.rootfs }
+  c.process = { ...c.process, terminal: false }
+  c.linux = { ...(c.linux ?? {}), cgroupsPath }
+  return c
+}
+
+export async function writeRuntimeBundle (dir: string, config: OciConfig): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+  const tmp = path.join(dir, 'config.json.tmp')
+  await fs.writeFile(tmp, JSON.stringify(config, null, 2), { mode: 0o600 })
+  await fs.rename(tmp, path.join(dir, 'config.json'))
+}
