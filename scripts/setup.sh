@@ -86,6 +86,13 @@ WRAP
   log "private CRIU ready: $("$CRIU_WRAPPER" --version | head -1)"
 fi
 
+# ---- kernel tunables -------------------------------------------------------------
+# CRIU's lazy-pages (post-copy) server grows its pipes past 1 MiB; without
+# CAP_SYS_RESOURCE it may only go up to fs.pipe-max-size. Runtime-only, not persisted.
+if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 16777216 ]; then
+  sysctl -q -w fs.pipe-max-size=16777216 || log "note: could not raise fs.pipe-max-size (post-copy will fail)"
+fi
+
 # ---- npm packages (bring Node 24) ---------------------------------------------------
 cd "$ROOT"
 stamp="node_modules/.msc-install-stamp"

@@ -89,7 +89,7 @@ export const NODE_OPTIONS = {
     key: 'cgroupParent', flag: '--cgroup-parent', env: ['MSC_CGROUP_PARENT'],
     description: 'Parent cgroup of this node\'s containers (each node needs its own when several share a kernel).',
     defaultText: 'msc-NODEID (NODEID is made once and kept in the data dir)', default: () => '', parse: (raw: string, source: string) => {
-      if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(raw)) throw new MscError('INVALID_ARGUMENT', `${source}: not a cgroup path: "${raw}"`)
+      if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(raw) || raw.split('/').some((s) => s === '.' || s === '..')) throw new MscError('INVALID_ARGUMENT', `${source}: not a cgroup path: "${raw}"`)
       return raw
     }
   } satisfies OptionSpec<string>,

@@ -2,6 +2,7 @@ import fs from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import { Runc } from '../runtime/runc.ts'
+import { removeEmptyCgroupParent } from '../runtime/cgroups.ts'
 import { ControlServer } from '../api/server.ts'
 import type { NodeStatus } from '../api/types.ts'
 import { ContainerManager } from './container-manager.ts'
@@ -74,6 +75,7 @@ export class MscNode {
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
     if (this.config.stopContainersOnExit) await this.containers?.stopAll()
+    if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
     await fs.rm(this.config.apiSocket, { force: true })
     await fs.rm(this.dataDir.pidFile, { force: true })
     this.log.info('msc node stopped')

@@ -2,16 +2,13 @@ import path from 'node:path'
 import { Option, type Command } from 'commander'
 import { MscError } from '../../util/errors.ts'
 import { printJson } from './common.ts'
-import { BUNDLE_KINDS, isBundleKind, writeExampleBundle } from '../../bundles/index.ts'
-import { runDoctor } from '../../doctor/checks.ts'
-import { renderDoctorTable } from '../../doctor/render.ts'
 import { resolveNodeConfig } from '../../node/config.ts'
 
 /** Commands that work on this host without a node: bundle, doctor. */
 export function registerLocalCommands (program: Command): void {
   program.command('bundle')
     .description('write an example OCI bundle: counter (prints 1, 2, 3, ... every second) or redis')
-    .addArgument(program.createArgument('<kind>', 'counter | redis').choices(BUNDLE_KINDS as string[]))
+    .addArgument(program.createArgument('<kind>', 'counter | redis').choices(['counter', 'redis']))
     .argument('<dir>', 'directory to write config.json and rootfs/ into')
     .option('--force', 'replace config.json and rootfs/ if the directory is not empty')
     .option('--port <port>', 'redis: TCP port to listen on', '6379')
@@ -19,6 +16,7 @@ export function registerLocalCommands (program: Command): void {
     .option('--interval-ms <ms>', 'counter: milliseconds between numbers', '1000')
     .option('--json', 'print the result as JSON')
     .action(async (kind: string, dir: string, opts: { force?: boolean, port: string, bind: string, intervalMs: string, json?: boolean }) => {
+      const { isBundleKind, writeExampleBundle } = await import('../../bundles/index.ts')
       if (!isBundleKind(kind)) throw new MscError('INVALID_ARGUMENT', `unknown bundle kind ${kind}`)
       const port = Number(opts.port)
       const intervalMs = Number(opts.intervalMs)
@@ -36,6 +34,8 @@ export function registerLocalCommands (program: Command): void {
     .option('--json', 'print the report as JSON (schema in docs/doctor.md)')
     .addOption(new Option('--timeout <ms>', 'give up after this long').default('60000'))
     .action(async (opts: { runc?: string, criu?: string, json?: boolean, timeout: string }) => {
+      const { runDoctor } = await import('../../doctor/checks.ts')
+      const { renderDoctorTable } = await import('../../doctor/render.ts')
       const cfg = resolveNodeConfig({ runcPath: opts.runc, criuPath: opts.criu })
       const report = await runDoctor({ runcPath: cfg.runcPath, criuPath: cfg.criuPath, signal: AbortSignal.timeout(Number(opts.timeout)) })
       if (opts.json === true) printJson(report)

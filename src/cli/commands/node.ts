@@ -1,7 +1,5 @@
 import type { Command } from 'commander'
-import { createLogger } from '../../util/logger.ts'
 import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey } from '../../node/config.ts'
-import { MscNode } from '../../node/daemon.ts'
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
 import { statusText } from '../render.ts'
 
@@ -19,6 +17,9 @@ export function registerNodeCommands (program: Command): void {
     const flags: Partial<Record<NodeOptionKey, string | boolean | undefined>> = {}
     for (const [key] of Object.entries(NODE_OPTIONS)) flags[key as NodeOptionKey] = opts[key]
     const config = resolveNodeConfig(flags)
+    // Loaded here, not at the top: every other command starts faster without them.
+    const { createLogger } = await import('../../util/logger.ts')
+    const { MscNode } = await import('../../node/daemon.ts')
     const logger = createLogger(config.logLevel, { pretty: config.logFormat === 'pretty' })
     const n = new MscNode(config, logger)
     await n.start()
