@@ -63,11 +63,19 @@ export class ControlServer {
   private async handle (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const ac = new AbortController()
     res.on('close', () => { if (!res.writableFinished) ac.abort() })
-    const url = new URL(req.url ?? '/', 'http://msc')
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
     const method = req.method ?? 'GET'
     try {
+      // Inside the try: a malformed %-escape must be an error answer, not a crashed node.
+      const url = new URL(req.url ?? '/', 'http://msc')
+      // The raw path, not url.pathname: URL would resolve a name of '.' or '..' away.
+      let parts: string[]
+      try {
+        parts = (req.url ?? '/').split('?')[0]!.split('/').filter(Boolean).map(decodeURIComponent)
+      } catch {
+        throw new MscError('INVALID_ARGUMENT', 'malformed escape in request path')
+      }
       if (parts[0] !== 'v1') throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
+      if (parts.length > 4) throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
       const [, a, name, op] = parts
       const h = this.handlers
       if (a === 'status' && method === 'GET' && name == null) return send(res, 200, await h.status())

@@ -17,6 +17,8 @@ export function buildProgram (): Command {
     .version(VERSION, '-V, --version')
     .showHelpAfterError('(run msc --help for usage)')
     .exitOverride()
+    // Usage errors in the same one-line form as every other error.
+    .configureOutput({ outputError: (str, write) => write(`msc: ${str.replace(/^error: /, '')}`) })
   registerNodeCommands(program)
   registerContainerCommands(program)
   registerLocalCommands(program)

@@ -29,7 +29,7 @@ export function containersTable (list: ContainerInfo[]): string {
 }
 
 export function checkpointsTable (list: CheckpointInfo[]): string {
-  return table(['ID', 'CREATED', 'SIZE', 'TOOK', 'CONTAINER'],
+  return table(['ID', 'CREATED', 'SIZE', 'TOOK', 'AFTERWARDS'],
     list.map((c) => [c.id, ago(c.createdAt), bytes(c.sizeBytes), `${c.durationMs} ms`, c.leftRunning ? 'kept running' : 'stopped']))
 }
 

@@ -50,7 +50,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = typeof LOG_LEVELS[number]
 
 /** The private CRIU that `npm run setup` installs when the system's does not work. */
-export const PRIVATE_CRIU = '/opt/msc/bin/criu'
+export const PRIVATE_CRIU = `${process.env.MSC_TOOLS_DIR ?? '/opt/msc'}/bin/criu`
 
 export const NODE_OPTIONS = {
   dataDir: {
@@ -103,6 +103,11 @@ export const NODE_OPTIONS = {
     description: 'Milliseconds between SIGTERM and SIGKILL when stopping a container.',
     defaultText: '5000', default: () => 5000, parse: positiveInt(0, 3_600_000)
   } satisfies OptionSpec<number>,
+  tcpEstablished: {
+    key: 'tcpEstablished', flag: '--tcp-established', env: ['CRIU_TCP_ESTABLISHED', 'MSC_TCP_ESTABLISHED'],
+    description: 'Checkpoint and restore established TCP connections (CRIU --tcp-established). Without it, a container with an open TCP connection cannot be checkpointed.',
+    defaultText: 'false', default: () => false, parse: bool
+  } satisfies OptionSpec<boolean>,
   stopContainersOnExit: {
     key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
     description: 'Stop this node\'s containers when the node stops. Off by default: containers outlive a node restart and are adopted again.',
@@ -137,8 +142,26 @@ export function resolveNodeConfig (flags: Partial<Record<NodeOptionKey, string |
   return out as NodeConfig
 }
 
+/**
+ * Resolves only some options (a client needs two, doctor two others), so that an
+ * unrelated bad variable in the environment does not break the command.
+ */
+export function resolveSome<K extends NodeOptionKey> (keys: K[], flags: Partial<Record<NodeOptionKey, string | boolean | undefined>>, env: NodeJS.ProcessEnv = process.env): Pick<NodeConfig, K> {
+  const out: Record<string, unknown> = {}
+  for (const key of Object.keys(NODE_OPTIONS) as NodeOptionKey[]) {
+    if (!(keys as NodeOptionKey[]).includes(key)) continue
+    const spec = NODE_OPTIONS[key] as OptionSpec<unknown>
+    const flag = flags[key]
+    const envName = spec.env.find((e) => env[e] != null && env[e] !== '')
+    if (flag !== undefined) out[key] = spec.parse(String(flag), spec.flag)
+    else if (envName != null) out[key] = spec.parse(env[envName]!, `environment variable ${envName}`)
+    else out[key] = spec.default(out)
+  }
+  return out as Pick<NodeConfig, K>
+}
+
 /** Where a client (the CLI) finds a node: its data dir and API socket. */
 export function resolveClientTarget (flags: { dataDir?: string, apiSocket?: string }, env: NodeJS.ProcessEnv = process.env): { dataDir: string, apiSocket: string } {
-  const c = resolveNodeConfig({ dataDir: flags.dataDir, apiSocket: flags.apiSocket }, env)
-  return { dataDir: c.dataDir, apiSocket: c.apiSocket }
+  // dataDir comes before apiSocket in NODE_OPTIONS, so the socket's default follows it.
+  return resolveSome(['dataDir', 'apiSocket'], { dataDir: flags.dataDir, apiSocket: flags.apiSocket }, env)
 }

@@ -25,6 +25,8 @@ export interface ContainerManagerInit {
   cgroupParent: string
   logMaxBytes: number
   stopTimeoutMs: number
+  /** Pass --tcp-established to CRIU on checkpoint and restore. */
+  tcpEstablished: boolean
   logger: Logger
 }
 
@@ -132,6 +134,9 @@ export class ContainerManager {
         this.log.info({ name, pid: st.pid, bundle: bundle.dir }, 'container started')
         return toInfo(rec, st, [])
       } catch (err) {
+        // Whatever runc got to make (an interrupted run) goes too, or the name would be
+        // stuck: unknown to msc, yet taken in runc's root.
+        await this.runc.delete(name, { force: true }).catch(() => {})
         await removeTree(dir)
         throw err
       }
@@ -198,7 +203,7 @@ export class ContainerManager {
       const imageDir = this.dd.checkpointDir(name, id)
       const started = Date.now()
       try {
-        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.stop !== true, signal: opts.signal })
+        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.stop !== true, tcpEstablished: this.init.tcpEstablished, signal: opts.signal })
       } catch (err) {
         // Keep CRIU's log for whoever debugs it; drop the partial images.
         await fs.mkdir(this.dd.workDir(name, 'failed'), { recursive: true })
@@ -249,7 +254,7 @@ export class ContainerManager {
       await fs.mkdir(workDir, { recursive: true })
       const started = Date.now()
       const state = await this.runc.restore(name, this.dd.runtimeBundle(name), {
-        imageDir: this.dd.checkpointDir(name, cp.id), workDir,
+        imageDir: this.dd.checkpointDir(name, cp.id), workDir, tcpEstablished: this.init.tcpEstablished,
         logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal: opts.signal
       })
       r.startedAt = new Date().toISOString()

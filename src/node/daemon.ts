@@ -48,6 +48,7 @@ export class MscNode {
     this.containers = new ContainerManager({
       dataDir: this.dataDir, runc: this.runc, cgroupParent: this.cgroupParent,
       logMaxBytes: this.config.containerLogMaxBytes, stopTimeoutMs: this.config.stopTimeoutMs,
+      tcpEstablished: this.config.tcpEstablished,
       logger: this.rootLog.child({ component: 'containers' })
     })
     const adopted = await this.containers.list()

@@ -29,7 +29,7 @@ export function runcMessage (stderr: string): string {
     if (t.startsWith('{')) {
       try {
         const j = JSON.parse(t) as { level?: string, msg?: string }
-        if (j.level === 'error' || j.level === 'fatal') msgs.push(j.msg ?? t)
+        if (j.level === 'error' || j.level === 'fatal') msgs.push((j.msg ?? t).replace(/\s*\n\s*/g, '; '))
       } catch { msgs.push(t) }
       continue
     }

@@ -52,8 +52,11 @@ export async function launchWithLogShim (opts: LaunchOptions): Promise<number> {
       if (err != null) reject(err)
       else resolve(code!)
     }
-    const onAbort = (): void => finish(new MscError('RUNTIME_ERROR', 'aborted while runc was starting the container'))
-    const timer = setTimeout(() => finish(new MscError('RUNTIME_ERROR', `runc did not return within ${opts.timeoutMs} ms`)), opts.timeoutMs)
+    // Giving up must not leave runc working on behind our back: kill its process group
+    // (the shell, runc and the shim; the caller then deletes whatever runc created).
+    const killGroup = (): void => { try { if (child.pid != null) process.kill(-child.pid, 'SIGKILL') } catch {} }
+    const onAbort = (): void => { killGroup(); finish(new MscError('RUNTIME_ERROR', 'aborted while runc was starting the container')) }
+    const timer = setTimeout(() => { killGroup(); finish(new MscError('RUNTIME_ERROR', `runc did not return within ${opts.timeoutMs} ms`)) }, opts.timeoutMs)
     opts.signal?.addEventListener('abort', onAbort, { once: true })
     // The status line arrives as soon as runc returns; the pipe itself stays open as
     // long as the parent shell waits for the shim, so a newline, not EOF, ends it.

@@ -180,8 +180,12 @@ export function counterValues (log: string): number[] {
   return log.split('\n').map((l) => l.trim()).filter((l) => /^\d+$/.test(l)).map(Number)
 }
 
+/** True while the process exists and is not a zombie waiting to be reaped. */
 export function isAlive (pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch { return false }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
+  } catch { return false }
 }
 
 /** A TCP port nothing listens on now (for redis in tests). */

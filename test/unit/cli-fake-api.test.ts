@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs/promises'
+import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -232,6 +233,34 @@ describe('errors and exit codes', () => {
     const r = await msc('ps', '--api-socket', stale)
     assert.equal(r.exitCode, 3)
     assert.ok(r.stderr.startsWith(`msc: no msc node is listening on ${stale}`), r.stderr)
+  })
+
+  test('names "." and ".." reach the handler as they are, not resolved as path segments', async () => {
+    calls.length = 0
+    const stop = await msc('stop', '..', '--api-socket', sock)
+    assert.equal(stop.exitCode, 1)
+    assert.equal(stop.stderr, 'msc: no container named .. on this node\n')
+    assert.deepEqual(calls, [{ op: 'stop', args: ['..'] }])
+    const logs = await msc('logs', '.', '--api-socket', sock)
+    assert.equal(logs.exitCode, 1)
+    assert.equal(logs.stderr, 'msc: no container named . on this node\n')
+  })
+
+  test('a malformed request path gets an error answer and the server keeps serving', async () => {
+    const res = await new Promise<{ status: number, body: string }>((resolve, reject) => {
+      const req = http.request({ socketPath: sock, path: '/v1/containers/%zz/stop', method: 'POST' }, (r) => {
+        let body = ''
+        r.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => resolve({ status: r.statusCode ?? 0, body }))
+      })
+      req.setTimeout(5_000, () => req.destroy(new Error('no answer within 5 s')))
+      req.on('error', reject)
+      req.end()
+    })
+    assert.ok(res.status >= 400, `status ${res.status}`)
+    assert.ok((JSON.parse(res.body) as { error?: unknown }).error != null, res.body)
+    const r = await msc('ps', '--json', '--api-socket', sock)
+    assert.equal(r.exitCode, 0, r.stderr)
+    assert.deepEqual(JSON.parse(r.stdout), CONTAINERS)
   })
 
   test('the socket from MSC_API_SOCKET / --data-dir is used when no --api-socket', async () => {

@@ -2,7 +2,7 @@ import path from 'node:path'
 import { Option, type Command } from 'commander'
 import { MscError } from '../../util/errors.ts'
 import { printJson } from './common.ts'
-import { resolveNodeConfig } from '../../node/config.ts'
+import { resolveSome } from '../../node/config.ts'
 
 /** Commands that work on this host without a node: bundle, doctor. */
 export function registerLocalCommands (program: Command): void {
@@ -36,8 +36,10 @@ export function registerLocalCommands (program: Command): void {
     .action(async (opts: { runc?: string, criu?: string, json?: boolean, timeout: string }) => {
       const { runDoctor } = await import('../../doctor/checks.ts')
       const { renderDoctorTable } = await import('../../doctor/render.ts')
-      const cfg = resolveNodeConfig({ runcPath: opts.runc, criuPath: opts.criu })
-      const report = await runDoctor({ runcPath: cfg.runcPath, criuPath: cfg.criuPath, signal: AbortSignal.timeout(Number(opts.timeout)) })
+      const timeout = Number(opts.timeout)
+      if (!Number.isInteger(timeout) || timeout < 1) throw new MscError('INVALID_ARGUMENT', `--timeout: expected milliseconds, got ${opts.timeout}`)
+      const cfg = resolveSome(['runcPath', 'criuPath'], { runcPath: opts.runc, criuPath: opts.criu })
+      const report = await runDoctor({ runcPath: cfg.runcPath, criuPath: cfg.criuPath, signal: AbortSignal.timeout(timeout) })
       if (opts.json === true) printJson(report)
       else process.stdout.write(renderDoctorTable(report, process.stdout.isTTY === true) + '\n')
       if (!report.ok) process.exitCode = 1

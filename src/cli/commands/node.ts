@@ -3,6 +3,10 @@ import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey } from '../../node/
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
 import { statusText } from '../render.ts'
 
+export function flagAttribute (flag: string): string {
+  return flag.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
+}
+
 /** `msc node start` (the daemon, in the foreground) and `msc status`. */
 export function registerNodeCommands (program: Command): void {
   const node = program.command('node').description('run an msc node (the daemon)')
@@ -15,7 +19,9 @@ export function registerNodeCommands (program: Command): void {
   }
   start.action(async (opts: Record<string, string | boolean | undefined>) => {
     const flags: Partial<Record<NodeOptionKey, string | boolean | undefined>> = {}
-    for (const [key] of Object.entries(NODE_OPTIONS)) flags[key as NodeOptionKey] = opts[key]
+    // Commander names each value after its flag (--stop-timeout -> stopTimeout), not
+    // after the option's key (stopTimeoutMs): map through the flag.
+    for (const [key, spec] of Object.entries(NODE_OPTIONS)) flags[key as NodeOptionKey] = opts[flagAttribute(spec.flag)]
     const config = resolveNodeConfig(flags)
     // Loaded here, not at the top: every other command starts faster without them.
     const { createLogger } = await import('../../util/logger.ts')

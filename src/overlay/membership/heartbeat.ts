@@ -1,0 +1,85 @@
+import { z } from 'zod'
+
+/**
+ * The membership message published on the cluster topic, and its validation.
+ * Wire format: UTF-8 JSON, at most MAX_HEARTBEAT_BYTES, versioned by `v`
+ * (protocols/membership.md). Everything a peer sends is checked here before the
+ * membership view looks at it; anything else is dropped with a named reason.
+ */
+
+export const HEARTBEAT_VERSION = 1
+export const MAX_HEARTBEAT_BYTES = 64 * 1024
+export const MAX_CONTAINERS = 512
+
+const peerIdText = z.string().min(20).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/)
+const containerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
+
+export const ContainerClaimSchema = z.object({
+  name: containerName,
+  /** Ownership epoch: raised by one at each handover; the highest wins. */
+  epoch: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  state: z.enum(['running', 'paused', 'created', 'stopped', 'checkpointed'])
+}).strict()
+
+export const HeartbeatSchema = z.object({
+  v: z.literal(HEARTBEAT_VERSION),
+  type: z.enum(['heartbeat', 'leave']),
+  peerId: peerIdText,
+  /** Start time of the sending node's process (ms): a restart is a new incarnation. */
+  incarnation: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** Increases by one per message within an incarnation: replays are dropped. */
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  sentAt: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  name: z.string().min(1).max(64),
+  version: z.string().min(1).max(32),
+  role: z.enum(['node', 'standby', 'observer']),
+  addrs: z.array(z.string().min(1).max(256)).max(32),
+  containers: z.array(ContainerClaimSchema).max(MAX_CONTAINERS),
+  resources: z.object({
+    memFreeBytes: z.number().int().min(0),
+    memTotalBytes: z.number().int().min(0),
+    diskFreeBytes: z.number().int().min(0)
+  }).strict()
+}).strict()
+
+export type Heartbeat = z.infer<typeof HeartbeatSchema>
+export type ContainerClaim = z.infer<typeof ContainerClaimSchema>
+
+export type DropReason = 'oversized' | 'malformed' | 'version' | 'forged-sender' | 'stale' | 'replayed' | 'epoch-regression' | 'owner-conflict'
+
+export type DecodeResult = { ok: true, heartbeat: Heartbeat } | { ok: false, reason: DropReason, detail: string }
+
+export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
+  const bytes = new TextEncoder().encode(JSON.stringify(hb))
+  if (bytes.length > MAX_HEARTBEAT_BYTES) throw new Error(`heartbeat of ${bytes.length} bytes exceeds ${MAX_HEARTBEAT_BYTES}`)
+  return bytes
+}
+
+/**
+ * Decodes and validates one message. `from` is the sender gossipsub authenticated
+ * (StrictSign): a heartbeat speaking for another peer is forged.
+ */
+export function decodeHeartbeat (data: Uint8Array, from: string): DecodeResult {
+  if (data.length > MAX_HEARTBEAT_BYTES) return { ok: false, reason: 'oversized', detail: `${data.length} bytes` }
+  let json: unknown
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data))
+  } catch (err) {
+    return { ok: false, reason: 'malformed', detail: `not JSON: ${(err as Error).message.slice(0, 80)}` }
+  }
+  if (json != null && typeof json === 'object' && 'v' in json && (json as { v: unknown }).v !== HEARTBEAT_VERSION) {
+    return { ok: false, reason: 'version', detail: `version ${JSON.stringify((json as { v: unknown }).v).slice(0, 20)}` }
+  }
+  const parsed = HeartbeatSchema.safeParse(json)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    return { ok: false, reason: 'malformed', detail: `${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`.slice(0, 160) }
+  }
+  if (parsed.data.peerId !== from) return { ok: false, reason: 'forged-sender', detail: `claims ${parsed.data.peerId}` }
+  const names = new Set<string>()
+  for (const c of parsed.data.containers) {
+    if (names.has(c.name)) return { ok: false, reason: 'malformed', detail: `container ${c.name} listed twice` }
+    names.add(c.name)
+  }
+  return { ok: true, heartbeat: parsed.data }
+}
