@@ -19,7 +19,8 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show_count() { "$MSC" logs counter | tail -n "${1:-3}" | tr '\n' ' '; echo; }
 
 say "starting an msc node (data dir $MSC_DATA_DIR)"
-"$MSC" node start --log-level warn --log-format pretty &
+# On loopback without mDNS: this demo is one node, and multicast must not reach a real LAN.
+"$MSC" node start --log-level warn --log-format pretty --no-mdns --listen /ip4/127.0.0.1/tcp/0 &
 NODE_PID=$!
 for _ in $(seq 50); do "$MSC" status >/dev/null 2>&1 && break; sleep 0.2; done
 "$MSC" status

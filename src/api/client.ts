@@ -1,6 +1,6 @@
 import http from 'node:http'
 import { MscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult } from './types.ts'
 
 /** The CLI's view of a node: typed calls over the node's unix socket. */
 export class ControlClient {
@@ -55,6 +55,9 @@ export class ControlClient {
   checkpoint (name: string, stop = false): Promise<CheckpointInfo> { return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop }) }
   checkpoints (name: string): Promise<CheckpointInfo[]> { return this.request('GET', `/v1/containers/${enc(name)}/checkpoints`) }
   restore (name: string, from?: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/restore`, from == null ? {} : { from }) }
+
+  peers (): Promise<PeerInfo[]> { return this.request('GET', '/v1/peers') }
+  join (addr: string): Promise<JoinResult> { return this.request('POST', '/v1/peers/join', { addr }) }
 
   async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult } from './types.ts'
 
 /** What the API serves; the node implements it. Keeps api/ free of node internals. */
 export interface ControlHandlers {
@@ -17,6 +17,8 @@ export interface ControlHandlers {
   checkpoints: (name: string) => Promise<CheckpointInfo[]>
   restore: (name: string, req: RestoreRequest, signal: AbortSignal) => Promise<ContainerInfo>
   logFiles: (name: string) => Promise<string[]>
+  peers: () => Promise<PeerInfo[]>
+  join: (req: JoinRequest, signal: AbortSignal) => Promise<JoinResult>
 }
 
 const STATUS: Record<MscErrorCode, number> = {
@@ -79,6 +81,12 @@ export class ControlServer {
       const [, a, name, op] = parts
       const h = this.handlers
       if (a === 'status' && method === 'GET' && name == null) return send(res, 200, await h.status())
+      if (a === 'peers' && name == null && method === 'GET') return send(res, 200, await h.peers())
+      if (a === 'peers' && name === 'join' && op == null && method === 'POST') {
+        const j = await body<JoinRequest>(req)
+        if (typeof j.addr !== 'string' || j.addr === '') throw new MscError('INVALID_ARGUMENT', 'join needs an address')
+        return send(res, 200, await h.join(j, ac.signal))
+      }
       if (a !== 'containers') throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
       if (name == null) {
         if (method === 'GET') return send(res, 200, await h.list())

@@ -30,7 +30,37 @@ export interface ContainerInfo {
   lastCheckpoint: string | null
 }
 
+export interface PeerInfo {
+  peerId: string
+  name: string
+  addrs: string[]
+  state: 'alive' | 'suspect' | 'dead' | 'left'
+  /** When a heartbeat or direct ping last proved it alive, ISO 8601. */
+  lastHeard: string
+  stateSince: string
+  connected: boolean
+  version: string
+  role: string
+  rttMs: number | null
+  containers: Array<{ name: string, epoch: number, state: string }>
+  resources: { memFreeBytes: number, memTotalBytes: number, diskFreeBytes: number }
+}
+
+export interface OwnershipInfo {
+  container: string
+  /** Peer id of the owner, null when released (the epoch is kept). */
+  owner: string | null
+  epoch: number
+}
+
 export interface NodeStatus {
+  peerId: string
+  name: string
+  /** Addresses peers can dial, each ending in /p2p/PEER_ID. */
+  addrs: string[]
+  peersAlive: number
+  peersKnown: number
+  membership: { accepted: number, dropped: Record<string, number> }
   version: string
   pid: number
   dataDir: string
@@ -45,6 +75,9 @@ export interface NodeStatus {
 export interface RunRequest { name: string, bundle: string }
 export interface CheckpointRequest { stop?: boolean }
 export interface RestoreRequest { from?: string }
+
+export interface JoinRequest { addr: string }
+export interface JoinResult { peerId: string }
 
 export interface ApiErrorBody {
   error: { code: string, message: string, details: string[] }

@@ -4,6 +4,7 @@ import { VERSION } from '../version.ts'
 import { registerContainerCommands } from './commands/containers.ts'
 import { registerNodeCommands } from './commands/node.ts'
 import { registerLocalCommands } from './commands/local.ts'
+import { registerPeerCommands } from './commands/peers.ts'
 
 /**
  * msc's command line. Commands talk to a node through its control API (api/client.ts);
@@ -21,6 +22,7 @@ export function buildProgram (): Command {
     .configureOutput({ outputError: (str, write) => write(`msc: ${str.replace(/^error: /, '')}`) })
   registerNodeCommands(program)
   registerContainerCommands(program)
+  registerPeerCommands(program)
   registerLocalCommands(program)
   return program
 }

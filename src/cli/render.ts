@@ -1,4 +1,4 @@
-import type { CheckpointInfo, ContainerInfo, NodeStatus } from '../api/types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, PeerInfo } from '../api/types.ts'
 
 /** A plain aligned table: no colours, safe to pipe. */
 export function table (headers: string[], rows: string[][]): string {
@@ -33,8 +33,18 @@ export function checkpointsTable (list: CheckpointInfo[]): string {
     list.map((c) => [c.id, ago(c.createdAt), bytes(c.sizeBytes), `${c.durationMs} ms`, c.leftRunning ? 'kept running' : 'stopped']))
 }
 
+export function peersTable (list: PeerInfo[]): string {
+  return table(['NAME', 'STATE', 'LAST HEARD', 'RTT', 'CONTAINERS', 'PEER ID', 'ADDRESSES'],
+    list.map((p) => [p.name, p.state, ago(p.lastHeard), p.rttMs == null ? '-' : `${p.rttMs} ms`,
+      p.containers.map((c) => `${c.name}@${c.epoch}`).join(',') || '-', p.peerId, p.addrs.join(' ')]))
+}
+
 export function statusText (s: NodeStatus): string {
+  const dropped = Object.entries(s.membership.dropped).filter(([, n]) => n > 0).map(([k, n]) => `${k}=${n}`).join(' ')
   return table(['FIELD', 'VALUE'], [
+    ['peer id', s.peerId], ['name', s.name], ['addresses', s.addrs.join(' ') || '-'],
+    ['peers alive', `${s.peersAlive} of ${s.peersKnown} known`],
+    ['heartbeats', `${s.membership.accepted} accepted${dropped === '' ? '' : `, dropped: ${dropped}`}`],
     ['version', s.version], ['pid', String(s.pid)], ['data dir', s.dataDir], ['node id', s.nodeId],
     ['cgroup parent', s.cgroupParent], ['runc', s.runc], ['criu', s.criu], ['containers', String(s.containers)],
     ['started', `${s.startedAt} (${ago(s.startedAt)})`]

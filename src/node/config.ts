@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { MscError } from '../util/errors.ts'
 
@@ -11,6 +12,8 @@ import { MscError } from '../util/errors.ts'
 export interface OptionSpec<T> {
   key: string
   flag: string
+  /** value (default): `--flag V`; flag: boolean switch; negated: `--no-x` turns a default-on off; list: repeatable, env comma-separated. */
+  kind?: 'value' | 'flag' | 'negated' | 'list'
   env: string[]
   description: string
   defaultText: string
@@ -38,6 +41,27 @@ function positiveInt (min: number, max: number) {
 function absPath (raw: string, source: string): string {
   if (raw.trim() === '') throw new MscError('INVALID_ARGUMENT', `${source}: empty path`)
   return path.resolve(raw)
+}
+
+/** Seconds as the original msc took them (decimals allowed), returned in ms. */
+function seconds (min: number, max: number) {
+  return (raw: string, source: string): number => {
+    const n = Number(raw)
+    if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max) {
+      throw new MscError('INVALID_ARGUMENT', `${source}: expected seconds from ${min} to ${max}, got "${raw}"`)
+    }
+    return Math.round(n * 1000)
+  }
+}
+
+function multiaddrList (raw: string, source: string): string[] {
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean)
+  for (const a of list) {
+    if (!/^\/(ip4|ip6|dns|dns4|dns6)\/[^/]+\/tcp\/\d+(\/p2p\/[1-9A-HJ-NP-Za-km-z]+)?$/.test(a)) {
+      throw new MscError('INVALID_ARGUMENT', `${source}: not a TCP multiaddr: "${a}" (example: /ip4/10.0.0.2/tcp/4710)`)
+    }
+  }
+  return list
 }
 
 function bool (raw: string, source: string): boolean {
@@ -104,12 +128,70 @@ export const NODE_OPTIONS = {
     defaultText: '5000', default: () => 5000, parse: positiveInt(0, 3_600_000)
   } satisfies OptionSpec<number>,
   tcpEstablished: {
-    key: 'tcpEstablished', flag: '--tcp-established', env: ['CRIU_TCP_ESTABLISHED', 'MSC_TCP_ESTABLISHED'],
+    key: 'tcpEstablished', flag: '--tcp-established', kind: 'flag', env: ['CRIU_TCP_ESTABLISHED', 'MSC_TCP_ESTABLISHED'],
     description: 'Checkpoint and restore established TCP connections (CRIU --tcp-established). Without it, a container with an open TCP connection cannot be checkpointed.',
     defaultText: 'false', default: () => false, parse: bool
   } satisfies OptionSpec<boolean>,
+  name: {
+    key: 'name', flag: '--name', env: ['MSC_NODE_NAME', 'NODE_NAME'],
+    description: 'Human name of this node, shown to peers (`msc peer ls`) and usable as a migration target.',
+    defaultText: 'the hostname', default: () => os.hostname().slice(0, 64) || 'msc-node', parse: (raw: string, source: string) => {
+      if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(raw)) throw new MscError('INVALID_ARGUMENT', `${source}: use 1-64 letters, digits, '_', '.', '-': "${raw}"`)
+      return raw
+    }
+  } satisfies OptionSpec<string>,
+  listen: {
+    key: 'listen', flag: '--listen', kind: 'list', env: ['MSC_LISTEN'],
+    description: 'libp2p listen address (repeatable; env comma-separated).',
+    defaultText: '/ip4/0.0.0.0/tcp/4710', default: () => ['/ip4/0.0.0.0/tcp/4710'], parse: multiaddrList
+  } satisfies OptionSpec<string[]>,
+  announce: {
+    key: 'announce', flag: '--announce', kind: 'list', env: ['MSC_ANNOUNCE'],
+    description: 'Address to tell peers instead of the listen addresses (repeatable; behind NAT or with 0.0.0.0).',
+    defaultText: 'none (the listen addresses)', default: () => [] as string[], parse: multiaddrList
+  } satisfies OptionSpec<string[]>,
+  bootstrap: {
+    key: 'bootstrap', flag: '--bootstrap', kind: 'list', env: ['MSC_BOOTSTRAP', 'BOOTSTRAP_PEERS'],
+    description: 'A peer to join at start, as /ip4/ADDR/tcp/PORT/p2p/PEER_ID (repeatable; env comma-separated). For clusters across subnets, where mDNS does not reach.',
+    defaultText: 'none', default: () => [] as string[], parse: (raw: string, source: string) => {
+      const list = multiaddrList(raw, source)
+      for (const a of list) if (!a.includes('/p2p/')) throw new MscError('INVALID_ARGUMENT', `${source}: a bootstrap address must end in /p2p/PEER_ID: "${a}"`)
+      return list
+    }
+  } satisfies OptionSpec<string[]>,
+  mdns: {
+    key: 'mdns', flag: '--no-mdns', kind: 'negated', env: ['MSC_MDNS'],
+    description: 'Turn off mDNS discovery on the LAN (MSC_MDNS=false does the same).',
+    defaultText: 'mDNS on', default: () => true, parse: bool
+  } satisfies OptionSpec<boolean>,
+  mdnsIntervalMs: {
+    key: 'mdnsIntervalMs', flag: '--mdns-interval', env: ['MSC_MDNS_INTERVAL'],
+    description: 'Seconds between mDNS queries.',
+    defaultText: '5', default: () => 5000, parse: seconds(0.1, 3600)
+  } satisfies OptionSpec<number>,
+  pskFile: {
+    key: 'pskFile', flag: '--psk', env: ['MSC_PSK_FILE'],
+    description: 'Pre-shared key file of a private cluster (`msc keygen psk FILE`): nodes without the same key cannot connect.',
+    defaultText: 'none (open cluster)', default: () => '', parse: absPath
+  } satisfies OptionSpec<string>,
+  pingIntervalMs: {
+    key: 'pingIntervalMs', flag: '--ping-interval', env: ['PING_INTERVAL', 'MSC_PING_INTERVAL'],
+    description: 'Seconds between membership heartbeats (decimals allowed).',
+    defaultText: '1', default: () => 1000, parse: seconds(0.05, 3600)
+  } satisfies OptionSpec<number>,
+  pingTimeoutMs: {
+    key: 'pingTimeoutMs', flag: '--ping-timeout', env: ['PING_TIMEOUT', 'MSC_PING_TIMEOUT'],
+    description: 'Seconds of silence after which a suspect peer whose direct ping also failed is declared dead.',
+    defaultText: '5', default: () => 5000, parse: seconds(0.1, 86400)
+  } satisfies OptionSpec<number>,
+  suspectTimeoutMs: {
+    key: 'suspectTimeoutMs', flag: '--suspect-timeout', env: ['MSC_SUSPECT_TIMEOUT'],
+    description: 'Seconds of silence after which a peer becomes suspect (and is pinged directly).',
+    defaultText: 'the smaller of 3 x PING_INTERVAL and PING_TIMEOUT / 2',
+    default: (p) => Math.min(3 * (p.pingIntervalMs as number), (p.pingTimeoutMs as number) / 2), parse: seconds(0.05, 86400)
+  } satisfies OptionSpec<number>,
   stopContainersOnExit: {
-    key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
+    key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', kind: 'flag', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
     description: 'Stop this node\'s containers when the node stops. Off by default: containers outlive a node restart and are adopted again.',
     defaultText: 'false', default: () => false, parse: bool
   } satisfies OptionSpec<boolean>
@@ -139,7 +221,11 @@ export function resolveNodeConfig (flags: Partial<Record<NodeOptionKey, string |
     }
     out[key] = spec.default(out)
   }
-  return out as NodeConfig
+  const c = out as NodeConfig
+  if (c.suspectTimeoutMs >= c.pingTimeoutMs) {
+    throw new MscError('INVALID_ARGUMENT', `--suspect-timeout (${c.suspectTimeoutMs / 1000} s) must be shorter than --ping-timeout (${c.pingTimeoutMs / 1000} s)`)
+  }
+  return c
 }
 
 /**

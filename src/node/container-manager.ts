@@ -17,7 +17,15 @@ interface ContainerRecord {
   startedAt: string | null
   /** The last checkpoint was taken with --stop and not restored since. */
   checkpointed: boolean
+  /** Ownership epoch in the cluster: set at run, raised by one at each handover. */
+  epoch?: number
 }
+
+/**
+ * Asked before a container name is taken on this node: returns the ownership epoch
+ * to use, or throws when the cluster already has that name elsewhere.
+ */
+export type NameClaimer = (name: string) => Promise<number>
 
 export interface ContainerManagerInit {
   dataDir: DataDir
@@ -28,6 +36,7 @@ export interface ContainerManagerInit {
   /** Pass --tcp-established to CRIU on checkpoint and restore. */
   tcpEstablished: boolean
   logger: Logger
+  claimName?: NameClaimer
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
@@ -121,10 +130,11 @@ export class ContainerManager {
         throw new MscError('ALREADY_EXISTS', `runc already has a container ${name} under this node's root`)
       }
       const bundle = await loadBundle(bundleDir)
+      const epoch = this.init.claimName != null ? await this.init.claimName(name) : 1
       const dir = this.dd.containerDir(name)
       await fs.mkdir(dir, { recursive: true, mode: 0o700 })
       const now = new Date().toISOString()
-      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false }
+      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch }
       try {
         await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name)))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
@@ -270,6 +280,18 @@ export class ContainerManager {
     await this.mustRecord(name)
     const f = this.dd.logFile(name)
     return [f + '.1', f]
+  }
+
+  /** What this node owns, for its membership heartbeat. */
+  async claims (): Promise<Array<{ name: string, epoch: number, state: ContainerState }>> {
+    const out: Array<{ name: string, epoch: number, state: ContainerState }> = []
+    for (const n of await this.names()) {
+      const r = await this.readRecord(n)
+      if (r == null) continue
+      const st = await this.runc.state(n).catch(() => null)
+      out.push({ name: n, epoch: r.epoch ?? 1, state: toInfo(r, st, []).state })
+    }
+    return out
   }
 
   async stopAll (): Promise<void> {

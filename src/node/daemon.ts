@@ -4,7 +4,10 @@ import { MscError } from '../util/errors.ts'
 import { Runc } from '../runtime/runc.ts'
 import { removeEmptyCgroupParent } from '../runtime/cgroups.ts'
 import { ControlServer } from '../api/server.ts'
-import type { NodeStatus } from '../api/types.ts'
+import type { NodeStatus, PeerInfo } from '../api/types.ts'
+import { Overlay } from '../overlay/overlay.ts'
+import type { Member } from '../overlay/membership/membership-view.ts'
+import path from 'node:path'
 import { ContainerManager } from './container-manager.ts'
 import { DataDir } from './data-dir.ts'
 import type { NodeConfig } from './config.ts'
@@ -22,6 +25,7 @@ export class MscNode {
   private runc?: Runc
   private containers?: ContainerManager
   private api?: ControlServer
+  private overlay?: Overlay
   private startedAt = ''
   private nodeId = ''
   private cgroupParent = ''
@@ -49,10 +53,19 @@ export class MscNode {
       dataDir: this.dataDir, runc: this.runc, cgroupParent: this.cgroupParent,
       logMaxBytes: this.config.containerLogMaxBytes, stopTimeoutMs: this.config.stopTimeoutMs,
       tcpEstablished: this.config.tcpEstablished,
-      logger: this.rootLog.child({ component: 'containers' })
+      logger: this.rootLog.child({ component: 'containers' }),
+      claimName: async (name) => this.claimName(name)
     })
     const adopted = await this.containers.list()
     const c = this.containers
+    const cfg = this.config
+    this.overlay = await Overlay.create({
+      keyFile: path.join(cfg.dataDir, 'peer.key'), dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
+      listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
+      pskFile: cfg.pskFile, pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
+    }, { claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }) })
+    await this.overlay.start()
+    const o = this.overlay
     this.api = new ControlServer({
       status: async () => await this.status(),
       list: async () => await c.list(),
@@ -63,7 +76,9 @@ export class MscNode {
       checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
       checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
       restore: async (name, req, signal) => { await this.requireCriu(); return await c.restore(name, { from: req.from, signal }) },
-      logFiles: async (name) => await c.logFiles(name)
+      logFiles: async (name) => await c.logFiles(name),
+      peers: async () => o.members().map((m) => toPeerInfo(m, o.connected(m.peerId))),
+      join: async (req, signal) => ({ peerId: await o.join(req.addr, signal) })
     }, this.rootLog.child({ component: 'api' }))
     await this.api.listen(this.config.apiSocket)
     this.startedAt = new Date().toISOString()
@@ -75,6 +90,7 @@ export class MscNode {
 
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
+    await this.overlay?.stop().catch((err) => this.log.warn({ err }, 'stopping overlay'))
     if (this.config.stopContainersOnExit) await this.containers?.stopAll()
     if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
     await fs.rm(this.config.apiSocket, { force: true })
@@ -84,11 +100,33 @@ export class MscNode {
 
   private async status (): Promise<NodeStatus> {
     const list = await this.containers!.list()
+    const o = this.overlay!
+    const members = o.members()
     return {
+      peerId: o.peerId, name: this.config.name, addrs: o.addresses(),
+      peersAlive: members.filter((m) => m.state === 'alive').length, peersKnown: members.length,
+      membership: o.view.stats(),
       version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
       cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
       containers: list.length, startedAt: this.startedAt
     }
+  }
+
+  /**
+   * A container name is one thing cluster-wide: refuse a name another live peer owns,
+   * and start above any epoch the cluster remembers for it.
+   */
+  private claimName (name: string): number {
+    const o = this.overlay
+    if (o == null) return 1
+    const own = o.view.ownerOf(name)
+    if (own?.owner != null && own.owner !== o.peerId) {
+      const m = o.view.get(own.owner)
+      if (m == null || m.state === 'alive' || m.state === 'suspect') {
+        throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${m?.name ?? own.owner} (epoch ${own.epoch})`)
+      }
+    }
+    return o.view.nextEpoch(name)
   }
 
   private async requireCriu (): Promise<void> {
@@ -117,4 +155,13 @@ export class MscNode {
 
 function isAlive (pid: number): boolean {
   try { process.kill(pid, 0); return true } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM' }
+}
+
+function toPeerInfo (m: Member, connected: boolean): PeerInfo {
+  return {
+    peerId: m.peerId, name: m.name, addrs: m.addrs, state: m.state,
+    lastHeard: new Date(m.lastHeard).toISOString(), stateSince: new Date(m.stateSince).toISOString(),
+    connected, version: m.version, role: m.role, rttMs: m.rttMs,
+    containers: m.containers.map((c) => ({ name: c.name, epoch: c.epoch, state: c.state })), resources: m.resources
+  }
 }

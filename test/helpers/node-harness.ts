@@ -46,7 +46,9 @@ export async function tempDir (prefix: string): Promise<string> {
 export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[], dataDir?: string } = {}): Promise<TestNode> {
   const dataDir = opts.dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-node-'))
   const socket = path.join(dataDir, 'msc.sock')
-  const env: NodeJS.ProcessEnv = { ...process.env, MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000', ...opts.env }
+  // Outside a testbed a node stays on loopback with mDNS off: no multicast may leave
+  // the testbed bridge, and two nodes must not fight over the default port.
+  const env: NodeJS.ProcessEnv = { ...process.env, MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000', MSC_MDNS: 'false', MSC_LISTEN: '/ip4/127.0.0.1/tcp/0', ...opts.env }
   const logFile = `${dataDir}.node.log`
   let proc!: ChildProcess
   const launch = async (): Promise<void> => {

@@ -31,6 +31,8 @@ const CONTAINERS: ContainerInfo[] = [
 ]
 
 const STATUS: NodeStatus = {
+  peerId: '12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF', name: 'fake', addrs: ['/ip4/127.0.0.1/tcp/4710/p2p/12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF'],
+  peersAlive: 0, peersKnown: 0, membership: { accepted: 0, dropped: {} },
   version: '0.1.0', pid: 1, dataDir: '/fake', nodeId: 'deadbeef', cgroupParent: 'msc-deadbeef',
   runc: 'runc', criu: 'criu', containers: CONTAINERS.length, startedAt: new Date().toISOString()
 }
@@ -48,6 +50,8 @@ function notFound (name: string): MscError {
 
 const handlers: ControlHandlers = {
   status: async () => STATUS,
+  peers: async () => [],
+  join: async () => { throw new MscError('RUNTIME_ERROR', 'no joining in this test') },
   list: async () => CONTAINERS,
   inspect: async (name) => {
     const c = CONTAINERS.find((x) => x.name === name)

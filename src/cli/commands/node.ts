@@ -1,10 +1,10 @@
 import type { Command } from 'commander'
-import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey } from '../../node/config.ts'
+import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey, type OptionSpec } from '../../node/config.ts'
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
 import { statusText } from '../render.ts'
 
 export function flagAttribute (flag: string): string {
-  return flag.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
+  return flag.replace(/^--(no-)?/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
 }
 
 /** `msc node start` (the daemon, in the foreground) and `msc status`. */
@@ -12,16 +12,24 @@ export function registerNodeCommands (program: Command): void {
   const node = program.command('node').description('run an msc node (the daemon)')
   const start = node.command('start')
     .description('run a node in the foreground until SIGTERM or SIGINT')
-  for (const spec of Object.values(NODE_OPTIONS)) {
-    const isBool = spec.defaultText === 'false'
+  for (const spec of Object.values(NODE_OPTIONS) as OptionSpec<unknown>[]) {
     const envs = spec.env.length > 0 ? ` (env ${spec.env.join(', ')})` : ''
-    start.option(isBool ? spec.flag : `${spec.flag} <value>`, `${spec.description}${envs} [default: ${spec.defaultText}]`)
+    const help = `${spec.description}${envs} [default: ${spec.defaultText}]`
+    if (spec.kind === 'flag' || spec.kind === 'negated') start.option(spec.flag, help)
+    else if (spec.kind === 'list') start.option(`${spec.flag} <addr>`, help, (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    else start.option(`${spec.flag} <value>`, help)
   }
   start.action(async (opts: Record<string, string | boolean | undefined>) => {
     const flags: Partial<Record<NodeOptionKey, string | boolean | undefined>> = {}
     // Commander names each value after its flag (--stop-timeout -> stopTimeout), not
     // after the option's key (stopTimeoutMs): map through the flag.
-    for (const [key, spec] of Object.entries(NODE_OPTIONS)) flags[key as NodeOptionKey] = opts[flagAttribute(spec.flag)]
+    for (const [key, s] of Object.entries(NODE_OPTIONS)) {
+      const spec = s as OptionSpec<unknown>
+      const v = opts[flagAttribute(spec.flag)] as string | boolean | string[] | undefined
+      if (spec.kind === 'negated') flags[key as NodeOptionKey] = v === false ? 'false' : undefined // commander defaults --no-x to true
+      else if (Array.isArray(v)) flags[key as NodeOptionKey] = v.join(',')
+      else flags[key as NodeOptionKey] = v
+    }
     const config = resolveNodeConfig(flags)
     // Loaded here, not at the top: every other command starts faster without them.
     const { createLogger } = await import('../../util/logger.ts')

@@ -1,0 +1,103 @@
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { KEEP_ALIVE, type PeerId } from '@libp2p/interface'
+import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
+import type { MscLibp2p } from './libp2p-host.ts'
+
+/**
+ * Keeps this node connected to every member it knows of (small clusters: a full
+ * mesh, so gossip never depends on a path through a third node). libp2p 3 has no
+ * autodial: this dials what discovery finds, what heartbeats name, and redials
+ * members that went away, with a per-peer backoff.
+ */
+export class PeerConnector {
+  private readonly libp2p: MscLibp2p
+  private readonly log: Logger
+  private readonly inFlight = new Map<string, Promise<void>>()
+  private readonly backoff = new Map<string, { next: number, delay: number }>()
+  private readonly onDiscovery = (evt: CustomEvent<{ id: PeerId, multiaddrs: Multiaddr[] }>): void => {
+    void this.ensure(evt.detail.id.toString(), evt.detail.multiaddrs.map((m) => m.toString()))
+  }
+
+  constructor (libp2p: MscLibp2p, logger: Logger) {
+    this.libp2p = libp2p
+    this.log = logger
+  }
+
+  start (): void {
+    this.libp2p.addEventListener('peer:discovery', this.onDiscovery)
+  }
+
+  stop (): void {
+    this.libp2p.removeEventListener('peer:discovery', this.onDiscovery)
+  }
+
+  connected (peerId: string): boolean {
+    return this.libp2p.getConnections(peerIdFromString(peerId)).some((c) => c.status === 'open')
+  }
+
+  /**
+   * Dials the peer unless connected or recently failed. Never throws: a failed dial
+   * only raises the peer's backoff (1 s doubling to 10 s).
+   */
+  async ensure (peerId: string, addrs: string[] = []): Promise<void> {
+    if (peerId === this.libp2p.peerId.toString() || this.connected(peerId)) return
+    const b = this.backoff.get(peerId)
+    if (b != null && Date.now() < b.next) return
+    const running = this.inFlight.get(peerId)
+    if (running != null) return await running
+    const p = this.dial(peerId, addrs).finally(() => this.inFlight.delete(peerId))
+    this.inFlight.set(peerId, p)
+    await p
+  }
+
+  private async dial (peerId: string, addrs: string[]): Promise<void> {
+    const id = peerIdFromString(peerId)
+    try {
+      const mas = addrs.flatMap((a) => { try { return [multiaddr(a)] } catch { return [] } })
+      if (mas.length > 0) await this.libp2p.peerStore.merge(id, { multiaddrs: mas.map((m) => stripPeer(m)) })
+      await this.libp2p.dial(id, { signal: AbortSignal.timeout(5_000) })
+      this.backoff.delete(peerId)
+      this.log.debug({ peer: peerId }, 'connected')
+    } catch (err) {
+      const prev = this.backoff.get(peerId)?.delay ?? 500
+      const delay = Math.min(prev * 2, 10_000)
+      this.backoff.set(peerId, { next: Date.now() + delay, delay })
+      this.log.debug({ peer: peerId, err: (err as Error).message, retryMs: delay }, 'dial failed')
+    }
+  }
+
+  /**
+   * `msc join`: connect to a member of another cluster view at run time. The peer is
+   * tagged keep-alive, so libp2p reconnects it if the connection drops.
+   */
+  async join (addr: string, signal?: AbortSignal): Promise<string> {
+    let ma: Multiaddr
+    try {
+      ma = multiaddr(addr)
+    } catch (err) {
+      throw new MscError('INVALID_ARGUMENT', `not a multiaddr: ${addr} (${(err as Error).message})`)
+    }
+    const peer = ma.getComponents().find((c) => c.name === 'p2p')?.value
+    try {
+      const conn = await this.libp2p.dial(ma, { signal: signal ?? AbortSignal.timeout(10_000) })
+      await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
+      return conn.remotePeer.toString()
+    } catch (err) {
+      throw new MscError('RUNTIME_ERROR', `cannot join ${addr}${peer == null ? ' (tip: end the address with /p2p/PEER_ID)' : ''}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Drops every connection to a peer declared dead (a stalled TCP may linger). */
+  async disconnect (peerId: string): Promise<void> {
+    for (const c of this.libp2p.getConnections(peerIdFromString(peerId))) {
+      try { c.abort(new Error('peer declared dead')) } catch {}
+    }
+  }
+}
+
+function stripPeer (m: Multiaddr): Multiaddr {
+  const parts = m.getComponents().filter((c) => c.name !== 'p2p')
+  return multiaddr('/' + parts.map((c) => c.value == null ? c.name : `${c.name}/${c.value}`).join('/'))
+}

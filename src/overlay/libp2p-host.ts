@@ -1,0 +1,64 @@
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, type Identify } from '@libp2p/identify'
+import { ping, type Ping } from '@libp2p/ping'
+import { mdns } from '@libp2p/mdns'
+import { bootstrap } from '@libp2p/bootstrap'
+import { preSharedKey } from '@libp2p/pnet'
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import type { PeerDiscovery, PrivateKey, ComponentLogger } from '@libp2p/interface'
+
+export type MscServices = { identify: Identify, ping: Ping, pubsub: GossipSub }
+export type MscLibp2p = Libp2p<MscServices>
+
+export interface Libp2pHostOptions {
+  privateKey: PrivateKey
+  listen: string[]
+  announce: string[]
+  bootstrap: string[]
+  mdns: boolean
+  /** mDNS query interval: how fast new LAN peers are found. */
+  mdnsIntervalMs: number
+  psk?: Uint8Array
+  /** Frames above this are refused by gossipsub itself (it closes the stream). */
+  maxPubsubMessageBytes: number
+  logger?: ComponentLogger
+}
+
+/** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
+export const MDNS_SERVICE_TAG = '_msc._udp.local'
+
+/**
+ * Builds the libp2p host: TCP, noise, yamux, identify, ping, gossipsub, and optional
+ * mDNS, bootstrap and pnet. There is no autodial in libp2p 3: the PeerConnector
+ * dials what discovery finds.
+ */
+export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p> {
+  const discovery: Array<(components: any) => PeerDiscovery> = []
+  if (o.mdns) discovery.push(mdns({ interval: o.mdnsIntervalMs, serviceTag: MDNS_SERVICE_TAG }))
+  if (o.bootstrap.length > 0) discovery.push(bootstrap({ list: o.bootstrap, timeout: 100 }))
+  return await createLibp2p({
+    privateKey: o.privateKey,
+    start: false,
+    addresses: { listen: o.listen, announce: o.announce },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    ...(o.psk != null ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
+    peerDiscovery: discovery,
+    ...(o.logger != null ? { logger: o.logger } : {}),
+    services: {
+      identify: identify(),
+      ping: ping(),
+      pubsub: gossipsub({
+        // Membership heartbeats repeat every interval: losing one before the mesh
+        // forms is harmless, throwing NoPeersSubscribedToTopic is not.
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        maxInboundDataLength: o.maxPubsubMessageBytes
+      })
+    }
+  })
+}

@@ -1,0 +1,145 @@
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
+import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
+import { loadOrCreatePeerKey } from './identity.ts'
+import { readPskFile } from './psk.ts'
+import { PeerConnector } from './connector.ts'
+import { MembershipView, type Member } from './membership/membership-view.ts'
+import { MembershipService } from './membership/membership-service.ts'
+import type { ContainerClaim, Heartbeat } from './membership/heartbeat.ts'
+
+export interface OverlayConfig {
+  keyFile: string
+  dataDir: string
+  name: string
+  version: string
+  listen: string[]
+  announce: string[]
+  bootstrap: string[]
+  mdns: boolean
+  mdnsIntervalMs: number
+  pskFile: string
+  pingIntervalMs: number
+  pingTimeoutMs: number
+  suspectTimeoutMs: number
+}
+
+/** Gossipsub refuses frames past this; membership's own limit (64 KiB) is far below. */
+const MAX_PUBSUB_MESSAGE_BYTES = 16 * 1024 * 1024
+
+/**
+ * The peer-to-peer layer of a node: libp2p host, discovery and dialling, membership.
+ * Knows nothing of runc or CRIU: containers reach it only as claims (name, epoch).
+ */
+export class Overlay {
+  readonly view: MembershipView
+  private readonly cfg: OverlayConfig
+  private readonly log: Logger
+  private readonly claims: () => Promise<ContainerClaim[]>
+  private libp2p?: MscLibp2p
+  private connector?: PeerConnector
+  private membership?: MembershipService
+  private readonly onState = (evt: CustomEvent<{ peerId: string, from: string | null, to: string }>): void => {
+    const { peerId, from, to } = evt.detail
+    const m = this.view.get(peerId)
+    this.log.info({ peer: peerId, name: m?.name, from, to }, `peer ${to}`)
+    if (to === 'dead' || to === 'left') void this.connector?.disconnect(peerId)
+  }
+
+  private readonly onDrop = (evt: CustomEvent<{ peerId: string, reason: string, detail: string }>): void => {
+    this.log.warn({ peer: evt.detail.peerId, reason: evt.detail.reason, detail: evt.detail.detail }, 'membership message dropped')
+  }
+
+  constructor (cfg: OverlayConfig, deps: { claims: () => Promise<ContainerClaim[]>, logger: Logger }, selfId?: string) {
+    this.cfg = cfg
+    this.log = deps.logger
+    this.claims = deps.claims
+    this.view = new MembershipView({
+      selfId: selfId ?? '',
+      timers: {
+        suspectAfterMs: cfg.suspectTimeoutMs,
+        deadAfterMs: cfg.pingTimeoutMs,
+        forgetAfterMs: Math.max(600_000, cfg.pingTimeoutMs * 10),
+        maxAgeMs: Math.max(30_000, cfg.pingTimeoutMs * 3)
+      }
+    })
+  }
+
+  static async create (cfg: OverlayConfig, deps: { claims: () => Promise<ContainerClaim[]>, logger: Logger }): Promise<Overlay> {
+    const key = await loadOrCreatePeerKey(cfg.keyFile)
+    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id')
+    const overlay = new Overlay(cfg, deps, peerIdFromPrivateKey(key).toString())
+    const psk = cfg.pskFile !== '' ? await readPskFile(cfg.pskFile) : undefined
+    overlay.libp2p = await createLibp2pHost({
+      privateKey: key, listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns,
+      mdnsIntervalMs: cfg.mdnsIntervalMs, psk, maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES
+    })
+    return overlay
+  }
+
+  get peerId (): string { return this.view.selfId }
+
+  get host (): MscLibp2p {
+    if (this.libp2p == null) throw new MscError('INTERNAL', 'overlay not created')
+    return this.libp2p
+  }
+
+  async start (): Promise<void> {
+    const libp2p = this.host
+    try {
+      await libp2p.start()
+    } catch (err) {
+      throw new MscError('INVALID_ARGUMENT', `cannot listen on ${this.cfg.listen.join(', ')}: ${(err as Error).message}`)
+    }
+    this.connector = new PeerConnector(libp2p, this.log.child({ component: 'connector' }))
+    this.connector.start()
+    this.view.addEventListener('member:state', this.onState)
+    this.view.addEventListener('drop', this.onDrop)
+    this.membership = new MembershipService({
+      libp2p, view: this.view, connector: this.connector, intervalMs: this.cfg.pingIntervalMs,
+      logger: this.log.child({ component: 'membership' }),
+      local: { name: this.cfg.name, version: this.cfg.version, role: 'node', containers: this.claims, resources: async () => await this.resources() }
+    })
+    await this.membership.start()
+    this.log.info({ peerId: this.peerId, name: this.cfg.name, addrs: this.addresses() }, 'overlay started')
+  }
+
+  async stop (): Promise<void> {
+    this.view.removeEventListener('member:state', this.onState)
+    this.view.removeEventListener('drop', this.onDrop)
+    await this.membership?.stop()
+    this.connector?.stop()
+    await this.libp2p?.stop()
+  }
+
+  addresses (): string[] {
+    return this.libp2p?.getMultiaddrs().map((m) => m.toString()) ?? []
+  }
+
+  connected (peerId: string): boolean {
+    return this.connector?.connected(peerId) ?? false
+  }
+
+  async join (addr: string, signal?: AbortSignal): Promise<string> {
+    if (this.connector == null) throw new MscError('INTERNAL', 'overlay not started')
+    return await this.connector.join(addr, signal)
+  }
+
+  /** Tells peers about a change now rather than at the next heartbeat. */
+  async selfHeartbeat (): Promise<Heartbeat | undefined> {
+    return await this.membership?.selfHeartbeat()
+  }
+
+  members (): Member[] { return this.view.members() }
+
+  private async resources (): Promise<Heartbeat['resources']> {
+    let diskFreeBytes = 0
+    try {
+      const s = await fs.statfs(this.cfg.dataDir)
+      diskFreeBytes = s.bavail * s.bsize
+    } catch {}
+    return { memFreeBytes: os.freemem(), memTotalBytes: os.totalmem(), diskFreeBytes }
+  }
+}
