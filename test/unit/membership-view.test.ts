@@ -556,7 +556,7 @@ describe('ownership', () => {
     t += 1000
     view.ingest(hb(A, 2, { containers: [claim('db', 1)] }))
     assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: A, to: null, epoch: 3 }])
-    assert.deepEqual(view.ownerOf('web'), { container: 'web', owner: null, epoch: 3, since: T0 + 1000 })
+    assert.deepEqual(view.ownerOf('web'), { container: 'web', owner: null, epoch: 3, since: T0 + 1000, releasedBy: A })
     assert.equal(view.nextEpoch('web'), 4)
     assert.deepEqual(owner(view, 'db'), { owner: A, epoch: 1 })
     // Another peer takes it at nextEpoch.
@@ -642,7 +642,7 @@ describe('ownership', () => {
       t += 10
       view.setLocalClaims([claim('db', 2)])
       assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: SELF, to: null, epoch: 1 }])
-      assert.deepEqual(view.ownerOf('web'), { container: 'web', owner: null, epoch: 1, since: T0 + 10 })
+      assert.deepEqual(view.ownerOf('web'), { container: 'web', owner: null, epoch: 1, since: T0 + 10, releasedBy: SELF })
       assert.equal(view.nextEpoch('web'), 2)
       // Our members list never contains ourselves.
       assert.equal(view.get(SELF), undefined)

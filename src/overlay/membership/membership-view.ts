@@ -38,6 +38,8 @@ export interface Ownership {
   owner: string | null
   epoch: number
   since: number
+  /** For a tombstone: who released it (only they may take it back at the same epoch). */
+  releasedBy?: string
 }
 
 export interface MembershipTimers {
@@ -122,7 +124,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
       const o = this.owners.get(c.name)
       if (o == null || c.epoch > o.epoch) {
         this.setOwner(c.name, m.peerId, c.epoch)
-      } else if (c.epoch === o.epoch && (o.owner === m.peerId || o.owner == null)) {
+      } else if (c.epoch === o.epoch && (o.owner === m.peerId || (o.owner == null && o.releasedBy === m.peerId))) {
         if (o.owner == null) this.setOwner(c.name, m.peerId, c.epoch)
       } else if (c.epoch < o.epoch) {
         this.countDrop(m.peerId, 'epoch-regression', `${c.name} at epoch ${c.epoch} < ${o.epoch}`)
@@ -146,7 +148,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     const mine = new Set<string>()
     for (const c of claims) {
       const o = this.owners.get(c.name)
-      if (o == null || c.epoch >= o.epoch) {
+      if (o == null || c.epoch > o.epoch || (c.epoch === o.epoch && (o.owner === this.selfId || (o.owner == null && o.releasedBy === this.selfId)))) {
         if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
         mine.add(c.name)
       }
@@ -158,7 +160,9 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
 
   private setOwner (container: string, owner: string | null, epoch: number): void {
     const prev = this.owners.get(container)
-    this.owners.set(container, { container, owner, epoch, since: this.now() })
+    const entry: Ownership = { container, owner, epoch, since: this.now() }
+    if (owner == null && prev?.owner != null) entry.releasedBy = prev.owner
+    this.owners.set(container, entry)
     if (prev?.owner !== owner || prev?.epoch !== epoch) {
       this.safeDispatch('owner:change', { container, from: prev?.owner ?? null, to: owner, epoch })
     }
@@ -182,6 +186,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
 
   /** A direct ping failed. */
   confirmFailed (peerId: string): void {
+    if (!this.byPeer.has(peerId)) return
     if (!this.pingFailedSince.has(peerId)) this.pingFailedSince.set(peerId, this.now())
   }
 

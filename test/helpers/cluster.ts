@@ -1,0 +1,318 @@
+/**
+ * A cluster of real msc nodes in a Testbed (test/testbed/testbed.ts): one node per
+ * network-namespace host, each with its own data dir under one temp dir, talked to
+ * from the root namespace through the real `msc` CLI (the API is a unix socket in the
+ * data dir, reachable from any namespace).
+ *
+ *   const c = await startCluster({ hosts: 3, args: ['--mdns-interval', '1'] })
+ *   try {
+ *     await c.waitAllAlive(5_000)
+ *     await c.tb.kill('h3')                      // crash the node's host
+ *     await c.restart(c.node('n3'))              // same data dir, same peer id
+ *   } finally {
+ *     await c.destroy()                          // nodes by pid, leftovers, dirs, testbed
+ *   }
+ *
+ * Nodes listen on the default /ip4/0.0.0.0/tcp/4710 (each host is its own namespace)
+ * and only ever address testbed hosts. mDNS is on unless the caller passes --no-mdns;
+ * its multicast stays on the testbed's bridge.
+ */
+import type { ChildProcess } from 'node:child_process'
+import fs from 'node:fs/promises'
+import { existsSync, readFileSync } from 'node:fs'
+import { once } from 'node:events'
+import os from 'node:os'
+import path from 'node:path'
+import { execa } from 'execa'
+import { Testbed, type TestHost } from '../testbed/testbed.ts'
+import { MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
+import type { NodeStatus, PeerInfo } from '../../src/api/types.ts'
+
+export { sleep, tempDir, waitFor }
+
+/** The port nodes listen on inside a host (the default of --listen). */
+export const NODE_PORT = 4710
+
+export interface ClusterNode {
+  /** `n1`, `n2`, ... (also the node's --name). */
+  name: string
+  host: TestHost
+  dataDir: string
+  /** stdout and stderr of every run of this node (appended). */
+  logFile: string
+  /** The arguments after `node start --data-dir DIR --name NAME`. */
+  args: string[]
+  /** The running node (nsenter exec'd into bin/msc, which exec's node: one pid), or null. */
+  proc: ChildProcess | null
+  /** Known once the node has started (kept across restarts: same data dir, same key). */
+  peerId: string
+  /** `/ip4/HOST_IP/tcp/4710/p2p/PEER_ID`: what `--bootstrap` and `msc join` take. */
+  addr: string
+}
+
+export interface StartClusterOptions {
+  /** Number of hosts (and nodes). */
+  hosts: number
+  /** Arguments given to every node (e.g. ['--mdns-interval', '1', '--ping-timeout', '3']). */
+  args?: string[]
+  /** Extra environment of every node. */
+  env?: NodeJS.ProcessEnv
+  /** Start the nodes at once (default true); otherwise call start() per node. */
+  start?: boolean
+}
+
+/** Overlay and target settings the environment must not sneak into a test's nodes. */
+const SCRUBBED_ENV = [
+  'MSC_DATA_DIR', 'DUMP_PATH', 'MSC_API_SOCKET', 'RPC_ADDR', 'MSC_NODE_NAME', 'NODE_NAME', 'MSC_LISTEN', 'MSC_ANNOUNCE',
+  'MSC_BOOTSTRAP', 'BOOTSTRAP_PEERS', 'MSC_MDNS', 'MSC_MDNS_INTERVAL', 'MSC_PSK_FILE', 'PING_INTERVAL', 'MSC_PING_INTERVAL',
+  'PING_TIMEOUT', 'MSC_PING_TIMEOUT', 'MSC_SUSPECT_TIMEOUT', 'MSC_CGROUP_PARENT'
+]
+
+export class Cluster {
+  readonly tb: Testbed
+  /** Temp dir holding every node's data dir and log. */
+  readonly root: string
+  readonly nodes: ClusterNode[]
+  readonly env: NodeJS.ProcessEnv
+  #destroyed = false
+
+  constructor (tb: Testbed, root: string, nodes: ClusterNode[], env: NodeJS.ProcessEnv) {
+    this.tb = tb
+    this.root = root
+    this.nodes = nodes
+    this.env = env
+  }
+
+  /** By name (`n2`), host name (`h2`) or index (2). */
+  node (ref: string | number): ClusterNode {
+    const n = this.nodes.find((n) => n.name === String(ref) || n.host.name === String(ref) || String(n.host.index) === String(ref))
+    if (n == null) throw new Error(`no node ${ref} (nodes: ${this.nodes.map((n) => n.name).join(', ')})`)
+    return n
+  }
+
+  /**
+   * Starts (or restarts, on the same data dir) the node inside its host and waits
+   * until its API answers `msc status`. `args` replaces the node's arguments.
+   */
+  async start (node: ClusterNode, args?: string[]): Promise<void> {
+    if (args != null) node.args = args
+    if (isRunning(node.proc)) throw new Error(`${node.name} is already running (pid ${node.proc!.pid})`)
+    const out = await fs.open(node.logFile, 'a')
+    try {
+      node.proc = await this.tb.spawn(node.host, MSC, ['node', 'start', '--data-dir', node.dataDir, '--name', node.name, ...node.args], {
+        env: this.env, stdio: ['ignore', out.fd, out.fd]
+      })
+    } finally {
+      await out.close()
+    }
+    const proc = node.proc
+    await waitFor(async () => {
+      if (!isRunning(proc)) throw new Error(`${node.name} exited (${proc.exitCode ?? proc.signalCode}):\n${this.logTail(node)}`)
+      if (!existsSync(path.join(node.dataDir, 'msc.sock'))) return false
+      const r = await this.msc(node, 'status', '--json')
+      if (r.exitCode !== 0) return false
+      const s = JSON.parse(r.stdout) as NodeStatus
+      if (node.peerId !== '' && node.peerId !== s.peerId) throw new Error(`${node.name} came back as ${s.peerId}, was ${node.peerId}`)
+      node.peerId = s.peerId
+      node.addr = `/ip4/${node.host.ip}/tcp/${NODE_PORT}/p2p/${s.peerId}`
+      return true
+    }, 20_000, `${node.name} to answer msc status`)
+  }
+
+  /** Starts every node that is not running, all at once. */
+  async startAll (): Promise<void> {
+    await Promise.all(this.nodes.filter((n) => !isRunning(n.proc)).map(async (n) => { await this.start(n) }))
+  }
+
+  /**
+   * Graceful stop: SIGTERM to the node's pid, SIGKILL after `timeoutMs`.
+   * Returns the exit code (null when it had to be killed or died of a signal).
+   */
+  async stop (node: ClusterNode, timeoutMs = 10_000): Promise<number | null> {
+    const p = node.proc
+    if (p == null || !isRunning(p)) return p?.exitCode ?? null
+    const exited = once(p, 'exit')
+    p.kill('SIGTERM')
+    const t = setTimeout(() => { if (isRunning(p)) p.kill('SIGKILL') }, timeoutMs)
+    try { await exited } finally { clearTimeout(t) }
+    return p.exitCode
+  }
+
+  /** Every node stopped gracefully, in parallel. */
+  async stopAll (timeoutMs = 10_000): Promise<void> {
+    await Promise.all(this.nodes.map(async (n) => { await this.stop(n, timeoutMs) }))
+  }
+
+  /** Runs `msc ARGS --data-dir DIR` against the node, from the root namespace. */
+  async msc (node: ClusterNode, ...args: string[]): Promise<CliResult> {
+    const r = await execa(MSC, [...args, '--data-dir', node.dataDir], { reject: false, env: this.env, timeout: 60_000 })
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+  }
+
+  /** `msc ARGS --json`, parsed; throws with stderr on failure. */
+  async json<T = unknown> (node: ClusterNode, ...args: string[]): Promise<T> {
+    const r = await this.msc(node, ...args, '--json')
+    if (r.exitCode !== 0) throw new Error(`msc ${args.join(' ')} on ${node.name} failed (${r.exitCode}): ${r.stderr}`)
+    return JSON.parse(r.stdout) as T
+  }
+
+  /** `msc peer ls --json` on the node. */
+  async peers (node: ClusterNode): Promise<PeerInfo[]> {
+    return await this.json<PeerInfo[]>(node, 'peer', 'ls')
+  }
+
+  /** `msc status --json` on the node. */
+  async status (node: ClusterNode): Promise<NodeStatus> {
+    return await this.json<NodeStatus>(node, 'status')
+  }
+
+  /** The state `observer` has for `subject` (undefined: not listed). */
+  async stateOf (observer: ClusterNode, subject: ClusterNode): Promise<PeerInfo | undefined> {
+    return (await this.peers(observer)).find((p) => p.peerId === subject.peerId)
+  }
+
+  /**
+   * Polls `msc peer ls --json` on `observer` until `subject` is listed in `state`;
+   * returns that entry (its stateSince says when the transition happened).
+   */
+  async waitState (observer: ClusterNode, subject: ClusterNode, state: PeerInfo['state'], timeoutMs: number): Promise<PeerInfo> {
+    let found: PeerInfo | undefined
+    let last = 'not listed'
+    try {
+      await waitFor(async () => {
+        const p = await this.stateOf(observer, subject)
+        last = p == null ? 'not listed' : p.state
+        if (p?.state === state) found = p
+        return found != null
+      }, timeoutMs, `${observer.name} to see ${subject.name} ${state}`)
+    } catch (err) {
+      throw new Error(`${(err as Error).message} (last seen: ${last})`)
+    }
+    return found!
+  }
+
+  /**
+   * Until each of `nodes` lists every other one of them as alive; returns when that
+   * was first seen (the end of the poll that saw it).
+   */
+  async waitAllAlive (timeoutMs: number, nodes: ClusterNode[] = this.nodes): Promise<number> {
+    let missing: string[] = []
+    try {
+      await waitFor(async () => {
+        const views = await Promise.all(nodes.map(async (n) => [n, await this.peers(n)] as const))
+        missing = []
+        for (const [n, list] of views) {
+          for (const o of nodes) {
+            if (o === n) continue
+            const p = list.find((x) => x.peerId === o.peerId)
+            if (p?.state !== 'alive') missing.push(`${n.name} sees ${o.name} ${p?.state ?? 'not listed'}`)
+          }
+        }
+        return missing.length === 0
+      }, timeoutMs, `all of ${nodes.map((n) => n.name).join(', ')} to see each other alive`)
+    } catch (err) {
+      throw new Error(`${(err as Error).message}: ${missing.join('; ')}`)
+    }
+    return Date.now()
+  }
+
+  /** The last lines of the node's log (for failure messages). */
+  logTail (node: ClusterNode, lines = 30): string {
+    try { return readFileSync(node.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') } catch { return '' }
+  }
+
+  /**
+   * Removes everything: nodes stopped by pid (SIGTERM, then SIGKILL after 3 s),
+   * containers in their runc roots, every leftover process in the hosts, the testbed,
+   * cgroups and the temp dir (kept when MSC_TEST_KEEP_LOGS=1). Safe to call twice and
+   * after failures; throws the first error once every step ran.
+   */
+  async destroy (): Promise<void> {
+    if (this.#destroyed) return
+    this.#destroyed = true
+    const errors: unknown[] = []
+    const step = async (f: () => Promise<unknown>): Promise<void> => { try { await f() } catch (e) { errors.push(e) } }
+    await step(() => this.stopAll(3_000))
+    for (const n of this.nodes) {
+      const runcRoot = path.join(n.dataDir, 'runc')
+      if (!existsSync(runcRoot)) continue
+      await step(async () => {
+        const list = await execa('runc', ['--root', runcRoot, 'list', '-q'], { reject: false })
+        for (const id of String(list.stdout).split('\n').filter(Boolean)) {
+          await execa('runc', ['--root', runcRoot, 'kill', '--all', id, 'KILL'], { reject: false })
+          await sleep(100)
+          await unmountUnder(path.join(runcRoot, id))
+          await execa('runc', ['--root', runcRoot, 'delete', '--force', id], { reject: false })
+        }
+      })
+    }
+    // destroy() SIGKILLs whatever is left in the hosts (shims, a node that would not die).
+    await step(() => this.tb.destroy())
+    for (const n of this.nodes) {
+      await step(async () => {
+        const nodeId = await fs.readFile(path.join(n.dataDir, 'node-id'), 'utf8').then((s) => s.trim()).catch(() => null)
+        if (nodeId != null && nodeId !== '') await removeCgroups(`msc-${nodeId}`)
+      })
+    }
+    await step(async () => {
+      await unmountUnder(this.root)
+      if (process.env.MSC_TEST_KEEP_LOGS === '1') {
+        process.stderr.write(`cluster: logs kept in ${this.root}\n`)
+        return
+      }
+      await execa('rm', ['-rf', '--one-file-system', this.root], { reject: false })
+    })
+    if (errors.length > 0) throw new AggregateError(errors, `destroying cluster: ${errors.map(String).join('; ')}`)
+  }
+
+  async [Symbol.asyncDispose] (): Promise<void> { await this.destroy() }
+}
+
+/**
+ * Creates a testbed of `hosts` hosts and one node per host (`n1` in `h1`, ...), each
+ * with a data dir under a fresh temp dir; starts them all unless `start: false`.
+ * On failure everything made is removed before the error is thrown.
+ */
+export async function startCluster (opts: StartClusterOptions): Promise<Cluster> {
+  const env: NodeJS.ProcessEnv = { ...process.env }
+  for (const k of SCRUBBED_ENV) delete env[k]
+  Object.assign(env, { MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000' }, opts.env)
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-cluster-'))
+  let tb: Testbed
+  try {
+    tb = await Testbed.create({ hosts: opts.hosts })
+  } catch (err) {
+    await fs.rm(root, { recursive: true, force: true })
+    throw err
+  }
+  const nodes: ClusterNode[] = tb.hosts.map((host) => ({
+    name: `n${host.index}`,
+    host,
+    dataDir: path.join(root, `n${host.index}`),
+    logFile: path.join(root, `n${host.index}.log`),
+    args: [...(opts.args ?? [])],
+    proc: null,
+    peerId: '',
+    addr: ''
+  }))
+  const c = new Cluster(tb, root, nodes, env)
+  if (opts.start !== false) {
+    try {
+      await c.startAll()
+    } catch (err) {
+      await c.destroy().catch(() => {})
+      throw err
+    }
+  }
+  return c
+}
+
+function isRunning (p: ChildProcess | null): p is ChildProcess {
+  return p != null && p.exitCode == null && p.signalCode == null
+}
+
+async function unmountUnder (dir: string): Promise<void> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
+  const points = info.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p != null && (p === dir || p.startsWith(dir + '/')))
+  for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
+}
