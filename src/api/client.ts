@@ -1,6 +1,6 @@
 import http from 'node:http'
 import { MscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult, MigrateEvent, MigrateRequestBody, MigrationResultInfo } from './types.ts'
 
 /** The CLI's view of a node: typed calls over the node's unix socket. */
 export class ControlClient {
@@ -55,6 +55,33 @@ export class ControlClient {
   checkpoint (name: string, stop = false): Promise<CheckpointInfo> { return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop }) }
   checkpoints (name: string): Promise<CheckpointInfo[]> { return this.request('GET', `/v1/containers/${enc(name)}/checkpoints`) }
   restore (name: string, from?: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/restore`, from == null ? {} : { from }) }
+
+  /** Starts a migration; `onEvent` sees each progress line; resolves with the result. */
+  async migrate (name: string, body: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal?: AbortSignal): Promise<MigrationResultInfo> {
+    const res = await this.raw('POST', `/v1/containers/${enc(name)}/migrate`, body, signal)
+    if ((res.statusCode ?? 500) >= 400) {
+      const chunks: Buffer[] = []
+      for await (const c of res) chunks.push(c as Buffer)
+      const e = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as ApiErrorBody).error
+      throw new MscError(e.code as MscErrorCode, e.message, e.details)
+    }
+    let buf = ''
+    let result: MigrationResultInfo | undefined
+    for await (const c of res) {
+      buf += (c as Buffer).toString('utf8')
+      let i
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        if (line.trim() === '') continue
+        const e = JSON.parse(line) as MigrateEvent
+        if (e.type === 'result') result = e.result
+        else onEvent(e)
+      }
+    }
+    if (result == null) throw new MscError('DAEMON_UNREACHABLE', 'the node closed the migration stream without a result (did it stop?)')
+    return result
+  }
 
   peers (): Promise<PeerInfo[]> { return this.request('GET', '/v1/peers') }
   join (addr: string): Promise<JoinResult> { return this.request('POST', '/v1/peers/join', { addr }) }

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo } from './types.ts'
 
 /** What the API serves; the node implements it. Keeps api/ free of node internals. */
 export interface ControlHandlers {
@@ -19,6 +19,9 @@ export interface ControlHandlers {
   logFiles: (name: string) => Promise<string[]>
   peers: () => Promise<PeerInfo[]>
   join: (req: JoinRequest, signal: AbortSignal) => Promise<JoinResult>
+  migrate: (name: string, req: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal: AbortSignal) => Promise<MigrationResultInfo>
+  /** Where a container that left this node went, if it did. */
+  movedTo: (name: string) => Promise<{ to: string, toName: string, at: string } | null>
 }
 
 const STATUS: Record<MscErrorCode, number> = {
@@ -102,6 +105,15 @@ export class ControlServer {
         return send(res, 200, await h.checkpoints(name))
       } else if (method === 'POST' && op === 'restore') {
         return send(res, 200, await h.restore(name, await body<RestoreRequest>(req), ac.signal))
+      } else if (method === 'POST' && op === 'migrate') {
+        const mreq = await body<MigrateRequestBody>(req)
+        // NDJSON: progress lines while it runs, then one result line.
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+        const line = (e: MigrateEvent): void => { if (!res.writableEnded) res.write(JSON.stringify(e) + '\n') }
+        const result = await h.migrate(name, mreq, line, ac.signal)
+        line({ type: 'result', result })
+        res.end()
+        return
       } else if (method === 'GET' && op === 'logs') {
         return await this.streamLogs(name, url.searchParams.get('follow') === '1', res)
       }
@@ -132,9 +144,18 @@ export class ControlServer {
       if (busy) return
       busy = true
       try {
-        const size = (await fsp.stat(current!).catch(() => ({ size: 0 }))).size
-        if (size < pos) pos = 0 // rotated: start the new file from its beginning
-        if (size > pos) pos = await pipeFile(current!, pos, res)
+        const st = await fsp.stat(current!).catch(() => null)
+        if (st == null) {
+          // The container left this node (migrated): say where, then end.
+          const moved = await this.handlers.movedTo(name).catch(() => null)
+          if (moved != null) {
+            res.write(`[msc] ${name} moved to ${moved.toName} (${moved.to}) at ${moved.at}; follow it there: msc logs -f ${name} on that node\n`)
+            stop()
+          }
+          return
+        }
+        if (st.size < pos) pos = 0 // rotated: start the new file from its beginning
+        if (st.size > pos) pos = await pipeFile(current!, pos, res)
       } finally { busy = false }
     }
     const timer = setInterval(() => { void tick() }, 200)

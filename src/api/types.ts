@@ -82,3 +82,28 @@ export interface JoinResult { peerId: string }
 export interface ApiErrorBody {
   error: { code: string, message: string, details: string[] }
 }
+
+export interface MigrateRequestBody { to?: string, strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy' }
+
+/** One line of the NDJSON answer to a migrate request. */
+export type MigrateEvent =
+  | { type: 'progress', phase: string, bytes: number, totalBytes: number }
+  | { type: 'result', result: MigrationResultInfo }
+
+/** `msc peer migrate --json` (docs/cli.md). */
+export interface MigrationResultInfo {
+  ok: boolean
+  container: string
+  from: string
+  fromName: string
+  to: string
+  toName: string
+  strategy: string
+  downtimeMs: number | null
+  totalMs: number
+  bytes: number
+  goodputMBps: number | null
+  phases: Record<string, number>
+  error?: { code: string, message: string, details: string[] }
+  runningOn?: string
+}

@@ -74,7 +74,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = typeof LOG_LEVELS[number]
 
 /** The private CRIU that `npm run setup` installs when the system's does not work. */
-export const PRIVATE_CRIU = `${process.env.MSC_TOOLS_DIR ?? '/opt/msc'}/bin/criu`
+export const PRIVATE_CRIU = `${process.env.MSC_TOOLS_DIR || '/opt/msc'}/bin/criu`
 
 export const NODE_OPTIONS = {
   dataDir: {

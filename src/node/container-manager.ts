@@ -10,7 +10,7 @@ import type { CheckpointInfo, ContainerInfo, ContainerState } from '../api/types
 import { KeyedMutex } from '../util/keyed-mutex.ts'
 
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
-interface ContainerRecord {
+export interface ContainerRecord {
   name: string
   bundle: string
   createdAt: string
@@ -19,6 +19,8 @@ interface ContainerRecord {
   checkpointed: boolean
   /** Ownership epoch in the cluster: set at run, raised by one at each handover. */
   epoch?: number
+  /** Restored here by an incoming migration the source has not committed yet. */
+  pendingMigration?: boolean
 }
 
 /**
@@ -78,7 +80,7 @@ export class ContainerManager {
     return out.sort()
   }
 
-  private async readRecord (name: string): Promise<ContainerRecord | null> {
+  async readRecord (name: string): Promise<ContainerRecord | null> {
     try {
       return JSON.parse(await fs.readFile(this.dd.recordFile(name), 'utf8')) as ContainerRecord
     } catch {
@@ -93,10 +95,19 @@ export class ContainerManager {
     return r
   }
 
-  private async writeRecord (r: ContainerRecord): Promise<void> {
+  async writeRecord (r: ContainerRecord): Promise<void> {
     const file = this.dd.recordFile(r.name)
     await fs.writeFile(file + '.tmp', JSON.stringify(r, null, 2), { mode: 0o600 })
     await fs.rename(file + '.tmp', file)
+  }
+
+  /** Runs `fn` with the container locked (migration holds it for its whole run). */
+  async exclusive<T> (name: string, fn: () => Promise<T>): Promise<T> {
+    return await this.lock.run(name, fn)
+  }
+
+  get settings (): { logMaxBytes: number, stopTimeoutMs: number, tcpEstablished: boolean } {
+    return { logMaxBytes: this.init.logMaxBytes, stopTimeoutMs: this.init.stopTimeoutMs, tcpEstablished: this.init.tcpEstablished }
   }
 
   cgroupsPath (name: string): string {
@@ -287,7 +298,7 @@ export class ContainerManager {
     const out: Array<{ name: string, epoch: number, state: ContainerState }> = []
     for (const n of await this.names()) {
       const r = await this.readRecord(n)
-      if (r == null) continue
+      if (r == null || r.pendingMigration === true) continue // not ours until committed
       const st = await this.runc.state(n).catch(() => null)
       out.push({ name: n, epoch: r.epoch ?? 1, state: toInfo(r, st, []).state })
     }

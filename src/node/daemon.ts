@@ -4,8 +4,10 @@ import { MscError } from '../util/errors.ts'
 import { Runc } from '../runtime/runc.ts'
 import { removeEmptyCgroupParent } from '../runtime/cgroups.ts'
 import { ControlServer } from '../api/server.ts'
-import type { NodeStatus, PeerInfo } from '../api/types.ts'
+import type { NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
 import { Overlay } from '../overlay/overlay.ts'
+import { MigrationService } from './migration-service.ts'
+import { validateName } from './container-manager.ts'
 import type { Member } from '../overlay/membership/membership-view.ts'
 import path from 'node:path'
 import { ContainerManager } from './container-manager.ts'
@@ -66,6 +68,12 @@ export class MscNode {
     }, { claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }) })
     await this.overlay.start()
     const o = this.overlay
+    const migration = new MigrationService({
+      overlay: o, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
+      timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 15_000 },
+      logger: this.rootLog.child({ component: 'migration' })
+    })
+    await migration.start()
     this.api = new ControlServer({
       status: async () => await this.status(),
       list: async () => await c.list(),
@@ -76,9 +84,36 @@ export class MscNode {
       checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
       checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
       restore: async (name, req, signal) => { await this.requireCriu(); return await c.restore(name, { from: req.from, signal }) },
-      logFiles: async (name) => await c.logFiles(name),
+      logFiles: async (name) => {
+        try {
+          return await c.logFiles(name)
+        } catch (err) {
+          const moved = err instanceof MscError && err.code === 'NOT_FOUND'
+            ? await fs.readFile(path.join(cfg.dataDir, 'moved', `${name}.json`), 'utf8').then((t) => JSON.parse(t) as { toName: string, to: string }).catch(() => null)
+            : null
+          if (moved != null) throw new MscError('NOT_FOUND', `${name} moved to ${moved.toName} (${moved.to}): run msc logs there`)
+          throw err
+        }
+      },
       peers: async () => o.members().map((m) => toPeerInfo(m, o.connected(m.peerId))),
-      join: async (req, signal) => ({ peerId: await o.join(req.addr, signal) })
+      join: async (req, signal) => ({ peerId: await o.join(req.addr, signal) }),
+      migrate: async (name, req, onEvent, signal) => {
+        validateName(name)
+        const strategy = req.strategy ?? 'auto'
+        if (!['auto', 'stop-copy', 'post-copy', 'pre-copy'].includes(strategy)) throw new MscError('INVALID_ARGUMENT', `unknown strategy ${String(strategy)}: auto, stop-copy, post-copy or pre-copy`)
+        await this.requireCriu()
+        return await migration.migrate({
+          container: name, to: req.to, strategy, signal,
+          onProgress: (p) => onEvent({ type: 'progress', phase: p.phase, bytes: p.bytes, totalBytes: p.totalBytes })
+        }) as MigrationResultInfo
+      },
+      movedTo: async (name) => {
+        validateName(name)
+        try {
+          const j = JSON.parse(await fs.readFile(path.join(cfg.dataDir, 'moved', `${name}.json`), 'utf8')) as { to: string, toName: string, at: string }
+          return { to: j.to, toName: j.toName, at: j.at }
+        } catch { return null }
+      }
     }, this.rootLog.child({ component: 'api' }))
     await this.api.listen(this.config.apiSocket)
     this.startedAt = new Date().toISOString()
@@ -122,7 +157,7 @@ export class MscNode {
     const own = o.view.ownerOf(name)
     if (own?.owner != null && own.owner !== o.peerId) {
       const m = o.view.get(own.owner)
-      if (m == null || m.state === 'alive' || m.state === 'suspect') {
+      if (m != null && (m.state === 'alive' || m.state === 'suspect')) {
         throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${m?.name ?? own.owner} (epoch ${own.epoch})`)
       }
     }

@@ -81,7 +81,8 @@ export class PeerConnector {
     }
     const peer = ma.getComponents().find((c) => c.name === 'p2p')?.value
     try {
-      const conn = await this.libp2p.dial(ma, { signal: signal ?? AbortSignal.timeout(10_000) })
+      const limit = AbortSignal.timeout(10_000)
+      const conn = await this.libp2p.dial(ma, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
       await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
       return conn.remotePeer.toString()
     } catch (err) {

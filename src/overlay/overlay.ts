@@ -2,6 +2,8 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Stream } from '@libp2p/interface'
 import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
 import { loadOrCreatePeerKey } from './identity.ts'
 import { readPskFile } from './psk.ts'
@@ -103,10 +105,26 @@ export class Overlay {
       local: { name: this.cfg.name, version: this.cfg.version, role: 'node', containers: this.claims, resources: async () => await this.resources() }
     })
     await this.membership.start()
+    // @libp2p/bootstrap dials each address once, at start: a bootstrap peer that comes
+    // up later would never be joined. Keep trying those we are not connected to.
+    if (this.cfg.bootstrap.length > 0) {
+      this.bootstrapTimer = setInterval(() => { void this.redialBootstrap() }, 5_000)
+    }
     this.log.info({ peerId: this.peerId, name: this.cfg.name, addrs: this.addresses() }, 'overlay started')
   }
 
+  private bootstrapTimer?: NodeJS.Timeout
+
+  private async redialBootstrap (): Promise<void> {
+    for (const addr of this.cfg.bootstrap) {
+      const peer = addr.split('/p2p/')[1]
+      if (peer == null || this.connected(peer)) continue
+      await this.connector?.join(addr, AbortSignal.timeout(4_000)).catch(() => {})
+    }
+  }
+
   async stop (): Promise<void> {
+    clearInterval(this.bootstrapTimer)
     this.view.removeEventListener('member:state', this.onState)
     this.view.removeEventListener('drop', this.onDrop)
     await this.membership?.stop()
@@ -127,12 +145,24 @@ export class Overlay {
     return await this.connector.join(addr, signal)
   }
 
-  /** Tells peers about a change now rather than at the next heartbeat. */
-  async selfHeartbeat (): Promise<Heartbeat | undefined> {
-    return await this.membership?.selfHeartbeat()
+  members (): Member[] { return this.view.members() }
+
+  /** Publish our heartbeat now (an ownership change must not wait for the interval). */
+  announce (): void { this.membership?.publishNow() }
+
+  async dialProtocol (peerId: string, protocol: string, signal: AbortSignal): Promise<Stream> {
+    return await this.host.dialProtocol(peerIdFromString(peerId), protocol, { signal })
   }
 
-  members (): Member[] { return this.view.members() }
+  /** Serves a protocol; handlers get the authenticated remote peer id. */
+  async handle (protocol: string, handler: (stream: Stream, remotePeer: string) => Promise<void>, maxInboundStreams = 16): Promise<void> {
+    await this.host.handle(protocol, (stream, connection) => {
+      handler(stream, connection.remotePeer.toString()).catch((err) => {
+        this.log.warn({ protocol, peer: connection.remotePeer.toString(), err: (err as Error).message }, 'stream handler failed')
+        try { stream.abort(err as Error) } catch {}
+      })
+    }, { maxInboundStreams })
+  }
 
   private async resources (): Promise<Heartbeat['resources']> {
     let diskFreeBytes = 0

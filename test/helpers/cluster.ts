@@ -26,6 +26,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed, type TestHost } from '../testbed/testbed.ts'
 import { MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
+import { ControlClient } from '../../src/api/client.ts'
 import type { NodeStatus, PeerInfo } from '../../src/api/types.ts'
 
 export { sleep, tempDir, waitFor }
@@ -92,7 +93,7 @@ export class Cluster {
 
   /**
    * Starts (or restarts, on the same data dir) the node inside its host and waits
-   * until its API answers `msc status`. `args` replaces the node's arguments.
+   * until its API answers a status request. `args` replaces the node's arguments.
    */
   async start (node: ClusterNode, args?: string[]): Promise<void> {
     if (args != null) node.args = args
@@ -106,17 +107,23 @@ export class Cluster {
       await out.close()
     }
     const proc = node.proc
-    await waitFor(async () => {
+    const socket = path.join(node.dataDir, 'msc.sock')
+    const alive = (): boolean => {
       if (!isRunning(proc)) throw new Error(`${node.name} exited (${proc.exitCode ?? proc.signalCode}):\n${this.logTail(node)}`)
-      if (!existsSync(path.join(node.dataDir, 'msc.sock'))) return false
-      const r = await this.msc(node, 'status', '--json')
-      if (r.exitCode !== 0) return false
-      const s = JSON.parse(r.stdout) as NodeStatus
+      return true
+    }
+    // The socket appears once the node is up; only then is the CLI worth running (each
+    // run costs a Node start, which slows the booting nodes on a small machine).
+    await waitFor(() => alive() && existsSync(socket), 30_000, `${node.name} to create its API socket`)
+    await waitFor(async () => {
+      alive()
+      const s = await this.statusApi(node).catch(() => null)
+      if (s == null) return false
       if (node.peerId !== '' && node.peerId !== s.peerId) throw new Error(`${node.name} came back as ${s.peerId}, was ${node.peerId}`)
       node.peerId = s.peerId
       node.addr = `/ip4/${node.host.ip}/tcp/${NODE_PORT}/p2p/${s.peerId}`
       return true
-    }, 20_000, `${node.name} to answer msc status`)
+    }, 20_000, `${node.name} to answer on its API`)
   }
 
   /** Starts every node that is not running, all at once. */
@@ -156,9 +163,18 @@ export class Cluster {
     return JSON.parse(r.stdout) as T
   }
 
-  /** `msc peer ls --json` on the node. */
+  /** `msc peer ls --json` on the node (the real CLI: what a user sees). */
   async peers (node: ClusterNode): Promise<PeerInfo[]> {
     return await this.json<PeerInfo[]>(node, 'peer', 'ls')
+  }
+
+  /**
+   * The same list straight from the node's API socket (what `peer ls --json` prints
+   * verbatim), for polling loops: a CLI run costs ~0.3-1 s of CPU, the API call ~1 ms,
+   * and timing loops must not slow the nodes they time.
+   */
+  async peersApi (node: ClusterNode): Promise<PeerInfo[]> {
+    return await new ControlClient(path.join(node.dataDir, 'msc.sock')).peers()
   }
 
   /** `msc status --json` on the node. */
@@ -166,14 +182,20 @@ export class Cluster {
     return await this.json<NodeStatus>(node, 'status')
   }
 
-  /** The state `observer` has for `subject` (undefined: not listed). */
-  async stateOf (observer: ClusterNode, subject: ClusterNode): Promise<PeerInfo | undefined> {
-    return (await this.peers(observer)).find((p) => p.peerId === subject.peerId)
+  /** The same from the API socket (what `status --json` prints), for polling. */
+  async statusApi (node: ClusterNode): Promise<NodeStatus> {
+    return await new ControlClient(path.join(node.dataDir, 'msc.sock')).status()
+  }
+
+  /** The entry `observer` has for `subject` (undefined: not listed); `cli` to go through `msc peer ls`. */
+  async stateOf (observer: ClusterNode, subject: ClusterNode, via: 'api' | 'cli' = 'api'): Promise<PeerInfo | undefined> {
+    const list = via === 'cli' ? await this.peers(observer) : await this.peersApi(observer)
+    return list.find((p) => p.peerId === subject.peerId)
   }
 
   /**
-   * Polls `msc peer ls --json` on `observer` until `subject` is listed in `state`;
-   * returns that entry (its stateSince says when the transition happened).
+   * Polls (the API, every 100 ms) until `observer` lists `subject` in `state`; returns
+   * that entry (its stateSince says when the transition happened in the observer).
    */
   async waitState (observer: ClusterNode, subject: ClusterNode, state: PeerInfo['state'], timeoutMs: number): Promise<PeerInfo> {
     let found: PeerInfo | undefined
@@ -192,19 +214,21 @@ export class Cluster {
   }
 
   /**
-   * Until each of `nodes` lists every other one of them as alive; returns when that
-   * was first seen (the end of the poll that saw it).
+   * Polls (the API) until each of `nodes` lists every other one of them as alive.
+   * Returns the views at that moment: per observer name, its peer list.
    */
-  async waitAllAlive (timeoutMs: number, nodes: ClusterNode[] = this.nodes): Promise<number> {
+  async waitAllAlive (timeoutMs: number, nodes: ClusterNode[] = this.nodes): Promise<Map<string, PeerInfo[]>> {
     let missing: string[] = []
+    const views = new Map<string, PeerInfo[]>()
     try {
       await waitFor(async () => {
-        const views = await Promise.all(nodes.map(async (n) => [n, await this.peers(n)] as const))
+        views.clear()
+        for (const [n, list] of await Promise.all(nodes.map(async (n) => [n, await this.peersApi(n)] as const))) views.set(n.name, list)
         missing = []
-        for (const [n, list] of views) {
+        for (const n of nodes) {
           for (const o of nodes) {
             if (o === n) continue
-            const p = list.find((x) => x.peerId === o.peerId)
+            const p = views.get(n.name)!.find((x) => x.peerId === o.peerId)
             if (p?.state !== 'alive') missing.push(`${n.name} sees ${o.name} ${p?.state ?? 'not listed'}`)
           }
         }
@@ -213,7 +237,7 @@ export class Cluster {
     } catch (err) {
       throw new Error(`${(err as Error).message}: ${missing.join('; ')}`)
     }
-    return Date.now()
+    return views
   }
 
   /** The last lines of the node's log (for failure messages). */
@@ -307,7 +331,7 @@ export async function startCluster (opts: StartClusterOptions): Promise<Cluster>
   return c
 }
 
-function isRunning (p: ChildProcess | null): p is ChildProcess {
+function isRunning (p: ChildProcess | null): boolean {
   return p != null && p.exitCode == null && p.signalCode == null
 }
 

@@ -60,7 +60,15 @@ export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[
       return existsSync(socket) && (await execa(MSC, ['status', '--data-dir', dataDir], { reject: false, env })).exitCode === 0
     }, 20_000, 'node to listen')
   }
-  await launch()
+  try {
+    await launch()
+  } catch (err) {
+    // A node that died while starting still made a data dir (and maybe cgroups).
+    try { proc?.kill('SIGKILL') } catch {}
+    await unmountUnder(dataDir)
+    await execa('rm', ['-rf', '--one-file-system', dataDir, logFile], { reject: false })
+    throw err
+  }
   const node: TestNode = {
     dataDir,
     socket,

@@ -52,6 +52,8 @@ const handlers: ControlHandlers = {
   status: async () => STATUS,
   peers: async () => [],
   join: async () => { throw new MscError('RUNTIME_ERROR', 'no joining in this test') },
+  migrate: async () => { throw new MscError('RUNTIME_ERROR', 'no migration in this test') },
+  movedTo: async () => null,
   list: async () => CONTAINERS,
   inspect: async (name) => {
     const c = CONTAINERS.find((x) => x.name === name)

@@ -1,6 +1,7 @@
-import type { Command } from 'commander'
+import { Option, type Command } from 'commander'
+import { MscError, type MscErrorCode } from '../../util/errors.ts'
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
-import { peersTable } from '../render.ts'
+import { peersTable, bytes } from '../render.ts'
 
 /** msc peer ls, msc peer join / msc join, msc keygen psk. */
 export function registerPeerCommands (program: Command): void {
@@ -26,6 +27,33 @@ export function registerPeerCommands (program: Command): void {
       .argument('<multiaddr>')
       .option('--json', 'print the result as JSON'))
       .action(joinAction)
+  }
+
+  const migrateAction = async (name: string, opts: TargetOpts & { to?: string, strategy: string }): Promise<void> => {
+    const { ProgressLine } = await import('../progress.ts')
+    const bar = opts.json !== true && process.stderr.isTTY === true ? new ProgressLine(process.stderr) : null
+    const r = await clientFor(opts).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto' }, (e) => {
+      if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
+    })
+    bar?.done()
+    if (opts.json === true) printJson(r)
+    else if (r.ok) {
+      const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v} ms`).join(', ')
+      process.stdout.write(`${r.container} migrated ${r.fromName} -> ${r.toName} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''}\n  ${phases}\n`)
+    }
+    if (!r.ok) {
+      const where = r.runningOn == null ? '' : r.runningOn === r.from ? ` (${r.container} still runs on ${r.fromName})` : ` (${r.container} runs on ${r.toName})`
+      throw new MscError((r.error?.code ?? 'RUNTIME_ERROR') as MscErrorCode, `migration of ${r.container} failed: ${r.error?.message ?? 'unknown error'}${where}`, r.error?.details ?? [])
+    }
+  }
+  for (const cmd of [peer.command('migrate'), program.command('migrate')]) {
+    withTarget(cmd
+      .description('move a running container to another node; it goes on from where it was')
+      .argument('<name>', 'container name')
+      .option('--to <peer>', 'target peer id or node name (default: an alive peer with room)')
+      .addOption(new Option('--strategy <s>', 'stop-copy | post-copy | pre-copy | auto (the fastest both nodes support)').choices(['auto', 'stop-copy', 'post-copy', 'pre-copy']).default('auto'))
+      .option('--json', 'print one result object (schema in docs/cli.md)'))
+      .action(migrateAction)
   }
 
   program.command('keygen')

@@ -114,6 +114,8 @@ export class MembershipService {
 
   private soonTimer?: NodeJS.Timeout
 
+  publishNow (): void { void this.publish('heartbeat') }
+
   /** A new peer or mesh change: tell it who we are now, not at the next interval. */
   private publishSoon (): void {
     if (this.soonTimer != null || this.stopped) return

@@ -1,0 +1,75 @@
+import type { Features } from './messages.ts'
+
+/**
+ * What migration needs from the node's containers, on either side. The node
+ * implements it over its ContainerManager and runtime; migration/ stays free of
+ * runc details and the node stays free of protocol details.
+ * Source-side calls are made while the migration holds the container exclusively.
+ */
+export interface LocalContainer {
+  name: string
+  epoch: number
+  /** Directory with config.json and the rootfs the container runs on. */
+  bundleDir: string
+  rootfs: string
+  /** Output files, oldest first. */
+  logFiles: string[]
+}
+
+export interface LazyDump {
+  /** Images (without memory) are written and the page server listens. */
+  imagesReady: Promise<void>
+  /** Every page was fetched; the source process is gone. */
+  done: Promise<void>
+  cancel: () => void
+}
+
+export interface ContainerHost {
+  features: () => Promise<Features>
+  /** Runs `fn` with the container locked against every other operation. */
+  exclusive: <T>(name: string, fn: () => Promise<T>) => Promise<T>
+
+  // ---- source side ----
+  describe: (name: string) => Promise<LocalContainer>
+  /** Final dump: the container is frozen, dumped and gone from runc. */
+  dump: (name: string, imageDir: string, signal: AbortSignal) => Promise<void>
+  /** Post-copy dump: pages stay behind a page server on 127.0.0.1:port. */
+  dumpLazy: (name: string, imageDir: string, pageServerPort: number, signal: AbortSignal) => Promise<LazyDump>
+  /** Rollback: brings the container back here from the images of its final dump. */
+  resume: (name: string, imageDir: string, signal: AbortSignal) => Promise<void>
+  /** After commit: forget the container here, remember where it went. */
+  release: (name: string, movedTo: { peerId: string, name: string }) => Promise<void>
+
+  // ---- target side ----
+  /** A new directory for one incoming migration, inside the data dir. */
+  staging: (migrationId: string) => Promise<string>
+  freeBytes: () => Promise<number>
+  /** The name is free on this node (no record, nothing in runc). */
+  nameFree: (name: string) => Promise<boolean>
+  /** A cached copy of a bundle with this content digest, if this node has one. */
+  cachedBundle: (digest: string) => Promise<string | null>
+  cacheBundle: (digest: string, bundleDir: string) => Promise<void>
+  /** Restores a received container; it is not owned (claimed) until commit. */
+  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, signal: AbortSignal }) => Promise<{ pid: number }>
+  /** Commit: the container is ours at `epoch`, and the membership says so at once. */
+  commit: (name: string, epoch: number) => Promise<void>
+  /** Abort: kills and removes an adopted, uncommitted container. */
+  discard: (name: string) => Promise<void>
+  removeStaging: (dir: string) => Promise<void>
+}
+
+/** What migration needs from the overlay: streams, and the cluster's view. */
+export interface ClusterPort {
+  selfId: string
+  selfName: string
+  /** Resolves a peer id or node name to an alive peer id. */
+  resolvePeer: (idOrName: string) => string
+  /** An alive peer with room, other than self. */
+  pickPeer: (needBytes: number) => string
+  peerName: (peerId: string) => string
+  /** Who owns the container, per the membership view. */
+  ownerOf: (container: string) => { owner: string | null, epoch: number } | undefined
+  peerState: (peerId: string) => string | undefined
+  /** Resolves once the view shows `owner` at `epoch` (or rejects on timeout). */
+  waitForOwner: (container: string, owner: string, epoch: number, timeoutMs: number) => Promise<void>
+}

@@ -1,0 +1,245 @@
+import crypto from 'node:crypto'
+import path from 'node:path'
+import type { Stream } from '@libp2p/interface'
+import type { Logger } from '../util/logger.ts'
+import { MscError, toMscError } from '../util/errors.ts'
+import { FramedStream } from '../protocols/framing.ts'
+import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
+import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
+import { AnswerSchema, CommittedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
+import { PhaseClock, type Progress } from './phase-clock.ts'
+import { bundleDigest } from './bundle-digest.ts'
+import { Watchdog } from './watchdog.ts'
+
+export interface MigrateRequest {
+  container: string
+  to?: string
+  strategy: Strategy | 'auto'
+  signal?: AbortSignal
+  onProgress?: (p: Progress) => void
+}
+
+/** What `msc peer migrate --json` prints (docs/cli.md). */
+export interface MigrationResult {
+  ok: boolean
+  container: string
+  from: string
+  fromName: string
+  to: string
+  toName: string
+  strategy: Strategy | 'auto'
+  /** From the freeze on the source to the container running on the target. */
+  downtimeMs: number | null
+  totalMs: number
+  bytes: number
+  goodputMBps: number | null
+  phases: Partial<Record<Phase, number>>
+  /** On failure: what happened, and where the container runs now. */
+  error?: { code: string, message: string, details: string[] }
+  runningOn?: string
+}
+
+export interface SourceDeps {
+  host: ContainerHost
+  cluster: ClusterPort
+  dial: (peerId: string, protocol: string, signal: AbortSignal) => Promise<Stream>
+  /** Page servers of running post-copy migrations, by transfer id (/msc/pages looks here). */
+  pageServers: Map<string, { host: string, port: number }>
+  freePort: () => Promise<number>
+  stagingRoot: (migrationId: string) => Promise<string>
+  removeStaging: (dir: string) => Promise<void>
+  logger: Logger
+  /** How long a transfer may make no progress before it is given up. */
+  stallTimeoutMs: number
+  restoreTimeoutMs: number
+  ownerWaitMs: number
+}
+
+/**
+ * The source side of a migration: an explicit sequence of named phases (prepare,
+ * bundle, freeze-dump, transfer, restore, lazy-pages, commit), each timed. Until the
+ * target reports the container restored, any failure rolls back: the source resumes
+ * its container from its own dump, so exactly one copy runs. Once the target reports
+ * it restored, the source never resumes it again: it commits and releases.
+ */
+export class MigrationSource {
+  private readonly d: SourceDeps
+
+  constructor (deps: SourceDeps) {
+    this.d = deps
+  }
+
+  async migrate (req: MigrateRequest): Promise<MigrationResult> {
+    const d = this.d
+    const migrationId = crypto.randomBytes(9).toString('base64url')
+    const log = d.logger.child({ migration: migrationId, container: req.container })
+    const clock = new PhaseClock(log, req.onProgress)
+    const result: MigrationResult = {
+      ok: false, container: req.container, from: d.cluster.selfId, fromName: d.cluster.selfName, to: '', toName: '',
+      strategy: req.strategy, downtimeMs: null, totalMs: 0, bytes: 0, goodputMBps: null, phases: clock.phases
+    }
+    const outer = req.signal ?? new AbortController().signal
+    return await d.host.exclusive(req.container, async () => {
+      let control: FramedStream | undefined
+      let staging: string | undefined
+      let dumped = false
+      let lazy: LazyDump | undefined
+      let restored = false
+      let freezeAt = 0
+      let transferMs = 0
+      const transfers = { bundle: tid(), delta: tid(), images: tid(), log: tid(), pages: tid() }
+      try {
+        // ---- prepare: what moves, to whom, can it take it ----
+        clock.enter('prepare')
+        const c = await d.host.describe(req.container)
+        const to = req.to != null ? d.cluster.resolvePeer(req.to) : undefined
+        const features = await d.host.features()
+        const { readFile } = await import('node:fs/promises')
+        const config = JSON.parse(await readFile(path.join(c.bundleDir, 'config.json'), 'utf8')) as Record<string, unknown>
+        const digest = await bundleDigest(config, c.rootfs)
+        const target = to ?? d.cluster.pickPeer(digest.bytes * 2)
+        result.to = target
+        result.toName = d.cluster.peerName(target)
+        const offer: Offer = {
+          type: 'offer', v: MIGRATE_VERSION, migrationId, container: c.name, strategy: req.strategy, config, epoch: c.epoch,
+          bundle: digest, estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024, features,
+          source: { peerId: d.cluster.selfId, name: d.cluster.selfName }, transfers
+        }
+        control = new FramedStream(await d.dial(target, MIGRATE_PROTOCOL, AbortSignal.any([outer, AbortSignal.timeout(15_000)])), { maxFrameBytes: MAX_CONTROL_FRAME, idleTimeoutMs: 0 })
+        await control.writeJson(offer, outer)
+        const answer = await control.readJson(AnswerSchema, AbortSignal.any([outer, AbortSignal.timeout(30_000)]))
+        if (answer.type === 'refuse') throw new MscError('INVALID_STATE', `${result.toName} refused the migration: ${answer.reason}`, [], { cause: answer.code })
+        result.strategy = answer.strategy
+        log.info({ to: target, toName: result.toName, strategy: answer.strategy, needBundle: answer.needBundle }, 'target accepted')
+        if (answer.strategy === 'pre-copy') {
+          throw new MscError('INVALID_STATE', 'pre-copy rounds are not implemented in this version; use --strategy post-copy or stop-copy')
+        }
+
+        // ---- bundle: the rootfs goes ahead while the container still runs ----
+        clock.enter('bundle')
+        const before = await treeManifest(c.rootfs)
+        if (answer.needBundle) {
+          clock.addTotal(digest.bytes)
+          result.bytes += await this.sendTree(target, c.rootfs, transfers.bundle, 'rootfs', clock, outer)
+        }
+
+        // ---- freeze-dump: from here the container is down ----
+        clock.enter('freeze-dump')
+        staging = await d.stagingRoot(migrationId)
+        const imageDir = path.join(staging, 'images')
+        freezeAt = Date.now()
+        if (answer.strategy === 'post-copy') {
+          const port = await d.freePort()
+          d.pageServers.set(transfers.pages, { host: '127.0.0.1', port })
+          lazy = await d.host.dumpLazy(c.name, imageDir, port, outer)
+          dumped = true
+          await lazy.imagesReady
+        } else {
+          await d.host.dump(c.name, imageDir, outer)
+          dumped = true
+        }
+
+        // ---- transfer: rootfs changes, images, output log ----
+        clock.enter('transfer')
+        const t0 = Date.now()
+        const delta = changedSince(before, await treeManifest(c.rootfs))
+        const changed = new Set(delta.changed)
+        if (changed.size > 0 || delta.deleted.length > 0) {
+          result.bytes += await this.sendTree(target, c.rootfs, transfers.delta, 'rootfs-delta', clock, outer, (p) => changed.has(p), delta.deleted)
+        }
+        result.bytes += await this.sendTree(target, imageDir, transfers.images, 'images', clock, outer)
+        const logDir = path.dirname(c.logFiles.at(-1)!)
+        const logNames = new Set(c.logFiles.map((f) => path.basename(f)))
+        result.bytes += await this.sendTree(target, logDir, transfers.log, 'log', clock, outer, (p) => logNames.has(p))
+        transferMs = Date.now() - t0
+
+        // ---- restore on the target ----
+        clock.enter('restore')
+        await control.writeJson({ type: 'restore', lazy: lazy != null }, outer)
+        const rr = await control.readJson(RestoreResultSchema, AbortSignal.any([outer, AbortSignal.timeout(d.restoreTimeoutMs)]))
+        if (rr.type === 'failed') throw new MscError('CRIU_ERROR', `restore on ${result.toName} failed: ${rr.reason}`, rr.details)
+        restored = true // the point of no return: from now on the source never resumes
+        result.downtimeMs = Date.now() - freezeAt
+        log.info({ pid: rr.pid, downtimeMs: result.downtimeMs }, 'restored on target')
+
+        if (lazy != null) {
+          clock.enter('lazy-pages')
+          await lazy.done
+        }
+
+        // ---- commit: ownership moves to the target at epoch + 1 ----
+        clock.enter('commit')
+        await control.writeJson({ type: 'commit' }, outer)
+        const committed = await control.readJson(CommittedSchema, AbortSignal.timeout(15_000)).catch((err) => {
+          log.warn({ err: (err as Error).message }, 'no commit acknowledgement; the target settles it from membership')
+          return null
+        })
+        await d.host.release(c.name, { peerId: target, name: result.toName })
+        await d.cluster.waitForOwner(c.name, target, committed?.epoch ?? c.epoch + 1, d.ownerWaitMs)
+          .catch(() => log.warn('the cluster has not yet seen the new owner epoch'))
+        clock.end()
+        result.ok = true
+        result.runningOn = target
+      } catch (err) {
+        const e = toMscError(err)
+        clock.enter('rollback')
+        log.warn({ err: e.message, restored }, 'migration failed')
+        result.error = { code: e.code, message: e.message, details: e.details }
+        if (!restored) {
+          try { await control?.writeJson({ type: 'abort', reason: e.message }, AbortSignal.timeout(2_000)) } catch {}
+          control?.abort(new Error('migration aborted'))
+          lazy?.cancel()
+          if (dumped && staging != null) {
+            // Back here, from our own dump: the target never reported it running.
+            try {
+              await d.host.resume(req.container, path.join(staging, 'images'), AbortSignal.timeout(120_000))
+              result.runningOn = d.cluster.selfId
+            } catch (re) {
+              const r = toMscError(re)
+              result.error.details.push(`resuming on the source failed too: ${r.message}`, ...r.details)
+            }
+          } else {
+            result.runningOn = d.cluster.selfId
+          }
+        } else {
+          result.runningOn = result.to
+        }
+        clock.end()
+      } finally {
+        d.pageServers.delete(transfers.pages)
+        try { await control?.closeWrite() } catch {}
+        if (staging != null) await d.removeStaging(staging).catch(() => {})
+        result.totalMs = clock.totalMs()
+        const mb = result.bytes / 1e6
+        result.goodputMBps = transferMs > 0 ? Math.round(mb / (transferMs / 1000) * 10) / 10 : null
+      }
+      return result
+    })
+  }
+
+  /** One tree over /msc/image, given up when it makes no progress for a while. */
+  private async sendTree (peer: string, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal,
+    include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
+    const dog = new Watchdog(this.d.stallTimeoutMs, `the ${label} transfer stalled`)
+    const signal = AbortSignal.any([outer, dog.signal])
+    const base = clock.transferred
+    try {
+      const stream = await this.d.dial(peer, IMAGE_PROTOCOL, signal)
+      const r = await sendTree(stream, dir, {
+        transferId, label, include, deletes, signal,
+        onProgress: (n: number) => { dog.kick(); clock.progress(n, base) }
+      })
+      clock.setTransferred(base + r.bytes)
+      return r.bytes
+    } catch (err) {
+      if (dog.signal.aborted) throw new MscError('RUNTIME_ERROR', dog.reason)
+      throw err
+    } finally {
+      dog.stop()
+    }
+  }
+}
+
+function tid (): string {
+  return crypto.randomBytes(12).toString('base64url')
+}

@@ -1,0 +1,184 @@
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { execa } from 'execa'
+import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
+import type { Runc } from '../runtime/runc.ts'
+import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
+import { removeTree } from '../runtime/mounts.ts'
+import { checkpointLazy, startLazyPagesDaemon } from '../runtime/lazy-pages.ts'
+import type { ContainerHost, LazyDump, LocalContainer } from '../migration/host.ts'
+import type { Features } from '../migration/messages.ts'
+import type { ContainerManager } from './container-manager.ts'
+import type { DataDir } from './data-dir.ts'
+
+/**
+ * The node's side of migration: ContainerHost over its containers, runc and data dir.
+ * Incoming containers live entirely under the data dir (DIR/containers/NAME/src holds
+ * their config.json and rootfs); outgoing ones leave a note in DIR/moved/NAME.json.
+ */
+export class NodeMigrationHost implements ContainerHost {
+  private readonly m: ContainerManager
+  private readonly runc: Runc
+  private readonly dd: DataDir
+  private readonly log: Logger
+  private readonly announce: () => void
+  private featureCache?: Promise<Features>
+
+  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger, announce: () => void }) {
+    this.m = init.manager
+    this.runc = init.runc
+    this.dd = init.dataDir
+    this.log = init.logger
+    this.announce = init.announce
+  }
+
+  /** Probed once: CRIU's view of this kernel does not change while the node runs. */
+  async features (): Promise<Features> {
+    this.featureCache ??= (async () => {
+      const criu = this.runc.config.criuPath
+      const has = async (f: string): Promise<boolean> => (await execa(criu, ['check', '--feature', f], { reject: false, timeout: 30_000 })).exitCode === 0
+      const pipeMax = Number((await fs.readFile('/proc/sys/fs/pipe-max-size', 'utf8').catch(() => '0')).trim())
+      return { preCopy: await has('mem_dirty_track'), postCopy: await has('uffd-noncoop') && pipeMax >= 16 * 1024 * 1024 }
+    })()
+    return await this.featureCache
+  }
+
+  async exclusive<T> (name: string, fn: () => Promise<T>): Promise<T> {
+    return await this.m.exclusive(name, fn)
+  }
+
+  async describe (name: string): Promise<LocalContainer> {
+    const r = await this.m.readRecord(name)
+    if (r == null) throw new MscError('NOT_FOUND', `no container named ${name} on this node`)
+    const st = await this.runc.state(name)
+    if (st?.status !== 'running') throw new MscError('INVALID_STATE', `container ${name} is ${st?.status ?? 'stopped'}: only a running container migrates`)
+    const b = await loadBundle(r.bundle)
+    const log = this.dd.logFile(name)
+    const logFiles: string[] = []
+    for (const f of [log + '.1', log]) if (await exists(f)) logFiles.push(f)
+    if (logFiles.length === 0) { await fs.writeFile(log, ''); logFiles.push(log) }
+    return { name, epoch: r.epoch ?? 1, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
+  }
+
+  async dump (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
+    await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    await this.runc.delete(name, { force: true })
+  }
+
+  async dumpLazy (name: string, imageDir: string, port: number, signal: AbortSignal): Promise<LazyDump> {
+    await fs.mkdir(imageDir, { recursive: true })
+    const d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    const done = d.done.then(async () => { await this.runc.delete(name, { force: true }) })
+    done.catch(() => {})
+    return { imagesReady: d.imagesReady, done, cancel: d.cancel }
+  }
+
+  async resume (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
+    const st = await this.runc.state(name)
+    if (st?.status === 'running') return // the dump never stopped it (post-copy cancelled before the freeze)
+    if (st?.status === 'paused') { await this.runc.resume(name); return }
+    if (st != null) await this.runc.delete(name, { force: true })
+    const workDir = this.dd.workDir(name, `resume-${Date.now()}`)
+    await fs.mkdir(workDir, { recursive: true })
+    await this.runc.restore(name, this.dd.runtimeBundle(name), {
+      imageDir, workDir, tcpEstablished: this.m.settings.tcpEstablished,
+      logFile: this.dd.logFile(name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
+    })
+    this.log.info({ name }, 'container resumed on the source after a failed migration')
+  }
+
+  async release (name: string, movedTo: { peerId: string, name: string }): Promise<void> {
+    await this.runc.delete(name, { force: true }).catch(() => {})
+    const movedDir = path.join(this.dd.root, 'moved')
+    await fs.mkdir(movedDir, { recursive: true })
+    await fs.writeFile(path.join(movedDir, `${name}.json`), JSON.stringify({ container: name, to: movedTo.peerId, toName: movedTo.name, at: new Date().toISOString() }) + '\n')
+    await removeTree(this.dd.containerDir(name))
+    this.announce()
+  }
+
+  async staging (migrationId: string): Promise<string> {
+    const dir = path.join(this.dd.tmp, `mig-${migrationId}`)
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+    return dir
+  }
+
+  async removeStaging (dir: string): Promise<void> {
+    if (!dir.startsWith(this.dd.tmp + '/')) throw new MscError('INTERNAL', `refusing to remove ${dir}`)
+    await removeTree(dir)
+  }
+
+  async freeBytes (): Promise<number> {
+    const s = await fs.statfs(this.dd.root)
+    return s.bavail * s.bsize
+  }
+
+  async nameFree (name: string): Promise<boolean> {
+    return (await this.m.readRecord(name)) == null && (await this.runc.state(name)) == null
+  }
+
+  async cachedBundle (digest: string): Promise<string | null> {
+    const dir = path.join(this.dd.root, 'bundles', digest)
+    return await exists(path.join(dir, 'rootfs')) ? dir : null
+  }
+
+  /** Keeps a pristine copy of a received rootfs, so the next migration of the same bundle skips it. */
+  async cacheBundle (digest: string, bundleDir: string): Promise<void> {
+    const dir = path.join(this.dd.root, 'bundles', digest)
+    if (await exists(dir)) return
+    await removeTree(`${dir}.tmp`)
+    await fs.mkdir(`${dir}.tmp`, { recursive: true, mode: 0o700 })
+    await execa('cp', ['-a', path.join(bundleDir, 'rootfs'), path.join(`${dir}.tmp`, 'rootfs')], { timeout: 120_000 })
+    await fs.rename(`${dir}.tmp`, dir)
+  }
+
+  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, signal: AbortSignal }): Promise<{ pid: number }> {
+    const cdir = this.dd.containerDir(req.name)
+    await fs.mkdir(cdir, { recursive: true, mode: 0o700 })
+    const src = path.join(cdir, 'src')
+    await fs.rename(req.bundleDir, src)
+    for (const f of ['container.log.1', 'container.log']) {
+      if (await exists(path.join(req.logDir, f))) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
+    }
+    const bundle = await loadBundle(src)
+    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name)))
+    const now = new Date().toISOString()
+    await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
+    await fs.mkdir(req.workDir, { recursive: true })
+    let daemon: { exited: Promise<void>, kill: () => void } | undefined
+    if (req.lazyPagesPort != null) {
+      const dmn = await startLazyPagesDaemon(this.runc.config.criuPath, { imageDir: req.imageDir, workDir: req.workDir, address: '127.0.0.1', port: req.lazyPagesPort, signal: req.signal })
+      daemon = dmn
+      dmn.exited.catch((err) => this.log.warn({ err: (err as Error).message, name: req.name }, 'lazy-pages daemon failed'))
+      await dmn.ready
+    }
+    try {
+      const st = await this.runc.restore(req.name, this.dd.runtimeBundle(req.name), {
+        imageDir: req.imageDir, workDir: req.workDir, lazyPages: req.lazyPagesPort != null, tcpEstablished: this.m.settings.tcpEstablished,
+        logFile: this.dd.logFile(req.name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(req.name), signal: req.signal
+      })
+      return { pid: st.pid }
+    } catch (err) {
+      daemon?.kill()
+      throw err
+    }
+  }
+
+  async commit (name: string, epoch: number): Promise<void> {
+    const r = await this.m.readRecord(name)
+    if (r == null) throw new MscError('INTERNAL', `committed container ${name} has no record`)
+    r.epoch = epoch
+    r.pendingMigration = false
+    await this.m.writeRecord(r)
+    this.announce()
+  }
+
+  async discard (name: string): Promise<void> {
+    await this.runc.stop(name, 1_000).catch(async () => { await this.runc.delete(name, { force: true }).catch(() => {}) })
+    await removeTree(this.dd.containerDir(name))
+  }
+}
+
+async function exists (p: string): Promise<boolean> {
+  try { await fs.access(p); return true } catch { return false }
+}
