@@ -111,9 +111,6 @@ export class MigrationSource {
         if (answer.type === 'refuse') throw new MscError('INVALID_STATE', `${result.toName} refused the migration: ${answer.reason}`, [], { cause: answer.code })
         result.strategy = answer.strategy
         log.info({ to: target, toName: result.toName, strategy: answer.strategy, needBundle: answer.needBundle }, 'target accepted')
-        if (answer.strategy === 'pre-copy') {
-          throw new MscError('INVALID_STATE', 'pre-copy rounds are not implemented in this version; use --strategy post-copy or stop-copy')
-        }
 
         // ---- bundle: the rootfs goes ahead while the container still runs ----
         clock.enter('bundle')

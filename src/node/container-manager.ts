@@ -296,10 +296,12 @@ export class ContainerManager {
   /** What this node owns, for its membership heartbeat. */
   async claims (): Promise<Array<{ name: string, epoch: number, state: ContainerState }>> {
     const out: Array<{ name: string, epoch: number, state: ContainerState }> = []
+    // One `runc list` for all (this runs at every heartbeat), not one `runc state` each.
+    const states = new Map((await this.runc.list().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
       const r = await this.readRecord(n)
       if (r == null || r.pendingMigration === true) continue // not ours until committed
-      const st = await this.runc.state(n).catch(() => null)
+      const st = states.get(n) ?? null
       out.push({ name: n, epoch: r.epoch ?? 1, state: toInfo(r, st, []).state })
     }
     return out

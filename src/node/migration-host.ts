@@ -170,6 +170,8 @@ export class NodeMigrationHost implements ContainerHost {
     r.epoch = epoch
     r.pendingMigration = false
     await this.m.writeRecord(r)
+    // It came back (or came here for the first time): no longer "moved away".
+    await fs.rm(path.join(this.dd.root, 'moved', `${name}.json`), { force: true })
     this.announce()
   }
 

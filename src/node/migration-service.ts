@@ -32,12 +32,13 @@ export class MigrationService {
   private readonly dd: DataDir
   private readonly log: Logger
   private readonly pageServers = new Map<string, { host: string, port: number }>()
+  private readonly host: NodeMigrationHost
 
   constructor (init: { overlay: Overlay, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, logger: Logger }) {
     this.overlay = init.overlay
     this.dd = init.dataDir
     this.log = init.logger
-    const host = new NodeMigrationHost({ manager: init.manager, runc: init.runc, dataDir: init.dataDir, logger: init.logger, announce: () => init.overlay.announce() })
+    const host = this.host = new NodeMigrationHost({ manager: init.manager, runc: init.runc, dataDir: init.dataDir, logger: init.logger, announce: () => init.overlay.announce() })
     const cluster = clusterPort(init.overlay, init.selfName)
     this.source = new MigrationSource({
       host, cluster, pageServers: this.pageServers, logger: init.logger,
@@ -57,6 +58,8 @@ export class MigrationService {
   }
 
   async start (): Promise<void> {
+    // CRIU's feature probes take a few hundred ms: do them now, not inside a migration.
+    void this.host.features().catch(() => {})
     await this.overlay.handle(MIGRATE_PROTOCOL, async (stream, peer) => await this.target.handle(stream, peer), 4)
     await this.overlay.handle(IMAGE_PROTOCOL, async (stream) => {
       await receiveTree(stream, {

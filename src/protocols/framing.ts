@@ -66,6 +66,7 @@ export class FramedStream {
   private headOffset = 0
   private buffered = 0
   private paused = false
+  private resuming = false
   private ended = false
   private closeError: Error | undefined
   private wake: (() => void) | undefined
@@ -83,10 +84,8 @@ export class FramedStream {
       const data = evt.data
       if (data instanceof Uint8Array) this.push(data)
       else for (const c of data) this.push(c)
-      if (this.buffered > this.readBufferBytes && !this.paused) {
-        this.paused = true
-        try { stream.pause() } catch { /* closing: nothing more will come anyway */ }
-      }
+      // Not from inside our own resume(): see maybeResume.
+      if (!this.resuming) this.maybePause()
       this.notify()
     })
     // 'end', not 'remoteCloseWrite': data still buffered in the stream would be lost.
@@ -226,11 +225,30 @@ export class FramedStream {
     return out
   }
 
-  /** Resume below half the limit (hysteresis: not one pause/resume per frame). */
+  private maybePause (): void {
+    if (this.paused || this.buffered <= this.readBufferBytes) return
+    this.paused = true
+    try { this.stream.pause() } catch { /* closing: nothing more will come anyway */ }
+  }
+
+  /**
+   * Resume below half the limit (hysteresis: not one pause/resume per frame).
+   * stream.resume() delivers the paused data synchronously and only then tells yamux to
+   * resume: a pause() from the 'message' handler in between is overwritten, the yamux
+   * stream keeps granting window while reads stay paused, and the stream resets itself
+   * when its buffer overflows (measured: 33 MB, StreamBufferError). So pause afterwards.
+   */
   private maybeResume (limit: number): void {
     if (!this.paused || this.buffered >= limit / 2) return
     this.paused = false
-    try { this.stream.resume() } catch { /* resume() throws once closed; 'end'/'close' tell the rest */ }
+    this.resuming = true
+    try {
+      this.stream.resume()
+    } catch { /* resume() throws once closed; 'end'/'close' tell the rest */
+    } finally {
+      this.resuming = false
+    }
+    this.maybePause()
   }
 
   private async waitDrain (signal: AbortSignal | undefined): Promise<void> {

@@ -127,11 +127,14 @@ export class MembershipService {
     const l = this.o.local
     const containers = type === 'leave' ? [] : await l.containers()
     this.o.view.setLocalClaims(containers)
+    const resources = await l.resources()
+    // seq is taken after every await: two overlapping publishes must not go out with
+    // their sequence numbers in the wrong order (peers would drop one as a replay).
     return {
       v: HEARTBEAT_VERSION, type, peerId: this.o.libp2p.peerId.toString(), incarnation: this.incarnation,
       seq: ++this.seq, sentAt: Date.now(), name: l.name, version: l.version, role: l.role,
       addrs: dialableAddrs(this.o.libp2p.getMultiaddrs().map((m) => m.toString())).slice(0, 32),
-      containers, resources: await l.resources()
+      containers, resources
     }
   }
 

@@ -88,7 +88,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     } catch (err) {
       lastError = err as Error
       stream?.abort(lastError)
-      socket.destroy()
+      reset(socket)
       opts.onError?.(lastError)
     } finally {
       sockets.delete(socket)
@@ -112,7 +112,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
   const close = async (): Promise<void> => {
     closed ??= (async () => {
       closing.abort(new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} closed`))
-      for (const s of sockets) s.destroy()
+      for (const s of sockets) reset(s)
       await new Promise<void>((resolve) => server.close(() => resolve()))
     })()
     await closed
@@ -221,7 +221,7 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
       settled = true
       cleanup()
       stream.abort(err)
-      socket.destroy()
+      reset(socket)
       reject(err)
     }
     const maybeDone = (): void => {
@@ -257,12 +257,18 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
         stats.bytesIn += b.byteLength
         ok = socket.write(b)
       }
-      if (!ok && stream.readStatus === 'readable') stream.pause()
+      if (!ok && !resuming && stream.readStatus === 'readable') stream.pause()
     }
+    // stream.resume() first dispatches the buffered data (into onMessage) and only then
+    // tells yamux to send window updates again: a pause() from inside that dispatch is
+    // undone, and the remote then sends without limit until the read buffer overflows
+    // and the stream resets (seen: ECONNRESET at ~32 MiB). So pause again afterwards.
+    let resuming = false
     const onSocketDrain = (): void => {
-      if (stream.readStatus === 'paused') {
-        try { stream.resume() } catch {} // throws once closed: nothing left to resume
-      }
+      if (stream.readStatus !== 'paused') return
+      resuming = true
+      try { stream.resume() } catch {} finally { resuming = false } // throws once closed: nothing left to resume
+      if (socket.writableNeedDrain && stream.readStatus === 'readable') stream.pause()
     }
     const onStreamEnd = (): void => {
       socket.end(() => { downDone = true; maybeDone() })
@@ -292,6 +298,11 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     if (stream.readableEnded) onStreamEnd()
     if (stream.status === 'aborted' || stream.status === 'reset') fail(new MscError('RUNTIME_ERROR', `stream ${stream.status} before piping`))
   })
+}
+
+/** Hang up with RST, not FIN: a half-open peer must see the abort as an error, not as an end. */
+function reset (socket: net.Socket): void {
+  try { socket.resetAndDestroy() } catch { socket.destroy() }
 }
 
 function encodeFrame (value: unknown): Uint8Array {
