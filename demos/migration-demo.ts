@@ -61,7 +61,7 @@ try {
   say(`a testbed of 3 hosts on bridge ${tb.bridge}: ${tb.hosts.map((h) => `${h.name}=${h.ip}`).join(', ')}`)
   say('node1 starts on h1 and runs the counter')
   await startNode(1)
-  await msc('node1', 'bundle', 'counter', path.join(work, 'counter'))
+  await execa(MSC, ['bundle', 'counter', path.join(work, 'counter')])
   await msc('node1', 'run', 'counter', path.join(work, 'counter'))
   await sleep(4000)
   process.stdout.write(`counter on node1: ${await count('node1')}\n`)

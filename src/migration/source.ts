@@ -230,7 +230,12 @@ export class MigrationSource {
       return r.bytes
     } catch (err) {
       if (dog.signal.aborted) throw new MscError('RUNTIME_ERROR', dog.reason)
-      throw err
+      // A refused or broken transfer is the migration failing, not a bad argument of
+      // the user's (the image protocol reports e.g. a hash mismatch as INVALID_ARGUMENT,
+      // which the CLI would turn into exit status 2, "bad usage").
+      const e = toMscError(err)
+      if (e.code === 'INVALID_ARGUMENT') throw new MscError('RUNTIME_ERROR', e.message, e.details)
+      throw e
     } finally {
       dog.stop()
     }

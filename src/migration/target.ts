@@ -95,6 +95,8 @@ export class MigrationTarget {
     const ids: string[] = []
     let adopted = false
     let pages: { port: number, close: () => void } | undefined
+    // Lives as long as this migration: the page tunnel must outlast the restore.
+    const lifetime = new AbortController()
     try {
       const cached = await this.d.host.cachedBundle(offer.bundle.digest)
       await fs.mkdir(bundleDir, { recursive: true })
@@ -123,7 +125,7 @@ export class MigrationTarget {
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
       if (bundleT != null) await this.d.host.cacheBundle(offer.bundle.digest, bundleDir).catch(() => {})
       try {
-        if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, AbortSignal.timeout(15_000))
+        if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal)
         const started = Date.now()
         const r = await this.d.host.adopt({
           name: offer.container, bundleDir, imageDir: path.join(staging, 'images'), workDir: path.join(staging, 'work'),
@@ -159,6 +161,7 @@ export class MigrationTarget {
       if (adopted) await this.d.host.discard(offer.container).catch(() => {})
       control.abort(err as Error)
     } finally {
+      lifetime.abort()
       pages?.close()
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)

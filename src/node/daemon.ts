@@ -3,6 +3,7 @@ import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import { Runc } from '../runtime/runc.ts'
 import { removeEmptyCgroupParent } from '../runtime/cgroups.ts'
+import { removeTree } from '../runtime/mounts.ts'
 import { ControlServer } from '../api/server.ts'
 import type { NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
 import { Overlay } from '../overlay/overlay.ts'
@@ -42,6 +43,7 @@ export class MscNode {
   async start (): Promise<void> {
     await this.dataDir.init()
     await this.claimDataDir()
+    await this.clearTmp()
     this.nodeId = await this.dataDir.nodeId()
     this.cgroupParent = this.config.cgroupParent !== '' ? this.config.cgroupParent : `msc-${this.nodeId}`
     this.runc = new Runc({
@@ -174,6 +176,26 @@ export class MscNode {
   }
 
   /** One node per data dir: a live pid in node.pid means the dir is taken. */
+  /**
+   * DIR/tmp holds what a running node is working on: staging of incoming migrations
+   * (mig-ID), of outgoing ones (mig-out-ID) and partial transfers (msc-image-*). A node
+   * killed mid-migration left them behind: remove the incoming ones and partial
+   * transfers now that this node owns the data dir (mounts inside, e.g. a CRIU cgroup
+   * yard, are unmounted first). An outgoing staging dir may hold the only dump of a
+   * container that was frozen when the node died: keep it, and say so.
+   */
+  private async clearTmp (): Promise<void> {
+    const entries = await fs.readdir(this.dataDir.tmp).catch(() => [] as string[])
+    const kept = entries.filter((e) => e.startsWith('mig-out-'))
+    const removed = entries.filter((e) => !e.startsWith('mig-out-'))
+    for (const e of removed) await removeTree(path.join(this.dataDir.tmp, e))
+    if (removed.length > 0) this.log.info({ removed }, 'removed leftovers of an interrupted run from DIR/tmp')
+    if (kept.length > 0) {
+      this.log.warn({ kept: kept.map((e) => path.join(this.dataDir.tmp, e)) },
+        'an outgoing migration was interrupted by the node\'s end: its dump (images/) is kept; remove the directory once it is not needed')
+    }
+  }
+
   private async claimDataDir (): Promise<void> {
     const file = this.dataDir.pidFile
     try {

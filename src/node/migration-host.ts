@@ -24,6 +24,7 @@ export class NodeMigrationHost implements ContainerHost {
   private readonly log: Logger
   private readonly announce: () => void
   private featureCache?: Promise<Features>
+  private readonly lazyDaemons = new Map<string, { kill: () => void }>()
 
   constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger, announce: () => void }) {
     this.m = init.manager
@@ -147,7 +148,11 @@ export class NodeMigrationHost implements ContainerHost {
     await fs.mkdir(req.workDir, { recursive: true })
     let daemon: { exited: Promise<void>, kill: () => void } | undefined
     if (req.lazyPagesPort != null) {
-      const dmn = await startLazyPagesDaemon(this.runc.config.criuPath, { imageDir: req.imageDir, workDir: req.workDir, address: '127.0.0.1', port: req.lazyPagesPort, signal: req.signal })
+      // No signal: the daemon must live until every page arrived (it exits by itself);
+      // discard() kills it with the container.
+      const dmn = await startLazyPagesDaemon(this.runc.config.criuPath, { imageDir: req.imageDir, workDir: req.workDir, address: '127.0.0.1', port: req.lazyPagesPort })
+      this.lazyDaemons.set(req.name, dmn)
+      dmn.exited.finally(() => { if (this.lazyDaemons.get(req.name) === dmn) this.lazyDaemons.delete(req.name) }).catch(() => {})
       daemon = dmn
       dmn.exited.catch((err) => this.log.warn({ err: (err as Error).message, name: req.name }, 'lazy-pages daemon failed'))
       await dmn.ready
@@ -176,7 +181,11 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async discard (name: string): Promise<void> {
+    // The container first, then its lazy-pages daemon (a container without its daemon
+    // would fault on pages that never come).
     await this.runc.stop(name, 1_000).catch(async () => { await this.runc.delete(name, { force: true }).catch(() => {}) })
+    this.lazyDaemons.get(name)?.kill()
+    this.lazyDaemons.delete(name)
     await removeTree(this.dd.containerDir(name))
   }
 }

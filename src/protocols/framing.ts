@@ -47,6 +47,16 @@ export interface FramedStreamOptions {
 
 const MiB = 1024 * 1024
 /**
+ * Small frames are copied into one buffer of up to BATCH_BYTES before reaching the
+ * stream. Sent one by one, tens of thousands of tiny buffers pile up in the stream's
+ * write queue (a Uint8ArrayList, consumed with Array.shift: quadratic), which took
+ * 84 s for a flood of ~280k small frames here, blocking the event loop.
+ */
+const SMALL_FRAME_BYTES = 16 * 1024
+const BATCH_BYTES = 64 * 1024
+const SMALL_CHUNK_BYTES = 4096
+const TAIL_BYTES = 64 * 1024
+/**
  * While paused, yamux still delivers what the sender had window for (its window grows
  * to 16 MiB). The stream resets itself when its own paused buffer passes
  * `maxReadBufferLength` (default 4 MiB), so pausing with the default would kill fast
@@ -71,6 +81,13 @@ export class FramedStream {
   private closeError: Error | undefined
   private wake: (() => void) | undefined
   private reading = false
+  // Small frames not yet handed to the stream.
+  private batch: Uint8Array | undefined
+  private batchLen = 0
+  private flushTimer: NodeJS.Immediate | undefined
+  // Where small input pieces are gathered (see push).
+  private tail: Uint8Array | undefined
+  private tailEnd = 0
 
   constructor (stream: Stream, o: FramedStreamOptions = {}) {
     this.stream = stream
@@ -103,17 +120,27 @@ export class FramedStream {
     signal?.throwIfAborted()
     if (!Number.isInteger(type) || type < 0 || type > 255) throw new ProtocolError('BAD_FRAME_TYPE', `frame type ${type} is not a byte`, 'INTERNAL')
     if (payload.byteLength > 0xffffffff) throw new ProtocolError('FRAME_TOO_LARGE', 'frame payload over 4 GiB', 'INTERNAL')
-    const header = new Uint8Array(FRAME_HEADER_BYTES)
-    header[0] = type
-    new DataView(header.buffer).setUint32(1, payload.byteLength)
-    try {
+    const size = FRAME_HEADER_BYTES + payload.byteLength
+    if (size <= SMALL_FRAME_BYTES) {
+      if (this.batchLen + size > BATCH_BYTES) this.flush()
+      this.batch ??= new Uint8Array(BATCH_BYTES)
+      putHeader(this.batch, this.batchLen, type, payload.byteLength)
+      this.batch.set(payload, this.batchLen + FRAME_HEADER_BYTES)
+      this.batchLen += size
+      // Sent when the batch fills, before a large frame, or once the caller yields.
+      this.flushTimer ??= setImmediate(() => {
+        this.flushTimer = undefined
+        try { this.flush() } catch { /* closed: the next write or read reports it */ }
+      })
+    } else {
+      this.flush()
+      const header = new Uint8Array(FRAME_HEADER_BYTES)
+      putHeader(header, 0, type, payload.byteLength)
       // Two sends, no copy: the stream queues references, so callers must not reuse `payload`.
-      this.stream.send(header)
-      if (payload.byteLength > 0) this.stream.send(payload)
-    } catch (err) {
-      throw this.closedError('cannot write: stream is closed', err)
+      this.send(header)
+      this.send(payload)
     }
-    while (this.stream.writeBufferLength > this.writeHighWaterBytes) await this.waitDrain(signal)
+    while (this.stream.writeBufferLength + this.batchLen > this.writeHighWaterBytes) await this.waitDrain(signal)
   }
 
   async writeJson (obj: unknown, signal?: AbortSignal): Promise<void> {
@@ -155,6 +182,7 @@ export class FramedStream {
   /** Half-close: flushes what is queued, then tells the peer nothing more will come. */
   async closeWrite (signal?: AbortSignal): Promise<void> {
     try {
+      this.flush()
       await this.stream.close(signal != null ? { signal } : {})
     } catch (err) {
       if (signal?.aborted === true) throw signal.reason
@@ -164,16 +192,58 @@ export class FramedStream {
 
   /** Resets the stream: both directions stop, unsent and unread data are dropped. */
   abort (err: Error): void {
+    clearImmediate(this.flushTimer)
+    this.batch = undefined
+    this.batchLen = 0
     this.stream.abort(err)
     this.chunks = []
+    this.tail = undefined
     this.buffered = 0
     this.headOffset = 0
   }
 
+  /** Sends the batch of small frames, if any. */
+  private flush (): void {
+    clearImmediate(this.flushTimer)
+    this.flushTimer = undefined
+    if (this.batch == null || this.batchLen === 0) return
+    const out = this.batch.subarray(0, this.batchLen)
+    this.batch = undefined // the stream keeps a reference to `out`
+    this.batchLen = 0
+    this.send(out)
+  }
+
+  private send (b: Uint8Array): void {
+    try {
+      this.stream.send(b)
+    } catch (err) {
+      throw this.closedError('cannot write: stream is closed', err)
+    }
+  }
+
+  /**
+   * Queues input. Pieces under SMALL_CHUNK_BYTES are copied into a shared tail buffer:
+   * the peer chooses the yamux frame sizes, and one array entry per 1-byte frame would
+   * cost ~100 bytes of memory per byte buffered (and make shift() slow).
+   */
   private push (c: Uint8Array): void {
-    if (c.byteLength === 0) return
-    this.chunks.push(c)
-    this.buffered += c.byteLength
+    const n = c.byteLength
+    if (n === 0) return
+    this.buffered += n
+    if (n >= SMALL_CHUNK_BYTES) { this.chunks.push(c); return }
+    if (this.tail == null || this.tailEnd + n > this.tail.byteLength) {
+      this.tail = new Uint8Array(TAIL_BYTES)
+      this.tailEnd = 0
+    }
+    this.tail.set(c, this.tailEnd)
+    const last = this.chunks.at(-1)
+    if (last != null && last.buffer === this.tail.buffer && last.byteOffset + last.byteLength === this.tailEnd) {
+      // Grow the last view in place (same start, so headOffset stays valid).
+      this.chunks[this.chunks.length - 1] = new Uint8Array(this.tail.buffer, last.byteOffset, last.byteLength + n)
+    } else {
+      this.chunks.push(this.tail.subarray(this.tailEnd, this.tailEnd + n))
+    }
+    this.tailEnd += n
   }
 
   private notify (): void {
@@ -294,6 +364,11 @@ export class FramedStream {
   private closedError (message: string, cause: unknown): ProtocolError {
     return new ProtocolError('STREAM_CLOSED', message, 'INTERNAL', cause != null ? { cause } : undefined)
   }
+}
+
+function putHeader (buf: Uint8Array, at: number, type: number, length: number): void {
+  buf[at] = type
+  new DataView(buf.buffer, buf.byteOffset + at, FRAME_HEADER_BYTES).setUint32(1, length)
 }
 
 /** Decodes a JSON frame and validates it; any failure is MALFORMED. */

@@ -22,11 +22,16 @@
  *   would read zeros where its pages were. The daemon exits by itself once every page
  *   is copied; that is the normal end.
  * - The source container stays frozen until the daemon fetched every page; then
- *   `runc checkpoint` exits 0 and the source container is gone (`done`).
+ *   `runc checkpoint` exits 0 and the source container is gone (`done`; runc no longer
+ *   knows it). If CRIU dies or gives up before that, the source container resumes.
+ * - Start the restore only after the daemon is `ready` (its socket exists), and
+ *   only after `imagesReady` on the source (the daemon connects to the page server
+ *   as soon as the restore registered with it).
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync } from 'node:fs'
-import type { Readable } from 'node:stream'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import fs, { mkdirSync } from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
 import { MscError } from '../util/errors.ts'
 import { criuErrorLines, runcMessage } from './criu-log.ts'
 import type { Runc } from './runc.ts'
@@ -36,7 +41,12 @@ export interface LazyCheckpoint {
   imagesReady: Promise<void>
   /** Resolves when `runc checkpoint` exited 0: every page was fetched, the source is released. */
   done: Promise<void>
-  /** Kills runc and CRIU. The source container may be left frozen ('paused'): resume or kill it. */
+  /**
+   * Kills runc and CRIU (idempotent). Measured here: the frozen source container then
+   * RUNS ON (CRIU holds it by ptrace, not by the freezer; runc state says 'running'
+   * throughout), so cancelling is the rollback only while no restored copy runs. Once
+   * the target restore has started, kill the source container instead.
+   */
   cancel: () => void
   pid: number
 }
@@ -61,7 +71,7 @@ export function checkpointLazy (runc: Runc, id: string, opts: LazyCheckpointOpti
     '--status-fd', '3', '--image-path', opts.imageDir, '--work-path', workDir]
   if (opts.tcpEstablished === true) argv.push('--tcp-established')
   argv.push(id)
-  const p = launch(runcPath, argv, opts.signal)
+  const p = launch(runcPath, argv, workDir, opts.signal)
 
   const failure = async (code: number | null): Promise<MscError> => new MscError('CRIU_ERROR',
     `lazy checkpoint of ${id} failed (exit ${code ?? 'by signal'}): ${runcMessage(p.output())}`,
@@ -91,6 +101,8 @@ export interface LazyPagesDaemonOptions {
   /** Where the page server (or the pages tunnel) listens. */
   address: string
   port: number
+  /** -v4 (every fault and copy, with timestamps) instead of -v2 (errors and warnings). */
+  verbose?: boolean
   signal?: AbortSignal
 }
 
@@ -98,8 +110,8 @@ export interface LazyPagesDaemonOptions {
 export function startLazyPagesDaemon (criuPath: string, opts: LazyPagesDaemonOptions): LazyPagesDaemon {
   mkdirSync(opts.workDir, { recursive: true })
   const argv = ['lazy-pages', '--page-server', '--address', opts.address, '--port', String(opts.port),
-    '-D', opts.imageDir, '-W', opts.workDir, '-o', 'lazy-pages.log', '-v4', '--status-fd', '3']
-  const p = launch(criuPath, argv, opts.signal)
+    '-D', opts.imageDir, '-W', opts.workDir, '-o', 'lazy-pages.log', opts.verbose === true ? '-v4' : '-v2', '--status-fd', '3']
+  const p = launch(criuPath, argv, opts.workDir, opts.signal)
   const failure = async (code: number | null): Promise<MscError> => new MscError('CRIU_ERROR',
     `criu lazy-pages failed (exit ${code ?? 'by signal'})${p.output().trim() !== '' ? `: ${p.output().trim()}` : ''}`,
     await criuErrorLines(opts.workDir, 'lazy-pages.log'))
@@ -120,13 +132,28 @@ interface Launched {
 }
 
 /**
- * Spawns `cmd` in its own process group with fd 3 a pipe (CRIU's --status-fd), and
- * stdout/stderr kept (last 16 KiB) for error messages. kill() SIGKILLs the group
- * (runc and its CRIU child), only while it has not exited: after exit the pgid could
- * be reused by an unrelated process.
+ * Spawns `cmd` in its own process group with fd 3 the write end of a real pipe (CRIU's
+ * --status-fd), and stdout/stderr kept (last 16 KiB) for error messages. kill()
+ * SIGKILLs the group (runc and its CRIU child), only while it has not exited: after
+ * exit the pgid could be reused by an unrelated process.
+ *
+ * Why a FIFO and not stdio 'pipe': Node's extra stdio pipes are socketpairs (O_RDWR),
+ * and runc refuses a status fd whose flags lack O_WRONLY ("invalid --status-fd
+ * argument 3: not writable"). Both ends are opened, then the name is unlinked.
  */
-function launch (cmd: string, argv: string[], signal?: AbortSignal): Launched {
-  const child: ChildProcess = spawn(cmd, argv, { detached: true, stdio: ['ignore', 'pipe', 'pipe', 'pipe'] })
+function launch (cmd: string, argv: string[], dir: string, signal?: AbortSignal): Launched {
+  const fifo = path.join(dir, `.msc-status-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`)
+  const mk = spawnSync('mkfifo', ['-m', '600', fifo])
+  if (mk.status !== 0) throw new MscError('RUNTIME_ERROR', `mkfifo ${fifo} failed: ${String(mk.stderr).trim()}`)
+  let rfd: number, wfd: number
+  try {
+    rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
+    wfd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)
+  } finally { fs.rmSync(fifo, { force: true }) }
+  let child: ChildProcess
+  try {
+    child = spawn(cmd, argv, { detached: true, stdio: ['ignore', 'pipe', 'pipe', wfd] })
+  } finally { fs.closeSync(wfd) } // only the child holds the write end: EOF when it is gone
   let out = ''
   const keep = (d: Buffer): void => { out = (out + d.toString()).slice(-16_384) }
   child.stdout!.on('data', keep)
@@ -136,13 +163,12 @@ function launch (cmd: string, argv: string[], signal?: AbortSignal): Launched {
     child.once('error', (err) => { exitedFlag = true; out += `\n${err.message}`; resolve(null) })
     child.once('exit', (code) => { exitedFlag = true; resolve(code) })
   })
-  const fd3 = child.stdio[3] as Readable
-  const status = new Promise<void>((resolve) => {
-    fd3.once('data', () => resolve())
-    fd3.on('error', () => {})
-  })
-  // The status fd is also inherited by CRIU's children; do not let it hold our loop.
+  const fd3 = new net.Socket({ fd: rfd, readable: true, writable: false })
+  fd3.on('error', () => {})
+  const status = new Promise<void>((resolve) => { fd3.once('data', () => resolve()) })
+  // CRIU's children may inherit the write end: do not let it hold our event loop.
   void status.then(() => fd3.destroy())
+  void exited.then(() => fd3.destroy())
   const kill = (): void => {
     if (exitedFlag || child.pid == null) return
     try { process.kill(-child.pid, 'SIGKILL') } catch {}

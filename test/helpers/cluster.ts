@@ -43,6 +43,8 @@ export interface ClusterNode {
   logFile: string
   /** The arguments after `node start --data-dir DIR --name NAME`. */
   args: string[]
+  /** Environment of this node only, over the cluster's (e.g. a fault-injection knob). */
+  env: NodeJS.ProcessEnv
   /** The running node (nsenter exec'd into bin/msc, which exec's node: one pid), or null. */
   proc: ChildProcess | null
   /** Known once the node has started (kept across restarts: same data dir, same key). */
@@ -58,6 +60,8 @@ export interface StartClusterOptions {
   args?: string[]
   /** Extra environment of every node. */
   env?: NodeJS.ProcessEnv
+  /** Extra environment of single nodes, by node name: { n3: { ... } }. */
+  nodeEnv?: Record<string, NodeJS.ProcessEnv>
   /** Start the nodes at once (default true); otherwise call start() per node. */
   start?: boolean
 }
@@ -101,7 +105,7 @@ export class Cluster {
     const out = await fs.open(node.logFile, 'a')
     try {
       node.proc = await this.tb.spawn(node.host, MSC, ['node', 'start', '--data-dir', node.dataDir, '--name', node.name, ...node.args], {
-        env: this.env, stdio: ['ignore', out.fd, out.fd]
+        env: { ...this.env, ...node.env }, stdio: ['ignore', out.fd, out.fd]
       })
     } finally {
       await out.close()
@@ -152,8 +156,48 @@ export class Cluster {
 
   /** Runs `msc ARGS --data-dir DIR` against the node, from the root namespace. */
   async msc (node: ClusterNode, ...args: string[]): Promise<CliResult> {
-    const r = await execa(MSC, [...args, '--data-dir', node.dataDir], { reject: false, env: this.env, timeout: 60_000 })
+    return await this.mscTimed(node, 60_000, ...args)
+  }
+
+  /** msc() with another time limit (the CLI is killed after `timeoutMs`; exitCode -1 then). */
+  async mscTimed (node: ClusterNode, timeoutMs: number, ...args: string[]): Promise<CliResult> {
+    const r = await execa(MSC, [...args, '--data-dir', node.dataDir], { reject: false, env: this.env, timeout: timeoutMs })
     return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+  }
+
+  /** What runc itself has under the node's root (`runc --root DIR/runc list`), whatever msc thinks. */
+  async runcList (node: ClusterNode): Promise<Array<{ id: string, status: string, pid: number }>> {
+    const root = path.join(node.dataDir, 'runc')
+    if (!existsSync(root)) return []
+    const r = await execa('runc', ['--root', root, 'list', '--format', 'json'], { reject: false })
+    if (r.exitCode !== 0) throw new Error(`runc --root ${root} list failed: ${String(r.stderr)}`)
+    const list = JSON.parse(String(r.stdout).trim() || 'null') as Array<{ id: string, status: string, pid: number }> | null
+    return (list ?? []).map((x) => ({ id: x.id, status: x.status, pid: x.pid }))
+  }
+
+  /**
+   * Processes of the node's log shims (src/runtime/stdio-launcher.ts: the shell and the
+   * shim it exec's, found by the MSC_SHIM_LOG=DIR/containers/NAME/container.log in
+   * their environment), with the container each one serves.
+   */
+  async shims (node: ClusterNode): Promise<Array<{ pid: number, container: string }>> {
+    const out: Array<{ pid: number, container: string }> = []
+    const prefix = `MSC_SHIM_LOG=${node.dataDir}/`
+    for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
+      if (!/^\d+$/.test(pid)) continue
+      const env = await fs.readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
+      const v = env.split('\0').find((e) => e.startsWith(prefix))
+      if (v == null) continue
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+      if (stat === '' || stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue
+      out.push({ pid: Number(pid), container: path.basename(path.dirname(v.slice('MSC_SHIM_LOG='.length))) })
+    }
+    return out
+  }
+
+  /** The entries of the node's DIR/tmp (staging of migrations, partial transfers). */
+  async tmpEntries (node: ClusterNode): Promise<string[]> {
+    return (await fs.readdir(path.join(node.dataDir, 'tmp')).catch(() => [] as string[])).sort()
   }
 
   /** `msc ARGS --json`, parsed; throws with stderr on failure. */
@@ -315,6 +359,7 @@ export async function startCluster (opts: StartClusterOptions): Promise<Cluster>
     dataDir: path.join(root, `n${host.index}`),
     logFile: path.join(root, `n${host.index}.log`),
     args: [...(opts.args ?? [])],
+    env: { ...opts.nodeEnv?.[`n${host.index}`] },
     proc: null,
     peerId: '',
     addr: ''

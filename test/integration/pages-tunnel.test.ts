@@ -160,8 +160,11 @@ describe('pages tunnel over libp2p', () => {
 
   test('an unknown transferId is refused before the page server is touched', async () => {
     const before = echoConnections
+    // Eager (the default): the tunnel itself is refused, before any restore could start.
+    await assert.rejects(openPagesTunnel(b, a.getMultiaddrs(), 't-nope'), /refused by the source: unknown transfer t-nope/)
+    // Lazy: each connection is refused and hung up on.
     const errors: Error[] = []
-    const tunnel = await openPagesTunnel(b, a.getMultiaddrs(), 't-nope', { onError: (e) => errors.push(e) })
+    const tunnel = await openPagesTunnel(b, a.getMultiaddrs(), 't-nope', { eager: false, onError: (e) => errors.push(e) })
     try {
       const s = await connectTo(tunnel.port)
       s.on('error', () => {})
@@ -226,4 +229,202 @@ async function readAll (stream: Stream): Promise<Buffer> {
     stream.addEventListener('close', () => resolve())
   })
   return Buffer.concat(parts)
+}
+
+/**
+ * Post-copy between two runc roots on one machine, through the tunnel: "A" (source)
+ * and "B" (target) are libp2p hosts in this process; the containers' cgroups and runc
+ * roots are separate; redis gets a network namespace per side (a listening port cannot
+ * be bound twice while the frozen source still holds it).
+ */
+describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
+  const servers = new Map<string, PageServerAddress>()
+  const results: PagesStreamResult[] = []
+  let a: MscLibp2p, b: MscLibp2p
+  let base: string
+  let tag: string
+  let r1: Runc, r2: Runc
+  const cleanups: Array<() => void> = []
+  const netns: string[] = []
+
+  before(async () => {
+    ({ a, b } = await pair(servers, results))
+    base = await tempDir('lazy')
+    tag = `msc-lazytest-${path.basename(base).split('-').at(-1)}`
+    const logger = silentLogger()
+    r1 = new Runc({ runcPath: 'runc', criuPath: CRIU, root: path.join(base, 'r1'), logger })
+    r2 = new Runc({ runcPath: 'runc', criuPath: CRIU, root: path.join(base, 'r2'), logger })
+  })
+
+  after(async () => {
+    // Containers first (a lazy-pages daemon must not die under a restored container
+    // that still needs pages), then the helper processes, mounts, cgroups, dirs.
+    for (const r of [r2, r1]) {
+      if (r == null) continue
+      const list = await execa('runc', ['--root', r.config.root, 'list', '-q'], { reject: false })
+      for (const id of String(list.stdout).split('\n').filter(Boolean)) {
+        await execa('runc', ['--root', r.config.root, 'kill', '--all', id, 'KILL'], { reject: false })
+      }
+    }
+    for (const c of cleanups) c()
+    await sleep(300)
+    for (const r of [r2, r1]) {
+      if (r == null) continue
+      const list = await execa('runc', ['--root', r.config.root, 'list', '-q'], { reject: false })
+      for (const id of String(list.stdout).split('\n').filter(Boolean)) await r.delete(id, { force: true }).catch(() => {})
+    }
+    if (base != null) {
+      await killShimsUnder(base)
+      await unmountAllUnder(base)
+    }
+    if (tag != null) await removeCgroups(tag)
+    for (const n of netns) await execa('ip', ['netns', 'delete', n], { reject: false })
+    await b?.stop()
+    await a?.stop()
+    await destroyAllNodes() // removes the temp dirs (never across a mount)
+  })
+
+  async function bundle (kind: 'counter' | 'redis', name: string, extra: string[], side: 'src' | 'dst', ns?: string): Promise<string> {
+    const dir = path.join(base, name)
+    const r = await execa(MSC, ['bundle', kind, dir, ...extra], { reject: false })
+    assert.equal(r.exitCode, 0, r.stderr)
+    const cfgFile = path.join(dir, 'config.json')
+    const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8'))
+    cfg.linux.cgroupsPath = `/${tag}/${side}-${name}`
+    if (ns != null) cfg.linux.namespaces.push({ type: 'network', path: `/run/netns/${ns}` })
+    await fs.writeFile(cfgFile, JSON.stringify(cfg, null, 2))
+    return dir
+  }
+
+  /** The target's copy of a bundle: the same rootfs content, its own cgroup (and netns). */
+  async function copyBundle (src: string, name: string, ns?: string): Promise<string> {
+    const dir = path.join(base, name)
+    await execa('cp', ['-a', src, dir])
+    const cfgFile = path.join(dir, 'config.json')
+    const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8'))
+    cfg.linux.cgroupsPath = `/${tag}/dst-${name}`
+    cfg.linux.namespaces = cfg.linux.namespaces.filter((n: { type: string }) => n.type !== 'network')
+    if (ns != null) cfg.linux.namespaces.push({ type: 'network', path: `/run/netns/${ns}` })
+    await fs.writeFile(cfgFile, JSON.stringify(cfg, null, 2))
+    return dir
+  }
+
+  interface Timings { imagesReadyMs: number, imageBytes: number, copyMs: number, daemonReadyMs: number, restoreMs: number, releasedMs: number, pageBytes: number }
+
+  /**
+   * The post-copy sequence. `restored` is called right after `runc restore` returned
+   * (to time first output), while pages may still be in flight.
+   */
+  async function migrateLazily (id: string, bundle2: string, restored: () => Promise<void>): Promise<Timings> {
+    const transferId = `${id}-${Date.now()}`
+    const port1 = await freePort()
+    servers.set(transferId, { host: '127.0.0.1', port: port1 })
+    const img = path.join(base, `${id}-img`)
+    const img2 = path.join(base, `${id}-img2`)
+    const w2 = path.join(base, `${id}-w2`)
+    const t0 = Date.now()
+    const ck = checkpointLazy(r1, id, { imageDir: img, workDir: path.join(base, `${id}-w1`), pageServer: `127.0.0.1:${port1}` })
+    cleanups.push(ck.cancel)
+    await ck.imagesReady
+    const t1 = Date.now()
+    // The image transfer, simulated: everything but the memory pages.
+    await execa('cp', ['-a', img, img2])
+    const imageBytes = Number((await execa('du', ['-sb', img2])).stdout.split('\t')[0])
+    const t2 = Date.now()
+    const tunnel = await openPagesTunnel(b, a.getMultiaddrs(), transferId)
+    cleanups.push(() => { void tunnel.close() })
+    const daemon = startLazyPagesDaemon(CRIU, { imageDir: img2, workDir: w2, address: '127.0.0.1', port: tunnel.port })
+    cleanups.push(daemon.kill)
+    await daemon.ready
+    const t3 = Date.now()
+    const st = await r2.restore(id, bundle2, {
+      imageDir: img2, workDir: w2, lazyPages: true,
+      logFile: path.join(base, `${id}-log2`), logMaxBytes: 1 << 20, pidFile: path.join(base, `${id}-pid2`)
+    })
+    const t4 = Date.now()
+    assert.equal(st.status, 'running')
+    await restored()
+    await ck.done // every page was fetched: the source is released
+    const t5 = Date.now()
+    await daemon.exited
+    assert.equal(await r1.state(id), null, 'the source container is gone after the lazy checkpoint')
+    await tunnel.close()
+    return {
+      imagesReadyMs: t1 - t0, imageBytes, copyMs: t2 - t1, daemonReadyMs: t3 - t2, restoreMs: t4 - t3,
+      releasedMs: t5 - t0, pageBytes: tunnel.stats().bytesIn
+    }
+  }
+
+  test('counter: lazily restored under another runc root, it counts on from where it froze', async () => {
+    const id = 'lz-counter'
+    const b1 = await bundle('counter', 'counter1', ['--interval-ms', '200'], 'src')
+    const b2 = await copyBundle(b1, 'counter2')
+    const log1 = path.join(base, `${id}-log1`)
+    const log2 = path.join(base, `${id}-log2`)
+    await r1.run(id, b1, { logFile: log1, logMaxBytes: 1 << 20, pidFile: path.join(base, `${id}-pid1`) })
+    const values = async (f: string): Promise<number[]> => counterValues(await fs.readFile(f, 'utf8').catch(() => ''))
+    await waitFor(async () => (await values(log1)).length >= 5, 10_000, 'the counter to reach 5')
+    let firstOutputMs = 0
+    const t = await migrateLazily(id, b2, async () => {
+      const t0 = Date.now()
+      await waitFor(async () => (await values(log2)).length >= 1, 10_000, 'restored counter output')
+      firstOutputMs = Date.now() - t0
+    })
+    await waitFor(async () => (await values(log2)).length >= 5, 10_000, 'the restored counter to go on')
+    const before = await values(log1)
+    const afterward = await values(log2)
+    console.log(`# counter post-copy: freeze->images ready ${t.imagesReadyMs} ms (${t.imageBytes} B, copy ${t.copyMs} ms), ` +
+      `daemon ready ${t.daemonReadyMs} ms, restore ${t.restoreMs} ms, first output +${firstOutputMs} ms, ` +
+      `source released ${t.releasedMs} ms after the freeze, ${t.pageBytes} B of pages through the tunnel`)
+    assert.equal(before[0], 1)
+    const all = [...before, ...afterward]
+    for (let i = 1; i < all.length; i++) assert.ok(all[i]! > all[i - 1]!, `not increasing at ${i}: ${all.join(' ')}`)
+    assert.notEqual(afterward[0], 1, 'restarted at 1')
+    assert.ok(afterward[0]! <= before.at(-1)! + 2, `resumed at ${afterward[0]} after ${before.at(-1)}`)
+    assert.ok(t.pageBytes > 0, 'no page went through the tunnel')
+  })
+
+  test('redis: 10,000 keys all there after a lazy restore into another network namespace', async () => {
+    const id = 'lz-redis'
+    const nsA = `${tag.slice(-6)}-a`
+    const nsB = `${tag.slice(-6)}-b`
+    for (const n of [nsA, nsB]) {
+      assert.equal((await execa('ip', ['netns', 'add', n], { reject: false })).exitCode, 0)
+      netns.push(n)
+      await execa('nsenter', [`--net=/run/netns/${n}`, 'ip', 'link', 'set', 'lo', 'up'])
+    }
+    const port = 6379
+    const cli = (ns: string, ...args: string[]) => execa('nsenter', [`--net=/run/netns/${ns}`, 'redis-cli', '-h', '127.0.0.1', '-p', String(port), ...args], { reject: false, timeout: 10_000 })
+    const b1 = await bundle('redis', 'redis1', ['--port', String(port), '--bind', '127.0.0.1'], 'src', nsA)
+    const b2 = await copyBundle(b1, 'redis2', nsB)
+    await r1.run(id, b1, { logFile: path.join(base, `${id}-log1`), logMaxBytes: 1 << 20, pidFile: path.join(base, `${id}-pid1`) })
+    await waitFor(async () => String((await cli(nsA, 'PING')).stdout) === 'PONG', 15_000, 'redis to answer')
+    const pop = await execa('nsenter', [`--net=/run/netns/${nsA}`, 'bash', path.join(ROOT, 'demos/populate-redis.sh'), '-h', '127.0.0.1', '-p', String(port), '10000'], { reject: false })
+    assert.equal(pop.exitCode, 0, pop.stderr)
+    assert.equal(String((await cli(nsA, 'DBSIZE')).stdout), '10000')
+    let firstPongMs = 0
+    const t = await migrateLazily(id, b2, async () => {
+      const t0 = Date.now()
+      await waitFor(async () => String((await cli(nsB, 'PING')).stdout) === 'PONG', 15_000, 'restored redis to answer')
+      firstPongMs = Date.now() - t0
+    })
+    console.log(`# redis (10,000 keys) post-copy: freeze->images ready ${t.imagesReadyMs} ms (${t.imageBytes} B, copy ${t.copyMs} ms), ` +
+      `daemon ready ${t.daemonReadyMs} ms, restore ${t.restoreMs} ms, first PONG +${firstPongMs} ms, ` +
+      `source released ${t.releasedMs} ms after the freeze, ${t.pageBytes} B of pages through the tunnel`)
+    assert.equal(String((await cli(nsB, 'DBSIZE')).stdout), '10000')
+    for (const k of ['1', '2', '5000', '9999', '10000']) assert.equal(String((await cli(nsB, 'GET', k)).stdout), k)
+    assert.equal(String((await cli(nsB, 'SET', 'after', 'lazy')).stdout), 'OK')
+    assert.notEqual(String((await cli(nsA, 'PING')).stdout), 'PONG', 'the source redis still answers')
+  })
+})
+
+/** Log shims whose log file lies under `dir` (their container is gone or going). */
+async function killShimsUnder (dir: string): Promise<void> {
+  for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue
+    const environ = await fs.readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
+    if (environ.includes(`MSC_SHIM_LOG=${dir}/`)) {
+      try { process.kill(Number(pid), 'SIGKILL') } catch {}
+    }
+  }
 }

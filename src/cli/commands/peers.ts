@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander'
 import { MscError, type MscErrorCode } from '../../util/errors.ts'
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
 import { peersTable, bytes } from '../render.ts'
+import type { MigrationResultInfo } from '../../api/types.ts'
 
 /** msc peer ls, msc peer join / msc join, msc keygen psk. */
 export function registerPeerCommands (program: Command): void {
@@ -36,15 +37,26 @@ export function registerPeerCommands (program: Command): void {
       if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
     })
     bar?.done()
-    if (opts.json === true) printJson(r)
-    else if (r.ok) {
+    if (opts.json === true) {
+      // Exactly one JSON document on stdout, the result (ok: false on failure); the
+      // reason goes to stderr and the exit status says it failed.
+      printJson(r)
+      if (!r.ok) {
+        process.stderr.write(`msc: ${failureMessage(r)}\n`)
+        for (const d of r.error?.details ?? []) process.stderr.write(`  ${d}\n`)
+        process.exitCode = r.error?.code === 'INVALID_ARGUMENT' ? 2 : 1
+      }
+      return
+    }
+    if (r.ok) {
       const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v} ms`).join(', ')
       process.stdout.write(`${r.container} migrated ${r.fromName} -> ${r.toName} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''}\n  ${phases}\n`)
     }
-    if (!r.ok) {
-      const where = r.runningOn == null ? '' : r.runningOn === r.from ? ` (${r.container} still runs on ${r.fromName})` : ` (${r.container} runs on ${r.toName})`
-      throw new MscError((r.error?.code ?? 'RUNTIME_ERROR') as MscErrorCode, `migration of ${r.container} failed: ${r.error?.message ?? 'unknown error'}${where}`, r.error?.details ?? [])
-    }
+    if (!r.ok) throw new MscError((r.error?.code ?? 'RUNTIME_ERROR') as MscErrorCode, failureMessage(r), r.error?.details ?? [])
+  }
+  const failureMessage = (r: MigrationResultInfo): string => {
+    const where = r.runningOn == null ? '' : r.runningOn === r.from ? ` (${r.container} still runs on ${r.fromName})` : ` (${r.container} runs on ${r.toName})`
+    return `migration of ${r.container} failed: ${r.error?.message ?? 'unknown error'}${where}`
   }
   for (const cmd of [peer.command('migrate'), program.command('migrate')]) {
     withTarget(cmd

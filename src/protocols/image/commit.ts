@@ -21,7 +21,17 @@ export interface Received {
 export async function checkDestination (destDir: string, mode: 'replace' | 'overlay'): Promise<void> {
   const st = await lstatOrNull(destDir)
   if (mode === 'replace' && st != null) throw refusal('DEST_EXISTS', `${destDir} already exists`)
+  if (mode === 'replace' && (await lstatOrNull(path.dirname(destDir)))?.isDirectory() !== true) {
+    throw refusal('DEST_MISSING', `${path.dirname(destDir)} is not an existing directory`)
+  }
   if (mode === 'overlay' && st?.isDirectory() !== true) throw refusal('DEST_MISSING', `${destDir} is not an existing directory`)
+}
+
+/** Commit renames: the temporary directory must be on destDir's filesystem (no EXDEV at the end). */
+export async function checkSameFilesystem (tmp: string, destDir: string, mode: 'replace' | 'overlay'): Promise<void> {
+  const there = mode === 'replace' ? path.dirname(destDir) : destDir
+  const [a, b] = await Promise.all([fs.stat(tmp), fs.stat(there)])
+  if (a.dev !== b.dev) throw refusal('IO_ERROR', `tmpRoot and ${there} are on different filesystems: the commit could not rename`)
 }
 
 export async function commitTree (tmp: string, destDir: string, mode: 'replace' | 'overlay', h: TreeHeader, got: Received): Promise<void> {

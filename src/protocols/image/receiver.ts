@@ -11,7 +11,7 @@ import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import { FramedStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
 import { pathProblem, parentOf, symlinkProblem, type LookupResult } from './paths.ts'
-import { commitTree, checkDestination, type Received } from './commit.ts'
+import { commitTree, checkDestination, checkSameFilesystem, type Received } from './commit.ts'
 import {
   BodyMessageSchema, FRAME_DATA, FRAME_MSG, HeaderSchema, IMAGE_VERSION, MAX_FRAME_BYTES,
   asRefusal, refusal, type Entry, type TreeHeader, type Verdict
@@ -67,12 +67,15 @@ export async function receiveTree (stream: Stream, o: ReceiveTreeOptions): Promi
     checkHeader(header, dest)
     await checkDestination(dest.destDir, dest.mode)
     tmp = await fs.mkdtemp(path.join(o.tmpRoot, 'msc-image-'))
+    await checkSameFilesystem(tmp, dest.destDir, dest.mode)
     const got = await receiveBody(framed, header, tmp, dest, o)
     await commitTree(tmp, dest.destDir, dest.mode, header, got)
     tmp = undefined // moved into destDir (replace) or removed by commitTree (overlay)
+    // The tree is in place whatever happens to the answer: a sender that misses it
+    // fails on its side, and a retry finds destDir there (DEST_EXISTS in replace mode).
     const verdict: Verdict = { type: 'verdict', ok: true, files: header.files, bytes: header.bytes }
-    await framed.writeJson(verdict, o.signal)
-    await framed.closeWrite(anySignal(o.signal, AbortSignal.timeout(5000))).catch(() => {})
+    const answered = anySignal(o.signal, AbortSignal.timeout(5000))
+    await framed.writeJson(verdict, answered).then(async () => { await framed.closeWrite(answered) }).catch(() => {})
     dest.onDone?.()
     return { files: header.files, bytes: header.bytes, ms: performance.now() - started, label: header.label, transferId: header.transferId }
   } catch (err) {

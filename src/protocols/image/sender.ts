@@ -46,12 +46,19 @@ export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions)
   const started = performance.now()
   const idleTimeoutMs = o.idleTimeoutMs ?? 30_000
   const framed = new FramedStream(stream, { idleTimeoutMs })
-  const { plan, skipped, root } = await planTree(dir, o.include)
   const deletes = o.deletes ?? []
-  for (const d of deletes) {
-    const problem = pathProblem(d)
-    if (problem != null) throw new ProtocolError('BAD_PATH', `cannot delete ${JSON.stringify(d)}: ${problem}`, 'INVALID_ARGUMENT')
+  let planned: Awaited<ReturnType<typeof planTree>>
+  try {
+    for (const d of deletes) {
+      const problem = pathProblem(d)
+      if (problem != null) throw new ProtocolError('BAD_PATH', `cannot delete ${JSON.stringify(d)}: ${problem}`, 'INVALID_ARGUMENT')
+    }
+    planned = await planTree(dir, o.include)
+  } catch (err) {
+    framed.abort(err as Error) // the receiver sees a reset, not a silent stream
+    throw err
   }
+  const { plan, skipped, root } = planned
   const totalBytes = plan.reduce((n, p) => n + (p.entry.kind === 'file' ? p.entry.size : 0), 0)
   const header: TreeHeader = {
     type: 'header', v: IMAGE_VERSION, transferId: o.transferId, label: o.label,
@@ -69,6 +76,8 @@ export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions)
     (err) => { stopWriting.abort(err) })
 
   let sent = 0
+  // Fault injection for tests only (see corruptHook below); a no-op unless the env asks.
+  const corrupt = { pending: process.env.MSC_TEST_CORRUPT_TRANSFER === o.label }
   try {
     const headerBytes = new TextEncoder().encode(JSON.stringify(header))
     if (headerBytes.byteLength > MAX_FRAME_BYTES) throw new ProtocolError('LIMIT_EXCEEDED', `the header (${deletes.length} deletes) is over ${MAX_FRAME_BYTES} bytes`, 'INVALID_ARGUMENT')
@@ -79,7 +88,7 @@ export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions)
       const sha256 = await sendFile(framed, path.join(dir, p.rel), p.entry.size, writeSignal, (n) => {
         sent += n
         o.onProgress?.(sent, totalBytes)
-      })
+      }, corrupt)
       await framed.writeJson({ type: 'trailer', sha256 }, writeSignal)
     }
     await framed.writeJson({ type: 'end' }, writeSignal)
@@ -156,8 +165,24 @@ function specialKind (e: WalkEntry): string {
   return 'special'
 }
 
+/**
+ * FAULT-INJECTION HOOK FOR TESTS ONLY (test/integration/migration-faults.test.ts).
+ * With MSC_TEST_CORRUPT_TRANSFER=LABEL in the sending node's environment, the first
+ * data chunk of every tree labelled LABEL (e.g. `images`) goes out with one byte
+ * flipped, after it was hashed: the trailer carries the true SHA-256, so the receiver
+ * must detect the mismatch and refuse the tree. Never set it outside tests.
+ */
+function corruptHook (chunk: Uint8Array, corrupt: { pending: boolean } | undefined): Uint8Array {
+  if (corrupt?.pending !== true || chunk.byteLength === 0) return chunk
+  corrupt.pending = false
+  const bad = chunk.slice()
+  bad[0] = bad[0]! ^ 0xff
+  return bad
+}
+
 /** Streams exactly `size` bytes of one file; returns their SHA-256 (hex). */
-async function sendFile (framed: FramedStream, file: string, size: number, signal: AbortSignal, progress: (n: number) => void): Promise<string> {
+async function sendFile (framed: FramedStream, file: string, size: number, signal: AbortSignal, progress: (n: number) => void,
+  corrupt?: { pending: boolean }): Promise<string> {
   const hash = crypto.createHash('sha256')
   const fh = await fs.open(file, C.O_RDONLY | C.O_NOFOLLOW)
   try {
@@ -169,7 +194,7 @@ async function sendFile (framed: FramedStream, file: string, size: number, signa
       if (bytesRead === 0) throw new ProtocolError('SOURCE_CHANGED', `${file} shrank while being sent`, 'INTERNAL')
       const chunk = buf.subarray(0, bytesRead)
       hash.update(chunk)
-      await framed.writeFrame(FRAME_DATA, chunk, signal)
+      await framed.writeFrame(FRAME_DATA, corruptHook(chunk, corrupt), signal)
       off += bytesRead
       progress(bytesRead)
     }

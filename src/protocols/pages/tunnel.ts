@@ -63,27 +63,56 @@ export interface PagesTunnel {
 
 type Dialer = Pick<Libp2p, 'dialProtocol'>
 
+export interface OpenPagesTunnelOptions {
+  signal?: AbortSignal
+  /** Where to listen; 127.0.0.1 unless told. */
+  host?: string
+  /**
+   * Open the first stream (and have the source connect to its page server) before
+   * returning: a refusal then rejects openPagesTunnel itself, before any restore
+   * started, and the first page fault does not wait for a stream handshake. Default
+   * true. The cost: the page server's one connection is taken now, so a stream lost
+   * before CRIU connects cannot be replaced.
+   */
+  eager?: boolean
+  onError?: (err: Error) => void
+}
+
 /** Target side: a local TCP port whose connections are carried to `peer`. */
 export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string,
-  opts: { signal?: AbortSignal, host?: string, onError?: (err: Error) => void } = {}): Promise<PagesTunnel> {
+  opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
   const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
   const closing = new AbortController()
   const signal = opts.signal != null ? AbortSignal.any([opts.signal, closing.signal]) : closing.signal
   const sockets = new Set<net.Socket>()
   let lastError: Error | null = null
-  // allowHalfOpen: CRIU's end of writing must not end our writing back to it.
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true })
 
-  const serve = async (socket: net.Socket): Promise<void> => {
-    let stream: Stream | undefined
+  /** A stream to the source that has passed the header exchange. */
+  const handshake = async (): Promise<Stream> => {
+    const stream = await libp2p.dialProtocol(peer, PAGES_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(CONNECT_TIMEOUT_MS)]) })
     try {
-      stream = await libp2p.dialProtocol(peer, PAGES_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(CONNECT_TIMEOUT_MS)]) })
       stream.maxReadBufferLength = READ_BUFFER_LIMIT
       stream.send(encodeFrame({ v: 1, transferId }))
-      const reply = await readFrame(stream, MAX_HEADER_BYTES, signal) as { ok?: unknown, error?: unknown }
+      const reply = await readFrame(stream, MAX_HEADER_BYTES, AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)])) as { ok?: unknown, error?: unknown }
       if (reply.ok !== true) {
         throw new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} refused by the source: ${typeof reply.error === 'string' ? reply.error : 'no reason given'}`)
       }
+      return stream
+    } catch (err) {
+      stream.abort(err as Error)
+      throw err
+    }
+  }
+  let preopened: Stream | null = opts.eager === false ? null : await handshake()
+
+  // allowHalfOpen: CRIU's end of writing must not end our writing back to it.
+  // noDelay: page requests are small request/response exchanges (libp2p's TCP does the same).
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
+  const serve = async (socket: net.Socket): Promise<void> => {
+    let stream: Stream | undefined
+    try {
+      stream = preopened ?? await handshake()
+      preopened = null
       await splice(socket, stream, stats, signal)
     } catch (err) {
       lastError = err as Error
@@ -101,17 +130,25 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     socket.on('error', () => {}) // reported through splice/serve
     void serve(socket)
   })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve() })
-  })
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(0, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve() })
+    })
+  } catch (err) {
+    preopened?.abort(err as Error)
+    throw err
+  }
   const addr = server.address()
   const port = typeof addr === 'object' && addr != null ? addr.port : 0
 
   let closed: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closed ??= (async () => {
-      closing.abort(new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} closed`))
+      const reason = new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} closed`)
+      closing.abort(reason)
+      preopened?.abort(reason)
+      preopened = null
       for (const s of sockets) reset(s)
       await new Promise<void>((resolve) => server.close(() => resolve()))
     })()
@@ -183,7 +220,7 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
 
 function connect (to: PageServerAddress, signal: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: to.host, port: to.port, allowHalfOpen: true })
+    const socket = net.connect({ host: to.host, port: to.port, allowHalfOpen: true, noDelay: true })
     const onAbort = (): void => { socket.destroy(); reject(signal.reason as Error) }
     signal.addEventListener('abort', onAbort, { once: true })
     socket.once('error', (err) => { signal.removeEventListener('abort', onAbort); reject(err) })
@@ -268,9 +305,11 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
       if (stream.readStatus !== 'paused') return
       resuming = true
       try { stream.resume() } catch {} finally { resuming = false } // throws once closed: nothing left to resume
-      if (socket.writableNeedDrain && stream.readStatus === 'readable') stream.pause()
+      if (socket.writableNeedDrain) { try { stream.pause() } catch {} } // throws once closing/closed
     }
     const onStreamEnd = (): void => {
+      // A reset also dispatches 'end' (before 'close'): that is an abort, not an end.
+      if (stream.status === 'reset' || stream.status === 'aborted') { fail(new MscError('RUNTIME_ERROR', `page stream ${stream.status}`)); return }
       socket.end(() => { downDone = true; maybeDone() })
     }
 
@@ -302,6 +341,9 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
 
 /** Hang up with RST, not FIN: a half-open peer must see the abort as an error, not as an end. */
 function reset (socket: net.Socket): void {
+  // After end() libuv refuses the RST (EINVAL) and Node then never closes the handle,
+  // which keeps the process alive: a socket already ending just gets destroyed.
+  if (socket.writableEnded || socket.destroyed) { socket.destroy(); return }
   try { socket.resetAndDestroy() } catch { socket.destroy() }
 }
 
