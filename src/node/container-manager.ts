@@ -147,7 +147,7 @@ export class ContainerManager {
       const now = new Date().toISOString()
       const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch }
       try {
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name)))
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name), this.dd.requestSocket))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
           logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
         })

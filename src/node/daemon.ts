@@ -8,6 +8,7 @@ import { ControlServer } from '../api/server.ts'
 import type { NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
 import { Overlay } from '../overlay/overlay.ts'
 import { MigrationService } from './migration-service.ts'
+import { ContainerRequestServer } from './container-requests.ts'
 import { validateName } from './container-manager.ts'
 import type { Member } from '../overlay/membership/membership-view.ts'
 import path from 'node:path'
@@ -29,6 +30,8 @@ export class MscNode {
   private containers?: ContainerManager
   private api?: ControlServer
   private overlay?: Overlay
+  private requests?: ContainerRequestServer
+  private migration?: MigrationService
   private startedAt = ''
   private nodeId = ''
   private cgroupParent = ''
@@ -60,6 +63,19 @@ export class MscNode {
       logger: this.rootLog.child({ component: 'containers' }),
       claimName: async (name) => this.claimName(name)
     })
+    // Before any container starts or restores: bundles may bind-mount this socket.
+    this.requests = new ContainerRequestServer({
+      socketPath: this.dataDir.requestSocket, cgroupParent: this.cgroupParent,
+      logger: this.rootLog.child({ component: 'requests' }),
+      onCheckpoint: async (name) => { await this.requireCriu(); return await this.containers!.checkpoint(name) },
+      onMigrate: async (name, peer) => {
+        if (this.migration == null) throw new MscError('INVALID_STATE', 'migration is not ready yet')
+        const r = await this.migration.migrate({ container: name, to: peer, strategy: 'auto' })
+        if (!r.ok) throw new MscError('RUNTIME_ERROR', r.error?.message ?? 'migration failed')
+        return r
+      }
+    })
+    await this.requests.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'container request socket unavailable (python3 missing?)'))
     const adopted = await this.containers.list()
     const c = this.containers
     const cfg = this.config
@@ -76,6 +92,7 @@ export class MscNode {
       logger: this.rootLog.child({ component: 'migration' })
     })
     await migration.start()
+    this.migration = migration
     this.api = new ControlServer({
       status: async () => await this.status(),
       list: async () => await c.list(),
@@ -128,6 +145,7 @@ export class MscNode {
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
     await this.overlay?.stop().catch((err) => this.log.warn({ err }, 'stopping overlay'))
+    await this.requests?.stop().catch((err) => this.log.warn({ err }, 'stopping the request socket'))
     if (this.config.stopContainersOnExit) await this.containers?.stopAll()
     if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
     await fs.rm(this.config.apiSocket, { force: true })

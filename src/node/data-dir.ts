@@ -8,6 +8,10 @@ import crypto from 'node:crypto'
  *   DIR/node-id                  8 hex chars made once: names this node's cgroups
  *   DIR/msc.sock                 control API (0600)
  *   DIR/node.pid                 the running daemon, so two never share a DIR
+ *   DIR/ipc.sock                 container requests (datagrams: CHECKPOINT, MIGRATE)
+ *   DIR/peer.key                 libp2p identity (0600)
+ *   DIR/moved/NAME.json          where a container that left this node went
+ *   DIR/bundles/DIGEST/          received rootfs copies, reused by later migrations
  *   DIR/runc/                    runc --root
  *   DIR/containers/NAME/
  *       container.json           msc's record of the container
@@ -25,6 +29,8 @@ export class DataDir {
   }
 
   get runcRoot (): string { return path.join(this.root, 'runc') }
+  /** Datagram socket containers send CHECKPOINT / MIGRATE to (bind-mounted at /run/msc.sock). */
+  get requestSocket (): string { return path.join(this.root, 'ipc.sock') }
   get pidFile (): string { return path.join(this.root, 'node.pid') }
   get tmp (): string { return path.join(this.root, 'tmp') }
   get containersDir (): string { return path.join(this.root, 'containers') }

@@ -142,7 +142,7 @@ export class NodeMigrationHost implements ContainerHost {
       if (await exists(path.join(req.logDir, f))) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
     }
     const bundle = await loadBundle(src)
-    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name)))
+    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name), this.dd.requestSocket))
     const now = new Date().toISOString()
     await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
     await fs.mkdir(req.workDir, { recursive: true })

@@ -68,9 +68,17 @@ export async function loadBundle (dir: string): Promise<LoadedBundle> {
  * dir runc sees is the node's, not the user's), the node's cgroup path, and no
  * terminal (CRIU needs the container's stdio to be pipes).
  */
-export function runtimeConfig (b: LoadedBundle, cgroupsPath: string): OciConfig {
+/** Where a bundle asks for the node's request socket (docs/container-requests.md). */
+export const REQUEST_SOCKET_IN_CONTAINER = '/run/msc.sock'
+
+export function runtimeConfig (b: LoadedBundle, cgroupsPath: string, requestSocket?: string): OciConfig {
   const c = structuredClone(b.config)
   c.root = { ...c.root, path: b.rootfs }
+  // The socket lives in each node's own data dir: whatever source the bundle names
+  // (or the node it came from used), bind this node's.
+  if (requestSocket != null && Array.isArray(c.mounts)) {
+    c.mounts = c.mounts.map((m) => m.destination === REQUEST_SOCKET_IN_CONTAINER ? { ...m, source: requestSocket } : m)
+  }
   c.process = { ...c.process, terminal: false }
   c.linux = { ...(c.linux ?? {}), cgroupsPath }
   return c
