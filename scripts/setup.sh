@@ -21,7 +21,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # ---- Debian packages from the machine's own sources -----------------------------
-APT_PKGS=(runc iproute2 iptables busybox-static redis-server redis-tools util-linux procps psmisc kmod)
+APT_PKGS=(runc iproute2 iptables busybox-static redis-server redis-tools util-linux procps psmisc kmod python3)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
