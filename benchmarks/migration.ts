@@ -39,7 +39,6 @@ import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { execa } from 'execa'
 import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster.ts'
 import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
@@ -151,8 +150,8 @@ class RawRunc {
   readonly bundle: string
   readonly cgroupParent: string
   readonly pidFile: string
-  /** Our ends of the container's stdout/stderr pipes (drained; closed at cleanup). */
-  private readonly pipes: NodeJS.ReadableStream[] = []
+  /** The shells holding the container's output pipes (they end with the container). */
+  private readonly shells: ChildProcess[] = []
   private started = false
 
   constructor (c: Cluster, runc: string, criu: string) {
@@ -169,17 +168,35 @@ class RawRunc {
   private g (): string[] { return ['--root', this.root, '--criu', this.criu] }
 
   /**
-   * A detaching runc command (run -d / restore -d) inside h1 with pipes for stdio (CRIU
-   * needs pipes, host.md): resolves when runc exits; the container keeps the pipes.
+   * A detaching runc command (run -d / restore -d) inside h1. The container's stdout and
+   * stderr must be real pipes (Node's 'pipe' stdio is a socketpair, which CRIU cannot
+   * dump: "unix: Unix socket ... not found"), so as msc's launcher does, a shell pipes
+   * them into `cat >/dev/null` and reports runc's exit status on fd 3, which neither
+   * runc nor the container keeps. Resolves when runc returned; errors from runc's log.
    */
   private async detached (args: string[]): Promise<void> {
-    const child: ChildProcess = await this.c.tb.spawn(this.host, this.runc, [...this.g(), ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let err = ''
-    child.stdout!.resume()
-    child.stderr!.on('data', (d: Buffer) => { if (err.length < 8192) err += d.toString() })
-    this.pipes.push(child.stdout!, child.stderr!)
-    const [code] = await once(child, 'exit') as [number | null]
-    if (code !== 0) throw new Error(`runc ${args[0]} ${RAW_ID} failed (${code}): ${err.trim()}`)
+    const runcLog = path.join(this.c.root, 'raw', 'runc-log.json')
+    await fs.rm(runcLog, { force: true })
+    const script = '{ "$@" 3>&-; echo "$?" >&3; } 2>&1 </dev/null | cat >/dev/null 3>&-'
+    const child: ChildProcess = await this.c.tb.spawn(this.host, '/bin/sh',
+      ['-c', script, 'raw-runc', this.runc, '--log', runcLog, '--log-format', 'json', ...this.g(), ...args],
+      { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
+    this.shells.push(child)
+    const status = child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }
+    let out = ''
+    const code = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`runc ${args[0]} did not return within 120 s`)), 120_000)
+      status.on('data', (d: Buffer) => {
+        out += d.toString()
+        if (out.includes('\n')) { clearTimeout(timer); resolve(Number.parseInt(out.trim(), 10)) }
+      })
+      status.on('end', () => { clearTimeout(timer); reject(new Error(`runc ${args[0]} ended without an exit status`)) })
+    })
+    status.destroy()
+    if (code !== 0) {
+      const msgs = (await fs.readFile(runcLog, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('"error"')).join('\n')
+      throw new Error(`runc ${args[0]} ${RAW_ID} failed (${code}): ${msgs}`)
+    }
   }
 
   async start (keys: number): Promise<void> {
@@ -233,7 +250,7 @@ class RawRunc {
     await sleep(200)
     await unmountUnder(path.join(this.root, RAW_ID))
     await execa(this.runc, ['--root', this.root, 'delete', '--force', RAW_ID], { reject: false })
-    for (const p of this.pipes) (p as unknown as { destroy: () => void }).destroy()
+    for (const sh of this.shells) if (sh.exitCode == null && sh.signalCode == null) sh.kill('SIGKILL')
     await removeCgroups(this.cgroupParent)
   }
 }
@@ -469,3 +486,5 @@ try {
   process.stderr.write(`migration benchmark failed: ${(err as Error).stack ?? String(err)}\n`)
   process.exitCode = 1
 }
+// Everything was stopped and removed above; do not wait for stray handles.
+process.exit()

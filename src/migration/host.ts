@@ -70,6 +70,8 @@ export interface ClusterPort {
   /** Who owns the container, per the membership view. */
   ownerOf: (container: string) => { owner: string | null, epoch: number } | undefined
   peerState: (peerId: string) => string | undefined
+  /** What the peer's latest heartbeat says of the container, if it claims it. */
+  claimOf: (peerId: string, container: string) => { epoch: number, state: string } | undefined
   /** Resolves once the view shows `owner` at `epoch` (or rejects on timeout). */
   waitForOwner: (container: string, owner: string, epoch: number, timeoutMs: number) => Promise<void>
 }

@@ -171,22 +171,32 @@ export class MigrationTarget {
   }
 
   /**
-   * The source's decision never arrived. It decides at the moment it reads
-   * 'restored': after that it releases the container, before it resumes it. So watch
-   * membership: a source that still claims the container at its epoch resumed it; one
-   * that released it, or died, did not.
+   * The source's decision never arrived. The source decides when it reads 'restored':
+   * after that it releases the container; before that (or without it) it resumes it.
+   * So the answer is in what the source says of the container once we hear it again:
+   * still running it at its epoch -> it resumed, this copy goes; not claiming it ->
+   * it released it, this copy stays. While the source cannot be heard (a partition, a
+   * crash) this copy keeps running unowned; after `settleTimeoutMs` of silence it is
+   * kept (a source dead that long cannot be running it), and epoch fencing resolves a
+   * source that comes back from a long partition still running its own.
    */
   private async settle (offer: Offer, source: string): Promise<'commit' | 'abort'> {
     const deadline = Date.now() + this.d.settleTimeoutMs
+    const log = this.d.logger.child({ migration: offer.migrationId, container: offer.container })
     while (Date.now() < deadline) {
       const state = this.d.cluster.peerState(source)
-      if (state === 'dead' || state === 'left') return 'commit'
-      const o = this.d.cluster.ownerOf(offer.container)
-      if (o == null || o.owner == null || o.epoch > offer.epoch) return 'commit'
+      if (state === 'alive') {
+        const claim = this.d.cluster.claimOf(source, offer.container)
+        if (claim == null) return 'commit'
+        if (claim.epoch >= offer.epoch && (claim.state === 'running' || claim.state === 'paused')) return 'abort'
+        if (claim.state !== 'running' && claim.state !== 'paused') return 'commit'
+      } else if (state === 'left') {
+        return 'commit'
+      }
       await new Promise((resolve) => setTimeout(resolve, 200))
     }
-    // Still claimed by a live source after the whole window: it resumed it.
-    return 'abort'
+    log.warn('the source stayed silent for the whole settle window: keeping the restored copy')
+    return 'commit'
   }
 }
 

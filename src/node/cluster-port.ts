@@ -28,6 +28,10 @@ export function clusterPort (o: Overlay, selfName: string): ClusterPort {
       return own == null ? undefined : { owner: own.owner, epoch: own.epoch }
     },
     peerState: (peerId) => view.get(peerId)?.state,
+    claimOf: (peerId, container) => {
+      const c = view.get(peerId)?.containers.find((x) => x.name === container)
+      return c == null ? undefined : { epoch: c.epoch, state: c.state }
+    },
     waitForOwner: async (container, owner, epoch, timeoutMs) => {
       const deadline = Date.now() + timeoutMs
       while (Date.now() < deadline) {

@@ -76,6 +76,7 @@ export class MscNode {
       }
     })
     await this.requests.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'container request socket unavailable (python3 missing?)'))
+    await this.dropStalePendingMigrations()
     const adopted = await this.containers.list()
     const c = this.containers
     const cfg = this.config
@@ -88,11 +89,18 @@ export class MscNode {
     const o = this.overlay
     const migration = new MigrationService({
       overlay: o, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
-      timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 15_000 },
+      timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 120_000 },
       logger: this.rootLog.child({ component: 'migration' })
     })
     await migration.start()
     this.migration = migration
+    // Epoch fencing: a peer claiming a container we run, at a higher epoch, owns it
+    // (a migration we gave up on was committed there after all, e.g. across a long
+    // partition). Two copies must not stay: ours goes.
+    o.view.addEventListener('owner:change', (evt) => {
+      const { container, from, to, epoch } = evt.detail
+      if (from === o.peerId && to != null && to !== o.peerId) void this.fence(container, to, epoch)
+    })
     this.api = new ControlServer({
       status: async () => await this.status(),
       list: async () => await c.list(),
@@ -164,6 +172,33 @@ export class MscNode {
       version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
       cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
       containers: list.length, startedAt: this.startedAt
+    }
+  }
+
+  /** A record of an incoming migration whose container died with this node's last run. */
+  private async dropStalePendingMigrations (): Promise<void> {
+    const c = this.containers!
+    for (const n of await c.names()) {
+      const r = await c.readRecord(n)
+      if (r?.pendingMigration !== true) continue
+      const st = await this.runc!.state(n).catch(() => null)
+      if (st?.status === 'running') continue
+      this.log.warn({ container: n }, 'dropping an uncommitted incoming migration left by a previous run')
+      await c.remove(n, { force: true }).catch(() => {})
+    }
+  }
+
+  private async fence (name: string, owner: string, epoch: number): Promise<void> {
+    const c = this.containers!
+    try {
+      const rec = await c.readRecord(name)
+      if (rec == null || rec.pendingMigration === true || (rec.epoch ?? 1) >= epoch) return
+      this.log.error({ container: name, owner, epoch, ourEpoch: rec.epoch ?? 1 }, 'another node owns this container at a higher epoch: stopping our copy (fencing)')
+      await c.remove(name, { force: true })
+      await fs.mkdir(path.join(this.config.dataDir, 'moved'), { recursive: true })
+      await fs.writeFile(path.join(this.config.dataDir, 'moved', `${name}.json`), JSON.stringify({ container: name, to: owner, toName: this.overlay?.view.get(owner)?.name ?? owner, at: new Date().toISOString(), fenced: true }) + '\n')
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, container: name }, 'fencing failed')
     }
   }
 

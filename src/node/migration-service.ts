@@ -49,7 +49,7 @@ export class MigrationService {
     this.target = new MigrationTarget({
       host, cluster, logger: init.logger, diskReserveBytes: 256 * 1024 * 1024,
       transferTimeoutMs: 30 * 60_000, decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
-      settleTimeoutMs: Math.max(init.timeouts.settleTimeoutMs, init.pingTimeoutMs * 2),
+      settleTimeoutMs: init.timeouts.settleTimeoutMs,
       openPages: async (peer, transferId, signal) => {
         const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal })
         return { port: t.port, close: () => { void t.close() } }
