@@ -399,10 +399,11 @@ async function receiverMain (): Promise<void> {
     await send({ type: 'done', files: got.files, bytes: got.bytes, digest, maxRssKiB, cpuMs: Math.round((cpu.user + cpu.system) / 1000) })
   } catch (err) {
     await send({ type: 'error', message: (err as Error).stack ?? String(err) })
+    process.exitCode = 1
   } finally {
     await stop().catch(() => {})
     process.disconnect()
-    process.exit(0)
+    process.exit()
   }
 }
 
@@ -501,7 +502,14 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
     const ready = await next('ready', 60_000)
     if (ready.type !== 'ready') throw new Error(`unexpected ${ready.type}`)
     const cpu0 = process.cpuUsage()
-    const ms = await sendWith(method, ready.addr, tree.dir, tree.name)
+    // A receiver that dies, or a transfer that hangs, fails the sample instead of the sender waiting forever.
+    let timer: NodeJS.Timeout | undefined
+    const failed = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`${method}: no answer within ${SAMPLE_TIMEOUT_MS} ms`)), SAMPLE_TIMEOUT_MS)
+      exited.then(([code, sig]) => { if (code !== 0) reject(new Error(`${method}: the receiver exited (${code ?? sig}) during the transfer: ${inbox.map((m) => m.type === 'error' ? m.message : '').join('')}`)) }, () => {})
+    })
+    failed.catch(() => {})
+    const ms = await Promise.race([sendWith(method, ready.addr, tree.dir, tree.name), failed]).finally(() => clearTimeout(timer))
     const cpu = process.cpuUsage(cpu0)
     const done = await next('done', SAMPLE_TIMEOUT_MS)
     if (done.type !== 'done') throw new Error(`unexpected ${done.type}`)
@@ -603,8 +611,9 @@ async function main (): Promise<void> {
     await fs.rm(sandbox, { recursive: true, force: true })
   }
   const onSignal = (sig: string): void => { log(`${sig}: cleaning up`); cleanup().finally(() => process.exit(130)) }
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
+  // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   try {
     log(`making trees in ${sandbox}`)
     const trees = await makeTrees(sandbox, o, o.trees.split(',').map((t) => t.trim()))
@@ -659,14 +668,16 @@ async function main (): Promise<void> {
     process.stdout.write(table(ratios))
     process.stdout.write('\nper method:\n')
     process.stdout.write(table(summary.map((s) => ({
-      tree: s.tree, method: s.method, 'MB/s': s.MBps, 'min-max': `${s.MBpsMin}-${s.MBpsMax}`, ms: s.ms, 'files/s': s.filesPerS,
+      tree: s.tree, method: s.method, 'MB/s': s.MBps, 'min-max': `${s.MBpsMin}-${s.MBpsMax}`, ms: s.ms,
+      // Files per second only says something for the many-files tree.
+      'files/s': (trees.find((t) => t.name === s.tree)?.files ?? 0) >= 100 ? s.filesPerS : null,
       'rx RSS ready MiB': s.receiverRssReadyMiB, 'rx RSS peak MiB': s.receiverRssPeakMiB, 'tx cpu ms': s.senderCpuMs, 'rx cpu ms': s.receiverCpuMs
     }))))
     process.stdout.write(`\nresults: ${file}\n`)
   } finally {
+    await cleanup()
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
-    await cleanup()
   }
 }
 

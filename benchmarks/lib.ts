@@ -74,7 +74,9 @@ export function table (rows: Array<Record<string, string | number | null | undef
   const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))]
   const cell = (v: unknown): string => v == null || (typeof v === 'number' && Number.isNaN(v)) ? '-' : String(v)
   const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)))
-  const line = (vals: string[]): string => vals.map((v, i) => (typeof rows[0]![cols[i]!] === 'number' ? v.padStart(width[i]!) : v.padEnd(width[i]!))).join('  ').trimEnd()
+  // Columns holding numbers are right-aligned.
+  const numeric = cols.map((c) => rows.some((r) => typeof r[c] === 'number'))
+  const line = (vals: string[]): string => vals.map((v, i) => (numeric[i] === true ? v.padStart(width[i]!) : v.padEnd(width[i]!))).join('  ').trimEnd()
   return [line(cols), width.map((w) => '-'.repeat(w)).join('  '), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join('\n') + '\n'
 }
 

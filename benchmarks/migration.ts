@@ -361,8 +361,9 @@ async function main (): Promise<void> {
     await cleaning
   }
   const onSignal = (sig: string): void => { log(`${sig}`); cleanup().finally(() => process.exit(130)) }
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
+  // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
 
   const locals: LocalSample[] = []
   const hops: HopSample[] = []
@@ -474,9 +475,9 @@ async function main (): Promise<void> {
     }))))
     process.stdout.write(`\nresults: ${file}\n`)
   } finally {
+    await cleanup()
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
-    await cleanup()
   }
 }
 

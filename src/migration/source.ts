@@ -234,8 +234,7 @@ export class MigrationSource {
       // the user's (the image protocol reports e.g. a hash mismatch as INVALID_ARGUMENT,
       // which the CLI would turn into exit status 2, "bad usage").
       const e = toMscError(err)
-      if (e.code === 'INVALID_ARGUMENT') throw new MscError('RUNTIME_ERROR', e.message, e.details)
-      throw e
+      throw new MscError(e.code === 'INVALID_ARGUMENT' ? 'RUNTIME_ERROR' : e.code, `the ${label} transfer to ${this.d.cluster.peerName(peer)} failed: ${e.message}`, e.details)
     } finally {
       dog.stop()
     }

@@ -152,9 +152,10 @@ export class MscNode {
 
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
+    // Containers first (if asked), so the goodbye heartbeat tells the truth about them.
+    if (this.config.stopContainersOnExit) await this.containers?.stopAll()
     await this.overlay?.stop().catch((err) => this.log.warn({ err }, 'stopping overlay'))
     await this.requests?.stop().catch((err) => this.log.warn({ err }, 'stopping the request socket'))
-    if (this.config.stopContainersOnExit) await this.containers?.stopAll()
     if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
     await fs.rm(this.config.apiSocket, { force: true })
     await fs.rm(this.dataDir.pidFile, { force: true })
@@ -212,7 +213,8 @@ export class MscNode {
     const own = o.view.ownerOf(name)
     if (own?.owner != null && own.owner !== o.peerId) {
       const m = o.view.get(own.owner)
-      if (m != null && (m.state === 'alive' || m.state === 'suspect')) {
+      // A node that left still runs its containers (they outlive the daemon).
+      if (m != null && (m.state === 'alive' || m.state === 'suspect' || m.state === 'left')) {
         throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${m?.name ?? own.owner} (epoch ${own.epoch})`)
       }
     }

@@ -18,7 +18,7 @@
  */
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync, statSync } from 'node:fs'
+import { readFileSync, statSync, writeFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
@@ -287,7 +287,7 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
       assert.ok(!('restore' in m.result.phases), `cut before the restore request: ${JSON.stringify(m.result.phases)}`)
       // Either the stall watchdog gives up, or (first, with --ping-timeout 3) the
       // overlay drops the connection to the now dead peer and the stream is reset.
-      assert.match(m.result.error!.message, /stalled|reset|closed|EOF/i, 'the transfer was given up')
+      assert.match(m.result.error!.message, /stalled|reset|closed|EOF|declared dead/i, 'the transfer was given up')
       // The stall timeout, plus the resume from the dump and a loaded machine's slack.
       assert.ok(failedAfter < STALL_TIMEOUT_MS + 10_000, `failed ${failedAfter} ms after the cut (stall timeout ${STALL_TIMEOUT_MS} ms)`)
       const pid = await assertOnlyOn('redis', from) // n2's API is a unix socket: reachable while cut
@@ -367,19 +367,19 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
     await allUp()
     const src = n('n1')
     const dst = n('n2')
-    // A name can only exist twice after a node was away: n2 runs `dup`, leaves (its
-    // container keeps running), n1 takes the free name, n2 comes back with its own.
-    const theirs = await runCounter(dst, 'dup', 'dup-n2')
-    await c.waitState(src, dst, 'alive', 10_000)
-    await waitFor(async () => (await c.peersApi(src)).find((p) => p.peerId === dst.peerId)?.containers.some((x) => x.name === 'dup') === true, 10_000, 'n1 to see n2 claim dup')
-    assert.equal(await c.stop(dst), 0, c.logTail(dst))
-    await c.waitState(src, dst, 'left', 10_000)
+    // msc keeps names unique in the cluster, so the clash here is what a node finds
+    // in its own runc root that msc does not know of (a leftover, or made by hand).
     const ours = await runCounter(src, 'dup', 'dup-n1')
-    await c.start(dst)
-    await c.waitAllAlive(15_000)
-    const dstPs = (await c.json<ContainerInfo[]>(dst, 'ps')).find((x) => x.name === 'dup')
-    assert.equal(dstPs?.pid, theirs, `n2 adopted its own dup again: ${JSON.stringify(dstPs)}`)
-
+    const raw = await makeBundle('counter', path.join(bundles, 'dup-raw'), '--interval-ms', '250', '--force')
+    const cfgPath = path.join(raw, 'config.json')
+    const cfg = JSON.parse(readFileSync(cfgPath, 'utf8'))
+    cfg.linux.cgroupsPath = `/msc-test-raw-${process.pid}/dup`
+    writeFileSync(cfgPath, JSON.stringify(cfg))
+    const rawRoot = path.join(dst.dataDir, 'runc')
+    const started = await execa('runc', ['--root', rawRoot, 'run', '--detach', '--bundle', raw, 'dup'], { reject: false, stdio: 'ignore' })
+    assert.equal(started.exitCode, 0, 'a raw runc container named dup on n2')
+    const theirs = (await c.runcList(dst)).find((x) => x.id === 'dup')!.pid
+    try {
     const m = await migrate(src, 'dup', dst.name)
     assertFailedOnSource(m, src, dst, 'name taken')
     assert.match(m.result.error!.message, /n2 refused the migration: a container named dup already exists on n2/, JSON.stringify(m.result.error))
@@ -388,8 +388,13 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
     assert.deepEqual((await c.runcList(n('n1'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', ours]])
     assert.deepEqual((await c.runcList(n('n2'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', theirs]])
     assert.deepEqual((await c.runcList(n('n3'))).filter((x) => x.id === 'dup'), [])
-    await assertNoLeaks()
-    await removeEverywhere('dup')
+    } finally {
+      await execa('runc', ['--root', rawRoot, 'kill', 'dup', 'KILL'], { reject: false })
+      await sleep(300)
+      await execa('runc', ['--root', rawRoot, 'delete', '--force', 'dup'], { reject: false })
+      await execa('rmdir', ['-p', '--ignore-fail-on-non-empty', ...['pids', 'memory', 'cpu', 'freezer', 'devices', 'blkio', 'cpuacct', 'cpuset', 'systemd'].map((h) => `/sys/fs/cgroup/${h}/msc-test-raw-${process.pid}`)], { reject: false })
+      await removeEverywhere('dup')
+    }
   })
 
   test(`the target refuses when it has no room (data dir on a ${TMPFS_MB} MB tmpfs): clear message, nothing moves`, { timeout: 60_000 }, async () => {

@@ -125,7 +125,9 @@ export class MembershipService {
   /** Builds our heartbeat (also what `msc status` shows of ourselves). */
   async selfHeartbeat (type: Heartbeat['type'] = 'heartbeat'): Promise<Heartbeat> {
     const l = this.o.local
-    const containers = type === 'leave' ? [] : await l.containers()
+    // A leaving node still owns what it runs: its containers outlive the daemon
+    // (docs/architecture.md), so a goodbye must not hand their names to others.
+    const containers = await l.containers()
     this.o.view.setLocalClaims(containers)
     const resources = await l.resources()
     // seq is taken after every await: two overlapping publishes must not go out with

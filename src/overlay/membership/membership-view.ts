@@ -105,7 +105,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     this.pingFailedSince.delete(hb.peerId)
     if (hb.type === 'leave') {
       this.setState(m, 'left', known == null ? null : known.state)
-      this.applyClaims(m, [])
+      this.applyClaims(m, hb.containers)
       return true
     }
     this.setState(m, 'alive', known == null ? null : known.state)
