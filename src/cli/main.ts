@@ -52,6 +52,9 @@ async function main (argv: string[]): Promise<void> {
       return
     }
     process.exitCode = reportError(err, argv.includes('--json'))
+    // A failed command must end even if something it started still holds the event
+    // loop (a child process, a socket): the error is reported, nothing is left to do.
+    setTimeout(() => process.exit(), 3000).unref()
   }
 }
 

@@ -33,6 +33,7 @@ export class MscNode {
   private requests?: ContainerRequestServer
   private migration?: MigrationService
   private startedAt = ''
+  private claimed = false
   private nodeId = ''
   private cgroupParent = ''
 
@@ -44,6 +45,17 @@ export class MscNode {
   }
 
   async start (): Promise<void> {
+    try {
+      await this.startComponents()
+    } catch (err) {
+      // Whatever did start (request relay, libp2p, pid file) must not keep a node that
+      // failed to start alive, nor leave the data dir claimed.
+      await this.stop().catch(() => {})
+      throw err
+    }
+  }
+
+  private async startComponents (): Promise<void> {
     await this.dataDir.init()
     await this.claimDataDir()
     await this.clearTmp()
@@ -63,6 +75,15 @@ export class MscNode {
       logger: this.rootLog.child({ component: 'containers' }),
       claimName: async (name) => this.claimName(name)
     })
+    await this.dropStalePendingMigrations()
+    const adopted = await this.containers.list()
+    const c = this.containers
+    const cfg = this.config
+    this.overlay = await Overlay.create({
+      keyFile: path.join(cfg.dataDir, 'peer.key'), dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
+      listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
+      pskFile: cfg.pskFile, pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
+    }, { claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }) })
     // Before any container starts or restores: bundles may bind-mount this socket.
     this.requests = new ContainerRequestServer({
       socketPath: this.dataDir.requestSocket, cgroupParent: this.cgroupParent,
@@ -76,15 +97,6 @@ export class MscNode {
       }
     })
     await this.requests.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'container request socket unavailable (python3 missing?)'))
-    await this.dropStalePendingMigrations()
-    const adopted = await this.containers.list()
-    const c = this.containers
-    const cfg = this.config
-    this.overlay = await Overlay.create({
-      keyFile: path.join(cfg.dataDir, 'peer.key'), dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
-      listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
-      pskFile: cfg.pskFile, pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
-    }, { claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }) })
     await this.overlay.start()
     const o = this.overlay
     const migration = new MigrationService({
@@ -157,8 +169,12 @@ export class MscNode {
     await this.overlay?.stop().catch((err) => this.log.warn({ err }, 'stopping overlay'))
     await this.requests?.stop().catch((err) => this.log.warn({ err }, 'stopping the request socket'))
     if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
-    await fs.rm(this.config.apiSocket, { force: true })
-    await fs.rm(this.dataDir.pidFile, { force: true })
+    if (this.claimed) {
+      // Only what this process made: a node refused for a taken data dir must not
+      // delete the running node's socket and pid file.
+      await fs.rm(this.config.apiSocket, { force: true })
+      await fs.rm(this.dataDir.pidFile, { force: true })
+    }
     this.log.info('msc node stopped')
   }
 
@@ -262,6 +278,7 @@ export class MscNode {
       if (err instanceof MscError) throw err
     }
     await fs.writeFile(file, `${process.pid}\n`, { mode: 0o600 })
+    this.claimed = true
   }
 }
 
