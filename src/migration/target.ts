@@ -27,6 +27,7 @@ interface Expected {
   migrationId: string
   destDir: string
   mode: 'replace' | 'overlay'
+  symlinks: 'contained' | 'rootfs'
   maxTotalBytes: number
   done: PromiseWithResolvers<void>
 }
@@ -52,7 +53,7 @@ export class MigrationTarget {
     const e = this.expected.get(header.transferId)
     if (e == null) return null
     return {
-      destDir: e.destDir, mode: e.mode,
+      destDir: e.destDir, mode: e.mode, symlinks: e.symlinks,
       limits: { maxTotalBytes: e.maxTotalBytes, maxFileBytes: e.maxTotalBytes, maxFiles: 500_000 },
       onDone: (err?: Error) => { if (err == null) e.done.resolve(); else e.done.reject(err) }
     }
@@ -102,16 +103,18 @@ export class MigrationTarget {
       await fs.mkdir(bundleDir, { recursive: true })
       if (cached != null) await fs.cp(path.join(cached, 'rootfs'), path.join(bundleDir, 'rootfs'), { recursive: true, verbatimSymlinks: true, preserveTimestamps: true })
       const budget = free - this.d.diskReserveBytes
-      const expect = (id: string, destDir: string, mode: 'replace' | 'overlay'): Expected => {
-        const e: Expected = { migrationId: offer.migrationId, destDir, mode, maxTotalBytes: budget, done: Promise.withResolvers<void>() }
+      const expect = (id: string, destDir: string, mode: 'replace' | 'overlay', symlinks: 'contained' | 'rootfs' = 'contained'): Expected => {
+        const e: Expected = { migrationId: offer.migrationId, destDir, mode, symlinks, maxTotalBytes: budget, done: Promise.withResolvers<void>() }
         e.done.promise.catch(() => {})
         this.expected.set(id, e)
         ids.push(id)
         return e
       }
       const t = offer.transfers
-      const bundleT = cached == null ? expect(t.bundle, path.join(bundleDir, 'rootfs'), 'replace') : null
-      expect(t.delta, path.join(bundleDir, 'rootfs'), 'overlay')
+      // A rootfs keeps its links as they are (absolute ones too): they are resolved
+      // inside the container, and the receiver never writes through a link.
+      const bundleT = cached == null ? expect(t.bundle, path.join(bundleDir, 'rootfs'), 'replace', 'rootfs') : null
+      expect(t.delta, path.join(bundleDir, 'rootfs'), 'overlay', 'rootfs')
       const imagesT = expect(t.images, path.join(staging, 'images'), 'replace')
       const logT = expect(t.log, path.join(staging, 'log'), 'replace')
       const config = { ...offer.config, root: { ...(offer.config.root as object ?? {}), path: 'rootfs' } }

@@ -378,6 +378,30 @@ describe('hostile sender', () => {
     await assertRefused(run, 'PATH_THROUGH_SYMLINK')
   })
 
+  test('rootfs trees keep absolute and upward links verbatim, and still never write through one', async () => {
+    // A container's rootfs: /bin -> usr/bin style and absolute links are resolved inside
+    // the container; the receiver stores them, never follows them.
+    const src = path.join(sandbox, 'rootfs-src')
+    await fs.mkdir(path.join(src, 'usr', 'bin'), { recursive: true })
+    await fs.writeFile(path.join(src, 'usr', 'bin', 'tool'), 'x')
+    await fs.symlink('/usr/bin', path.join(src, 'bin'))
+    await fs.symlink('../../../../etc/passwd', path.join(src, 'usr', 'up'))
+    const dest = path.join(sandbox, 'rootfs-dest')
+    const contained = await transfer(src, path.join(sandbox, 'rootfs-refused')).catch((err: Error) => err)
+    assert.ok(contained instanceof Error, 'a contained tree refuses the absolute link')
+    await transfer(src, dest, { transferId: 't-rootfs' }, { symlinks: 'rootfs' } as Partial<ReceiveTreeOptions>)
+    assert.equal(await fs.readlink(path.join(dest, 'bin')), '/usr/bin')
+    assert.equal(await fs.readlink(path.join(dest, 'usr', 'up')), '../../../../etc/passwd')
+    assert.equal(await fs.readFile(path.join(dest, 'usr', 'bin', 'tool'), 'utf8'), 'x')
+    // A hostile rootfs sender still cannot write through a link it sent.
+    const run = await hostile(async (f, sig) => {
+      await f.writeJson(hdr({ files: 2, bytes: 4 }), sig)
+      await f.writeJson(linkEntry('etc', '/etc'), sig)
+      await sendFile(f, 'etc/evil', new TextEncoder().encode('evil'), sig)
+    }, { symlinks: 'rootfs' } as Partial<ReceiveTreeOptions>, path.join(sandbox, 'rootfs-hostile'))
+    await assertRefused(run, 'PATH_THROUGH_SYMLINK', ['/etc/evil'])
+  })
+
   test('an entry before its directory is refused (NO_PARENT)', async () => {
     const run = await hostile(async (f, s) => {
       await f.writeJson(hdr({ files: 1, bytes: 1 }), s)

@@ -32,6 +32,13 @@ export interface TreeDestination {
   limits: TreeLimits
   /** Called once with the outcome (after the verdict was sent). */
   onDone?: (err?: Error) => void
+  /**
+   * 'contained' (default): every symlink must resolve inside the tree. 'rootfs': a
+   * container's root filesystem, whose links (absolute ones included) are meant to be
+   * resolved inside the container; the receiver stores them verbatim and, as always,
+   * never creates or commits anything through a symlink.
+   */
+  symlinks?: 'contained' | 'rootfs'
 }
 
 interface CommonOptions {
@@ -69,7 +76,7 @@ export async function receiveTree (stream: Stream, o: ReceiveTreeOptions): Promi
     tmp = await fs.mkdtemp(path.join(o.tmpRoot, 'msc-image-'))
     await checkSameFilesystem(tmp, dest.destDir, dest.mode)
     const got = await receiveBody(framed, header, tmp, dest, o)
-    await commitTree(tmp, dest.destDir, dest.mode, header, got)
+    await commitTree(tmp, dest.destDir, dest.mode, header, got, dest.symlinks ?? 'contained')
     tmp = undefined // moved into destDir (replace) or removed by commitTree (overlay)
     // The tree is in place whatever happens to the answer: a sender that misses it
     // fails on its side, and a retry finds destDir there (DEST_EXISTS in replace mode).
@@ -177,7 +184,7 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
         return got
       }
       if (got.entries.length >= h.files) throw refusal('TOO_MANY_FILES', `more than the ${h.files} announced entries`)
-      await checkEntry(m, kinds, h, dest.limits, announcedBytes)
+      await checkEntry(m, kinds, h, dest.limits, announcedBytes, dest.symlinks)
       if (m.kind === 'file') announcedBytes += m.size
       got.entries.push(m)
       kinds.set(m.path, m.kind === 'symlink' ? { kind: 'symlink', target: m.target, entryKind: 'symlink' } : { kind: 'other', entryKind: m.kind })
@@ -201,7 +208,8 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
 
 /** Everything that can be checked about an entry before it is created. */
 async function checkEntry (
-  m: Entry, kinds: Map<string, { entryKind: Entry['kind'] } & LookupResult>, h: TreeHeader, l: TreeLimits, announcedBytes: number
+  m: Entry, kinds: Map<string, { entryKind: Entry['kind'] } & LookupResult>, h: TreeHeader, l: TreeLimits, announcedBytes: number,
+  symlinks: 'contained' | 'rootfs' = 'contained'
 ): Promise<void> {
   const problem = pathProblem(m.path)
   if (problem != null) throw refusal('BAD_PATH', `${JSON.stringify(m.path)}: ${problem}`)
@@ -218,7 +226,7 @@ async function checkEntry (
     if (m.size > l.maxFileBytes) throw refusal('LIMIT_EXCEEDED', `${m.path}: ${m.size} bytes, the limit per file is ${l.maxFileBytes}`)
     if (announcedBytes + m.size > h.bytes) throw refusal('TOTAL_EXCEEDED', `${m.path}: the files add up to more than the ${h.bytes} bytes announced`)
   }
-  if (m.kind === 'symlink') {
+  if (m.kind === 'symlink' && symlinks === 'contained') {
     // Early check against what arrived so far; commit re-checks with the whole tree.
     const why = await symlinkProblem(m.path, m.target, (rel) => kinds.get(rel) ?? { kind: 'other' })
     if (why != null) throw refusal('SYMLINK_ESCAPE', why)
