@@ -31,8 +31,11 @@ export interface ContainerHost {
 
   // ---- source side ----
   describe: (name: string) => Promise<LocalContainer>
-  /** Final dump: the container is frozen, dumped and gone from runc. */
-  dump: (name: string, imageDir: string, signal: AbortSignal) => Promise<void>
+  /** Final dump: the container is frozen, dumped and gone from runc. `parentPath`
+   *  (relative to imageDir) names the last pre-dump, so only what changed since is dumped. */
+  dump: (name: string, imageDir: string, signal: AbortSignal, parentPath?: string) => Promise<void>
+  /** Pre-copy round: memory dumped while the container keeps running. */
+  preDump: (name: string, imageDir: string, parentPath: string | undefined, signal: AbortSignal) => Promise<void>
   /** Post-copy dump: pages stay behind a page server on 127.0.0.1:port. */
   dumpLazy: (name: string, imageDir: string, pageServerPort: number, signal: AbortSignal) => Promise<LazyDump>
   /** Rollback: brings the container back here from the images of its final dump. */

@@ -53,7 +53,12 @@ export const AnswerSchema = z.discriminatedUnion('type', [
 ])
 export type Answer = z.infer<typeof AnswerSchema>
 
-export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean() }).strict()
+/** Pre-copy: the next pre-dump round is coming as tree `transferId`. */
+export const PreRoundSchema = z.object({ type: z.literal('pre-round'), round: z.number().int().min(1).max(16), transferId: id }).strict()
+export const PreReadySchema = z.object({ type: z.literal('pre-ready'), round: z.number().int().min(1).max(16) }).strict()
+
+/** `preRounds`: how many pre-dump rounds the final images build on (pre-copy). */
+export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean(), preRounds: z.number().int().min(0).max(16).optional() }).strict()
 export type RestoreRequest = z.infer<typeof RestoreSchema>
 
 export const RestoreResultSchema = z.discriminatedUnion('type', [
@@ -76,21 +81,16 @@ export type Phase = typeof PHASES[number]
 
 /**
  * The strategy both ends can run. 'auto' prefers the least downtime: post-copy
- * (resume before memory moves), else stop-copy (always works).
+ * (resume before memory moves), then pre-copy, then stop-copy (always works).
  * Returns an explanation when the requested one cannot run.
  */
 export function chooseStrategy (requested: Strategy | 'auto', source: Features, target: Features, targetName: string): { strategy: Strategy } | { refuse: string } {
   const both = { preCopy: source.preCopy && target.preCopy, postCopy: source.postCopy && target.postCopy }
   const fallback = both.postCopy ? 'post-copy' : 'stop-copy'
-  // Pre-copy rounds are not implemented yet (no kernel here tracks dirty memory to test
-  // them on), so 'auto' never picks it and asking for it is refused with the reason.
-  if (requested === 'auto') return { strategy: both.postCopy ? 'post-copy' : 'stop-copy' }
+  if (requested === 'auto') return { strategy: both.postCopy ? 'post-copy' : both.preCopy ? 'pre-copy' : 'stop-copy' }
   if (requested === 'pre-copy' && !both.preCopy) {
     const who = !source.preCopy && !target.preCopy ? 'both nodes' : !source.preCopy ? 'the source node' : `the target node ${targetName}`
     return { refuse: `pre-copy needs memory dirty tracking (soft-dirty), which the kernel of ${who} lacks (criu check --feature mem_dirty_track); use --strategy ${fallback}` }
-  }
-  if (requested === 'pre-copy') {
-    return { refuse: `pre-copy rounds are not implemented in this version of msc; use --strategy ${fallback}` }
   }
   if (requested === 'post-copy' && !both.postCopy) {
     const who = !source.postCopy ? 'the source node' : `the target node ${targetName}`

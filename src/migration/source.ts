@@ -6,7 +6,7 @@ import { MscError, toMscError } from '../util/errors.ts'
 import { FramedStream } from '../protocols/framing.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
-import { AnswerSchema, CommittedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
+import { AnswerSchema, CommittedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
 import { PhaseClock, type Progress } from './phase-clock.ts'
 import { bundleDigest } from './bundle-digest.ts'
 import { Watchdog } from './watchdog.ts'
@@ -120,10 +120,33 @@ export class MigrationSource {
           result.bytes += await this.sendTree(target, c.rootfs, transfers.bundle, 'rootfs', clock, outer)
         }
 
-        // ---- freeze-dump: from here the container is down ----
-        clock.enter('freeze-dump')
         staging = await d.stagingRoot(migrationId)
         const imageDir = path.join(staging, 'images')
+
+        // ---- pre-copy: memory moves while the container runs, until the dirty set
+        // stops shrinking; the final dump then holds only what changed since ----
+        let preRounds = 0
+        if (answer.strategy === 'pre-copy') {
+          clock.enter('pre-copy')
+          let previous = Number.POSITIVE_INFINITY
+          for (let round = 1; round <= MAX_PRE_ROUNDS; round++) {
+            const dir = path.join(staging, `pre-${round}`)
+            await d.host.preDump(c.name, dir, round > 1 ? `../pre-${round - 1}` : undefined, outer)
+            const pages = await pagesBytes(dir)
+            const id = tid()
+            await control.writeJson({ type: 'pre-round', round, transferId: id }, outer)
+            await control.readJson(PreReadySchema, AbortSignal.any([outer, AbortSignal.timeout(30_000)]))
+            // `parent` links up to the previous round; the target makes its own.
+            result.bytes += await this.sendTree(target, dir, id, `pre-${round}`, clock, outer, (p) => p !== 'parent')
+            preRounds = round
+            log.info({ round, pagesBytes: pages }, 'pre-copy round sent')
+            if (pages < PRE_CONVERGED_BYTES || pages > previous * 0.8) break
+            previous = pages
+          }
+        }
+
+        // ---- freeze-dump: from here the container is down ----
+        clock.enter('freeze-dump')
         freezeAt = Date.now()
         if (answer.strategy === 'post-copy') {
           const port = await d.freePort()
@@ -132,7 +155,7 @@ export class MigrationSource {
           dumped = true
           await lazy.imagesReady
         } else {
-          await d.host.dump(c.name, imageDir, outer)
+          await d.host.dump(c.name, imageDir, outer, preRounds > 0 ? `../pre-${preRounds}` : undefined)
           dumped = true
         }
 
@@ -144,7 +167,7 @@ export class MigrationSource {
         if (changed.size > 0 || delta.deleted.length > 0) {
           result.bytes += await this.sendTree(target, c.rootfs, transfers.delta, 'rootfs-delta', clock, outer, (p) => changed.has(p), delta.deleted)
         }
-        result.bytes += await this.sendTree(target, imageDir, transfers.images, 'images', clock, outer)
+        result.bytes += await this.sendTree(target, imageDir, transfers.images, 'images', clock, outer, (p) => p !== 'parent')
         const logDir = path.dirname(c.logFiles.at(-1)!)
         const logNames = new Set(c.logFiles.map((f) => path.basename(f)))
         result.bytes += await this.sendTree(target, logDir, transfers.log, 'log', clock, outer, (p) => logNames.has(p))
@@ -152,7 +175,7 @@ export class MigrationSource {
 
         // ---- restore on the target ----
         clock.enter('restore')
-        await control.writeJson({ type: 'restore', lazy: lazy != null }, outer)
+        await control.writeJson({ type: 'restore', lazy: lazy != null, preRounds }, outer)
         const rr = await control.readJson(RestoreResultSchema, AbortSignal.any([outer, AbortSignal.timeout(d.restoreTimeoutMs)]))
         if (rr.type === 'failed') throw new MscError('CRIU_ERROR', `restore on ${result.toName} failed: ${rr.reason}`, rr.details)
         restored = true // the point of no return: from now on the source never resumes
@@ -243,4 +266,16 @@ export class MigrationSource {
 
 function tid (): string {
   return crypto.randomBytes(12).toString('base64url')
+}
+
+/** Pre-copy stops when a round's dirty memory is this small, or shrank by less than 20%. */
+const PRE_CONVERGED_BYTES = 1024 * 1024
+const MAX_PRE_ROUNDS = 6
+
+/** Bytes of memory pages in a dump directory (CRIU's pages-*.img). */
+async function pagesBytes (dir: string): Promise<number> {
+  const { readdir, stat } = await import('node:fs/promises')
+  let n = 0
+  for (const f of await readdir(dir)) if (/^pages-\d+\.img$/.test(f)) n += (await stat(path.join(dir, f))).size
+  return n
 }

@@ -6,7 +6,8 @@ import { MscError, toMscError } from '../util/errors.ts'
 import { FramedStream } from '../protocols/framing.ts'
 import type { TreeDestination, TreeHeader } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost } from './host.ts'
-import { chooseStrategy, DecisionSchema, MAX_CONTROL_FRAME, OfferSchema, RestoreSchema, type Offer } from './messages.ts'
+import { chooseStrategy, DecisionSchema, MAX_CONTROL_FRAME, OfferSchema, PreRoundSchema, RestoreSchema, type Offer } from './messages.ts'
+import { z } from 'zod'
 
 export interface TargetDeps {
   host: ContainerHost
@@ -122,11 +123,25 @@ export class MigrationTarget {
       await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features })
       log.info({ strategy: choice.strategy, cachedBundle: cached != null }, 'migration accepted')
 
-      const req = await control.readJson(RestoreSchema, AbortSignal.timeout(this.d.transferTimeoutMs))
-      const pending = [imagesT.done.promise, logT.done.promise]
+      // Pre-copy rounds (if any) come first, each announced before its tree is sent.
+      const pre: Array<Promise<void>> = []
+      let req: z.infer<typeof RestoreSchema>
+      while (true) {
+        const msg = await control.readJson(z.union([PreRoundSchema, RestoreSchema]), AbortSignal.timeout(this.d.transferTimeoutMs))
+        if (msg.type === 'restore') { req = msg; break }
+        if (msg.round !== pre.length + 1) throw new MscError('INVALID_ARGUMENT', `pre-copy round ${msg.round} out of order`)
+        const e = expect(msg.transferId, path.join(staging, `pre-${msg.round}`), 'replace')
+        pre.push(e.done.promise)
+        await control.writeJson({ type: 'pre-ready', round: msg.round })
+      }
+      if ((req.preRounds ?? 0) !== pre.length) throw new MscError('INVALID_ARGUMENT', `restore names ${req.preRounds ?? 0} pre-copy rounds, ${pre.length} were announced`)
+      const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
       if (bundleT != null) await this.d.host.cacheBundle(offer.bundle.digest, bundleDir).catch(() => {})
+      // CRIU finds earlier rounds through `parent` links, which the trees leave out.
+      for (let r = 2; r <= pre.length; r++) await fs.symlink(`../pre-${r - 1}`, path.join(staging, `pre-${r}`, 'parent'))
+      if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
       try {
         if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal)
         const started = Date.now()

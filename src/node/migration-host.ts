@@ -62,9 +62,13 @@ export class NodeMigrationHost implements ContainerHost {
     return { name, epoch: r.epoch ?? 1, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
   }
 
-  async dump (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
-    await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, tcpEstablished: this.m.settings.tcpEstablished, signal })
+  async dump (name: string, imageDir: string, signal: AbortSignal, parentPath?: string): Promise<void> {
+    await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
     await this.runc.delete(name, { force: true })
+  }
+
+  async preDump (name: string, imageDir: string, parentPath: string | undefined, signal: AbortSignal): Promise<void> {
+    await this.runc.checkpoint(name, { imageDir, workDir: imageDir, preDump: true, parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
   }
 
   async dumpLazy (name: string, imageDir: string, port: number, signal: AbortSignal): Promise<LazyDump> {
