@@ -12,18 +12,8 @@ export class ControlClient {
 
   private async request<T> (method: string, path: string, payload?: unknown, signal?: AbortSignal): Promise<T> {
     const res = await this.raw(method, path, payload, signal)
-    const chunks: Buffer[] = []
-    for await (const c of res) chunks.push(c as Buffer)
-    const text = Buffer.concat(chunks).toString('utf8')
-    let value: unknown
-    try { value = JSON.parse(text) } catch {
-      throw new MscError('INTERNAL', `node answered ${res.statusCode} with a body that is not JSON`)
-    }
-    if ((res.statusCode ?? 500) >= 400) {
-      const e = (value as ApiErrorBody).error
-      throw new MscError((e?.code ?? 'INTERNAL') as MscErrorCode, e?.message ?? `node answered ${res.statusCode}`, e?.details ?? [])
-    }
-    return value as T
+    await throwIfError(res)
+    return await readJsonBody(res) as T
   }
 
   /** A raw response, for streams (logs). */
@@ -59,12 +49,7 @@ export class ControlClient {
   /** Starts a migration; `onEvent` sees each progress line; resolves with the result. */
   async migrate (name: string, body: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal?: AbortSignal): Promise<MigrationResultInfo> {
     const res = await this.raw('POST', `/v1/containers/${enc(name)}/migrate`, body, signal)
-    if ((res.statusCode ?? 500) >= 400) {
-      const chunks: Buffer[] = []
-      for await (const c of res) chunks.push(c as Buffer)
-      const e = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as ApiErrorBody).error
-      throw new MscError(e.code as MscErrorCode, e.message, e.details)
-    }
+    await throwIfError(res)
     let buf = ''
     let result: MigrationResultInfo | undefined
     for await (const c of res) {
@@ -88,14 +73,26 @@ export class ControlClient {
 
   async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)
-    if ((res.statusCode ?? 500) >= 400) {
-      const chunks: Buffer[] = []
-      for await (const c of res) chunks.push(c as Buffer)
-      const e = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as ApiErrorBody).error
-      throw new MscError(e.code as MscErrorCode, e.message, e.details)
-    }
+    await throwIfError(res)
     return res
   }
 }
 
 function enc (s: string): string { return encodeURIComponent(s) }
+
+async function readJsonBody (res: http.IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  for await (const c of res) chunks.push(c as Buffer)
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new MscError('INTERNAL', `node answered ${res.statusCode} with a body that is not JSON`)
+  }
+}
+
+/** An error answer (JSON ApiErrorBody) becomes the MscError the node raised. */
+async function throwIfError (res: http.IncomingMessage): Promise<void> {
+  if ((res.statusCode ?? 500) < 400) return
+  const e = (await readJsonBody(res) as ApiErrorBody).error
+  throw new MscError((e?.code ?? 'INTERNAL') as MscErrorCode, e?.message ?? `node answered ${res.statusCode}`, e?.details ?? [])
+}

@@ -205,23 +205,7 @@ export type NodeConfig = { [K in NodeOptionKey]: ReturnType<typeof NODE_OPTIONS[
  * keyed by option key (booleans as 'true'); undefined means not given.
  */
 export function resolveNodeConfig (flags: Partial<Record<NodeOptionKey, string | boolean | undefined>>, env: NodeJS.ProcessEnv = process.env): NodeConfig {
-  const out: Record<string, unknown> = {}
-  // Order matters: dataDir first, apiSocket's default depends on it.
-  for (const key of Object.keys(NODE_OPTIONS) as NodeOptionKey[]) {
-    const spec = NODE_OPTIONS[key] as OptionSpec<unknown>
-    const flag = flags[key]
-    if (flag !== undefined) {
-      out[key] = spec.parse(String(flag), spec.flag)
-      continue
-    }
-    const envName = spec.env.find((e) => env[e] != null && env[e] !== '')
-    if (envName != null) {
-      out[key] = spec.parse(env[envName]!, `environment variable ${envName}`)
-      continue
-    }
-    out[key] = spec.default(out)
-  }
-  const c = out as NodeConfig
+  const c = resolveSome(Object.keys(NODE_OPTIONS) as NodeOptionKey[], flags, env)
   if (c.suspectTimeoutMs >= c.pingTimeoutMs) {
     throw new MscError('INVALID_ARGUMENT', `--suspect-timeout (${c.suspectTimeoutMs / 1000} s) must be shorter than --ping-timeout (${c.pingTimeoutMs / 1000} s)`)
   }
@@ -234,6 +218,7 @@ export function resolveNodeConfig (flags: Partial<Record<NodeOptionKey, string |
  */
 export function resolveSome<K extends NodeOptionKey> (keys: K[], flags: Partial<Record<NodeOptionKey, string | boolean | undefined>>, env: NodeJS.ProcessEnv = process.env): Pick<NodeConfig, K> {
   const out: Record<string, unknown> = {}
+  // In table order: a default may depend on an earlier option (apiSocket on dataDir).
   for (const key of Object.keys(NODE_OPTIONS) as NodeOptionKey[]) {
     if (!(keys as NodeOptionKey[]).includes(key)) continue
     const spec = NODE_OPTIONS[key] as OptionSpec<unknown>

@@ -127,9 +127,7 @@ export class MscNode {
         try {
           return await c.logFiles(name)
         } catch (err) {
-          const moved = err instanceof MscError && err.code === 'NOT_FOUND'
-            ? await fs.readFile(path.join(cfg.dataDir, 'moved', `${name}.json`), 'utf8').then((t) => JSON.parse(t) as { toName: string, to: string }).catch(() => null)
-            : null
+          const moved = err instanceof MscError && err.code === 'NOT_FOUND' ? await this.dataDir.readMoved(name) : null
           if (moved != null) throw new MscError('NOT_FOUND', `${name} moved to ${moved.toName} (${moved.to}): run msc logs there`)
           throw err
         }
@@ -148,10 +146,8 @@ export class MscNode {
       },
       movedTo: async (name) => {
         validateName(name)
-        try {
-          const j = JSON.parse(await fs.readFile(path.join(cfg.dataDir, 'moved', `${name}.json`), 'utf8')) as { to: string, toName: string, at: string }
-          return { to: j.to, toName: j.toName, at: j.at }
-        } catch { return null }
+        const m = await this.dataDir.readMoved(name)
+        return m == null ? null : { to: m.to, toName: m.toName, at: m.at }
       }
     }, this.rootLog.child({ component: 'api' }))
     await this.api.listen(this.config.apiSocket)
@@ -212,8 +208,7 @@ export class MscNode {
       if (rec == null || rec.pendingMigration === true || (rec.epoch ?? 1) >= epoch) return
       this.log.error({ container: name, owner, epoch, ourEpoch: rec.epoch ?? 1 }, 'another node owns this container at a higher epoch: stopping our copy (fencing)')
       await c.remove(name, { force: true })
-      await fs.mkdir(path.join(this.config.dataDir, 'moved'), { recursive: true })
-      await fs.writeFile(path.join(this.config.dataDir, 'moved', `${name}.json`), JSON.stringify({ container: name, to: owner, toName: this.overlay?.view.get(owner)?.name ?? owner, at: new Date().toISOString(), fenced: true }) + '\n')
+      await this.dataDir.writeMoved(name, { peerId: owner, name: this.overlay?.view.get(owner)?.name ?? owner }, { fenced: true })
     } catch (err) {
       this.log.error({ err: (err as Error).message, container: name }, 'fencing failed')
     }

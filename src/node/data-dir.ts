@@ -21,6 +21,8 @@ import crypto from 'node:crypto'
  *       work/                    CRIU work dirs (logs of dumps and restores)
  *   DIR/tmp/                     partial downloads, renamed into place when whole
  */
+export interface MovedNote { container: string, to: string, toName: string, at: string }
+
 export class DataDir {
   readonly root: string
 
@@ -42,6 +44,26 @@ export class DataDir {
   checkpointsDir (name: string): string { return path.join(this.containerDir(name), 'checkpoints') }
   checkpointDir (name: string, id: string): string { return path.join(this.checkpointsDir(name), id) }
   workDir (name: string, what: string): string { return path.join(this.containerDir(name), 'work', what) }
+
+  movedFile (name: string): string { return path.join(this.root, 'moved', `${name}.json`) }
+
+  /** Remembers where a container that left this node went (msc logs says so). */
+  async writeMoved (name: string, to: { peerId: string, name: string }, extra: Record<string, unknown> = {}): Promise<void> {
+    await fs.mkdir(path.dirname(this.movedFile(name)), { recursive: true })
+    await fs.writeFile(this.movedFile(name), JSON.stringify({ container: name, to: to.peerId, toName: to.name, at: new Date().toISOString(), ...extra }) + '\n')
+  }
+
+  async readMoved (name: string): Promise<MovedNote | null> {
+    try {
+      return JSON.parse(await fs.readFile(this.movedFile(name), 'utf8')) as MovedNote
+    } catch {
+      return null
+    }
+  }
+
+  async forgetMoved (name: string): Promise<void> {
+    await fs.rm(this.movedFile(name), { force: true })
+  }
 
   async init (): Promise<void> {
     await fs.mkdir(this.root, { recursive: true, mode: 0o700 })

@@ -95,9 +95,7 @@ export class NodeMigrationHost implements ContainerHost {
 
   async release (name: string, movedTo: { peerId: string, name: string }): Promise<void> {
     await this.runc.delete(name, { force: true }).catch(() => {})
-    const movedDir = path.join(this.dd.root, 'moved')
-    await fs.mkdir(movedDir, { recursive: true })
-    await fs.writeFile(path.join(movedDir, `${name}.json`), JSON.stringify({ container: name, to: movedTo.peerId, toName: movedTo.name, at: new Date().toISOString() }) + '\n')
+    await this.dd.writeMoved(name, movedTo)
     await removeTree(this.dd.containerDir(name))
     this.announce()
   }
@@ -180,7 +178,7 @@ export class NodeMigrationHost implements ContainerHost {
     r.pendingMigration = false
     await this.m.writeRecord(r)
     // It came back (or came here for the first time): no longer "moved away".
-    await fs.rm(path.join(this.dd.root, 'moved', `${name}.json`), { force: true })
+    await this.dd.forgetMoved(name)
     this.announce()
   }
 
