@@ -6,9 +6,9 @@ import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
 import { mdns } from '@libp2p/mdns'
 import { bootstrap } from '@libp2p/bootstrap'
-import { preSharedKey } from '@libp2p/pnet'
+import { slicedPreSharedKey } from './pnet.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
-import type { PeerDiscovery, PrivateKey, ComponentLogger } from '@libp2p/interface'
+import type { ConnectionGater, PeerDiscovery, PrivateKey, ComponentLogger } from '@libp2p/interface'
 
 export type MscServices = { identify: Identify, ping: Ping, pubsub: GossipSub }
 export type MscLibp2p = Libp2p<MscServices>
@@ -25,6 +25,8 @@ export interface Libp2pHostOptions {
   /** Frames above this are refused by gossipsub itself (it closes the stream). */
   maxPubsubMessageBytes: number
   logger?: ComponentLogger
+  /** Who may connect (the cluster's member gate); everyone without one. */
+  connectionGater?: ConnectionGater
 }
 
 /** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
@@ -46,9 +48,10 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    ...(o.psk != null ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
+    ...(o.psk != null ? { connectionProtector: slicedPreSharedKey({ psk: o.psk }) } : {}),
     peerDiscovery: discovery,
     ...(o.logger != null ? { logger: o.logger } : {}),
+    ...(o.connectionGater != null ? { connectionGater: o.connectionGater } : {}),
     services: {
       identify: identify(),
       ping: ping(),
