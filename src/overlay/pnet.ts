@@ -9,8 +9,14 @@ import type { ConnectionProtector, MultiaddrConnection, AbortOptions } from '@li
  * kills the node. XSalsa20 is a stream cipher whose state carries across calls, so
  * feeding the same bytes in slices gives the same output: this wraps pnet's protector
  * so that no single call ever sees more than SLICE_BYTES.
+ *
+ * The slice must also stay below the module's initial memory (640 KiB): every cipher
+ * instance holds a view of that one memory, a growth makes the others' views stale,
+ * and each stale instance then grows it again by a page on its next call, so a single
+ * growth snowballs to the 64 MB cap under many interleaved connections. At 64 KiB
+ * slices the memory never grows below thousands of open connections.
  */
-export const SLICE_BYTES = 1024 * 1024
+export const SLICE_BYTES = 64 * 1024
 
 type Update = (input: Uint8Array) => Uint8Array
 

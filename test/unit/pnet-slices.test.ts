@@ -12,6 +12,22 @@ import { slicedUpdate } from '../../src/overlay/pnet.ts'
 const require = createRequire(import.meta.resolve('@libp2p/pnet'))
 const xsalsa20 = require('xsalsa20') as (nonce: Uint8Array, key: Uint8Array) => { update: (b: Uint8Array) => Uint8Array }
 
+// First: it needs the module's memory as it starts (the other cases grow it).
+test('a big sliced update, then many interleaved updates of other connections: memory never runs out', () => {
+  const mk = (): { update: (b: Uint8Array) => Uint8Array } => xsalsa20(crypto.randomBytes(24), crypto.randomBytes(32))
+  // Other connections' ciphers exist before the burst: their views of the shared
+  // memory go stale if the burst grows it.
+  const a = mk()
+  const b = mk()
+  const big = mk()
+  slicedUpdate((x) => big.update(x), new Uint8Array(10 * 1024 * 1024))
+  const small = new Uint8Array(1500)
+  for (let i = 0; i < 3000; i++) {
+    slicedUpdate((x) => a.update(x), small)
+    slicedUpdate((x) => b.update(x), small)
+  }
+})
+
 test('slices give exactly the bytes of one call (the keystream carries across calls)', () => {
   const key = crypto.randomBytes(32)
   const nonce = crypto.randomBytes(24)
