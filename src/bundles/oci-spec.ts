@@ -106,6 +106,8 @@ export function defaultSpec (opts: DefaultSpecOptions): OciSpec {
     linux: {
       resources: { devices: [{ allow: false, access: 'rwm' }] },
       namespaces: [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }],
+      // runc spec's own lists: a node refuses a received bundle that drops any of them
+      // (src/runtime/bundle-policy.ts), and so would refuse these bundles after a migration.
       maskedPaths: [
         '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
         '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/sys/firmware', '/proc/scsi'
