@@ -30,3 +30,9 @@ export async function readPskFile (file: string): Promise<Uint8Array> {
   }
   return new Uint8Array(buf)
 }
+
+/** The 32 key bytes of a PSK file (what the cluster id and admissions derive from). */
+export function pskKeyBytes (psk: Uint8Array): Uint8Array {
+  const hex = new TextDecoder().decode(psk).split('\n')[2]?.trim().toLowerCase() ?? ''
+  return Uint8Array.from(Buffer.from(hex, 'hex'))
+}
