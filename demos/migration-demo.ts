@@ -42,12 +42,12 @@ const msc = async (node: string, ...args: string[]): Promise<string> => {
 }
 const count = async (node: string, n = 4): Promise<string> => (await msc(node, 'logs', 'counter')).trim().split('\n').slice(-n).join(' ')
 
-async function startNode (i: number): Promise<void> {
+async function startNode (i: number, extra: string[] = []): Promise<void> {
   const name = `node${i}`
   const dir = path.join(work, name)
   await fs.mkdir(dir, { recursive: true })
   const log = await fs.open(path.join(work, `${name}.log`), 'w')
-  const proc = await tb.spawn(i, MSC, ['node', 'start', '--data-dir', dir, '--name', name, '--mdns-interval', '1', '--log-format', 'json'], { stdio: ['ignore', log.fd, log.fd] })
+  const proc = await tb.spawn(i, MSC, ['node', 'start', '--data-dir', dir, '--name', name, '--mdns-interval', '1', '--log-format', 'json', ...extra], { stdio: ['ignore', log.fd, log.fd] })
   await log.close()
   nodes.push({ name, dir, proc })
   for (let t = 0; t < 100; t++) {
@@ -66,8 +66,10 @@ try {
   await sleep(4000)
   process.stdout.write(`counter on node1: ${await count('node1')}\n`)
 
-  say('node2 starts on h2 and joins by mDNS')
-  await startNode(2)
+  say('node1 made a new cluster; node2 starts on h2 and joins it with a one-time token from node1')
+  const token1 = (await msc('node1', 'cluster', 'token', '--ttl', '10m')).trim()
+  process.stdout.write(`msc cluster token (on node1): ${token1.slice(0, 24)}...\n`)
+  await startNode(2, ['--join', token1])
   for (let t = 0; t < 50 && !(await msc('node1', 'peer', 'ls')).includes('alive'); t++) await sleep(100)
   process.stdout.write(await msc('node1', 'peer', 'ls') + '\n')
 
@@ -77,8 +79,9 @@ try {
   process.stdout.write(`counter on node2: ${await count('node2')}\n`)
   process.stdout.write((await msc('node2', 'ps')) + '\n')
 
-  say('node3 starts on h3; the counter moves on with post-copy (memory follows on demand)')
-  await startNode(3)
+  say('node3 joins with a token from node2 (any member can admit); the counter moves on with post-copy (memory follows on demand)')
+  await startNode(3, ['--join', (await msc('node2', 'cluster', 'token')).trim()])
+  process.stdout.write(await msc('node3', 'cluster', 'ls') + '\n')
   for (let t = 0; t < 50 && (await msc('node2', 'peer', 'ls')).split('alive').length < 3; t++) await sleep(100)
   process.stdout.write(await msc('node2', 'peer', 'migrate', 'counter', '--to', 'node3', '--strategy', 'post-copy') + '\n')
   await sleep(3000)

@@ -1,6 +1,6 @@
 import http from 'node:http'
 import { MscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult, MigrateEvent, MigrateRequestBody, MigrationResultInfo } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult, MigrateEvent, MigrateRequestBody, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
 
 /** The CLI's view of a node: typed calls over the node's unix socket. */
 export class ControlClient {
@@ -70,6 +70,9 @@ export class ControlClient {
 
   peers (): Promise<PeerInfo[]> { return this.request('GET', '/v1/peers') }
   join (addr: string): Promise<JoinResult> { return this.request('POST', '/v1/peers/join', { addr }) }
+  removePeer (idOrName: string): Promise<RemovedPeer> { return this.request('POST', `/v1/peers/${enc(idOrName)}/remove`) }
+  cluster (): Promise<ClusterInfo> { return this.request('GET', '/v1/cluster') }
+  clusterToken (ttlMs: number): Promise<ClusterToken> { return this.request('POST', '/v1/cluster/token', { ttlMs }) }
 
   async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)

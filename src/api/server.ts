@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
 
 /** What the API serves; the node implements it. Keeps api/ free of node internals. */
 export interface ControlHandlers {
@@ -19,6 +19,10 @@ export interface ControlHandlers {
   logFiles: (name: string) => Promise<string[]>
   peers: () => Promise<PeerInfo[]>
   join: (req: JoinRequest, signal: AbortSignal) => Promise<JoinResult>
+  clusterInfo: () => Promise<ClusterInfo>
+  clusterToken: (ttlMs: number) => Promise<ClusterToken>
+  /** Removes a member for good, by peer id or unique name. */
+  removePeer: (idOrName: string) => Promise<RemovedPeer>
   migrate: (name: string, req: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal: AbortSignal) => Promise<MigrationResultInfo>
   /** Where a container that left this node went, if it did. */
   movedTo: (name: string) => Promise<{ to: string, toName: string, at: string } | null>
@@ -90,6 +94,14 @@ export class ControlServer {
         if (typeof j.addr !== 'string' || j.addr === '') throw new MscError('INVALID_ARGUMENT', 'join needs an address')
         return send(res, 200, await h.join(j, ac.signal))
       }
+      if (a === 'peers' && name != null && name !== 'join' && op === 'remove' && method === 'POST') return send(res, 200, await h.removePeer(name))
+      if (a === 'cluster' && name == null && method === 'GET') return send(res, 200, await h.clusterInfo())
+      if (a === 'cluster' && name === 'token' && op == null && method === 'POST') {
+        const t = await body<{ ttlMs?: unknown }>(req)
+        const ttl = t.ttlMs ?? 3_600_000
+        if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 1000 || ttl > 30 * 86_400_000) throw new MscError('INVALID_ARGUMENT', 'a token lives from 1 s to 30 days')
+        return send(res, 201, await h.clusterToken(ttl))
+      }
       if (a !== 'containers') throw new MscError('NOT_FOUND', `no route ${method} ${url.pathname}`)
       if (name == null) {
         if (method === 'GET') return send(res, 200, await h.list())
@@ -107,9 +119,13 @@ export class ControlServer {
         return send(res, 200, await h.restore(name, await body<RestoreRequest>(req), ac.signal))
       } else if (method === 'POST' && op === 'migrate') {
         const mreq = await body<MigrateRequestBody>(req)
-        // NDJSON: progress lines while it runs, then one result line.
-        res.writeHead(200, { 'content-type': 'application/x-ndjson' })
-        const line = (e: MigrateEvent): void => { if (!res.writableEnded) res.write(JSON.stringify(e) + '\n') }
+        // NDJSON: progress lines while it runs, then one result line. The head goes out
+        // with the first line, so a request refused up front still gets a JSON error.
+        const line = (e: MigrateEvent): void => {
+          if (res.writableEnded) return
+          if (!res.headersSent) res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+          res.write(JSON.stringify(e) + '\n')
+        }
         const result = await h.migrate(name, mreq, line, ac.signal)
         line({ type: 'result', result })
         res.end()

@@ -4,7 +4,17 @@
  * are a documented, stable contract (docs/cli.md): add fields, never rename or remove.
  */
 
-export type ContainerState = 'running' | 'paused' | 'created' | 'stopped' | 'checkpointed'
+/** 'fenced': another node owns the container now; this copy was stopped for good (`msc rm` removes it). */
+export type ContainerState = 'running' | 'paused' | 'created' | 'stopped' | 'checkpointed' | 'fenced'
+
+/** Why a container was fenced: who owns it now, at which ownership epoch, since when. */
+export interface FenceInfo {
+  owner: string
+  /** The owner's node name when it was known, else its peer id. */
+  ownerName?: string
+  epoch: number
+  at: string
+}
 
 export interface CheckpointInfo {
   id: string
@@ -28,6 +38,8 @@ export interface ContainerInfo {
   bundle: string
   checkpoints: number
   lastCheckpoint: string | null
+  /** Set when state is 'fenced'. */
+  fenced?: FenceInfo
 }
 
 export interface PeerInfo {
@@ -70,7 +82,30 @@ export interface NodeStatus {
   criu: string
   containers: number
   startedAt: string
+  cluster: ClusterSummary
 }
+
+/** The cluster this node belongs to (`msc status`). */
+export interface ClusterSummary {
+  id: string
+  /** key: formed by a shared key file; token: made by a first node, joined by tokens. */
+  mode: 'key' | 'token'
+  members: number
+  /** How another node joins, in one line. */
+  joinHint: string
+  /** Dials and connections refused (not members), streams refused, records whose proof failed. */
+  refused: { connections: number, streams: number, records: number }
+}
+
+/** `msc cluster ls --json`: the persisted member list. */
+export interface ClusterInfo extends Omit<ClusterSummary, 'members'> {
+  members: Array<{ peerId: string, name: string, addrs: string[], admittedAt: string, admittedBy: string, self: boolean, state: string }>
+  /** Peers admitted under a name an earlier member holds: not members. */
+  conflicts: Array<{ peerId: string, name: string, heldBy: string }>
+}
+
+export interface ClusterToken { token: string, cluster: string, expiresAt: string }
+export interface RemovedPeer { peerId: string, name: string }
 
 export interface RunRequest { name: string, bundle: string }
 export interface CheckpointRequest { stop?: boolean }

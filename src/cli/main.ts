@@ -5,6 +5,7 @@ import { registerContainerCommands } from './commands/containers.ts'
 import { registerNodeCommands } from './commands/node.ts'
 import { registerLocalCommands } from './commands/local.ts'
 import { registerPeerCommands } from './commands/peers.ts'
+import { escapeControl } from './render.ts'
 
 /**
  * msc's command line. Commands talk to a node through its control API (api/client.ts);
@@ -37,8 +38,9 @@ export function exitCodeOf (err: MscError): number {
 export function reportError (err: unknown, json: boolean): number {
   const e = toMscError(err)
   if (json) process.stdout.write(JSON.stringify({ ok: false, error: e.toJSON() }) + '\n')
-  process.stderr.write(`msc: ${e.message}\n`)
-  for (const d of e.details) process.stderr.write(`  ${d}\n`)
+  // Messages may quote what a peer said (a refusal's reason): never raw to a terminal.
+  process.stderr.write(`msc: ${escapeControl(e.message)}\n`)
+  for (const d of e.details) process.stderr.write(`  ${escapeControl(d)}\n`)
   return exitCodeOf(e)
 }
 

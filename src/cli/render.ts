@@ -1,7 +1,27 @@
 import type { CheckpointInfo, ContainerInfo, NodeStatus, PeerInfo } from '../api/types.ts'
 
-/** A plain aligned table: no colours, safe to pipe. */
-export function table (headers: string[], rows: string[][]): string {
+const NAMED_ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * Text from elsewhere (peer names, addresses, versions: whatever a peer put in its
+ * heartbeat) made safe to print on a terminal: C0 controls, DEL and C1 controls become
+ * visible escapes (`\n`, `\r`, `\t`, else `\xNN`), so an ANSI sequence shows as
+ * `\x1b[31m` instead of acting; so do the Unicode line separators and the bidirectional
+ * overrides and isolates that could reorder what is shown (`\u202e`). Everything else,
+ * backslashes included, is left as it is.
+ */
+export function escapeControl (s: string): string {
+  return s.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => {
+    const named = NAMED_ESCAPES[c]
+    if (named != null) return named
+    const code = c.charCodeAt(0)
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`
+  })
+}
+
+/** A plain aligned table: no colours, safe to pipe. Every cell is printed through escapeControl. */
+export function table (headers: string[], rawRows: string[][]): string {
+  const rows = rawRows.map((r) => r.map(escapeControl))
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
   const line = (cells: string[]): string => cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join('  ').trimEnd()
   return [line(headers), ...rows.map(line)].join('\n')
@@ -47,6 +67,18 @@ export function statusText (s: NodeStatus): string {
     ['heartbeats', `${s.membership.accepted} accepted${dropped === '' ? '' : `, dropped: ${dropped}`}`],
     ['version', s.version], ['pid', String(s.pid)], ['data dir', s.dataDir], ['node id', s.nodeId],
     ['cgroup parent', s.cgroupParent], ['runc', s.runc], ['criu', s.criu], ['containers', String(s.containers)],
-    ['started', `${s.startedAt} (${ago(s.startedAt)})`]
+    ['started', `${s.startedAt} (${ago(s.startedAt)})`],
+    ...clusterRows(s)
   ])
+}
+
+function clusterRows (s: NodeStatus): string[][] {
+  const c = s.cluster as NodeStatus['cluster'] | undefined // absent from a node of an older version
+  if (c == null) return []
+  const refused = Object.entries(c.refused).filter(([, n]) => n > 0).map(([k, n]) => `${k}=${n}`).join(' ')
+  return [
+    ['cluster', `${c.id} (${c.mode === 'key' ? 'key file' : 'tokens'}, ${c.members} member${c.members === 1 ? '' : 's'})`],
+    ['join', c.joinHint],
+    ...(refused === '' ? [] : [['refused', refused]])
+  ]
 }

@@ -5,7 +5,7 @@ import path from 'node:path'
 
 /**
  * A content digest of a bundle: its config and every entry of its rootfs (path, type,
- * mode, size, content or link target). Two nodes with the same digest hold the same
+ * mode, owner, size, content or link target). Two nodes with the same digest hold the same
  * bundle, so a target that has it is not sent it again.
  */
 export async function bundleDigest (config: unknown, rootfs: string): Promise<{ digest: string, files: number, bytes: number }> {
@@ -19,7 +19,8 @@ export async function bundleDigest (config: unknown, rootfs: string): Promise<{ 
       const abs = path.join(dir, e.name)
       const r = rel === '' ? e.name : `${rel}/${e.name}`
       const st = await fsp.lstat(abs)
-      h.update(`\n${r}\0${st.mode}\0`)
+      // Owners too: a set-uid file owned by root is not the bundle that had it owned by 1000.
+      h.update(`\n${r}\0${st.mode}\0${st.uid}:${st.gid}\0`)
       if (st.isDirectory()) {
         await walk(abs, r)
       } else if (st.isSymbolicLink()) {

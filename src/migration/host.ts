@@ -1,4 +1,5 @@
 import type { Features } from './messages.ts'
+import type { Handover, HandoverBody } from '../cluster/handover.ts'
 
 /**
  * What migration needs from the node's containers, on either side. The node
@@ -51,11 +52,19 @@ export interface ContainerHost {
   nameFree: (name: string) => Promise<boolean>
   /** A cached copy of a bundle with this content digest, if this node has one. */
   cachedBundle: (digest: string) => Promise<string | null>
-  cacheBundle: (digest: string, bundleDir: string) => Promise<void>
-  /** Restores a received container; it is not owned (claimed) until commit. */
-  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, signal: AbortSignal }) => Promise<{ pid: number }>
-  /** Commit: the container is ours at `epoch`, and the membership says so at once. */
-  commit: (name: string, epoch: number) => Promise<void>
+  /** Keeps bundleDir's rootfs under `digest`, if `config` and it really have that digest. */
+  cacheBundle: (digest: string, bundleDir: string, config: Record<string, unknown>) => Promise<void>
+  /**
+   * Restores a received container; it is not owned (claimed) until commit. The record
+   * it will have once committed (at `handover.epoch`, with `handover`) is prepared on
+   * disk before it runs: a node restarted before the decision settles it with that
+   * (settle.ts), and commit needs no new disk space.
+   */
+  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, signal: AbortSignal }) => Promise<{ pid: number }>
+  /** Commit: the container is ours at `epoch` (proven by `handover`), and the membership says so at once. */
+  commit: (name: string, epoch: number, handover: Handover) => Promise<void>
+  /** Containers restored here by incoming migrations that are not committed yet. */
+  pendingIncoming: () => Promise<Array<{ name: string, running: boolean, handover: Handover | null }>>
   /** Abort: kills and removes an adopted, uncommitted container. */
   discard: (name: string) => Promise<void>
   removeStaging: (dir: string) => Promise<void>
@@ -65,7 +74,9 @@ export interface ContainerHost {
 export interface ClusterPort {
   selfId: string
   selfName: string
-  /** Resolves a peer id or node name to an alive peer id. */
+  /** Signs, as this node, a certificate handing a container over (src/cluster/handover.ts). */
+  signHandover: (h: Omit<HandoverBody, 'from' | 'at'>) => Promise<Handover>
+  /** Resolves a peer id or a unique member name to an alive member's peer id. */
   resolvePeer: (idOrName: string) => string
   /** An alive peer with room, other than self. */
   pickPeer: (needBytes: number) => string

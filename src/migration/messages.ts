@@ -1,4 +1,5 @@
 import { z } from 'zod'
+import { HandoverSchema } from '../cluster/handover.ts'
 
 /**
  * `/msc/migrate/1.0.0`: the control conversation of one migration, as length-prefixed
@@ -43,6 +44,8 @@ export const OfferSchema = z.object({
   estimatedBytes: z.number().int().min(0),
   features: FeaturesSchema,
   source: z.object({ peerId: z.string().min(1).max(128), name: z.string().min(1).max(64) }).strict(),
+  /** The peer id the source chose: a target that is not it refuses (no offer goes astray). */
+  target: z.string().min(1).max(128),
   transfers: z.object({ bundle: id, delta: id, images: id, log: id, pages: id }).strict()
 }).strict()
 export type Offer = z.infer<typeof OfferSchema>
@@ -58,7 +61,13 @@ export const PreRoundSchema = z.object({ type: z.literal('pre-round'), round: z.
 export const PreReadySchema = z.object({ type: z.literal('pre-ready'), round: z.number().int().min(1).max(16) }).strict()
 
 /** `preRounds`: how many pre-dump rounds the final images build on (pre-copy). */
-export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean(), preRounds: z.number().int().min(0).max(16).optional() }).strict()
+/**
+ * `handover`: the source's signed certificate that the target owns the container at
+ * epoch + 1 (src/cluster/handover.ts). Given here, before the source can know whether
+ * the restore works, because a target that never hears the decision settles it from
+ * membership and must then be able to prove the name is its own.
+ */
+export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean(), preRounds: z.number().int().min(0).max(16).optional(), handover: HandoverSchema }).strict()
 export type RestoreRequest = z.infer<typeof RestoreSchema>
 
 export const RestoreResultSchema = z.discriminatedUnion('type', [

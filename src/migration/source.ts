@@ -10,6 +10,8 @@ import { AnswerSchema, CommittedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIG
 import { PhaseClock, type Progress } from './phase-clock.ts'
 import { bundleDigest } from './bundle-digest.ts'
 import { Watchdog } from './watchdog.ts'
+import { writeOutgoingJournal, type OutgoingPhase } from './journal.ts'
+import { testPause } from './test-knobs.ts'
 
 export interface MigrateRequest {
   container: string
@@ -103,7 +105,7 @@ export class MigrationSource {
         const offer: Offer = {
           type: 'offer', v: MIGRATE_VERSION, migrationId, container: c.name, strategy: req.strategy, config, epoch: c.epoch,
           bundle: digest, estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024, features,
-          source: { peerId: d.cluster.selfId, name: d.cluster.selfName }, transfers
+          source: { peerId: d.cluster.selfId, name: d.cluster.selfName }, target, transfers
         }
         control = new FramedStream(await d.dial(target, MIGRATE_PROTOCOL, AbortSignal.any([outer, AbortSignal.timeout(15_000)])), { maxFrameBytes: MAX_CONTROL_FRAME, idleTimeoutMs: 0 })
         await control.writeJson(offer, outer)
@@ -122,6 +124,11 @@ export class MigrationSource {
 
         staging = await d.stagingRoot(migrationId)
         const imageDir = path.join(staging, 'images')
+        // DIR/tmp/mig-out-ID/journal.json: how far this migration got, for a restart (journal.ts).
+        const stagingDir = staging
+        const journal = async (phase: OutgoingPhase): Promise<void> => {
+          await writeOutgoingJournal(stagingDir, { migrationId, container: c.name, epoch: c.epoch, target, targetName: result.toName, phase })
+        }
 
         // ---- pre-copy: memory moves while the container runs, until the dirty set
         // stops shrinking; the final dump then holds only what changed since ----
@@ -158,6 +165,8 @@ export class MigrationSource {
           await d.host.dump(c.name, imageDir, outer, preRounds > 0 ? `../pre-${preRounds}` : undefined)
           dumped = true
         }
+        await journal('dumped') // a failure here rolls back: the container resumes from the dump
+        await testPause('source-dumped', log)
 
         // ---- transfer: rootfs changes, images, output log ----
         clock.enter('transfer')
@@ -175,12 +184,16 @@ export class MigrationSource {
 
         // ---- restore on the target ----
         clock.enter('restore')
-        await control.writeJson({ type: 'restore', lazy: lazy != null, preRounds }, outer)
+        const handover = await d.cluster.signHandover({ container: c.name, epoch: c.epoch + 1, to: target })
+        await control.writeJson({ type: 'restore', lazy: lazy != null, preRounds, handover }, outer)
         const rr = await control.readJson(RestoreResultSchema, AbortSignal.any([outer, AbortSignal.timeout(d.restoreTimeoutMs)]))
         if (rr.type === 'failed') throw new MscError('CRIU_ERROR', `restore on ${result.toName} failed: ${rr.reason}`, rr.details)
         restored = true // the point of no return: from now on the source never resumes
         result.downtimeMs = Date.now() - freezeAt
         log.info({ pid: rr.pid, downtimeMs: result.downtimeMs }, 'restored on target')
+        // A restart from here finishes the release instead of offering the dump as a checkpoint.
+        await journal('restored-on-target').catch((err) => log.warn({ err: (err as Error).message }, 'could not write the migration journal'))
+        await testPause('source-restored', log)
 
         if (lazy != null) {
           clock.enter('lazy-pages')
@@ -194,6 +207,7 @@ export class MigrationSource {
           log.warn({ err: (err as Error).message }, 'no commit acknowledgement; the target settles it from membership')
           return null
         })
+        if (committed != null) await journal('committed').catch((err) => log.warn({ err: (err as Error).message }, 'could not write the migration journal'))
         await d.host.release(c.name, { peerId: target, name: result.toName })
         await d.cluster.waitForOwner(c.name, target, committed?.epoch ?? c.epoch + 1, d.ownerWaitMs)
           .catch(() => log.warn('the cluster has not yet seen the new owner epoch'))
@@ -201,7 +215,10 @@ export class MigrationSource {
         result.ok = true
         result.runningOn = target
       } catch (err) {
-        const e = toMscError(err)
+        let e = toMscError(err)
+        // Once the offer went out, a malformed or cut control stream is the peer's doing,
+        // not a bad argument of the user's (the CLI's exit status 2, "bad usage").
+        if (e.code === 'INVALID_ARGUMENT' && control != null) e = new MscError('RUNTIME_ERROR', `the control stream with ${result.toName} failed: ${e.message}`, e.details)
         clock.enter('rollback')
         log.warn({ err: e.message, restored }, 'migration failed')
         result.error = { code: e.code, message: e.message, details: e.details }

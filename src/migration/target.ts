@@ -6,8 +6,12 @@ import { MscError, toMscError } from '../util/errors.ts'
 import { FramedStream } from '../protocols/framing.ts'
 import type { TreeDestination, TreeHeader } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost } from './host.ts'
+import { checkBundlePolicy, type BundlePolicy } from '../runtime/bundle-policy.ts'
 import { chooseStrategy, DecisionSchema, MAX_CONTROL_FRAME, OfferSchema, PreRoundSchema, RestoreSchema, type Offer } from './messages.ts'
 import { z } from 'zod'
+import { MAX_EPOCH, verifyHandover } from '../cluster/handover.ts'
+import { commitWithRetry, settle } from './settle.ts'
+import { testPause } from './test-knobs.ts'
 
 export interface TargetDeps {
   host: ContainerHost
@@ -15,6 +19,8 @@ export interface TargetDeps {
   /** Opens the post-copy page tunnel to the source; resolves to the local port CRIU dials. */
   openPages: (sourcePeer: string, transferId: string, signal: AbortSignal) => Promise<{ port: number, close: () => void }>
   logger: Logger
+  /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
+  bundlePolicy: BundlePolicy
   /** Bytes of disk kept free whatever a migration asks for. */
   diskReserveBytes: number
   /** How long to wait for the source's restore request once accepted. */
@@ -28,7 +34,7 @@ interface Expected {
   migrationId: string
   destDir: string
   mode: 'replace' | 'overlay'
-  symlinks: 'contained' | 'rootfs'
+  symlinks: 'contained' | 'rootfs' | 'none'
   maxTotalBytes: number
   done: PromiseWithResolvers<void>
 }
@@ -44,6 +50,9 @@ export class MigrationTarget {
   private readonly d: TargetDeps
   private readonly expected = new Map<string, Expected>()
   private readonly busy = new Set<string>()
+  /** Disk promised to the incoming migrations under way (their estimates). */
+  private reservedBytes = 0
+  private readonly stopping = new AbortController()
 
   constructor (deps: TargetDeps) {
     this.d = deps
@@ -77,21 +86,33 @@ export class MigrationTarget {
       await control.closeWrite().catch(() => {})
     }
     if (offer.source.peerId !== remotePeer) return await refuse('FORGED', 'the offer speaks for another peer')
+    if (offer.target !== this.d.cluster.selfId) return await refuse('MISDIRECTED', `the offer is for peer ${offer.target}, this is ${this.d.cluster.selfId}`)
+    if (offer.epoch + 1 > MAX_EPOCH) return await refuse('EPOCH', `epoch ${offer.epoch} is at the limit`)
     if (this.busy.has(offer.container)) return await refuse('BUSY', `a migration of ${offer.container} is already in progress here`)
+    if (this.busy.size >= MAX_INCOMING) return await refuse('BUSY', `${this.d.cluster.selfName} already takes ${this.busy.size} migrations (at most ${MAX_INCOMING} at once)`)
     if (!await this.d.host.nameFree(offer.container)) return await refuse('NAME_TAKEN', `a container named ${offer.container} already exists on ${this.d.cluster.selfName}`)
     const owner = this.d.cluster.ownerOf(offer.container)
     if (owner?.owner != null && owner.owner !== remotePeer && owner.owner !== this.d.cluster.selfId) {
       return await refuse('NAME_TAKEN', `the cluster says ${offer.container} belongs to ${this.d.cluster.peerName(owner.owner)}`)
     }
+    // runc runs this config as root here: a member must not get the host through it.
+    const policy = checkBundlePolicy(offer.config, this.d.bundlePolicy)
+    if (!policy.ok) {
+      // Bounded: the reasons quote the offer, and must fit one control frame back.
+      const why = policy.violations.slice(0, 16).join('; ').slice(0, 8192) + (policy.violations.length > 16 ? `; and ${policy.violations.length - 16} more` : '')
+      return await refuse('POLICY', `${this.d.cluster.selfName} refuses this bundle (it runs with --allow-privileged-bundles only): ${why}`)
+    }
     const features = await this.d.host.features()
     const choice = chooseStrategy(offer.strategy, offer.features, features, this.d.cluster.selfName)
     if ('refuse' in choice) return await refuse('STRATEGY', choice.refuse)
-    const free = await this.d.host.freeBytes()
+    // One budget for every incoming migration: what others were promised is not free.
+    const free = await this.d.host.freeBytes() - this.reservedBytes
     if (free - this.d.diskReserveBytes < offer.estimatedBytes) {
       return await refuse('NO_SPACE', `${this.d.cluster.selfName} has ${Math.floor(free / 1e6)} MB free, needs about ${Math.ceil((offer.estimatedBytes + this.d.diskReserveBytes) / 1e6)} MB`)
     }
 
     this.busy.add(offer.container)
+    this.reservedBytes += offer.estimatedBytes
     const staging = await this.d.host.staging(offer.migrationId)
     const bundleDir = path.join(staging, 'bundle')
     const ids: string[] = []
@@ -104,7 +125,7 @@ export class MigrationTarget {
       await fs.mkdir(bundleDir, { recursive: true })
       if (cached != null) await fs.cp(path.join(cached, 'rootfs'), path.join(bundleDir, 'rootfs'), { recursive: true, verbatimSymlinks: true, preserveTimestamps: true })
       const budget = free - this.d.diskReserveBytes
-      const expect = (id: string, destDir: string, mode: 'replace' | 'overlay', symlinks: 'contained' | 'rootfs' = 'contained'): Expected => {
+      const expect = (id: string, destDir: string, mode: 'replace' | 'overlay', symlinks: Expected['symlinks']): Expected => {
         const e: Expected = { migrationId: offer.migrationId, destDir, mode, symlinks, maxTotalBytes: budget, done: Promise.withResolvers<void>() }
         e.done.promise.catch(() => {})
         this.expected.set(id, e)
@@ -116,8 +137,10 @@ export class MigrationTarget {
       // inside the container, and the receiver never writes through a link.
       const bundleT = cached == null ? expect(t.bundle, path.join(bundleDir, 'rootfs'), 'replace', 'rootfs') : null
       expect(t.delta, path.join(bundleDir, 'rootfs'), 'overlay', 'rootfs')
-      const imagesT = expect(t.images, path.join(staging, 'images'), 'replace')
-      const logT = expect(t.log, path.join(staging, 'log'), 'replace')
+      // CRIU images and logs are plain files (the `parent` links are made here, below);
+      // a symlink in them could only point the restore or the log shim at a host file.
+      const imagesT = expect(t.images, path.join(staging, 'images'), 'replace', 'none')
+      const logT = expect(t.log, path.join(staging, 'log'), 'replace', 'none')
       const config = { ...offer.config, root: { ...(offer.config.root as object ?? {}), path: 'rootfs' } }
       await fs.writeFile(path.join(bundleDir, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
       await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features })
@@ -128,9 +151,17 @@ export class MigrationTarget {
       let req: z.infer<typeof RestoreSchema>
       while (true) {
         const msg = await control.readJson(z.union([PreRoundSchema, RestoreSchema]), AbortSignal.timeout(this.d.transferTimeoutMs))
-        if (msg.type === 'restore') { req = msg; break }
+        if (msg.type === 'restore') {
+          // The name must be provably ours if the decision never comes (settle()).
+          const h = msg.handover
+          if (h.from !== remotePeer || h.to !== this.d.cluster.selfId || h.container !== offer.container || h.epoch !== offer.epoch + 1 || !verifyHandover(h)) {
+            throw new MscError('INVALID_ARGUMENT', 'the restore request carries no valid handover of the container to this node')
+          }
+          req = msg
+          break
+        }
         if (msg.round !== pre.length + 1) throw new MscError('INVALID_ARGUMENT', `pre-copy round ${msg.round} out of order`)
-        const e = expect(msg.transferId, path.join(staging, `pre-${msg.round}`), 'replace')
+        const e = expect(msg.transferId, path.join(staging, `pre-${msg.round}`), 'replace', 'none')
         pre.push(e.done.promise)
         await control.writeJson({ type: 'pre-ready', round: msg.round })
       }
@@ -138,37 +169,64 @@ export class MigrationTarget {
       const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
-      if (bundleT != null) await this.d.host.cacheBundle(offer.bundle.digest, bundleDir).catch(() => {})
+      if (bundleT != null) await this.d.host.cacheBundle(offer.bundle.digest, bundleDir, offer.config).catch(() => {})
       // CRIU finds earlier rounds through `parent` links, which the trees leave out.
       for (let r = 2; r <= pre.length; r++) await fs.symlink(`../pre-${r - 1}`, path.join(staging, `pre-${r}`, 'parent'))
       if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
+      let restored: { type: 'restored', pid: number, restoreMs: number }
       try {
         if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal)
         const started = Date.now()
         const r = await this.d.host.adopt({
           name: offer.container, bundleDir, imageDir: path.join(staging, 'images'), workDir: path.join(staging, 'work'),
-          logDir: path.join(staging, 'log'), lazyPagesPort: pages?.port, signal: AbortSignal.timeout(300_000)
+          logDir: path.join(staging, 'log'), lazyPagesPort: pages?.port, handover: req.handover, signal: AbortSignal.timeout(300_000)
         })
         adopted = true
-        await control.writeJson({ type: 'restored', pid: r.pid, restoreMs: Date.now() - started })
+        restored = { type: 'restored', pid: r.pid, restoreMs: Date.now() - started }
       } catch (err) {
         const e = toMscError(err)
         await control.writeJson({ type: 'failed', reason: e.message, details: e.details.slice(0, 32) }).catch(() => {})
         throw e
       }
+      await testPause('target-adopted', log, this.stopping.signal)
+      // A node stopping before "restored" went out: the source cannot have passed its
+      // point of no return, so it resumes its own copy; this one goes (outer catch).
+      if (this.stopping.signal.aborted) throw new MscError('RUNTIME_ERROR', `${this.d.cluster.selfName} is stopping before it reported the container restored`)
 
+      // From here the container runs here and only the decision (or, without it, the
+      // settle rule) removes it: a "restored" that failed to go out may still have
+      // reached the source, which then released it.
       let decision: 'commit' | 'abort' | 'unknown' = 'unknown'
       try {
-        const dec = await control.readJson(DecisionSchema, AbortSignal.timeout(this.d.decisionTimeoutMs))
+        await control.writeJson(restored)
+        await testPause('target-restored', log, this.stopping.signal)
+        const dec = await control.readJson(DecisionSchema, AbortSignal.any([AbortSignal.timeout(this.d.decisionTimeoutMs), this.stopping.signal]))
         decision = dec.type
       } catch (err) {
-        log.warn({ err: (err as Error).message }, 'no decision from the source; settling it from membership')
-        decision = await this.settle(offer, remotePeer)
+        if (!this.stopping.signal.aborted) {
+          log.warn({ err: (err as Error).message }, 'no decision from the source; settling it from membership')
+          decision = await settle({
+            cluster: this.d.cluster, source: remotePeer, container: offer.container, epoch: offer.epoch,
+            timeoutMs: this.d.settleTimeoutMs, logger: log, signal: this.stopping.signal
+          })
+        }
       }
-      if (decision === 'commit') {
-        await this.d.host.commit(offer.container, offer.epoch + 1)
-        await control.writeJson({ type: 'committed', epoch: offer.epoch + 1 }).catch(() => {})
-        log.info({ epoch: offer.epoch + 1 }, 'migration committed: container owned here')
+      if (decision === 'unknown') {
+        // This node stops: the container stays, pending; the restart settles it (settle.ts).
+        adopted = false
+        log.warn('node stopping before the migration was decided: the restored copy stays pending; the next start settles it')
+      } else if (decision === 'commit') {
+        // Never discarded from here: the source has released it (or will).
+        adopted = false
+        const ok = await commitWithRetry({
+          commit: async () => { await this.d.host.commit(offer.container, offer.epoch + 1, req.handover) },
+          still: async () => (await this.d.host.pendingIncoming()).some((x) => x.name === offer.container),
+          logger: log, signal: this.stopping.signal
+        })
+        if (ok) {
+          await control.writeJson({ type: 'committed', epoch: offer.epoch + 1 }).catch(() => {})
+          log.info({ epoch: offer.epoch + 1 }, 'migration committed: container owned here')
+        }
       } else {
         await this.d.host.discard(offer.container)
         adopted = false
@@ -183,40 +241,24 @@ export class MigrationTarget {
       pages?.close()
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)
+      this.reservedBytes -= offer.estimatedBytes
       await this.d.host.removeStaging(staging).catch(() => {})
       await control.closeWrite().catch(() => {})
     }
   }
 
   /**
-   * The source's decision never arrived. The source decides when it reads 'restored':
-   * after that it releases the container; before that (or without it) it resumes it.
-   * So the answer is in what the source says of the container once we hear it again:
-   * still running it at its epoch -> it resumed, this copy goes; not claiming it ->
-   * it released it, this copy stays. While the source cannot be heard (a partition, a
-   * crash) this copy keeps running unowned; after `settleTimeoutMs` of silence it is
-   * kept (a source dead that long cannot be running it), and epoch fencing resolves a
-   * source that comes back from a long partition still running its own.
+   * The node stops: migrations in flight stop waiting, and a restored container whose
+   * migration is not decided yet is left running, pending, for the next start to
+   * settle (settle.ts), instead of being discarded or committed on the way down.
    */
-  private async settle (offer: Offer, source: string): Promise<'commit' | 'abort'> {
-    const deadline = Date.now() + this.d.settleTimeoutMs
-    const log = this.d.logger.child({ migration: offer.migrationId, container: offer.container })
-    while (Date.now() < deadline) {
-      const state = this.d.cluster.peerState(source)
-      if (state === 'alive') {
-        const claim = this.d.cluster.claimOf(source, offer.container)
-        if (claim == null) return 'commit'
-        if (claim.epoch >= offer.epoch && (claim.state === 'running' || claim.state === 'paused')) return 'abort'
-        if (claim.state !== 'running' && claim.state !== 'paused') return 'commit'
-      } else if (state === 'left') {
-        return 'commit'
-      }
-      await new Promise((resolve) => setTimeout(resolve, 200))
-    }
-    log.warn('the source stayed silent for the whole settle window: keeping the restored copy')
-    return 'commit'
+  shutdown (): void {
+    this.stopping.abort()
   }
 }
+
+/** Incoming migrations one node takes at once; more are refused (BUSY), not queued. */
+export const MAX_INCOMING = 4
 
 function rejectAfter (ms: number, why: string): Promise<never> {
   return new Promise((_resolve, reject) => setTimeout(() => reject(new MscError('RUNTIME_ERROR', why)), ms).unref())

@@ -1,28 +1,38 @@
+import type { PrivateKey } from '@libp2p/interface'
 import type { Overlay } from '../overlay/overlay.ts'
 import type { ClusterPort } from '../migration/host.ts'
+import type { ClusterService } from '../cluster/cluster-service.ts'
+import { signHandover } from '../cluster/handover.ts'
 import { MscError } from '../util/errors.ts'
 
-/** Migration's view of the cluster, answered from the overlay's membership view. */
-export function clusterPort (o: Overlay, selfName: string): ClusterPort {
+/**
+ * Migration's view of the cluster: who is a member (and under which name) from the
+ * persisted member list, who is alive and what they claim from the membership view.
+ * Names are the ones members were admitted under, unique in the cluster; what a
+ * heartbeat says of itself is never used to pick a target.
+ */
+export function clusterPort (o: Overlay, cluster: ClusterService, privateKey: PrivateKey, selfName: string): ClusterPort {
   const view = o.view
+  const nameOf = (peerId: string): string => cluster.member(peerId)?.name ?? view.get(peerId)?.name ?? peerId
   return {
     selfId: o.peerId,
     selfName,
+    signHandover: async (h) => await signHandover(privateKey, { ...h, from: o.peerId, at: Date.now() }),
     resolvePeer: (idOrName) => {
-      const all = view.members()
-      const m = all.find((x) => x.peerId === idOrName) ?? all.filter((x) => x.name === idOrName).sort((a, b) => (a.state === 'alive' ? 0 : 1) - (b.state === 'alive' ? 0 : 1))[0]
       if (idOrName === o.peerId || idOrName === selfName) throw new MscError('INVALID_ARGUMENT', 'the container already runs on this node')
-      if (m == null) throw new MscError('NOT_FOUND', `no peer ${idOrName} in this node's view (see msc peer ls)`)
-      if (m.state !== 'alive') throw new MscError('INVALID_STATE', `peer ${m.name} is ${m.state}`)
-      return m.peerId
+      const member = cluster.member(idOrName) ?? cluster.members().find((x) => x.name === idOrName)
+      if (member == null) throw new MscError('NOT_FOUND', `no member ${idOrName} in this node's cluster (see msc cluster ls)`)
+      const state = view.get(member.peerId)?.state
+      if (state !== 'alive') throw new MscError('INVALID_STATE', `peer ${member.name} is ${state ?? 'not heard from yet'}`)
+      return member.peerId
     },
     pickPeer: (needBytes) => {
-      const candidates = view.alive().filter((m) => m.role === 'node' && m.resources.diskFreeBytes > needBytes)
+      const candidates = view.alive().filter((m) => cluster.isMember(m.peerId) && m.role === 'node' && m.resources.diskFreeBytes > needBytes)
         .sort((a, b) => (b.resources.memFreeBytes - a.resources.memFreeBytes) || (a.containers.length - b.containers.length))
       if (candidates.length === 0) throw new MscError('NOT_FOUND', 'no alive peer with room to migrate to (see msc peer ls)')
       return candidates[0]!.peerId
     },
-    peerName: (peerId) => view.get(peerId)?.name ?? peerId,
+    peerName: nameOf,
     ownerOf: (container) => {
       const own = view.ownerOf(container)
       return own == null ? undefined : { owner: own.owner, epoch: own.epoch }

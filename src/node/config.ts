@@ -132,6 +132,11 @@ export const NODE_OPTIONS = {
     description: 'Checkpoint and restore established TCP connections (CRIU --tcp-established). Without it, a container with an open TCP connection cannot be checkpointed.',
     defaultText: 'false', default: () => false, parse: bool
   } satisfies OptionSpec<boolean>,
+  allowPrivilegedBundles: {
+    key: 'allowPrivilegedBundles', flag: '--allow-privileged-bundles', kind: 'flag', env: ['MSC_ALLOW_PRIVILEGED_BUNDLES'],
+    description: 'Run containers migrated here whatever their config.json asks for (hooks, host bind mounts, capabilities beyond Docker\'s default set, host namespaces, devices). Without it, such a migration is refused.',
+    defaultText: 'false', default: () => false, parse: bool
+  } satisfies OptionSpec<boolean>,
   name: {
     key: 'name', flag: '--name', env: ['MSC_NODE_NAME', 'NODE_NAME'],
     description: 'Human name of this node, shown to peers (`msc peer ls`) and usable as a migration target.',
@@ -171,8 +176,16 @@ export const NODE_OPTIONS = {
   } satisfies OptionSpec<number>,
   pskFile: {
     key: 'pskFile', flag: '--psk', env: ['MSC_PSK_FILE'],
-    description: 'Pre-shared key file of a private cluster (`msc keygen psk FILE`): nodes without the same key cannot connect.',
+    description: 'Cluster key file (`msc keygen psk FILE`): the nodes holding the same key form one cluster, find each other by mDNS and admit each other without tokens; nodes without it cannot connect.',
     defaultText: 'none (open cluster)', default: () => '', parse: absPath
+  } satisfies OptionSpec<string>,
+  joinToken: {
+    key: 'joinToken', flag: '--join', env: ['MSC_JOIN_TOKEN'],
+    description: 'Join a cluster with a one-time token from `msc cluster token` on a member. Needed once: the node keeps its membership and restarts without it.',
+    defaultText: 'none (with no --psk either, a node makes a new single-node cluster)', default: () => '', parse: (raw: string, source: string) => {
+      if (!/^msc1\.[A-Za-z0-9_-]{20,8000}$/.test(raw.trim())) throw new MscError('INVALID_ARGUMENT', `${source}: not an msc join token (msc1.…, from \`msc cluster token\`)`)
+      return raw.trim()
+    }
   } satisfies OptionSpec<string>,
   pingIntervalMs: {
     key: 'pingIntervalMs', flag: '--ping-interval', env: ['PING_INTERVAL', 'MSC_PING_INTERVAL'],

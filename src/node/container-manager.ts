@@ -6,8 +6,10 @@ import type { Runc, RuncState } from '../runtime/runc.ts'
 import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import type { DataDir } from './data-dir.ts'
-import type { CheckpointInfo, ContainerInfo, ContainerState } from '../api/types.ts'
+import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
+import type { Handover } from '../cluster/handover.ts'
+import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
 export interface ContainerRecord {
@@ -21,6 +23,14 @@ export interface ContainerRecord {
   epoch?: number
   /** Restored here by an incoming migration the source has not committed yet. */
   pendingMigration?: boolean
+  /**
+   * Another node owns the container at a higher epoch: this copy was stopped and never
+   * runs again (not restarted, not restorable, not claimed); its data stays for the
+   * operator until `msc rm`.
+   */
+  fenced?: FenceInfo
+  /** The handover that made this node the owner at `epoch` (a migration), if any. */
+  handover?: Handover
 }
 
 /**
@@ -43,6 +53,11 @@ export interface ContainerManagerInit {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const CKPT_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
+
+/** A container's cgroupsPath: under the node's cgroup parent, named after the container. */
+export function cgroupsPathOf (cgroupParent: string, name: string): string {
+  return `/${cgroupParent}/${name}`
+}
 
 export function validateName (name: unknown): string {
   if (typeof name !== 'string' || !NAME_RE.test(name)) {
@@ -70,22 +85,11 @@ export class ContainerManager {
   private get runc (): Runc { return this.init.runc }
 
   async names (): Promise<string[]> {
-    const entries = await fs.readdir(this.dd.containersDir, { withFileTypes: true }).catch(() => [])
-    const out: string[] = []
-    for (const e of entries) {
-      if (e.isDirectory() && NAME_RE.test(e.name)) {
-        try { await fs.access(this.dd.recordFile(e.name)); out.push(e.name) } catch {}
-      }
-    }
-    return out.sort()
+    return await recordNames(this.dd)
   }
 
   async readRecord (name: string): Promise<ContainerRecord | null> {
-    try {
-      return JSON.parse(await fs.readFile(this.dd.recordFile(name), 'utf8')) as ContainerRecord
-    } catch {
-      return null
-    }
+    return await readRecordFile(this.dd, name)
   }
 
   private async mustRecord (name: string): Promise<ContainerRecord> {
@@ -96,9 +100,7 @@ export class ContainerManager {
   }
 
   async writeRecord (r: ContainerRecord): Promise<void> {
-    const file = this.dd.recordFile(r.name)
-    await fs.writeFile(file + '.tmp', JSON.stringify(r, null, 2), { mode: 0o600 })
-    await fs.rename(file + '.tmp', file)
+    await writeFileAtomic(this.dd.recordFile(r.name), JSON.stringify(r, null, 2), { mode: 0o600 })
   }
 
   /** Runs `fn` with the container locked (migration holds it for its whole run). */
@@ -111,7 +113,7 @@ export class ContainerManager {
   }
 
   cgroupsPath (name: string): string {
-    return `/${this.init.cgroupParent}/${name}`
+    return cgroupsPathOf(this.init.cgroupParent, name)
   }
 
   async list (): Promise<ContainerInfo[]> {
@@ -147,6 +149,7 @@ export class ContainerManager {
       const now = new Date().toISOString()
       const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch }
       try {
+        await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
         await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name), this.dd.requestSocket))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
           logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
@@ -238,7 +241,9 @@ export class ContainerManager {
         id, container: name, createdAt: created.toISOString(), leftRunning: opts.stop !== true,
         sizeBytes: await dirSize(imageDir), durationMs: Date.now() - started
       }
-      await fs.writeFile(path.join(imageDir, 'meta.json'), JSON.stringify(info, null, 2), { mode: 0o600 })
+      // meta.json marks the checkpoint complete: CRIU's images must be on disk before it.
+      await fsyncTree(imageDir)
+      await writeFileAtomic(path.join(imageDir, 'meta.json'), JSON.stringify(info, null, 2), { mode: 0o600 })
       if (opts.stop === true) {
         await this.runc.delete(name, { force: true })
         r.startedAt = null
@@ -254,6 +259,10 @@ export class ContainerManager {
   async restore (name: string, opts: { from?: string, signal?: AbortSignal } = {}): Promise<ContainerInfo> {
     return await this.lock.run(name, async () => {
       const r = await this.mustRecord(name)
+      if (r.fenced != null) {
+        const f = r.fenced
+        throw new MscError('INVALID_STATE', `container ${name} was fenced: another node (${f.ownerName ?? f.owner}, peer ${f.owner}) owns it at epoch ${f.epoch} since ${f.at}; this copy never runs again (its checkpoints and log stay here until \`msc rm ${name}\`)`)
+      }
       const st = await this.runc.state(name)
       if (st != null && st.status !== 'stopped') {
         throw new MscError('INVALID_STATE', `container ${name} is ${st.status}: stop it before restoring (a container never runs twice)`)
@@ -294,17 +303,63 @@ export class ContainerManager {
   }
 
   /** What this node owns, for its membership heartbeat. */
-  async claims (): Promise<Array<{ name: string, epoch: number, state: ContainerState }>> {
-    const out: Array<{ name: string, epoch: number, state: ContainerState }> = []
+  async claims (): Promise<Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover }>> {
+    const out: Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover }> = []
     // One `runc list` for all (this runs at every heartbeat), not one `runc state` each.
     const states = new Map((await this.runc.list().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
       const r = await this.readRecord(n)
       if (r == null || r.pendingMigration === true) continue // not ours until committed
       const st = states.get(n) ?? null
-      out.push({ name: n, epoch: r.epoch ?? 1, state: toInfo(r, st, []).state })
+      if (r.fenced != null) {
+        // Someone else's now. Still running only if the node died between marking
+        // and killing it: this heartbeat-time check finishes the job.
+        if (st != null && st.status !== 'stopped') void this.killFenced(n)
+        continue
+      }
+      // The certificate that made it ours, so that views that knew the previous owner accept the claim.
+      const proof = r.handover != null && r.handover.epoch === r.epoch ? { handover: r.handover } : {}
+      out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof })
     }
     return out
+  }
+
+  /**
+   * Fencing: another node owns `name` at `f.epoch`, above ours. Our copy is killed (two
+   * must never run) but its directory, checkpoints and log stay until an operator runs
+   * `msc rm`. The record is marked first, so a node that dies in between never claims
+   * or runs this copy again (claims() kills it if it still runs). Returns false when
+   * there is nothing to fence (no record, an uncommitted incoming copy, our epoch is
+   * not lower, or already fenced).
+   */
+  async fence (name: string, f: FenceInfo): Promise<boolean> {
+    return await this.lock.run(name, async () => {
+      const r = await this.readRecord(name)
+      if (r == null || r.pendingMigration === true || r.fenced != null || (r.epoch ?? 1) >= f.epoch) return false
+      r.fenced = f
+      r.startedAt = null
+      await this.writeRecord(r)
+      await this.runc.stop(name, 0) // no grace period: the other copy already runs
+      return true
+    })
+  }
+
+  private readonly killing = new Set<string>()
+
+  private async killFenced (name: string): Promise<void> {
+    if (this.killing.has(name)) return
+    this.killing.add(name)
+    try {
+      await this.lock.run(name, async () => {
+        if ((await this.readRecord(name))?.fenced == null) return
+        this.log.error({ name }, 'a fenced container was running (the node stopped while fencing it): killing it')
+        await this.runc.stop(name, 0)
+      })
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, name }, 'killing a fenced container failed')
+    } finally {
+      this.killing.delete(name)
+    }
   }
 
   async stopAll (): Promise<void> {
@@ -315,23 +370,48 @@ export class ContainerManager {
   }
 }
 
-function toInfo (r: ContainerRecord, st: RuncState | null, cps: CheckpointInfo[]): ContainerInfo {
-  let state: ContainerState
-  if (st == null || st.status === 'stopped') state = r.checkpointed ? 'checkpointed' : 'stopped'
-  else if (st.status === 'paused' || st.status === 'pausing') state = 'paused'
-  else if (st.status === 'running') state = 'running'
-  else state = 'created'
-  const live = state === 'running' || state === 'paused' || state === 'created'
-  return {
-    name: r.name,
-    state,
-    pid: live ? st!.pid : null,
-    started: live ? r.startedAt : null,
-    createdAt: r.createdAt,
-    bundle: r.bundle,
-    checkpoints: cps.length,
-    lastCheckpoint: cps.at(-1)?.id ?? null
+/** The states a node claims for its own containers (a fenced one is never claimed). */
+export type ClaimState = Exclude<ContainerState, 'fenced'>
+
+function runState (r: ContainerRecord, st: RuncState | null): ClaimState {
+  if (st == null || st.status === 'stopped') return r.checkpointed ? 'checkpointed' : 'stopped'
+  if (st.status === 'paused' || st.status === 'pausing') return 'paused'
+  if (st.status === 'running') return 'running'
+  return 'created'
+}
+
+async function recordNames (dd: DataDir): Promise<string[]> {
+  const entries = await fs.readdir(dd.containersDir, { withFileTypes: true }).catch(() => [])
+  const out: string[] = []
+  for (const e of entries) {
+    if (e.isDirectory() && NAME_RE.test(e.name)) {
+      try { await fs.access(dd.recordFile(e.name)); out.push(e.name) } catch {}
+    }
   }
+  return out.sort()
+}
+
+async function readRecordFile (dd: DataDir, name: string): Promise<ContainerRecord | null> {
+  try {
+    return JSON.parse(await fs.readFile(dd.recordFile(name), 'utf8')) as ContainerRecord
+  } catch {
+    return null
+  }
+}
+
+function toInfo (r: ContainerRecord, st: RuncState | null, cps: CheckpointInfo[]): ContainerInfo {
+  if (r.fenced != null) {
+    // Whatever runc says: a fenced copy is never ours to run (claims() kills a live one).
+    const pid = st != null && st.status !== 'stopped' ? st.pid : null
+    return { ...baseInfo(r, cps), state: 'fenced', pid, started: null, fenced: r.fenced }
+  }
+  const state = runState(r, st)
+  const live = state === 'running' || state === 'paused' || state === 'created'
+  return { ...baseInfo(r, cps), state, pid: live ? st!.pid : null, started: live ? r.startedAt : null }
+}
+
+function baseInfo (r: ContainerRecord, cps: CheckpointInfo[]): Omit<ContainerInfo, 'state' | 'pid' | 'started'> {
+  return { name: r.name, createdAt: r.createdAt, bundle: r.bundle, checkpoints: cps.length, lastCheckpoint: cps.at(-1)?.id ?? null }
 }
 
 async function dirSize (dir: string): Promise<number> {
@@ -340,4 +420,111 @@ async function dirSize (dir: string): Promise<number> {
     if (e.isFile()) total += (await fs.stat(path.join(e.parentPath, e.name))).size
   }
   return total
+}
+
+// ---- dumps left by an outgoing migration that the node's end interrupted ----
+
+/**
+ * Why the images CRIU left in DIR/tmp/mig-out-ID/images cannot serve as a checkpoint,
+ * or null when they can. `files` is the directory's listing, `dumpLog` its dump.log.
+ * Pure. CRIU writes inventory.img at the very end of a dump and then logs success; a
+ * post-copy (lazy) dump is never usable: its memory pages were only in the page
+ * server, which died with the node.
+ */
+export function interruptedDumpProblem (files: string[], dumpLog: string | null): string | null {
+  if (!files.includes('inventory.img')) return 'the final dump did not complete (no inventory.img)'
+  if (dumpLog == null) return 'no dump.log to tell whether the dump completed'
+  if (!/Dumping finished successfully/.test(dumpLog)) return 'CRIU did not log "Dumping finished successfully"'
+  if (/Starting lazy pages server/.test(dumpLog) || /Pagemap generated: \d+ pages \([1-9]\d* lazy\)/.test(dumpLog)) {
+    return 'a post-copy dump: its memory pages were never written to the images'
+  }
+  return null
+}
+
+/**
+ * Does CRIU's cgroup.img name `cgroupPath`? The images do not name the runc container,
+ * but each task's cgroup (msc's /PARENT/NAME) is there as a protobuf string (field 2
+ * of a cgroup member: tag 0x12, varint length, bytes). Matching the whole field keeps
+ * /p/web from matching /p/web2. Pure.
+ */
+export function cgroupImageNames (img: Uint8Array, cgroupPath: string): boolean {
+  const str = Buffer.from(cgroupPath)
+  const len: number[] = []
+  for (let n = str.length; ; n >>>= 7) {
+    if (n < 0x80) { len.push(n); break }
+    len.push((n & 0x7f) | 0x80)
+  }
+  return Buffer.from(img).includes(Buffer.concat([Buffer.from([0x12, ...len]), str]))
+}
+
+export interface DumpRecoveryEnv {
+  dataDir: DataDir
+  runc: Pick<Runc, 'state' | 'delete'>
+  /** msc's cgroupsPath of a container (/PARENT/NAME), to find whose dump it is. */
+  cgroupsPath: (name: string) => string
+}
+
+export type DumpRecovery = { container: string, checkpoint: CheckpointInfo } | { reason: string }
+
+/**
+ * A source node that died after its final dump left the only copy of the container's
+ * state in `staging` (DIR/tmp/mig-out-ID). When the container is still recorded here,
+ * not running, and the dump is complete, its images become an ordinary checkpoint
+ * `migration-ID` (meta.json written inside before the durable rename, so it appears
+ * whole or not at all) and the record says `checkpointed`. Never restored
+ * automatically: only an operator can know that the target did not commit it.
+ */
+export async function recoverInterruptedDump (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery> {
+  const dd = env.dataDir
+  const id = path.basename(staging).replace(/^mig-out-/, '')
+  const ckId = `migration-${id}`
+  if (!CKPT_RE.test(ckId)) return { reason: `unexpected staging name ${path.basename(staging)}` }
+  const images = path.join(staging, 'images')
+  const files = await fs.readdir(images).catch(() => null)
+  if (files == null) return { reason: 'no final dump (images/ is missing)' }
+  const problem = interruptedDumpProblem(files, await fs.readFile(path.join(images, 'dump.log'), 'utf8').catch(() => null))
+  if (problem != null) return { reason: problem }
+  const cg = await fs.readFile(path.join(images, 'cgroup.img')).catch(() => null)
+  if (cg == null) return { reason: 'no cgroup.img to tell whose dump it is' }
+  const owners: string[] = []
+  for (const n of await recordNames(dd)) {
+    const r = await readRecordFile(dd, n)
+    if (r != null && r.pendingMigration !== true && cgroupImageNames(cg, env.cgroupsPath(n))) owners.push(n)
+  }
+  if (owners.length !== 1) return { reason: owners.length === 0 ? 'no container recorded here matches the dump (released already?)' : `several containers match the dump: ${owners.join(', ')}` }
+  const name = owners[0]!
+  const st = await env.runc.state(name)
+  if (st != null && st.status !== 'stopped') return { reason: `runc still has ${name} ${st.status}: the dump did not stop it` }
+  const dest = dd.checkpointDir(name, ckId)
+  if (await fs.access(dest).then(() => true, () => false)) return { reason: `${dest} exists already` }
+  // Pre-copy: the final dump's `parent` link is ../pre-N, and each pre-K links to
+  // ../pre-(K-1). Moving the pre-dumps inside the images keeps every link valid once
+  // images/parent says pre-N.
+  const parent = await fs.readlink(path.join(images, 'parent')).catch(() => null)
+  if (parent != null) {
+    for (const e of await fs.readdir(staging)) {
+      if (/^pre-\d+$/.test(e)) await fs.rename(path.join(staging, e), path.join(images, e))
+    }
+    await fs.rm(path.join(images, 'parent'))
+    await fs.symlink(path.basename(parent), path.join(images, 'parent'))
+  }
+  const inv = await fs.stat(path.join(images, 'inventory.img'))
+  const info: CheckpointInfo = {
+    id: ckId, container: name, createdAt: inv.mtime.toISOString(), leftRunning: false, sizeBytes: await dirSize(images), durationMs: 0
+  }
+  await fsyncTree(images)
+  await writeFileAtomic(path.join(images, 'meta.json'), JSON.stringify(info, null, 2), { mode: 0o600 })
+  await fs.mkdir(dd.checkpointsDir(name), { recursive: true })
+  await fsyncDir(dd.containerDir(name))
+  await renameDurable(images, dest)
+  if (st != null) await env.runc.delete(name, { force: true })
+  const r = await readRecordFile(dd, name)
+  if (r != null) {
+    r.startedAt = null
+    r.checkpointed = true
+    await writeFileAtomic(dd.recordFile(name), JSON.stringify(r, null, 2), { mode: 0o600 })
+  }
+  // Only what was ours to move: anything else there (a migration journal, say) stays.
+  await fs.rmdir(staging).catch(() => {})
+  return { container: name, checkpoint: info }
 }

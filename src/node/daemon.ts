@@ -7,15 +7,22 @@ import { removeTree } from '../runtime/mounts.ts'
 import { ControlServer } from '../api/server.ts'
 import type { NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
 import { Overlay } from '../overlay/overlay.ts'
+import { loadOrCreatePeerKey } from '../overlay/identity.ts'
+import { pskKeyBytes, readPskFile } from '../overlay/psk.ts'
+import { dialableAddrs } from '../overlay/membership/membership-service.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { ClusterService } from '../cluster/cluster-service.ts'
 import { MigrationService } from './migration-service.ts'
 import { ContainerRequestServer } from './container-requests.ts'
-import { validateName } from './container-manager.ts'
+import { cgroupsPathOf, validateName } from './container-manager.ts'
+import { recoverOutgoing } from './migration-host.ts'
 import type { Member } from '../overlay/membership/membership-view.ts'
 import path from 'node:path'
 import { ContainerManager } from './container-manager.ts'
 import { DataDir } from './data-dir.ts'
 import type { NodeConfig } from './config.ts'
 import { VERSION } from '../version.ts'
+import { writeFileAtomic } from '../util/atomic-file.ts'
 
 /**
  * The msc node: the one place that wires components together. Starts them in order
@@ -30,6 +37,7 @@ export class MscNode {
   private containers?: ContainerManager
   private api?: ControlServer
   private overlay?: Overlay
+  private cluster?: ClusterService
   private requests?: ContainerRequestServer
   private migration?: MigrationService
   private startedAt = ''
@@ -79,11 +87,21 @@ export class MscNode {
     const adopted = await this.containers.list()
     const c = this.containers
     const cfg = this.config
+    const privateKey = await loadOrCreatePeerKey(path.join(cfg.dataDir, 'peer.key'))
+    const psk = cfg.pskFile !== '' ? await readPskFile(cfg.pskFile) : undefined
+    const cluster = this.cluster = await ClusterService.load({
+      dataDir: cfg.dataDir, privateKey, selfId: peerIdFromPrivateKey(privateKey).toString(), name: cfg.name,
+      clusterKey: psk != null ? pskKeyBytes(psk) : undefined, joinToken: cfg.joinToken,
+      logger: this.rootLog.child({ component: 'cluster' })
+    })
     this.overlay = await Overlay.create({
-      keyFile: path.join(cfg.dataDir, 'peer.key'), dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
+      privateKey, psk, dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
       listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
-      pskFile: cfg.pskFile, pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
-    }, { claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }) })
+      pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
+    }, {
+      claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }),
+      gate: { gater: cluster.gater, isMember: (peer) => cluster.isMember(peer) }
+    })
     // Before any container starts or restores: bundles may bind-mount this socket.
     this.requests = new ContainerRequestServer({
       socketPath: this.dataDir.requestSocket, cgroupParent: this.cgroupParent,
@@ -99,8 +117,23 @@ export class MscNode {
     await this.requests.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'container request socket unavailable (python3 missing?)'))
     await this.overlay.start()
     const o = this.overlay
+    cluster.onChange(({ added, removed }) => {
+      for (const p of removed) o.view.forget(p)
+      // A new member dropped our heartbeats until now: tell it who we are at once.
+      if (added.length > 0) o.announce()
+    })
+    await cluster.start({
+      addresses: () => dialableAddrs(o.addresses()),
+      handleOpen: async (protocol, handler, max) => { await o.handleOpen(protocol, handler, max) },
+      dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
+      dialAddr: async (addr, protocol, signal) => await o.dialAddr(addr, protocol, signal),
+      connectedPeers: () => o.connectedPeers(),
+      disconnect: async (peer, why) => { await o.disconnect(peer, why) },
+      onConnect: (fn) => o.onConnect(fn)
+    })
     const migration = new MigrationService({
-      overlay: o, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
+      overlay: o, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
+      allowPrivilegedBundles: cfg.allowPrivilegedBundles,
       timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 120_000 },
       logger: this.rootLog.child({ component: 'migration' })
     })
@@ -132,7 +165,17 @@ export class MscNode {
           throw err
         }
       },
-      peers: async () => o.members().map((m) => toPeerInfo(m, o.connected(m.peerId))),
+      peers: async () => o.members().filter((m) => cluster.isMember(m.peerId)).map((m) => toPeerInfo(m, o.connected(m.peerId), cluster.member(m.peerId)?.name)),
+      clusterInfo: async () => ({
+        ...cluster.status(),
+        members: cluster.members().map((m) => ({ ...m, admittedAt: new Date(m.admittedAt).toISOString(), self: m.peerId === o.peerId, state: m.peerId === o.peerId ? 'self' : o.view.get(m.peerId)?.state ?? 'unknown' })),
+        conflicts: cluster.conflicts().map((m) => ({ peerId: m.peerId, name: m.name, heldBy: m.heldBy }))
+      }),
+      clusterToken: async (ttlMs) => await cluster.issueToken(ttlMs),
+      removePeer: async (idOrName) => {
+        const m = await cluster.remove(idOrName)
+        return { peerId: m.peerId, name: m.name }
+      },
       join: async (req, signal) => ({ peerId: await o.join(req.addr, signal) }),
       migrate: async (name, req, onEvent, signal) => {
         validateName(name)
@@ -160,9 +203,12 @@ export class MscNode {
 
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
+    this.migration?.stop()
     // Containers first (if asked), so the goodbye heartbeat tells the truth about them.
     if (this.config.stopContainersOnExit) await this.containers?.stopAll()
+    await this.cluster?.stop().catch((err) => this.log.warn({ err }, 'stopping the cluster service'))
     await this.overlay?.stop().catch((err) => this.log.warn({ err }, 'stopping overlay'))
+    await this.migration?.drained(5_000)
     await this.requests?.stop().catch((err) => this.log.warn({ err }, 'stopping the request socket'))
     if (this.cgroupParent !== '') await removeEmptyCgroupParent(this.cgroupParent)
     if (this.claimed) {
@@ -182,33 +228,42 @@ export class MscNode {
       peerId: o.peerId, name: this.config.name, addrs: o.addresses(),
       peersAlive: members.filter((m) => m.state === 'alive').length, peersKnown: members.length,
       membership: o.view.stats(),
+      cluster: { ...this.cluster!.status(), refused: { ...this.cluster!.status().refused, streams: this.cluster!.status().refused.streams + o.refusedStreamCount } },
       version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
       cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
       containers: list.length, startedAt: this.startedAt
     }
   }
 
-  /** A record of an incoming migration whose container died with this node's last run. */
+  /**
+   * Incoming migrations the previous run restored but did not commit. One whose
+   * container died with it (a host crash) is removed here: nothing of it runs, and the
+   * source either resumed it or released it into this copy, which is gone. One that
+   * still runs is kept, unclaimed, and settled once the overlay runs
+   * (MigrationService.start, migration/settle.ts).
+   */
   private async dropStalePendingMigrations (): Promise<void> {
     const c = this.containers!
     for (const n of await c.names()) {
       const r = await c.readRecord(n)
       if (r?.pendingMigration !== true) continue
       const st = await this.runc!.state(n).catch(() => null)
-      if (st?.status === 'running') continue
-      this.log.warn({ container: n }, 'dropping an uncommitted incoming migration left by a previous run')
+      if (st?.status === 'running' || st?.status === 'paused') continue
+      this.log.warn({ container: n }, 'dropping an uncommitted incoming migration left by a previous run (its container does not run)')
       await c.remove(n, { force: true }).catch(() => {})
     }
   }
 
+  /**
+   * Our copy is stopped, never to run again, but its directory (checkpoints, log) is
+   * kept: a wrong fence must not destroy the only good copy. `msc rm` removes it.
+   */
   private async fence (name: string, owner: string, epoch: number): Promise<void> {
-    const c = this.containers!
     try {
-      const rec = await c.readRecord(name)
-      if (rec == null || rec.pendingMigration === true || (rec.epoch ?? 1) >= epoch) return
-      this.log.error({ container: name, owner, epoch, ourEpoch: rec.epoch ?? 1 }, 'another node owns this container at a higher epoch: stopping our copy (fencing)')
-      await c.remove(name, { force: true })
-      await this.dataDir.writeMoved(name, { peerId: owner, name: this.overlay?.view.get(owner)?.name ?? owner }, { fenced: true })
+      const ownerName = this.overlay?.view.get(owner)?.name ?? owner
+      if (!await this.containers!.fence(name, { owner, ownerName, epoch, at: new Date().toISOString() })) return
+      this.log.error({ container: name, owner, ownerName, epoch }, `another node owns this container at a higher epoch: our copy was stopped (fenced); its checkpoints and log stay until \`msc rm ${name}\``)
+      await this.dataDir.writeMoved(name, { peerId: owner, name: ownerName }, { fenced: true })
     } catch (err) {
       this.log.error({ err: (err as Error).message, container: name }, 'fencing failed')
     }
@@ -224,10 +279,12 @@ export class MscNode {
     const own = o.view.ownerOf(name)
     if (own?.owner != null && own.owner !== o.peerId) {
       const m = o.view.get(own.owner)
-      // A node that left still runs its containers (they outlive the daemon).
-      if (m != null && (m.state === 'alive' || m.state === 'suspect' || m.state === 'left')) {
-        throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${m?.name ?? own.owner} (epoch ${own.epoch})`)
-      }
+      const who = this.cluster?.member(own.owner)?.name ?? m?.name ?? own.owner
+      // A node that left still runs its containers (they outlive the daemon); one that
+      // is dead may come back with them. Only its removal (or a failover) frees the name:
+      // no other member would accept our claim without the owner's handover.
+      if (m?.state === 'dead') throw new MscError('ALREADY_EXISTS', `the name ${name} belongs to peer ${who} (epoch ${own.epoch}), which is dead: its container may come back with it; \`msc peer rm ${who}\` frees the name`)
+      throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${who} (epoch ${own.epoch})`)
     }
     return o.view.nextEpoch(name)
   }
@@ -241,27 +298,45 @@ export class MscNode {
     }
   }
 
-  /** One node per data dir: a live pid in node.pid means the dir is taken. */
   /**
    * DIR/tmp holds what a running node is working on: staging of incoming migrations
    * (mig-ID), of outgoing ones (mig-out-ID) and partial transfers (msc-image-*). A node
    * killed mid-migration left them behind: remove the incoming ones and partial
    * transfers now that this node owns the data dir (mounts inside, e.g. a CRIU cgroup
    * yard, are unmounted first). An outgoing staging dir may hold the only dump of a
-   * container that was frozen when the node died: keep it, and say so.
+   * container that was frozen when the node died: a complete one becomes a checkpoint
+   * of that container (recoverInterruptedDump); anything else is kept, and said so.
    */
   private async clearTmp (): Promise<void> {
     const entries = await fs.readdir(this.dataDir.tmp).catch(() => [] as string[])
-    const kept = entries.filter((e) => e.startsWith('mig-out-'))
+    const outgoing = entries.filter((e) => e.startsWith('mig-out-'))
     const removed = entries.filter((e) => !e.startsWith('mig-out-'))
     for (const e of removed) await removeTree(path.join(this.dataDir.tmp, e))
     if (removed.length > 0) this.log.info({ removed }, 'removed leftovers of an interrupted run from DIR/tmp')
-    if (kept.length > 0) {
-      this.log.warn({ kept: kept.map((e) => path.join(this.dataDir.tmp, e)) },
-        'an outgoing migration was interrupted by the node\'s end: its dump (images/) is kept; remove the directory once it is not needed')
+    if (outgoing.length === 0) return
+    // This runs before the node's runc and container manager exist (nothing may start
+    // before DIR/tmp is settled); the recovery needs only runc state and the cgroup names.
+    const nodeId = await this.dataDir.nodeId()
+    const parent = this.config.cgroupParent !== '' ? this.config.cgroupParent : `msc-${nodeId}`
+    const runc = new Runc({ runcPath: this.config.runcPath, criuPath: this.config.criuPath, root: this.dataDir.runcRoot, logger: this.rootLog.child({ component: 'runc' }) })
+    for (const e of outgoing) {
+      const dir = path.join(this.dataDir.tmp, e)
+      const r = await recoverOutgoing({ dataDir: this.dataDir, runc, cgroupsPath: (n) => cgroupsPathOf(parent, n) }, dir)
+        .catch((err) => ({ reason: `recovery failed: ${(err as Error).message}` }))
+      if ('released' in r) {
+        this.log.warn({ container: r.released, to: r.to, toName: r.toName, phase: r.phase },
+          `an outgoing migration of ${r.released} was interrupted by the node's end after ${r.toName} had restored it: past the point of no return, so it was released to ${r.toName} (which keeps and owns it) and its dump here deleted`)
+      } else if ('container' in r) {
+        this.log.warn({ container: r.container, checkpoint: r.checkpoint.id },
+          `an outgoing migration of ${r.container} was interrupted by the node's end after its final dump: the dump is now its checkpoint ${r.checkpoint.id}. ` +
+          `Nothing restores it automatically: if no other node runs ${r.container} (the target may have taken it over; see \`msc peer ls\`), \`msc restore ${r.container}\` brings it back here`)
+      } else {
+        this.log.warn({ dir, reason: r.reason }, 'an outgoing migration was interrupted by the node\'s end; its staging dir is kept (remove it once it is not needed)')
+      }
     }
   }
 
+  /** One node per data dir: a live pid in node.pid means the dir is taken. */
   private async claimDataDir (): Promise<void> {
     const file = this.dataDir.pidFile
     try {
@@ -272,7 +347,7 @@ export class MscNode {
     } catch (err) {
       if (err instanceof MscError) throw err
     }
-    await fs.writeFile(file, `${process.pid}\n`, { mode: 0o600 })
+    await writeFileAtomic(file, `${process.pid}\n`, { mode: 0o600 })
     this.claimed = true
   }
 }
@@ -281,9 +356,10 @@ function isAlive (pid: number): boolean {
   try { process.kill(pid, 0); return true } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM' }
 }
 
-function toPeerInfo (m: Member, connected: boolean): PeerInfo {
+/** `memberName`: the name the cluster admitted it under (its heartbeat's is self-reported). */
+function toPeerInfo (m: Member, connected: boolean, memberName?: string): PeerInfo {
   return {
-    peerId: m.peerId, name: m.name, addrs: m.addrs, state: m.state,
+    peerId: m.peerId, name: memberName ?? m.name, addrs: m.addrs, state: m.state,
     lastHeard: new Date(m.lastHeard).toISOString(), stateSince: new Date(m.stateSince).toISOString(),
     connected, version: m.version, role: m.role, rttMs: m.rttMs,
     containers: m.containers.map((c) => ({ name: c.name, epoch: c.epoch, state: c.state })), resources: m.resources

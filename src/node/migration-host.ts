@@ -9,7 +9,12 @@ import { removeTree } from '../runtime/mounts.ts'
 import { checkpointLazy, startLazyPagesDaemon } from '../runtime/lazy-pages.ts'
 import type { ContainerHost, LazyDump, LocalContainer } from '../migration/host.ts'
 import type { Features } from '../migration/messages.ts'
-import type { ContainerManager } from './container-manager.ts'
+import { recoverInterruptedDump, type ContainerManager, type ContainerRecord, type DumpRecovery, type DumpRecoveryEnv } from './container-manager.ts'
+import { HandoverSchema, type Handover } from '../cluster/handover.ts'
+import { readOutgoingJournal, sourceReleased, JOURNAL_FILE } from '../migration/journal.ts'
+import { testFailCommit } from '../migration/test-knobs.ts'
+import { renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
+import { bundleDigest } from '../migration/bundle-digest.ts'
 import type { DataDir } from './data-dir.ts'
 
 /**
@@ -125,27 +130,57 @@ export class NodeMigrationHost implements ContainerHost {
     return await exists(path.join(dir, 'rootfs')) ? dir : null
   }
 
-  /** Keeps a pristine copy of a received rootfs, so the next migration of the same bundle skips it. */
-  async cacheBundle (digest: string, bundleDir: string): Promise<void> {
+  /**
+   * Keeps a pristine copy of a received rootfs, so the next migration of the same bundle
+   * skips it. The digest is only what the sender said: the copy is hashed again, so that
+   * no member can store a rootfs of its own under another bundle's digest for a later
+   * migration of that bundle to pick up.
+   */
+  async cacheBundle (digest: string, bundleDir: string, config: Record<string, unknown>): Promise<void> {
     const dir = path.join(this.dd.root, 'bundles', digest)
     if (await exists(dir)) return
     await removeTree(`${dir}.tmp`)
     await fs.mkdir(`${dir}.tmp`, { recursive: true, mode: 0o700 })
     await execa('cp', ['-a', path.join(bundleDir, 'rootfs'), path.join(`${dir}.tmp`, 'rootfs')], { timeout: 120_000 })
+    const actual = (await bundleDigest(config, path.join(`${dir}.tmp`, 'rootfs'))).digest
+    if (actual !== digest) {
+      // Also when the container changed its rootfs between the offer and the freeze.
+      this.log.warn({ digest, actual }, 'received rootfs does not have the digest it was offered under: not cached')
+      await removeTree(`${dir}.tmp`)
+      return
+    }
     await fs.rename(`${dir}.tmp`, dir)
   }
 
-  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, signal: AbortSignal }): Promise<{ pid: number }> {
+  /**
+   * DIR/containers/NAME/commit.json: the record an incoming container will have once
+   * committed (owner epoch, the source's handover), written at adopt before it runs.
+   * It is the target's migration journal: a restarted node settles a pending incoming
+   * container with the handover kept there, and commit is its rename over
+   * container.json, which needs no new data blocks: it lands on a disk too full for a new write.
+   */
+  private committedFile (name: string): string { return path.join(this.dd.containerDir(name), 'commit.json') }
+
+  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, signal: AbortSignal }): Promise<{ pid: number }> {
+    // Checked before anything moves: the log shim appends to these as root, and a link
+    // would have it write to a host file.
+    const logs: string[] = []
+    for (const f of ['container.log.1', 'container.log']) {
+      const st = await fs.lstat(path.join(req.logDir, f)).catch(() => null)
+      if (st == null) continue
+      if (!st.isFile()) throw new MscError('INVALID_ARGUMENT', `received log ${f} is not a regular file`)
+      logs.push(f)
+    }
     const cdir = this.dd.containerDir(req.name)
     await fs.mkdir(cdir, { recursive: true, mode: 0o700 })
     const src = path.join(cdir, 'src')
     await fs.rename(req.bundleDir, src)
-    for (const f of ['container.log.1', 'container.log']) {
-      if (await exists(path.join(req.logDir, f))) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
-    }
+    for (const f of logs) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
     const bundle = await loadBundle(src)
     await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name), this.dd.requestSocket))
     const now = new Date().toISOString()
+    const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false }
+    await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })
     await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
     await fs.mkdir(req.workDir, { recursive: true })
     let daemon: { exited: Promise<void>, kill: () => void } | undefined
@@ -171,15 +206,34 @@ export class NodeMigrationHost implements ContainerHost {
     }
   }
 
-  async commit (name: string, epoch: number): Promise<void> {
+  async commit (name: string, epoch: number, handover: Handover): Promise<void> {
     const r = await this.m.readRecord(name)
     if (r == null) throw new MscError('INTERNAL', `committed container ${name} has no record`)
-    r.epoch = epoch
-    r.pendingMigration = false
-    await this.m.writeRecord(r)
+    testFailCommit()
+    const prepared = await readJsonFile(this.committedFile(name)) as ContainerRecord | null
+    if (prepared?.name === name && prepared.epoch === epoch && prepared.handover?.sig === handover.sig && prepared.pendingMigration === false) {
+      await renameDurable(this.committedFile(name), this.dd.recordFile(name))
+    } else {
+      r.epoch = epoch
+      r.handover = handover
+      r.pendingMigration = false
+      await this.m.writeRecord(r)
+      await fs.rm(this.committedFile(name), { force: true })
+    }
     // It came back (or came here for the first time): no longer "moved away".
     await this.dd.forgetMoved(name)
     this.announce()
+  }
+
+  async pendingIncoming (): Promise<Array<{ name: string, running: boolean, handover: Handover | null }>> {
+    const out: Array<{ name: string, running: boolean, handover: Handover | null }> = []
+    for (const name of await this.m.names()) {
+      if ((await this.m.readRecord(name))?.pendingMigration !== true) continue
+      const st = await this.runc.state(name).catch(() => null)
+      const h = HandoverSchema.safeParse((await readJsonFile(this.committedFile(name)) as ContainerRecord | null)?.handover)
+      out.push({ name, running: st?.status === 'running' || st?.status === 'paused', handover: h.success ? h.data : null })
+    }
+    return out
   }
 
   async discard (name: string): Promise<void> {
@@ -190,6 +244,45 @@ export class NodeMigrationHost implements ContainerHost {
     this.lazyDaemons.delete(name)
     await removeTree(this.dd.containerDir(name))
   }
+}
+
+/**
+ * A source node restarted with DIR/tmp/mig-out-ID left over: its outgoing migration was
+ * interrupted after (or during) its final dump. The journal there says how far it got:
+ * - past "restored" on the target (restored-on-target, committed): the source had
+ *   passed the point of no return, so the restart finishes what it would have done:
+ *   the container is released (record and directory removed, DIR/moved/NAME.json says
+ *   where it went) and the dump is deleted. The target keeps its copy (it commits, or
+ *   settles to commit, as this node no longer claims the container).
+ * - otherwise (dumped, or no journal): the dump is the container; it becomes the
+ *   checkpoint `migration-ID` (recoverInterruptedDump), never restored automatically.
+ */
+export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery | { released: string, to: string, toName: string, phase: string }> {
+  const j = await readOutgoingJournal(staging)
+  if (j != null && sourceReleased(j)) {
+    const dd = env.dataDir
+    const name = j.container
+    const r = JSON.parse(await fs.readFile(dd.recordFile(name), 'utf8').catch(() => 'null')) as ContainerRecord | null
+    const st = await env.runc.state(name)
+    if (st != null && st.status !== 'stopped') return { reason: `runc has ${name} ${st.status} although the target restored it: kept for the operator` }
+    if (r != null && (r.epoch ?? 1) === j.epoch && r.pendingMigration !== true) {
+      if (st != null) await env.runc.delete(name, { force: true })
+      await dd.writeMoved(name, { peerId: j.target, name: j.targetName })
+      await removeTree(dd.containerDir(name))
+    }
+    await removeTree(staging)
+    return { released: name, to: j.target, toName: j.targetName, phase: j.phase }
+  }
+  const r = await recoverInterruptedDump(env, staging)
+  if ('container' in r) {
+    await fs.rm(path.join(staging, JOURNAL_FILE), { force: true })
+    await fs.rmdir(staging).catch(() => {})
+  }
+  return r
+}
+
+async function readJsonFile (file: string): Promise<unknown> {
+  try { return JSON.parse(await fs.readFile(file, 'utf8')) } catch { return null }
 }
 
 async function exists (p: string): Promise<boolean> {

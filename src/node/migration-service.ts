@@ -6,6 +6,8 @@ import type { Overlay } from '../overlay/overlay.ts'
 import { MIGRATE_PROTOCOL } from '../migration/messages.ts'
 import { MigrationSource, type MigrateRequest, type MigrationResult } from '../migration/source.ts'
 import { MigrationTarget } from '../migration/target.ts'
+import { settleLeftIncoming } from '../migration/settle.ts'
+import type { ClusterPort } from '../migration/host.ts'
 import { IMAGE_PROTOCOL, receiveTree } from '../protocols/image/index.ts'
 import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel } from '../protocols/pages/tunnel.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -13,6 +15,8 @@ import type { ContainerManager } from './container-manager.ts'
 import type { DataDir } from './data-dir.ts'
 import { NodeMigrationHost } from './migration-host.ts'
 import { clusterPort } from './cluster-port.ts'
+import type { ClusterService } from '../cluster/cluster-service.ts'
+import type { PrivateKey } from '@libp2p/interface'
 
 export interface MigrationTimeouts {
   stallTimeoutMs: number
@@ -33,13 +37,20 @@ export class MigrationService {
   private readonly log: Logger
   private readonly pageServers = new Map<string, { host: string, port: number }>()
   private readonly host: NodeMigrationHost
+  private readonly cluster: ClusterPort
+  private readonly settleTimeoutMs: number
+  private readonly stopping = new AbortController()
+  private readonly inflight = new Set<Promise<void>>()
+  /** The settling of incoming migrations left pending by the previous run (start()). */
+  leftovers: Promise<unknown> = Promise.resolve()
 
-  constructor (init: { overlay: Overlay, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, logger: Logger }) {
+  constructor (init: { overlay: Overlay, cluster: ClusterService, privateKey: PrivateKey, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, allowPrivilegedBundles: boolean, logger: Logger }) {
     this.overlay = init.overlay
     this.dd = init.dataDir
     this.log = init.logger
     const host = this.host = new NodeMigrationHost({ manager: init.manager, runc: init.runc, dataDir: init.dataDir, logger: init.logger, announce: () => init.overlay.announce() })
-    const cluster = clusterPort(init.overlay, init.selfName)
+    const cluster = this.cluster = clusterPort(init.overlay, init.cluster, init.privateKey, init.selfName)
+    this.settleTimeoutMs = init.timeouts.settleTimeoutMs
     this.source = new MigrationSource({
       host, cluster, pageServers: this.pageServers, logger: init.logger,
       dial: async (peer, protocol, signal) => await init.overlay.dialProtocol(peer, protocol, signal),
@@ -48,6 +59,7 @@ export class MigrationService {
     })
     this.target = new MigrationTarget({
       host, cluster, logger: init.logger, diskReserveBytes: 256 * 1024 * 1024,
+      bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
       transferTimeoutMs: 30 * 60_000, decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
       openPages: async (peer, transferId, signal) => {
@@ -60,7 +72,11 @@ export class MigrationService {
   async start (): Promise<void> {
     // CRIU's feature probes take a few hundred ms: do them now, not inside a migration.
     void this.host.features().catch(() => {})
-    await this.overlay.handle(MIGRATE_PROTOCOL, async (stream, peer) => await this.target.handle(stream, peer), 4)
+    await this.overlay.handle(MIGRATE_PROTOCOL, async (stream, peer) => {
+      const p = this.target.handle(stream, peer)
+      this.inflight.add(p)
+      try { await p } finally { this.inflight.delete(p) }
+    }, 4)
     await this.overlay.handle(IMAGE_PROTOCOL, async (stream) => {
       await receiveTree(stream, {
         tmpRoot: this.dd.tmp,
@@ -71,6 +87,30 @@ export class MigrationService {
     await this.overlay.handle(PAGES_PROTOCOL, async (stream) => {
       await handlePagesStream(stream, (id) => this.pageServers.get(id) ?? null)
     }, 16)
+    // Incoming migrations the previous run restored but never saw decided: settled by
+    // the same rule as a live one that lost its decision, in the background (the
+    // membership view fills from the heartbeats that follow).
+    this.leftovers = settleLeftIncoming({
+      host: this.host, cluster: this.cluster, logger: this.log, settleTimeoutMs: this.settleTimeoutMs, signal: this.stopping.signal
+    }).catch((err) => this.log.error({ err: (err as Error).message }, 'settling incoming migrations left by the previous run failed'))
+  }
+
+  /**
+   * Before the overlay stops: incoming migrations stop waiting; one restored here but
+   * not yet reported is removed (the source resumes it), one reported but undecided
+   * stays pending for the next start to settle. drained() waits for them.
+   */
+  stop (): void {
+    this.stopping.abort()
+    this.target.shutdown()
+  }
+
+  /** Resolves when the incoming migrations in flight have ended, or after `ms`. */
+  async drained (ms: number): Promise<void> {
+    if (this.inflight.size === 0) return
+    let t: NodeJS.Timeout | undefined
+    await Promise.race([Promise.allSettled([...this.inflight]), new Promise((resolve) => { t = setTimeout(resolve, ms) })])
+    clearTimeout(t)
   }
 
   async migrate (req: MigrateRequest): Promise<MigrationResult> {

@@ -83,6 +83,13 @@ export class PeerConnector {
     try {
       const limit = AbortSignal.timeout(10_000)
       const conn = await this.libp2p.dial(ma, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
+      // A peer whose gater refuses us aborts the connection only after the handshake,
+      // which the dial may not wait for: one round trip proves we were let in.
+      try {
+        await this.libp2p.services.ping.ping(conn.remotePeer, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
+      } catch {
+        throw new Error('the peer closed the connection: it is not in this node\'s cluster, or refuses this node (removed, or not yet a member)')
+      }
       await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
       return conn.remotePeer.toString()
     } catch (err) {
@@ -90,10 +97,10 @@ export class PeerConnector {
     }
   }
 
-  /** Drops every connection to a peer declared dead (a stalled TCP may linger). */
-  async disconnect (peerId: string): Promise<void> {
+  /** Drops every connection to a peer (declared dead: a stalled TCP may linger; or refused). */
+  async disconnect (peerId: string, why = 'peer declared dead'): Promise<void> {
     for (const c of this.libp2p.getConnections(peerIdFromString(peerId))) {
-      try { c.abort(new Error('peer declared dead')) } catch {}
+      try { c.abort(new Error(why)) } catch {}
     }
   }
 }

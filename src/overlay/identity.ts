@@ -2,6 +2,7 @@ import fs from 'node:fs/promises'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { MscError } from '../util/errors.ts'
+import { writeFileAtomic } from '../util/atomic-file.ts'
 
 /**
  * The node's libp2p identity: an Ed25519 key made once and kept (0600) in the data
@@ -22,7 +23,8 @@ export async function loadOrCreatePeerKey (file: string): Promise<PrivateKey> {
     }
   }
   const key = await generateKeyPair('Ed25519')
-  await fs.writeFile(file + '.tmp', privateKeyToProtobuf(key), { mode: 0o600 })
-  await fs.rename(file + '.tmp', file)
+  // Durable before the peer id is announced: a key lost to a crash would give the
+  // node a new identity that its peers do not know.
+  await writeFileAtomic(file, privateKeyToProtobuf(key), { mode: 0o600 })
   return key
 }

@@ -3,17 +3,19 @@ import os from 'node:os'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { Stream } from '@libp2p/interface'
+import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
-import { loadOrCreatePeerKey } from './identity.ts'
-import { readPskFile } from './psk.ts'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { PeerConnector } from './connector.ts'
 import { MembershipView, type Member } from './membership/membership-view.ts'
 import { MembershipService } from './membership/membership-service.ts'
 import type { ContainerClaim, Heartbeat } from './membership/heartbeat.ts'
 
 export interface OverlayConfig {
-  keyFile: string
+  privateKey: PrivateKey
+  /** The pnet pre-shared key (a key-file cluster), if any. */
+  psk?: Uint8Array
   dataDir: string
   name: string
   version: string
@@ -22,10 +24,24 @@ export interface OverlayConfig {
   bootstrap: string[]
   mdns: boolean
   mdnsIntervalMs: number
-  pskFile: string
   pingIntervalMs: number
   pingTimeoutMs: number
   suspectTimeoutMs: number
+}
+
+/**
+ * Who may talk to this node (the cluster decides): the libp2p connection gater, and the
+ * membership test every msc protocol handler and every heartbeat goes through.
+ */
+export interface OverlayGate {
+  gater: ConnectionGater
+  isMember: (peerId: string) => boolean
+}
+
+export interface OverlayDeps {
+  claims: () => Promise<ContainerClaim[]>
+  logger: Logger
+  gate?: OverlayGate
 }
 
 /** Gossipsub refuses frames past this; membership's own limit (64 KiB) is far below. */
@@ -40,6 +56,8 @@ export class Overlay {
   private readonly cfg: OverlayConfig
   private readonly log: Logger
   private readonly claims: () => Promise<ContainerClaim[]>
+  private readonly gate?: OverlayGate
+  private refusedStreams = 0
   private libp2p?: MscLibp2p
   private connector?: PeerConnector
   private membership?: MembershipService
@@ -54,10 +72,11 @@ export class Overlay {
     this.log.warn({ peer: evt.detail.peerId, reason: evt.detail.reason, detail: evt.detail.detail }, 'membership message dropped')
   }
 
-  constructor (cfg: OverlayConfig, deps: { claims: () => Promise<ContainerClaim[]>, logger: Logger }, selfId?: string) {
+  constructor (cfg: OverlayConfig, deps: OverlayDeps, selfId?: string) {
     this.cfg = cfg
     this.log = deps.logger
     this.claims = deps.claims
+    this.gate = deps.gate
     this.view = new MembershipView({
       selfId: selfId ?? '',
       timers: {
@@ -69,14 +88,12 @@ export class Overlay {
     })
   }
 
-  static async create (cfg: OverlayConfig, deps: { claims: () => Promise<ContainerClaim[]>, logger: Logger }): Promise<Overlay> {
-    const key = await loadOrCreatePeerKey(cfg.keyFile)
-    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id')
-    const overlay = new Overlay(cfg, deps, peerIdFromPrivateKey(key).toString())
-    const psk = cfg.pskFile !== '' ? await readPskFile(cfg.pskFile) : undefined
+  static async create (cfg: OverlayConfig, deps: OverlayDeps): Promise<Overlay> {
+    const overlay = new Overlay(cfg, deps, peerIdFromPrivateKey(cfg.privateKey).toString())
     overlay.libp2p = await createLibp2pHost({
-      privateKey: key, listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns,
-      mdnsIntervalMs: cfg.mdnsIntervalMs, psk, maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES
+      privateKey: cfg.privateKey, listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns,
+      mdnsIntervalMs: cfg.mdnsIntervalMs, psk: cfg.psk, maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES,
+      connectionGater: deps.gate?.gater
     })
     return overlay
   }
@@ -100,7 +117,7 @@ export class Overlay {
     this.view.addEventListener('member:state', this.onState)
     this.view.addEventListener('drop', this.onDrop)
     this.membership = new MembershipService({
-      libp2p, view: this.view, connector: this.connector, intervalMs: this.cfg.pingIntervalMs,
+      libp2p, view: this.view, connector: this.connector, intervalMs: this.cfg.pingIntervalMs, isMember: this.isMember,
       logger: this.log.child({ component: 'membership' }),
       local: { name: this.cfg.name, version: this.cfg.version, role: 'node', containers: this.claims, resources: async () => await this.resources() }
     })
@@ -154,14 +171,56 @@ export class Overlay {
     return await this.host.dialProtocol(peerIdFromString(peerId), protocol, { signal })
   }
 
-  /** Serves a protocol; handlers get the authenticated remote peer id. */
+  /** Whether the cluster counts the peer as a member (every peer, without a gate). */
+  readonly isMember = (peerId: string): boolean => this.gate == null || this.gate.isMember(peerId)
+
+  /**
+   * Serves a protocol to members only: a stream from any other peer (one let in to
+   * join, say) is reset before the handler sees it, and counted.
+   */
   async handle (protocol: string, handler: (stream: Stream, remotePeer: string) => Promise<void>, maxInboundStreams = 16): Promise<void> {
+    await this.handleOpen(protocol, async (stream, peer) => {
+      if (!this.isMember(peer)) {
+        this.refusedStreams++
+        this.log.warn({ protocol, peer }, 'stream from a non-member refused')
+        stream.abort(new Error('not a member of this cluster'))
+        return
+      }
+      await handler(stream, peer)
+    }, maxInboundStreams)
+  }
+
+  /** Serves a protocol to any connected peer; the handler gets the authenticated peer id and decides. */
+  async handleOpen (protocol: string, handler: (stream: Stream, remotePeer: string) => Promise<void>, maxInboundStreams = 16): Promise<void> {
     await this.host.handle(protocol, (stream, connection) => {
       handler(stream, connection.remotePeer.toString()).catch((err) => {
         this.log.warn({ protocol, peer: connection.remotePeer.toString(), err: (err as Error).message }, 'stream handler failed')
         try { stream.abort(err as Error) } catch {}
       })
     }, { maxInboundStreams })
+  }
+
+  /** Streams from non-members reset by handle(). */
+  get refusedStreamCount (): number { return this.refusedStreams }
+
+  async dialAddr (addr: string, protocol: string, signal: AbortSignal): Promise<Stream> {
+    return await this.host.dialProtocol(multiaddr(addr), protocol, { signal })
+  }
+
+  connectedPeers (): string[] {
+    return [...new Set(this.host.getConnections().filter((c) => c.status === 'open').map((c) => c.remotePeer.toString()))]
+  }
+
+  /** Closes every connection to the peer and forgets what it claimed. */
+  async disconnect (peerId: string, why: string): Promise<void> {
+    this.log.info({ peer: peerId, why }, 'disconnecting')
+    await this.connector?.disconnect(peerId, why)
+  }
+
+  onConnect (fn: (peerId: string) => void): () => void {
+    const h = (evt: CustomEvent<PeerId>): void => { fn(evt.detail.toString()) }
+    this.host.addEventListener('peer:connect', h)
+    return () => { this.host.removeEventListener('peer:connect', h) }
   }
 
   private async resources (): Promise<Heartbeat['resources']> {

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { MscError } from '../util/errors.ts'
+import { writeFileAtomic } from '../util/atomic-file.ts'
 
 /** The parts of an OCI runtime config msc reads or rewrites; the rest passes through. */
 export interface OciConfig {
@@ -86,7 +87,6 @@ export function runtimeConfig (b: LoadedBundle, cgroupsPath: string, requestSock
 
 export async function writeRuntimeBundle (dir: string, config: OciConfig): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: 0o700 })
-  const tmp = path.join(dir, 'config.json.tmp')
-  await fs.writeFile(tmp, JSON.stringify(config, null, 2), { mode: 0o600 })
-  await fs.rename(tmp, path.join(dir, 'config.json'))
+  // Restores after a crash read this config: it must be whole, never half-written.
+  await writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
 }

@@ -64,6 +64,12 @@ export interface StartClusterOptions {
   nodeEnv?: Record<string, NodeJS.ProcessEnv>
   /** Start the nodes at once (default true); otherwise call start() per node. */
   start?: boolean
+  /**
+   * How the nodes form their cluster: 'key' (default) gives every node `--psk` with one
+   * key file made for this cluster (c.keyFile); 'none' leaves it to the test (each node
+   * then makes its own cluster unless given `--join TOKEN`).
+   */
+  formation?: 'key' | 'none'
 }
 
 /** Overlay and target settings the environment must not sneak into a test's nodes. */
@@ -79,13 +85,16 @@ export class Cluster {
   readonly root: string
   readonly nodes: ClusterNode[]
   readonly env: NodeJS.ProcessEnv
+  /** The cluster key file every node gets (formation 'key'), or '' */
+  readonly keyFile: string
   #destroyed = false
 
-  constructor (tb: Testbed, root: string, nodes: ClusterNode[], env: NodeJS.ProcessEnv) {
+  constructor (tb: Testbed, root: string, nodes: ClusterNode[], env: NodeJS.ProcessEnv, keyFile = '') {
     this.tb = tb
     this.root = root
     this.nodes = nodes
     this.env = env
+    this.keyFile = keyFile
   }
 
   /** By name (`n2`), host name (`h2`) or index (2). */
@@ -103,8 +112,9 @@ export class Cluster {
     if (args != null) node.args = args
     if (isRunning(node.proc)) throw new Error(`${node.name} is already running (pid ${node.proc!.pid})`)
     const out = await fs.open(node.logFile, 'a')
+    const key = this.keyFile !== '' ? ['--psk', this.keyFile] : []
     try {
-      node.proc = await this.tb.spawn(node.host, MSC, ['node', 'start', '--data-dir', node.dataDir, '--name', node.name, ...node.args], {
+      node.proc = await this.tb.spawn(node.host, MSC, ['node', 'start', '--data-dir', node.dataDir, '--name', node.name, ...key, ...node.args], {
         env: { ...this.env, ...node.env }, stdio: ['ignore', out.fd, out.fd]
       })
     } finally {
@@ -364,7 +374,17 @@ export async function startCluster (opts: StartClusterOptions): Promise<Cluster>
     peerId: '',
     addr: ''
   }))
-  const c = new Cluster(tb, root, nodes, env)
+  let keyFile = ''
+  if (opts.formation !== 'none') {
+    keyFile = path.join(root, 'cluster.key')
+    const k = await execa(MSC, ['keygen', 'psk', keyFile], { reject: false, env })
+    if (k.exitCode !== 0) {
+      await tb.destroy().catch(() => {})
+      await fs.rm(root, { recursive: true, force: true })
+      throw new Error(`msc keygen psk failed: ${String(k.stderr)}`)
+    }
+  }
+  const c = new Cluster(tb, root, nodes, env, keyFile)
   if (opts.start !== false) {
     try {
       await c.startAll()

@@ -399,7 +399,7 @@ describe('live migration between three nodes', () => {
     assert.equal(unknownPeer.exitCode, 1, JSON.stringify(unknownPeer))
     assert.equal(unknownPeer.result.ok, false)
     assert.equal(unknownPeer.result.error?.code, 'NOT_FOUND')
-    assert.match(unknownPeer.result.error!.message, /no peer no-such-peer in this node's view/)
+    assert.match(unknownPeer.result.error!.message, /no member no-such-peer in this node's cluster/)
     assert.match(unknownPeer.stderr, /migration of counter failed: no peer no-such-peer/)
     assert.match(unknownPeer.stderr, new RegExp(`counter still runs on ${src.name}`))
 

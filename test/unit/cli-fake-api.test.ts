@@ -34,7 +34,8 @@ const STATUS: NodeStatus = {
   peerId: '12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF', name: 'fake', addrs: ['/ip4/127.0.0.1/tcp/4710/p2p/12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF'],
   peersAlive: 0, peersKnown: 0, membership: { accepted: 0, dropped: {} },
   version: '0.1.0', pid: 1, dataDir: '/fake', nodeId: 'deadbeef', cgroupParent: 'msc-deadbeef',
-  runc: 'runc', criu: 'criu', containers: CONTAINERS.length, startedAt: new Date().toISOString()
+  runc: 'runc', criu: 'criu', containers: CONTAINERS.length, startedAt: new Date().toISOString(),
+  cluster: { id: '0123456789abcdef0123456789abcdef', mode: 'token', members: 1, joinHint: 'run `msc cluster token`', refused: { connections: 0, streams: 0, records: 0 } }
 }
 
 const calls: Array<{ op: string, args: unknown[] }> = []
@@ -54,6 +55,16 @@ const handlers: ControlHandlers = {
   join: async () => { throw new MscError('RUNTIME_ERROR', 'no joining in this test') },
   migrate: async () => { throw new MscError('RUNTIME_ERROR', 'no migration in this test') },
   movedTo: async () => null,
+  clusterInfo: async () => ({ ...STATUS.cluster, members: [], conflicts: [] }),
+  clusterToken: async (ttlMs) => {
+    calls.push({ op: 'clusterToken', args: [ttlMs] })
+    return { token: 'msc1.faketoken', cluster: STATUS.cluster.id, expiresAt: new Date(Date.now() + ttlMs).toISOString() }
+  },
+  removePeer: async (who) => {
+    calls.push({ op: 'removePeer', args: [who] })
+    if (who === 'ghost') throw new MscError('NOT_FOUND', 'no member ghost in cluster')
+    return { peerId: '12D3KooWRemovedRemovedRemovedRemovedRemovedRemoved', name: who }
+  },
   list: async () => CONTAINERS,
   inspect: async (name) => {
     const c = CONTAINERS.find((x) => x.name === name)
@@ -152,6 +163,26 @@ describe('output', () => {
     const r = await msc('rm', 'web', '--force', '--api-socket', sock)
     assert.equal(r.exitCode, 0, r.stderr)
     assert.deepEqual(calls, [{ op: 'remove', args: ['web', true] }])
+  })
+
+  test('cluster token prints one line, the token, and sends the --ttl in ms', async () => {
+    const r = await msc('cluster', 'token', '--ttl', '10m', '--api-socket', sock)
+    assert.equal(r.exitCode, 0, r.stderr)
+    assert.equal(r.stdout, 'msc1.faketoken\n')
+    assert.deepEqual(calls.at(-1), { op: 'clusterToken', args: [600_000] })
+    const bad = await msc('cluster', 'token', '--ttl', 'forever', '--api-socket', sock)
+    assert.equal(bad.exitCode, 2, bad.stderr)
+    assert.match(bad.stderr, /--ttl/)
+  })
+
+  test('peer rm reaches the handler with the peer as given; an unknown one exits 1', async () => {
+    const r = await msc('peer', 'rm', 'n3', '--api-socket', sock)
+    assert.equal(r.exitCode, 0, r.stderr)
+    assert.match(r.stdout, /removed n3 \(12D3KooW/)
+    assert.deepEqual(calls.at(-1), { op: 'removePeer', args: ['n3'] })
+    const ghost = await msc('peer', 'rm', 'ghost', '--api-socket', sock)
+    assert.equal(ghost.exitCode, 1)
+    assert.match(ghost.stderr, /no member ghost/)
   })
 
   test('logs prints the rotated file, then the current one', async () => {

@@ -5,19 +5,23 @@
  */
 import { before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import type { PrivateKey } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { signHandover } from '../../src/cluster/handover.ts'
 import {
-  decodeHeartbeat, encodeHeartbeat, HEARTBEAT_VERSION, MAX_CONTAINERS, MAX_HEARTBEAT_BYTES
+  decodeHeartbeat, DROP_REASONS, encodeHeartbeat, HEARTBEAT_VERSION, MAX_CONTAINERS, MAX_EPOCH, MAX_HEARTBEAT_BYTES
 } from '../../src/overlay/membership/heartbeat.ts'
 import type { ContainerClaim, DecodeResult, DropReason, Heartbeat } from '../../src/overlay/membership/heartbeat.ts'
 
 let alice = ''
 let bob = ''
+let bobKey: PrivateKey
 
 before(async () => {
   alice = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
-  bob = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
+  bobKey = await generateKeyPair('Ed25519')
+  bob = peerIdFromPrivateKey(bobKey).toString()
   assert.notEqual(alice, bob)
 })
 
@@ -61,6 +65,14 @@ function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): v
 }
 
 describe('round trip', () => {
+  test('this is version 2, with every drop reason named', () => {
+    assert.equal(HEARTBEAT_VERSION, 2)
+    assert.deepEqual([...DROP_REASONS], [
+      'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
+      'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit'
+    ])
+  })
+
   test('a valid heartbeat decodes to the same object', () => {
     const hb = heartbeat()
     const bytes = encodeHeartbeat(hb)
@@ -75,6 +87,12 @@ describe('round trip', () => {
     assert.deepEqual(decodeHeartbeat(encodeHeartbeat(hb), alice), { ok: true, heartbeat: hb })
   })
 
+  test('the largest epoch, 2^40, is accepted on the wire', () => {
+    assert.equal(MAX_EPOCH, 2 ** 40)
+    const hb = heartbeat({ containers: [{ name: 'web', epoch: MAX_EPOCH, state: 'running' }] })
+    assert.equal(decodeHeartbeat(encodeHeartbeat(hb), alice).ok, true)
+  })
+
   test('every container state and MAX_CONTAINERS containers are accepted', () => {
     const states: Array<ContainerClaim['state']> = ['running', 'paused', 'created', 'stopped', 'checkpointed']
     const containers = Array.from({ length: MAX_CONTAINERS }, (_, i) => ({ name: `c${i}`, epoch: i + 1, state: states[i % states.length]! }))
@@ -82,6 +100,44 @@ describe('round trip', () => {
     const r = decodeHeartbeat(encodeHeartbeat(hb), alice)
     assert.equal(r.ok, true)
     if (r.ok) assert.equal(r.heartbeat.containers.length, MAX_CONTAINERS)
+  })
+})
+
+describe('handover (v2)', () => {
+  test('a claim with a handover round-trips, and one claim with a handover is about 330 bytes', async () => {
+    const h = await signHandover(bobKey, { container: 'web-1', epoch: 4, from: bob, to: alice, at: 1_700_000_123_000 })
+    const plain = heartbeat({ containers: [{ name: 'web-1', epoch: 4, state: 'running' }] })
+    const hb = heartbeat({ containers: [{ name: 'web-1', epoch: 4, state: 'running', handover: h }] })
+    assert.deepEqual(decodeHeartbeat(encodeHeartbeat(hb), alice), { ok: true, heartbeat: hb })
+    const extra = encodeHeartbeat(hb).length - encodeHeartbeat(plain).length
+    assert.ok(extra > 250 && extra < 320, `a handover adds ${extra} bytes`)
+  })
+
+  test('a malformed handover makes the message malformed', async () => {
+    const h = await signHandover(bobKey, { container: 'web-1', epoch: 4, from: bob, to: alice, at: 1 })
+    const cases: Array<[string, unknown]> = [
+      ['an extra field', { ...h, note: 'x' }],
+      ['no sig', { ...h, sig: undefined }],
+      ['a short sig', { ...h, sig: h.sig.slice(1) }],
+      ['a bad from', { ...h, from: 'bob' }],
+      ['epoch 0', { ...h, epoch: 0 }],
+      ['a string', 'signed by bob'],
+      ['null', null]
+    ]
+    for (const [what, handover] of cases) {
+      const r = decodeHeartbeat(raw(heartbeat(), (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.handover = handover }), alice)
+      assert.equal(r.ok, false, what)
+      if (!r.ok) {
+        assert.equal(r.reason, 'malformed', `${what}: ${r.reason}`)
+        assert.match(r.detail, /^containers\.0\.handover/, what)
+      }
+    }
+  })
+
+  test('the codec does not check signatures (the view does, when a handover decides)', async () => {
+    const h = await signHandover(bobKey, { container: 'web-1', epoch: 4, from: bob, to: alice, at: 1 })
+    const forged = { ...h, at: 2 }
+    assert.equal(decodeHeartbeat(encodeHeartbeat(heartbeat({ containers: [{ name: 'web-1', epoch: 4, state: 'running', handover: forged }] })), alice).ok, true)
   })
 })
 
@@ -109,7 +165,7 @@ describe('oversized', () => {
   test('encodeHeartbeat refuses a heartbeat that would exceed 64 KiB', () => {
     // Schema-valid, but 512 long container names and 32 long addresses exceed the wire limit.
     const containers = Array.from({ length: MAX_CONTAINERS }, (_, i) => ({
-      name: `c${String(i).padStart(3, '0')}`.padEnd(63, 'x'), epoch: Number.MAX_SAFE_INTEGER, state: 'checkpointed' as const
+      name: `c${String(i).padStart(3, '0')}`.padEnd(63, 'x'), epoch: MAX_EPOCH, state: 'checkpointed' as const
     }))
     const addrs = Array.from({ length: 32 }, (_, i) => `/dns4/host${i}.example.org/tcp/4001/`.padEnd(256, 'a'))
     const hb = heartbeat({ containers, addrs })
@@ -179,6 +235,8 @@ describe('malformed', () => {
       ['resources as a number', (o) => { o.resources = 0 }],
       ['memFreeBytes negative', (o) => { (o.resources as Record<string, unknown>).memFreeBytes = -1 }],
       ['container epoch 0', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = 0 }],
+      ['container epoch above 2^40', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = MAX_EPOCH + 1 }],
+      ['container epoch 2^53', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = 2 ** 53 }],
       ['container epoch as a string', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = '3' }],
       ['container state unknown', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.state = 'migrating' }],
       ['peerId as a number', (o) => { o.peerId = 12 }],
@@ -223,13 +281,14 @@ describe('malformed', () => {
 })
 
 describe('version', () => {
-  test('v: 2 is a version drop, even when the rest would not parse', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 2 }), alice), 'version', /version 2/)
-    assertDropped(decodeHeartbeat(text('{"v":2,"future":"format"}'), alice), 'version', /version 2/)
+  test('v: 1 (the previous version) and v: 3 are version drops, even when the rest would not parse', () => {
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 1 }), alice), 'version', /version 1/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 3 }), alice), 'version', /version 3/)
+    assertDropped(decodeHeartbeat(text('{"v":3,"future":"format"}'), alice), 'version', /version 3/)
   })
 
-  test('v: "1" (a string) is a version drop', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = '1' }), alice), 'version', /version "1"/)
+  test('v: "2" (a string) is a version drop', () => {
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = '2' }), alice), 'version', /version "2"/)
   })
 
   test('v: null and v: 0 are version drops', () => {

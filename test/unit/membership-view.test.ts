@@ -5,12 +5,15 @@
  */
 import { before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import type { PrivateKey } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { HEARTBEAT_VERSION } from '../../src/overlay/membership/heartbeat.ts'
+import { signHandover } from '../../src/cluster/handover.ts'
+import type { Handover } from '../../src/cluster/handover.ts'
+import { HEARTBEAT_VERSION, MAX_EPOCH, MAX_EPOCH_JUMP } from '../../src/overlay/membership/heartbeat.ts'
 import type { ContainerClaim, DropReason, Heartbeat } from '../../src/overlay/membership/heartbeat.ts'
 import { MembershipView } from '../../src/overlay/membership/membership-view.ts'
-import type { MembershipTimers } from '../../src/overlay/membership/membership-view.ts'
+import type { MembershipTimers, MembershipViewInit } from '../../src/overlay/membership/membership-view.ts'
 
 const TIMERS: MembershipTimers = { suspectAfterMs: 3000, deadAfterMs: 5000, forgetAfterMs: 60000, maxAgeMs: 30000 }
 const T0 = 1_000_000
@@ -20,12 +23,24 @@ let SELF = ''
 let A = ''
 let B = ''
 let C = ''
+/** Each peer's libp2p key, to sign handovers with. */
+const keys = new Map<string, PrivateKey>()
 
 before(async () => {
-  const ids = await Promise.all([0, 1, 2, 3].map(async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()))
+  const pairs = await Promise.all([0, 1, 2, 3].map(async () => await generateKeyPair('Ed25519')))
+  const ids = pairs.map((k) => peerIdFromPrivateKey(k).toString())
   ;[SELF, A, B, C] = ids as [string, string, string, string]
   assert.equal(new Set(ids).size, 4)
+  ids.forEach((id, i) => keys.set(id, pairs[i]!))
 })
+
+/** A handover of `container` at `epoch` from `from` to `to`, signed with `signer`'s key (the owner's by default). */
+async function handover (container: string, epoch: number, from: string, to: string, signer = from): Promise<Handover> {
+  if (signer === from) return await signHandover(keys.get(from)!, { container, epoch, from, to, at: t })
+  // Signed by another key: signHandover refuses that, so sign as the signer and swap `from` back in.
+  const h = await signHandover(keys.get(signer)!, { container, epoch, from: signer, to, at: t })
+  return { ...h, from }
+}
 
 type Recorded =
   | { type: 'member:state', peerId: string, from: string | null, to: string }
@@ -33,9 +48,9 @@ type Recorded =
   | { type: 'drop', peerId: string, reason: DropReason, detail: string }
 
 /** A view on the fake clock, reset to T0, with every event recorded in order. */
-function setup (): { view: MembershipView, events: Recorded[], take: () => Recorded[] } {
+function setup (init: Partial<MembershipViewInit> = {}): { view: MembershipView, events: Recorded[], take: () => Recorded[] } {
   t = T0
-  const view = new MembershipView({ selfId: SELF, timers: TIMERS, now: () => t })
+  const view = new MembershipView({ selfId: SELF, timers: TIMERS, now: () => t, ...init })
   const events: Recorded[] = []
   view.addEventListener('member:state', (e) => { events.push({ type: 'member:state', ...e.detail }) })
   view.addEventListener('owner:change', (e) => { events.push({ type: 'owner:change', ...e.detail }) })
@@ -51,7 +66,18 @@ function drops (events: Recorded[]): Array<{ peerId: string, reason: DropReason 
 }
 
 const ZERO_DROPS: Record<DropReason, number> = {
-  oversized: 0, malformed: 0, version: 0, 'forged-sender': 0, stale: 0, replayed: 0, 'epoch-regression': 0, 'owner-conflict': 0
+  oversized: 0,
+  malformed: 0,
+  version: 0,
+  'forged-sender': 0,
+  'not-member': 0,
+  stale: 0,
+  replayed: 0,
+  'epoch-regression': 0,
+  'owner-conflict': 0,
+  'unproven-handover': 0,
+  'epoch-jump': 0,
+  'claim-limit': 0
 }
 
 function dropped (view: MembershipView): Record<DropReason, number> { return view.stats().dropped }
@@ -74,8 +100,8 @@ function hb (peerId: string, seq: number, over: Partial<Heartbeat> = {}): Heartb
   }
 }
 
-function claim (name: string, epoch: number, state: ContainerClaim['state'] = 'running'): ContainerClaim {
-  return { name, epoch, state }
+function claim (name: string, epoch: number, state: ContainerClaim['state'] = 'running', h?: Handover): ContainerClaim {
+  return h == null ? { name, epoch, state } : { name, epoch, state, handover: h }
 }
 
 function owner (view: MembershipView, container: string): { owner: string | null, epoch: number } | undefined {
@@ -482,11 +508,11 @@ describe('ownership', () => {
     assert.deepEqual(dropped(view), ZERO_DROPS)
   })
 
-  test('a higher epoch from another peer takes the container over', () => {
+  test('a higher epoch from another peer, with the owner\'s handover, takes the container over', async () => {
     const { view, take } = setup()
     view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
     take()
-    view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
+    view.ingest(hb(B, 1, { containers: [claim('web', 4, 'running', await handover('web', 4, A, B))] }))
     assert.deepEqual(take(), [
       { type: 'member:state', peerId: B, from: null, to: 'alive' },
       { type: 'owner:change', container: 'web', from: A, to: B, epoch: 4 }
@@ -615,8 +641,27 @@ describe('ownership', () => {
     assert.equal(view.get(A)?.state, 'dead')
     assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
     take()
+    // Dead is not gone: without a handover (A cannot sign one) or a grant, B may not take it.
     view.ingest(hb(B, 3, { containers: [claim('web', view.nextEpoch('web'))] }))
-    assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: A, to: B, epoch: 4 }])
+    assert.deepEqual(drops(take()), [{ peerId: B, reason: 'unproven-handover' }])
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
+  })
+
+  test('a dead member\'s container is taken with a grant (verifyGrant)', () => {
+    const asked: Array<[string, number, string, string | null, number]> = []
+    const { view, take } = setup({
+      verifyGrant: (c, claimant, current) => {
+        asked.push([c.name, c.epoch, claimant, current.owner, current.epoch])
+        return claimant === B
+      }
+    })
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    take()
+    view.ingest(hb(C, 1, { containers: [claim('web', 4)] }))
+    assert.deepEqual(drops(take()), [{ peerId: C, reason: 'unproven-handover' }])
+    view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
+    assert.deepEqual(take().filter((e) => e.type === 'owner:change'), [{ type: 'owner:change', container: 'web', from: A, to: B, epoch: 4 }])
+    assert.deepEqual(asked, [['web', 4, C, A, 3], ['web', 4, B, A, 3]])
   })
 
   test('heartbeats that were dropped do not touch ownership', () => {
@@ -648,11 +693,15 @@ describe('ownership', () => {
       assert.equal(view.get(SELF), undefined)
     })
 
-    test('a higher epoch takes over a peer\'s container, and the peer then regresses', () => {
+    test('a higher epoch with the peer\'s handover takes over its container, and the peer then regresses', async () => {
       const { view, take } = setup()
       view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
       take()
-      view.setLocalClaims([claim('web', view.nextEpoch('web'))])
+      // Without the handover our own claim is not recorded either (and not counted).
+      view.setLocalClaims([claim('web', 4)])
+      assert.deepEqual(take(), [])
+      assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
+      view.setLocalClaims([claim('web', view.nextEpoch('web'), 'running', await handover('web', 4, A, SELF))])
       assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: A, to: SELF, epoch: 4 }])
       view.ingest(hb(A, 2, { containers: [claim('web', 3)] }))
       assert.deepEqual(drops(take()), [{ peerId: A, reason: 'epoch-regression' }])
@@ -689,5 +738,285 @@ describe('ownership', () => {
       view.setLocalClaims([claim('web', view.nextEpoch('web'))])
       assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: null, to: SELF, epoch: 4 }])
     })
+  })
+})
+
+describe('members only (isMember)', () => {
+  test('a heartbeat from a peer that is not a member is dropped before anything else', () => {
+    const members = new Set<string>()
+    const { view, take } = setup({ isMember: (p) => members.has(p) })
+    // Even a stale one is counted as not-member: membership is checked first.
+    assert.equal(view.ingest(hb(A, 1, { sentAt: T0 - 60_000, containers: [claim('web', 1)] })), false)
+    assert.equal(view.ingest(hb(A, 2, { type: 'leave' })), false)
+    assert.equal(view.get(A), undefined)
+    assert.equal(view.ownerOf('web'), undefined)
+    assert.deepEqual(drops(take()), [{ peerId: A, reason: 'not-member' }, { peerId: A, reason: 'not-member' }])
+    assert.deepEqual(view.stats(), { accepted: 0, dropped: { ...ZERO_DROPS, 'not-member': 2 } })
+    members.add(A)
+    assert.equal(view.ingest(hb(A, 3, { containers: [claim('web', 1)] })), true)
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 1 })
+  })
+
+  test('forget() removes a member and releases its names', () => {
+    const { view, take } = setup()
+    view.ingest(hb(A, 1, { containers: [claim('web', 3), claim('db', 1)] }))
+    take()
+    view.forget(A)
+    assert.equal(view.get(A), undefined)
+    assert.deepEqual(take(), [
+      { type: 'owner:change', container: 'web', from: A, to: null, epoch: 3 },
+      { type: 'owner:change', container: 'db', from: A, to: null, epoch: 1 }
+    ])
+    // Released: another member takes it at a higher epoch without a handover.
+    view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
+    assert.deepEqual(owner(view, 'web'), { owner: B, epoch: 4 })
+  })
+})
+
+describe('only an owner hands over', () => {
+  test('a claim one epoch above a live owner, without a handover, is refused and changes nothing', () => {
+    const { view, take } = setup()
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    take()
+    assert.equal(view.ingest(hb(B, 1, { containers: [claim('web', 4), claim('db', 1)] })), true)
+    const evs = take()
+    assert.deepEqual(evs.filter((e) => e.type === 'owner:change'), [{ type: 'owner:change', container: 'db', from: null, to: B, epoch: 1 }])
+    const d = evs.find((e) => e.type === 'drop')
+    assert.ok(d?.type === 'drop')
+    assert.equal(d.reason, 'unproven-handover')
+    assert.match(d.detail, /web at epoch 4 is owned by .* at 3: no handover/)
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
+    assert.deepEqual(view.get(B)?.containers.map((c) => c.name), ['db'])
+    assert.equal(view.nextEpoch('web'), 4)
+    assert.equal(dropped(view)['unproven-handover'], 1)
+  })
+
+  test('a handover that is not the owner\'s, not for this claim, or badly signed is refused', async () => {
+    const { view, take } = setup()
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    take()
+    const bad: Array<[string, Handover, RegExp]> = [
+      ['signed by C from C', await handover('web', 4, C, B), /from .*, not from the owner/],
+      ['for another claimant', await handover('web', 4, A, C), /handover is for web@4 to /],
+      ['for another epoch', await handover('web', 5, A, B), /handover is for web@5/],
+      ['for another container', await handover('db', 4, A, B), /handover is for db@4/],
+      ['from A, signed with B\'s key', await handover('web', 4, A, B, B), /signature does not verify/],
+      ['from A, its signature altered', { ...await handover('web', 4, A, B), at: t + 1 }, /signature does not verify/]
+    ]
+    let seq = 1
+    for (const [what, h, detail] of bad) {
+      view.ingest(hb(B, seq++, { containers: [claim('web', 4, 'running', h)] }))
+      const evs = take()
+      assert.deepEqual(drops(evs), [{ peerId: B, reason: 'unproven-handover' }], what)
+      const d = evs.find((e) => e.type === 'drop')
+      assert.ok(d?.type === 'drop')
+      assert.match(d.detail, detail, what)
+      assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 }, what)
+    }
+    assert.equal(dropped(view)['unproven-handover'], bad.length)
+  })
+
+  test('a handover may skip epochs the owner signed for', async () => {
+    const { view } = setup()
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    view.ingest(hb(B, 1, { containers: [claim('web', 9, 'running', await handover('web', 9, A, B))] }))
+    assert.deepEqual(owner(view, 'web'), { owner: B, epoch: 9 })
+  })
+
+  test('our own container: only a handover signed by us moves it, so a hostile member never causes a fence', async () => {
+    const { view, take } = setup()
+    // The node's listener fences when a container moves from us to someone else.
+    const fenced: string[] = []
+    view.addEventListener('owner:change', (e) => { if (e.detail.from === SELF && e.detail.to != null && e.detail.to !== SELF) fenced.push(e.detail.container) })
+    view.setLocalClaims([claim('web', 1)])
+    take()
+    let seq = 1
+    const attempts: Array<[string, ContainerClaim]> = [
+      ['no handover', claim('web', 2)],
+      ['a handover from A to A', claim('web', 2, 'running', await handover('web', 2, A, A))],
+      ['a handover "from us" signed by A', claim('web', 2, 'running', await handover('web', 2, SELF, A, A))],
+      ['a handover from us to B', claim('web', 2, 'running', await handover('web', 2, SELF, B))],
+      ['an epoch jump', claim('web', 1 + MAX_EPOCH_JUMP + 1)],
+      ['the same epoch', claim('web', 1)]
+    ]
+    for (const [what, c] of attempts) {
+      view.ingest(hb(A, seq++, { containers: [c] }))
+      assert.equal(take().filter((e) => e.type === 'owner:change').length, 0, what)
+      assert.deepEqual(owner(view, 'web'), { owner: SELF, epoch: 1 }, what)
+    }
+    assert.deepEqual(fenced, [])
+    assert.deepEqual(view.stats().dropped, { ...ZERO_DROPS, 'unproven-handover': 4, 'epoch-jump': 1, 'owner-conflict': 1 })
+    // Our own handover: the container moves (the migration committed), and the node fences.
+    view.ingest(hb(A, seq++, { containers: [claim('web', 2, 'running', await handover('web', 2, SELF, A))] }))
+    assert.deepEqual(take().filter((e) => e.type === 'owner:change'), [{ type: 'owner:change', container: 'web', from: SELF, to: A, epoch: 2 }])
+    assert.deepEqual(fenced, ['web'])
+  })
+
+  test('a grant is asked only when there is no handover; a throwing hook is a refusal', async () => {
+    let asked = 0
+    const { view, take } = setup({ verifyGrant: () => { asked++; throw new Error('boom') } })
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
+    view.ingest(hb(B, 2, { containers: [claim('web', 4, 'running', await handover('web', 4, C, B))] }))
+    assert.equal(asked, 1)
+    assert.deepEqual(drops(take()), [{ peerId: B, reason: 'unproven-handover' }, { peerId: B, reason: 'unproven-handover' }])
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
+  })
+
+  test('no proof is needed for an unknown name, a tombstone, or the owner raising its own epoch', () => {
+    const { view, take } = setup()
+    // Unknown: nobody in this view runs it (a view that starts later learns names this way).
+    view.ingest(hb(A, 1, { containers: [claim('web', 7), claim('db', 1)] }))
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 7 })
+    // The owner raises its own epoch.
+    view.ingest(hb(A, 2, { containers: [claim('web', 8), claim('db', 1)] }))
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 8 })
+    // Released, then taken by another at a higher epoch.
+    view.ingest(hb(A, 3, { containers: [claim('db', 1)] }))
+    view.ingest(hb(B, 1, { containers: [claim('web', 9)] }))
+    assert.deepEqual(owner(view, 'web'), { owner: B, epoch: 9 })
+    assert.deepEqual(drops(take()), [])
+  })
+})
+
+describe('epoch bounds', () => {
+  test('a jump of more than 2^20 above the held epoch is refused', () => {
+    const { view, take } = setup()
+    view.ingest(hb(A, 1, { containers: [claim('new', MAX_EPOCH_JUMP + 1), claim('ok', MAX_EPOCH_JUMP), claim('web', 5)] }))
+    assert.deepEqual(drops(take()), [{ peerId: A, reason: 'epoch-jump' }])
+    assert.equal(view.ownerOf('new'), undefined)
+    assert.deepEqual(owner(view, 'ok'), { owner: A, epoch: MAX_EPOCH_JUMP })
+    // The owner itself raising by more than 2^20: refused, and the name is released (not validly claimed).
+    view.ingest(hb(A, 2, { containers: [claim('ok', MAX_EPOCH_JUMP), claim('web', 5 + MAX_EPOCH_JUMP + 1)] }))
+    assert.deepEqual(drops(take()), [{ peerId: A, reason: 'epoch-jump' }])
+    assert.deepEqual(owner(view, 'web'), { owner: null, epoch: 5 })
+    view.ingest(hb(A, 3, { containers: [claim('ok', MAX_EPOCH_JUMP), claim('web', 5 + MAX_EPOCH_JUMP)] }))
+    assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 5 + MAX_EPOCH_JUMP })
+    assert.equal(dropped(view)['epoch-jump'], 2)
+  })
+
+  test('no epoch at or above MAX_EPOCH (2^40) is recorded, so nextEpoch() stays a valid wire epoch', () => {
+    assert.equal(MAX_EPOCH, 2 ** 40)
+    // Reaching the top takes 2^20 raises with the default jump bound; a wider bound gets there at once.
+    const { view, take } = setup({ maxEpochJump: MAX_EPOCH })
+    view.ingest(hb(A, 1, { containers: [claim('top', MAX_EPOCH - 1), claim('over', MAX_EPOCH)] }))
+    assert.deepEqual(drops(take()), [{ peerId: A, reason: 'epoch-jump' }])
+    assert.deepEqual(owner(view, 'top'), { owner: A, epoch: MAX_EPOCH - 1 })
+    assert.equal(view.ownerOf('over'), undefined)
+    assert.equal(view.nextEpoch('top'), MAX_EPOCH)
+    // Released and retaken at nextEpoch: refused, the name is exhausted (and no claim of ours leaves the wire range).
+    view.ingest(hb(A, 2, { containers: [] }))
+    view.ingest(hb(B, 1, { containers: [claim('top', view.nextEpoch('top'))] }))
+    assert.deepEqual(drops(take()), [{ peerId: B, reason: 'epoch-jump' }])
+    assert.deepEqual(owner(view, 'top'), { owner: null, epoch: MAX_EPOCH - 1 })
+  })
+})
+
+describe('bounded state', () => {
+  test('claims past maxClaimsPerPeer are dropped as claim-limit, counted one by one, reported twice at most', () => {
+    const { view, take } = setup({ maxClaimsPerPeer: 3 })
+    view.ingest(hb(A, 1, { containers: ['a', 'b', 'c', 'd', 'e', 'f'].map((n) => claim(n, 1)) }))
+    const evs = take()
+    assert.deepEqual(evs.filter((e) => e.type === 'owner:change').map((e) => e.type === 'owner:change' ? e.container : ''), ['a', 'b', 'c'])
+    const ds = evs.filter((e) => e.type === 'drop')
+    assert.deepEqual(ds.map((e) => e.type === 'drop' ? e.reason : ''), ['claim-limit', 'claim-limit'])
+    assert.ok(ds[0]?.type === 'drop' && /^d: .* already holds 3 names/.test(ds[0].detail))
+    assert.ok(ds[1]?.type === 'drop' && ds[1].detail === '2 more claims in this heartbeat: e, f')
+    assert.equal(dropped(view)['claim-limit'], 3)
+    assert.deepEqual(view.get(A)?.containers.map((c) => c.name), ['a', 'b', 'c'])
+    assert.deepEqual(view.records(), { owned: 3, tombstones: 0 })
+  })
+
+  test('a tombstone is pruned by tick() once older than tombstoneTtlMs: the name is unknown again', () => {
+    const { view, take } = setup({ tombstoneTtlMs: 60_000 })
+    view.ingest(hb(A, 1, { containers: [claim('web', 3), claim('db', 1)] }))
+    t += 1000
+    view.ingest(hb(A, 2, { containers: [claim('db', 1)] })) // web released at T0 + 1000
+    t += 10_000
+    view.ingest(hb(A, 3, { containers: [] })) // db released at T0 + 11000
+    take()
+    assert.deepEqual(view.records(), { owned: 0, tombstones: 2 })
+    t = T0 + 1000 + 60_000
+    view.tick()
+    assert.deepEqual(owner(view, 'web'), { owner: null, epoch: 3 })
+    t += 1
+    view.tick()
+    assert.equal(view.ownerOf('web'), undefined)
+    assert.equal(view.nextEpoch('web'), 1)
+    assert.deepEqual(owner(view, 'db'), { owner: null, epoch: 1 })
+    assert.deepEqual(view.records(), { owned: 0, tombstones: 1 })
+    t = T0 + 11_000 + 60_001
+    view.tick()
+    assert.deepEqual(view.records(), { owned: 0, tombstones: 0 })
+    // Pruning is silent.
+    assert.deepEqual(take().filter((e) => e.type !== 'member:state'), [])
+  })
+
+  test('a retaken tombstone is no longer pruned', () => {
+    const { view } = setup({ tombstoneTtlMs: 1000 })
+    view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+    view.ingest(hb(A, 2, { containers: [] }))
+    view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
+    t += 5000
+    view.tick()
+    assert.deepEqual(owner(view, 'web'), { owner: B, epoch: 4 })
+  })
+
+  test('at most maxTombstonesPerPeer tombstones per releasing peer, oldest pruned first', () => {
+    const { view } = setup({ maxTombstonesPerPeer: 2 })
+    view.ingest(hb(B, 1, { containers: [claim('b1', 1)] }))
+    view.ingest(hb(B, 2, { containers: [] }))
+    let seq = 1
+    for (const n of ['x1', 'x2', 'x3', 'x4']) {
+      view.ingest(hb(A, seq++, { containers: [claim(n, 5)] }))
+      t += 10
+    }
+    view.ingest(hb(A, seq++, { containers: [] }))
+    // A released x1..x3 one after the other, then x4: only its last two remain.
+    assert.equal(view.ownerOf('x1'), undefined)
+    assert.equal(view.ownerOf('x2'), undefined)
+    assert.deepEqual(owner(view, 'x3'), { owner: null, epoch: 5 })
+    assert.deepEqual(owner(view, 'x4'), { owner: null, epoch: 5 })
+    // Another peer's tombstones are not touched by A's.
+    assert.deepEqual(owner(view, 'b1'), { owner: null, epoch: 1 })
+    assert.deepEqual(view.records(), { owned: 0, tombstones: 3 })
+  })
+
+  test('a flood of claims from one member keeps records and work per heartbeat bounded', () => {
+    // 400 heartbeats, one a second, each naming 512 new containers (the issue's figures).
+    const { view } = setup()
+    const perHeartbeat = 512
+    const work: number[] = []
+    let maxOwned = 0
+    let maxTombstones = 0
+    for (let i = 1; i <= 400; i++) {
+      t += 1000
+      const before = view.work
+      view.ingest(hb(A, i, { containers: Array.from({ length: perHeartbeat }, (_, j) => claim(`c${i}-${j}`, 1)) }))
+      view.tick()
+      work.push(view.work - before)
+      const r = view.records()
+      maxOwned = Math.max(maxOwned, r.owned)
+      maxTombstones = Math.max(maxTombstones, r.tombstones)
+    }
+    const r = view.records()
+    // 400 x 512 = 204,800 names seen; held: the last heartbeat's 512 and 1024 tombstones.
+    assert.deepEqual(r, { owned: 512, tombstones: 1024 })
+    assert.ok(maxOwned <= 512 && maxTombstones <= 1024, `max ${maxOwned} owned, ${maxTombstones} tombstones`)
+    assert.equal(view.ownership().length, 1536)
+    // Work per heartbeat: its 512 claims, the 1024 names the sender then owns (512 kept,
+    // 512 released), the 512 tombstones pushed out. Constant once the bound is reached:
+    // the last heartbeat costs what the fourth did, whatever was seen before.
+    assert.deepEqual(work.slice(0, 4), [512 + 512, 512 + 1024, 512 + 1024, 512 + 1024 + 512])
+    assert.ok(work.slice(3).every((w) => w === 512 * 4), `work per heartbeat: ${[...new Set(work)].join(', ')}`)
+    assert.deepEqual(dropped(view), ZERO_DROPS)
+    // And a claim from anyone else is still judged in O(1).
+    const before = view.work
+    view.ingest(hb(B, 1, { containers: [claim('web', 1)] }))
+    assert.equal(view.work - before, 2) // its claim, and the one name it then owns
+    // Ten minutes on, the tombstones are gone; what A still claims stays.
+    t += 10 * 60_000 + 1
+    view.tick()
+    assert.deepEqual(view.records(), { owned: 513, tombstones: 0 })
   })
 })

@@ -1,12 +1,14 @@
 import { Option, type Command } from 'commander'
 import { MscError, type MscErrorCode } from '../../util/errors.ts'
 import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
-import { peersTable, bytes } from '../render.ts'
+import { peersTable, bytes, escapeControl } from '../render.ts'
 import type { MigrationResultInfo } from '../../api/types.ts'
+import { registerClusterCommands } from './cluster.ts'
 
 /** msc peer ls, msc peer join / msc join, msc keygen psk. */
 export function registerPeerCommands (program: Command): void {
-  const peer = program.command('peer').description('the cluster: peers, joining (and, next, migration)')
+  const peer = program.command('peer').description('the cluster\'s nodes: list, connect, remove, migrate to')
+  registerClusterCommands(program, peer)
 
   withTarget(peer.command('ls')
     .description('list the peers this node knows: id, name, addresses, state, last heard, containers')
@@ -42,15 +44,15 @@ export function registerPeerCommands (program: Command): void {
       // reason goes to stderr and the exit status says it failed.
       printJson(r)
       if (!r.ok) {
-        process.stderr.write(`msc: ${failureMessage(r)}\n`)
-        for (const d of r.error?.details ?? []) process.stderr.write(`  ${d}\n`)
+        process.stderr.write(`msc: ${escapeControl(failureMessage(r))}\n`)
+        for (const d of r.error?.details ?? []) process.stderr.write(`  ${escapeControl(d)}\n`)
         process.exitCode = r.error?.code === 'INVALID_ARGUMENT' ? 2 : 1
       }
       return
     }
     if (r.ok) {
       const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v} ms`).join(', ')
-      process.stdout.write(`${r.container} migrated ${r.fromName} -> ${r.toName} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''}\n  ${phases}\n`)
+      process.stdout.write(`${r.container} migrated ${escapeControl(r.fromName)} -> ${escapeControl(r.toName)} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''}\n  ${phases}\n`)
     }
     if (!r.ok) throw new MscError((r.error?.code ?? 'RUNTIME_ERROR') as MscErrorCode, failureMessage(r), r.error?.details ?? [])
   }

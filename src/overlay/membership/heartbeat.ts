@@ -1,4 +1,7 @@
 import { z } from 'zod'
+import { HandoverSchema, MAX_EPOCH } from '../../cluster/handover.ts'
+
+export { MAX_EPOCH }
 
 /**
  * The membership message published on the cluster topic, and its validation.
@@ -7,18 +10,31 @@ import { z } from 'zod'
  * membership view looks at it; anything else is dropped with a named reason.
  */
 
-export const HEARTBEAT_VERSION = 1
+export const HEARTBEAT_VERSION = 2
 export const MAX_HEARTBEAT_BYTES = 64 * 1024
+/**
+ * Claims in one heartbeat. Bound by MAX_HEARTBEAT_BYTES more than by anything else: a
+ * claim is about 50 to 60 bytes, about 330 with a handover, so 512 plain claims fit in
+ * 64 KiB and about 190 with handovers. The scale issue (#12) lifts this; the view's own
+ * per-peer limit (maxClaimsPerPeer, 4096 by default) is above it.
+ */
 export const MAX_CONTAINERS = 512
+/** The view refuses a claim more than this above the epoch it holds for the name (0 for an unknown name). */
+export const MAX_EPOCH_JUMP = 2 ** 20
 
 const peerIdText = z.string().min(20).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/)
 const containerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
 
 export const ContainerClaimSchema = z.object({
   name: containerName,
-  /** Ownership epoch: raised by one at each handover; the highest wins. */
-  epoch: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  state: z.enum(['running', 'paused', 'created', 'stopped', 'checkpointed'])
+  /** Ownership epoch: raised by one at each handover; the highest wins. At most MAX_EPOCH. */
+  epoch: z.number().int().min(1).max(MAX_EPOCH),
+  state: z.enum(['running', 'paused', 'created', 'stopped', 'checkpointed']),
+  /**
+   * The previous owner's signed handover to the sender at this epoch (a container that
+   * came by migration): the proof a view needs to move the name from a live owner.
+   */
+  handover: HandoverSchema.optional()
 }).strict()
 
 export const HeartbeatSchema = z.object({
@@ -45,7 +61,12 @@ export const HeartbeatSchema = z.object({
 export type Heartbeat = z.infer<typeof HeartbeatSchema>
 export type ContainerClaim = z.infer<typeof ContainerClaimSchema>
 
-export type DropReason = 'oversized' | 'malformed' | 'version' | 'forged-sender' | 'stale' | 'replayed' | 'epoch-regression' | 'owner-conflict'
+export const DROP_REASONS = [
+  'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
+  'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit'
+] as const
+
+export type DropReason = typeof DROP_REASONS[number]
 
 export type DecodeResult = { ok: true, heartbeat: Heartbeat } | { ok: false, reason: DropReason, detail: string }
 

@@ -24,6 +24,8 @@ export interface MembershipServiceInit {
   local: LocalState
   intervalMs: number
   logger: Logger
+  /** Heartbeats from peers that are not members of the cluster are dropped. */
+  isMember?: (peerId: string) => boolean
 }
 
 /**
@@ -52,6 +54,10 @@ export class MembershipService {
   private readonly validate = (peer: PeerId, msg: Message): TopicValidatorResult => {
     if (msg.type !== 'signed') {
       this.o.view.countDrop(peer.toString(), 'forged-sender', 'unsigned message')
+      return TopicValidatorResult.Reject
+    }
+    if (this.o.isMember != null && !this.o.isMember(msg.from.toString())) {
+      this.o.view.countDrop(msg.from.toString(), 'not-member', 'the sender is not a member of this cluster')
       return TopicValidatorResult.Reject
     }
     const r = decodeHeartbeat(msg.data, msg.from.toString())
@@ -90,6 +96,8 @@ export class MembershipService {
     this.pubsub.addEventListener('subscription-change', this.onSubscriptionChange)
     this.o.libp2p.addEventListener('peer:disconnect', this.onDisconnect)
     this.o.libp2p.addEventListener('peer:connect', this.onConnect)
+    // Our own containers first: a claim heard before them must not take a name in our view.
+    this.o.view.setLocalClaims(await this.o.local.containers())
     this.pubsub.subscribe(MEMBERSHIP_TOPIC)
     this.publishTimer = setInterval(() => { void this.publish('heartbeat') }, this.o.intervalMs)
     this.tickTimer = setInterval(() => { this.tick() }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))

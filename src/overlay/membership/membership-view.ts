@@ -1,4 +1,6 @@
 import { TypedEventEmitter } from 'main-event'
+import { verifyHandover } from '../../cluster/handover.ts'
+import { DROP_REASONS, MAX_EPOCH, MAX_EPOCH_JUMP } from './heartbeat.ts'
 import type { ContainerClaim, DropReason, Heartbeat } from './heartbeat.ts'
 
 /**
@@ -11,6 +13,37 @@ import type { ContainerClaim, DropReason, Heartbeat } from './heartbeat.ts'
  *   suspect --(silent >= deadAfter and last confirmation ping failed)--> dead
  *   any --(leave message)--> left;  dead/left --(newer heartbeat)--> alive
  *   dead/left --(forgetAfter)--> forgotten
+ *
+ * A heartbeat from a peer that `isMember` refuses is dropped (`not-member`) before any
+ * other check. Ownership rules, for a claim of NAME at epoch E by peer P (the same for
+ * the node's own claims, applied silently), against the record the view holds:
+ *
+ *   - E below the held epoch: `epoch-regression`.
+ *   - E equal to it: kept if P is the owner, or retaken if the name is a tombstone P
+ *     released; otherwise `owner-conflict`.
+ *   - E above it (0 for an unknown name): refused as `epoch-jump` if E >= MAX_EPOCH
+ *     (2^40; so nextEpoch() is always a valid wire epoch) or E - held > maxEpochJump
+ *     (MAX_EPOCH_JUMP, 2^20). Otherwise taken when the name is unknown, a
+ *     tombstone (nobody runs it), or already P's (an owner may raise its own epoch).
+ *   - E above the epoch of a name another peer O owns (O may be this node, alive or
+ *     dead): taken only with proof, else `unproven-handover`, and the owner does not
+ *     change (so nothing is fenced). Proof is a `handover` on the claim that verifies
+ *     (signed with O's key), with from = O, to = P, container = NAME, epoch = E; or,
+ *     for a claim without a handover, `verifyGrant(claim, P, record)` returning true
+ *     (the failover grant; by default there is none). When O is this node, a handover
+ *     must so be signed by this node's own key: no other member can take its names.
+ *   - P keeps at most `maxClaimsPerPeer` names: accepted claims past that are
+ *     `claim-limit`. What P owned and no longer validly claims becomes a tombstone.
+ *
+ * Tombstones (owner null, the epoch and the releasing peer kept) are pruned by tick()
+ * once older than `tombstoneTtlMs`, and, past `maxTombstonesPerPeer` released by one
+ * peer, oldest first. A pruned name is unknown again. Records are indexed by owner and
+ * by releaser: a heartbeat costs O(its claims + the names its sender owned), whatever
+ * the number of records, and the view holds at most, per peer, maxClaimsPerPeer names
+ * and maxTombstonesPerPeer tombstones.
+ *
+ * Drops of claims are counted one by one; per heartbeat and reason, the first is
+ * reported as a 'drop' event as it happens and the others in one summary event.
  */
 
 export type MemberState = 'alive' | 'suspect' | 'dead' | 'left'
@@ -50,30 +83,75 @@ export interface MembershipTimers {
   maxAgeMs: number
 }
 
+export interface MembershipViewInit {
+  selfId: string
+  timers: MembershipTimers
+  now?: () => number
+  /** Whether a peer belongs to the cluster; heartbeats of others are `not-member` drops. Default: everyone. */
+  isMember?: (peerId: string) => boolean
+  /**
+   * Proof other than a handover (the failover grant): asked for a claim without a
+   * handover that would take a name another peer (or this node) owns at a lower
+   * epoch. Default: none, such claims are refused. Must not throw (a throw is false).
+   */
+  verifyGrant?: (claim: ContainerClaim, claimant: string, current: Ownership) => boolean
+  /** Names one peer may own in this view (default 4096). */
+  maxClaimsPerPeer?: number
+  /** Tombstones kept per releasing peer, oldest pruned first (default 1024). */
+  maxTombstonesPerPeer?: number
+  /** Tombstones are pruned by tick() this long after the release (default 10 min). */
+  tombstoneTtlMs?: number
+  /** How far above the held epoch (0 for an unknown name) a claim may be (default MAX_EPOCH_JUMP, 2^20). */
+  maxEpochJump?: number
+}
+
+export const DEFAULT_MAX_CLAIMS_PER_PEER = 4096
+export const DEFAULT_MAX_TOMBSTONES_PER_PEER = 1024
+export const DEFAULT_TOMBSTONE_TTL_MS = 10 * 60_000
+
 export interface MembershipEvents {
   'member:state': CustomEvent<{ peerId: string, from: MemberState | null, to: MemberState }>
   'owner:change': CustomEvent<{ container: string, from: string | null, to: string | null, epoch: number }>
   'drop': CustomEvent<{ peerId: string, reason: DropReason, detail: string }>
 }
 
+type Verdict = true | { reason: DropReason, detail: string }
+
 export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   readonly selfId: string
   private readonly timers: MembershipTimers
   private readonly now: () => number
+  private readonly isMember: (peerId: string) => boolean
+  private readonly verifyGrant?: (claim: ContainerClaim, claimant: string, current: Ownership) => boolean
+  private readonly maxClaimsPerPeer: number
+  private readonly maxTombstonesPerPeer: number
+  private readonly tombstoneTtlMs: number
+  private readonly maxEpochJump: number
   private readonly byPeer = new Map<string, Member>()
   private readonly owners = new Map<string, Ownership>()
+  /** owner -> the names it owns. */
+  private readonly ownedBy = new Map<string, Set<string>>()
+  /** Every tombstone, oldest release first (re-released names move to the end). */
+  private readonly tombstones = new Set<string>()
+  /** releaser -> its tombstones, oldest first. */
+  private readonly tombstonesBy = new Map<string, Set<string>>()
   private readonly pingFailedSince = new Map<string, number>()
-  private readonly dropped: Record<DropReason, number> = {
-    oversized: 0, malformed: 0, version: 0, 'forged-sender': 0, stale: 0, replayed: 0, 'epoch-regression': 0, 'owner-conflict': 0
-  }
+  private readonly dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>
 
   private acceptedCount = 0
+  private workCount = 0
 
-  constructor (init: { selfId: string, timers: MembershipTimers, now?: () => number }) {
+  constructor (init: MembershipViewInit) {
     super()
     this.selfId = init.selfId
     this.timers = init.timers
     this.now = init.now ?? Date.now
+    this.isMember = init.isMember ?? (() => true)
+    this.verifyGrant = init.verifyGrant
+    this.maxClaimsPerPeer = init.maxClaimsPerPeer ?? DEFAULT_MAX_CLAIMS_PER_PEER
+    this.maxTombstonesPerPeer = init.maxTombstonesPerPeer ?? DEFAULT_MAX_TOMBSTONES_PER_PEER
+    this.tombstoneTtlMs = init.tombstoneTtlMs ?? DEFAULT_TOMBSTONE_TTL_MS
+    this.maxEpochJump = init.maxEpochJump ?? MAX_EPOCH_JUMP
   }
 
   /** Counts a message the codec refused (it never reached ingest). */
@@ -84,8 +162,12 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
 
   /** Applies a validated heartbeat or leave. Returns false when it was dropped. */
   ingest (hb: Heartbeat): boolean {
-    const now = this.now()
     if (hb.peerId === this.selfId) return false
+    if (!this.isMember(hb.peerId)) {
+      this.countDrop(hb.peerId, 'not-member', `${hb.type} from a peer that is not a member of this cluster`)
+      return false
+    }
+    const now = this.now()
     if (Math.abs(now - hb.sentAt) > this.timers.maxAgeMs) {
       this.countDrop(hb.peerId, 'stale', `sent ${now - hb.sentAt} ms ago`)
       return false
@@ -103,69 +185,164 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     }
     this.byPeer.set(hb.peerId, m)
     this.pingFailedSince.delete(hb.peerId)
-    if (hb.type === 'leave') {
-      this.setState(m, 'left', known == null ? null : known.state)
-      this.applyClaims(m, hb.containers)
-      return true
-    }
-    this.setState(m, 'alive', known == null ? null : known.state)
+    this.setState(m, hb.type === 'leave' ? 'left' : 'alive', known == null ? null : known.state)
     this.applyClaims(m, hb.containers)
     return true
   }
 
   /**
-   * Ownership changes only upward: a claim at a higher epoch takes the container, the
-   * same owner at the same epoch refreshes it, anything else is dropped and counted.
+   * Whether `claimant` may hold `c` in this view (the rules in the class comment).
+   * Changes nothing.
    */
+  private judge (claimant: string, c: ContainerClaim): Verdict {
+    const o = this.owners.get(c.name)
+    if (o != null && c.epoch < o.epoch) return { reason: 'epoch-regression', detail: `${c.name} at epoch ${c.epoch} < ${o.epoch}` }
+    if (o != null && c.epoch === o.epoch) {
+      if (o.owner === claimant || (o.owner == null && o.releasedBy === claimant)) return true
+      return { reason: 'owner-conflict', detail: `${c.name} at epoch ${c.epoch} is owned by ${o.owner ?? `- (released by ${o.releasedBy ?? '-'})`}` }
+    }
+    const held = o?.epoch ?? 0
+    if (c.epoch >= MAX_EPOCH || c.epoch - held > this.maxEpochJump) {
+      return { reason: 'epoch-jump', detail: `${c.name} at epoch ${c.epoch}, ${o == null ? 'unknown name' : `held at ${held}`}: at most ${this.maxEpochJump} above, below ${MAX_EPOCH}` }
+    }
+    if (o == null || o.owner == null || o.owner === claimant) return true
+    return this.proven(claimant, c, o)
+  }
+
+  /** A claim that would take a name another peer owns: a verifying handover from that owner, or a grant. */
+  private proven (claimant: string, c: ContainerClaim, o: Ownership): Verdict {
+    const refuse = (why: string): Verdict => ({ reason: 'unproven-handover', detail: `${c.name} at epoch ${c.epoch} is owned by ${o.owner ?? '-'} at ${o.epoch}: ${why}` })
+    const h = c.handover
+    if (h == null) {
+      let granted = false
+      try { granted = this.verifyGrant?.(c, claimant, o) === true } catch {}
+      return granted ? true : refuse('no handover')
+    }
+    if (h.container !== c.name || h.epoch !== c.epoch || h.to !== claimant) return refuse(`the handover is for ${h.container}@${h.epoch} to ${h.to}`)
+    if (h.from !== o.owner) return refuse(`the handover is from ${h.from}, not from the owner`)
+    if (!verifyHandover(h)) return refuse('the handover signature does not verify')
+    return true
+  }
+
   private applyClaims (m: Member, claims: ContainerClaim[]): void {
     const kept: ContainerClaim[] = []
     const claimed = new Set<string>()
-    for (const c of claims) {
-      const o = this.owners.get(c.name)
-      if (o == null || c.epoch > o.epoch) {
-        this.setOwner(c.name, m.peerId, c.epoch)
-      } else if (c.epoch === o.epoch && (o.owner === m.peerId || (o.owner == null && o.releasedBy === m.peerId))) {
-        if (o.owner == null) this.setOwner(c.name, m.peerId, c.epoch)
-      } else if (c.epoch < o.epoch) {
-        this.countDrop(m.peerId, 'epoch-regression', `${c.name} at epoch ${c.epoch} < ${o.epoch}`)
-        continue
+    const more = new Map<DropReason, string[]>()
+    const refuse = (reason: DropReason, detail: string, name: string): void => {
+      const names = more.get(reason)
+      if (names == null) {
+        // The first of its kind in this heartbeat is reported at once, the rest together below.
+        more.set(reason, [])
+        this.countDrop(m.peerId, reason, detail)
       } else {
-        this.countDrop(m.peerId, 'owner-conflict', `${c.name} at epoch ${c.epoch} is owned by ${o.owner ?? '-'}`)
-        continue
+        this.dropped[reason]++
+        names.push(name)
       }
+    }
+    for (const c of claims) {
+      this.workCount++
+      const verdict = this.judge(m.peerId, c)
+      if (verdict !== true) { refuse(verdict.reason, verdict.detail, c.name); continue }
+      if (kept.length >= this.maxClaimsPerPeer) { refuse('claim-limit', `${c.name}: ${m.peerId} already holds ${this.maxClaimsPerPeer} names`, c.name); continue }
+      const o = this.owners.get(c.name)
+      if (o?.owner !== m.peerId || o.epoch !== c.epoch) this.setOwner(c.name, m.peerId, c.epoch)
       kept.push(c)
       claimed.add(c.name)
     }
+    for (const [reason, names] of more) {
+      if (names.length === 0) continue
+      const shown = names.slice(0, 5).join(', ')
+      this.safeDispatch('drop', { peerId: m.peerId, reason, detail: `${names.length} more claims in this heartbeat: ${shown}${names.length > 5 ? ', ...' : ''}` })
+    }
     m.containers = kept
     // What this peer owned and no longer claims is released, its epoch remembered.
-    for (const o of this.owners.values()) {
-      if (o.owner === m.peerId && !claimed.has(o.container)) this.setOwner(o.container, null, o.epoch)
-    }
+    this.releaseAllBut(m.peerId, claimed)
   }
 
   /** Our own containers: the same rules, so the view never disagrees with itself. */
   setLocalClaims (claims: ContainerClaim[]): void {
     const mine = new Set<string>()
     for (const c of claims) {
+      this.workCount++
+      if (this.judge(this.selfId, c) !== true) continue
       const o = this.owners.get(c.name)
-      if (o == null || c.epoch > o.epoch || (c.epoch === o.epoch && (o.owner === this.selfId || (o.owner == null && o.releasedBy === this.selfId)))) {
-        if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
-        mine.add(c.name)
-      }
+      if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
+      mine.add(c.name)
     }
-    for (const o of this.owners.values()) {
-      if (o.owner === this.selfId && !mine.has(o.container)) this.setOwner(o.container, null, o.epoch)
+    this.releaseAllBut(this.selfId, mine)
+  }
+
+  /**
+   * A peer removed from the cluster for good (`msc peer rm`): forgotten at once, without
+   * an event, and every name it owned is released (a tombstone), so that others may
+   * take it at a higher epoch without a handover.
+   */
+  forget (peerId: string): void {
+    this.byPeer.delete(peerId)
+    this.pingFailedSince.delete(peerId)
+    this.releaseAllBut(peerId, new Set())
+  }
+
+  private releaseAllBut (owner: string, keep: Set<string>): void {
+    const owned = this.ownedBy.get(owner)
+    if (owned == null) return
+    for (const name of [...owned]) {
+      this.workCount++
+      if (keep.has(name)) continue
+      const o = this.owners.get(name)
+      if (o != null) this.setOwner(name, null, o.epoch)
     }
   }
 
   private setOwner (container: string, owner: string | null, epoch: number): void {
     const prev = this.owners.get(container)
+    if (prev != null) this.unindex(prev)
     const entry: Ownership = { container, owner, epoch, since: this.now() }
     if (owner == null && prev?.owner != null) entry.releasedBy = prev.owner
     this.owners.set(container, entry)
+    this.index(entry)
     if (prev?.owner !== owner || prev?.epoch !== epoch) {
       this.safeDispatch('owner:change', { container, from: prev?.owner ?? null, to: owner, epoch })
     }
+    if (owner == null) {
+      const mine = this.tombstonesBy.get(entry.releasedBy ?? '')
+      for (const name of mine ?? []) {
+        if (mine == null || mine.size <= this.maxTombstonesPerPeer) break
+        this.prune(name)
+      }
+    }
+  }
+
+  private index (o: Ownership): void {
+    if (o.owner != null) {
+      let set = this.ownedBy.get(o.owner)
+      if (set == null) this.ownedBy.set(o.owner, set = new Set())
+      set.add(o.container)
+      return
+    }
+    this.tombstones.add(o.container)
+    const by = o.releasedBy ?? ''
+    let set = this.tombstonesBy.get(by)
+    if (set == null) this.tombstonesBy.set(by, set = new Set())
+    set.add(o.container)
+  }
+
+  private unindex (o: Ownership): void {
+    const map = o.owner != null ? this.ownedBy : this.tombstonesBy
+    const key = o.owner ?? o.releasedBy ?? ''
+    const set = map.get(key)
+    set?.delete(o.container)
+    if (set?.size === 0) map.delete(key)
+    if (o.owner == null) this.tombstones.delete(o.container)
+  }
+
+  /** Forgets a tombstone: the name is unknown again. */
+  private prune (container: string): void {
+    this.workCount++
+    const o = this.owners.get(container)
+    if (o == null || o.owner != null) { this.tombstones.delete(container); return }
+    this.unindex(o)
+    this.owners.delete(container)
   }
 
   /** The transport lost its connection to the peer: suspect it now, not later. */
@@ -197,6 +374,11 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   tick (): { confirm: string[] } {
     const now = this.now()
     const confirm: string[] = []
+    for (const name of this.tombstones) {
+      const o = this.owners.get(name)
+      if (o != null && now - o.since <= this.tombstoneTtlMs) break
+      this.prune(name)
+    }
     for (const m of [...this.byPeer.values()]) {
       const silent = now - m.lastHeard
       if (m.state === 'alive' && silent > this.timers.suspectAfterMs) this.setState(m, 'suspect', 'alive')
@@ -231,4 +413,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   /** The epoch a new owner of `container` must use. */
   nextEpoch (container: string): number { return (this.owners.get(container)?.epoch ?? 0) + 1 }
   stats (): { accepted: number, dropped: Record<DropReason, number> } { return { accepted: this.acceptedCount, dropped: { ...this.dropped } } }
+  /** How many ownership records the view holds: names with an owner, and tombstones. */
+  records (): { owned: number, tombstones: number } { return { owned: this.owners.size - this.tombstones.size, tombstones: this.tombstones.size } }
+  /** Record operations done so far (claims judged, names released, tombstones pruned): ingest's cost, for tests and diagnostics. */
+  get work (): number { return this.workCount }
 }

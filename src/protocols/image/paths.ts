@@ -31,6 +31,14 @@ export function parentOf (p: string): string {
   return i < 0 ? '' : p.slice(0, i)
 }
 
+/**
+ * What a tree may hold as symlinks. 'contained': links that resolve inside the tree.
+ * 'rootfs': any link, kept verbatim (a container's root filesystem, resolved inside the
+ * container). 'none': no link at all (CRIU images, logs: plain files the node reads or
+ * appends to, where a link could only point it at a host file).
+ */
+export type SymlinkMode = 'contained' | 'rootfs' | 'none'
+
 /** What a lookup knows about a relative path: a symlink's target matters, nothing else. */
 export type LookupResult = { kind: 'symlink', target: string } | { kind: 'other' }
 export type Lookup = (rel: string) => LookupResult | Promise<LookupResult>

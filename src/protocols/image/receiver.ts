@@ -10,7 +10,7 @@ import crypto from 'node:crypto'
 import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import { FramedStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
-import { pathProblem, parentOf, symlinkProblem, type LookupResult } from './paths.ts'
+import { pathProblem, parentOf, symlinkProblem, type LookupResult, type SymlinkMode } from './paths.ts'
 import { commitTree, checkDestination, checkSameFilesystem, type Received } from './commit.ts'
 import {
   BodyMessageSchema, FRAME_DATA, FRAME_MSG, HeaderSchema, IMAGE_VERSION, MAX_FRAME_BYTES,
@@ -36,9 +36,10 @@ export interface TreeDestination {
    * 'contained' (default): every symlink must resolve inside the tree. 'rootfs': a
    * container's root filesystem, whose links (absolute ones included) are meant to be
    * resolved inside the container; the receiver stores them verbatim and, as always,
-   * never creates or commits anything through a symlink.
+   * never creates or commits anything through a symlink. 'none': any symlink refuses
+   * the transfer (files and directories only).
    */
-  symlinks?: 'contained' | 'rootfs'
+  symlinks?: SymlinkMode
 }
 
 interface CommonOptions {
@@ -76,7 +77,8 @@ export async function receiveTree (stream: Stream, o: ReceiveTreeOptions): Promi
     tmp = await fs.mkdtemp(path.join(o.tmpRoot, 'msc-image-'))
     await checkSameFilesystem(tmp, dest.destDir, dest.mode)
     const got = await receiveBody(framed, header, tmp, dest, o)
-    await commitTree(tmp, dest.destDir, dest.mode, header, got, dest.symlinks ?? 'contained')
+    // 'none' let no link through, so commit has nothing to resolve: 'contained' it is.
+    await commitTree(tmp, dest.destDir, dest.mode, header, got, dest.symlinks === 'rootfs' ? 'rootfs' : 'contained')
     tmp = undefined // moved into destDir (replace) or removed by commitTree (overlay)
     // The tree is in place whatever happens to the answer: a sender that misses it
     // fails on its side, and a retry finds destDir there (DEST_EXISTS in replace mode).
@@ -209,7 +211,7 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
 /** Everything that can be checked about an entry before it is created. */
 async function checkEntry (
   m: Entry, kinds: Map<string, { entryKind: Entry['kind'] } & LookupResult>, h: TreeHeader, l: TreeLimits, announcedBytes: number,
-  symlinks: 'contained' | 'rootfs' = 'contained'
+  symlinks: SymlinkMode = 'contained'
 ): Promise<void> {
   const problem = pathProblem(m.path)
   if (problem != null) throw refusal('BAD_PATH', `${JSON.stringify(m.path)}: ${problem}`)
@@ -225,6 +227,9 @@ async function checkEntry (
   if (m.kind === 'file') {
     if (m.size > l.maxFileBytes) throw refusal('LIMIT_EXCEEDED', `${m.path}: ${m.size} bytes, the limit per file is ${l.maxFileBytes}`)
     if (announcedBytes + m.size > h.bytes) throw refusal('TOTAL_EXCEEDED', `${m.path}: the files add up to more than the ${h.bytes} bytes announced`)
+  }
+  if (m.kind === 'symlink' && symlinks === 'none') {
+    throw refusal('SYMLINK_ESCAPE', `${m.path} is a symlink (-> ${m.target}): this tree takes regular files and directories only`)
   }
   if (m.kind === 'symlink' && symlinks === 'contained') {
     // Early check against what arrived so far; commit re-checks with the whole tree.

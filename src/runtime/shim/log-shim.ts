@@ -24,13 +24,29 @@ if (logPath == null || logPath === '') {
 process.on('SIGHUP', () => {})
 process.on('SIGPIPE', () => {})
 
-let fd = fs.openSync(logPath, 'a', 0o600)
+// O_NOFOLLOW: the shim runs as root, and a symlink put at LOG (by a received log tree,
+// say) must never have it append to the file the link names.
+const APPEND = fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW
+
+function openLog (): number {
+  return fs.openSync(logPath!, APPEND, 0o600)
+}
+
+let fd: number
+try {
+  fd = openLog()
+} catch (err) {
+  const why = (err as NodeJS.ErrnoException).code === 'ELOOP' ? 'is a symlink: refusing to write through it' : (err as Error).message
+  process.stderr.write(`log-shim: ${logPath} ${why}\n`)
+  process.exit(2)
+}
 let size = fs.fstatSync(fd).size
 
+/** A link planted at LOG meanwhile makes the reopen throw: output is then dropped, as on a full disk. */
 function rotate (): void {
   fs.closeSync(fd)
   try { fs.renameSync(logPath!, `${logPath!}.1`) } catch {}
-  fd = fs.openSync(logPath!, 'a', 0o600)
+  fd = openLog()
   size = 0
 }
 
