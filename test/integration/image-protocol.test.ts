@@ -234,6 +234,9 @@ describe('good transfers', () => {
     await fs.writeFile(path.join(outside, 'victim'), 'keep me')
     await fs.symlink(outside, path.join(dest, 'out'))
     await fs.symlink(outside, path.join(src, 'out')) // the same link on both sides: not part of the delta
+    // The same times too: made a clock tick apart, the two links' mtimes would differ.
+    const t0 = Math.floor(Date.now() / 1000)
+    for (const side of [src, dest]) await fs.lutimes(path.join(side, 'out'), t0, t0)
 
     const changed = new Set(delta.changed)
     const { sent, got } = await transfer(src, dest,
