@@ -400,7 +400,7 @@ describe('live migration between three nodes', () => {
     assert.equal(unknownPeer.result.ok, false)
     assert.equal(unknownPeer.result.error?.code, 'NOT_FOUND')
     assert.match(unknownPeer.result.error!.message, /no member no-such-peer in this node's cluster/)
-    assert.match(unknownPeer.stderr, /migration of counter failed: no peer no-such-peer/)
+    assert.match(unknownPeer.stderr, /migration of counter failed: no member no-such-peer/)
     assert.match(unknownPeer.stderr, new RegExp(`counter still runs on ${src.name}`))
 
     const toSelf = await migrate(src, 'counter', src.name, 'stop-copy')

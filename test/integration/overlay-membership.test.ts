@@ -174,10 +174,12 @@ describe('three nodes on one LAN, found by mDNS', () => {
       assert.equal(s.peersAlive, 2, `${x.name}: peersAlive`)
       assert.equal(s.peersKnown, 2, `${x.name}: peersKnown`)
       assert.ok(Number.isSafeInteger(s.membership.accepted) && s.membership.accepted > 0, `${x.name}: membership.accepted`)
-      // Except late copies: a heartbeat published before the direct link to a peer was up
-      // reaches it later through gossip (IHAVE/IWANT), after newer ones, and is counted
-      // as replayed. Harmless, and not what this checks.
-      const { replayed: _late, ...dropped } = s.membership.dropped
+      // Except what cluster formation drops by design: a new key holder's first
+      // heartbeats can arrive before its admission record (synced on the same new
+      // connection) and are dropped as not-member until then; and a heartbeat published
+      // before the direct link to a peer was up reaches it later through gossip
+      // (IHAVE/IWANT), after newer ones, and is counted as replayed.
+      const { replayed: _late, 'not-member': _early, ...dropped } = s.membership.dropped
       assert.deepEqual(Object.values(dropped).filter((v) => v !== 0), [], `${x.name}: nothing dropped: ${JSON.stringify(s.membership.dropped)}`)
     }
   })
