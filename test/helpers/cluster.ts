@@ -25,7 +25,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed, type TestHost } from '../testbed/testbed.ts'
-import { MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
+import assert from 'node:assert/strict'
+import { counterValues, MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
 import { ControlClient } from '../../src/api/client.ts'
 import type { NodeStatus, PeerInfo } from '../../src/api/types.ts'
 
@@ -404,4 +405,29 @@ async function unmountUnder (dir: string): Promise<void> {
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
   const points = info.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p != null && (p === dir || p.startsWith(dir + '/')))
   for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
+}
+
+/** `msc bundle KIND DIR ARGS...`, asserting it worked; returns DIR. */
+export async function makeBundle (kind: 'counter' | 'redis', dir: string, ...args: string[]): Promise<string> {
+  const r = await execa(MSC, ['bundle', kind, dir, ...args], { reject: false })
+  assert.equal(r.exitCode, 0, `msc bundle ${kind}: ${String(r.stderr)}`)
+  return dir
+}
+
+/** A counter's output on that node, read from its log files (for polling; assertions use `msc logs`). */
+export function logValues (node: ClusterNode, name: string): number[] {
+  const dir = path.join(node.dataDir, 'containers', name)
+  let text = ''
+  for (const f of ['container.log.1', 'container.log']) {
+    try { text += readFileSync(path.join(dir, f), 'utf8') } catch {}
+  }
+  return counterValues(text)
+}
+
+/** One sequence 1..N: no value twice, no restart at 1, nothing skipped. */
+export function assertOneSequence (values: number[], what: string): void {
+  assert.ok(values.length > 0, `${what}: no output`)
+  const bad = values.findIndex((v, i) => v !== i + 1)
+  assert.equal(bad, -1, `${what}: one sequence 1..N with no value twice and no restart; first break at index ${bad}: ` +
+    `...${JSON.stringify(values.slice(Math.max(0, bad - 5), bad + 5))}...`)
 }

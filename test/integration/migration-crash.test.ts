@@ -34,8 +34,8 @@ import { once } from 'node:events'
 import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed } from '../testbed/testbed.ts'
-import { counterValues, MSC } from '../helpers/node-harness.ts'
-import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
+import { MSC } from '../helpers/node-harness.ts'
+import { assertOneSequence, logValues, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo } from '../../src/api/types.ts'
 
 const NODE_ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', '3']
@@ -84,21 +84,6 @@ async function makeCounter (name: string): Promise<string> {
   const r = await execa(MSC, ['bundle', 'counter', dir, '--interval-ms', '250', '--force'], { reject: false })
   assert.equal(r.exitCode, 0, `msc bundle counter: ${String(r.stderr)}`)
   return dir
-}
-
-function logValues (node: ClusterNode, name: string): number[] {
-  const dir = path.join(node.dataDir, 'containers', name)
-  let text = ''
-  for (const f of ['container.log.1', 'container.log']) {
-    try { text += readFileSync(path.join(dir, f), 'utf8') } catch {}
-  }
-  return counterValues(text)
-}
-
-function assertOneSequence (values: number[], what: string): void {
-  assert.ok(values.length > 0, `${what}: no output`)
-  const bad = values.findIndex((v, i) => v !== i + 1)
-  assert.equal(bad, -1, `${what}: one sequence 1..N; first break at index ${bad}: ...${JSON.stringify(values.slice(Math.max(0, bad - 5), bad + 5))}...`)
 }
 
 async function keepsCounting (node: ClusterNode, name: string): Promise<void> {

@@ -24,7 +24,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, MSC, ROOT } from '../helpers/node-harness.ts'
-import { sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
+import { assertOneSequence, logValues, makeBundle, sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo } from '../../src/api/types.ts'
 
 const NODE_ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', '3']
@@ -42,27 +42,6 @@ let tmpfsDir = ''
 
 // ---------------------------------------------------------------------------------
 // helpers
-
-async function makeBundle (kind: 'counter' | 'redis', dir: string, ...args: string[]): Promise<string> {
-  const r = await execa(MSC, ['bundle', kind, dir, ...args], { reject: false })
-  assert.equal(r.exitCode, 0, `msc bundle ${kind}: ${String(r.stderr)}`)
-  return dir
-}
-
-function logValues (node: ClusterNode, name: string): number[] {
-  const dir = path.join(node.dataDir, 'containers', name)
-  let text = ''
-  for (const f of ['container.log.1', 'container.log']) {
-    try { text += readFileSync(path.join(dir, f), 'utf8') } catch {}
-  }
-  return counterValues(text)
-}
-
-function assertOneSequence (values: number[], what: string): void {
-  assert.ok(values.length > 0, `${what}: no output`)
-  const bad = values.findIndex((v, i) => v !== i + 1)
-  assert.equal(bad, -1, `${what}: one sequence 1..N; first break at index ${bad}: ...${JSON.stringify(values.slice(Math.max(0, bad - 5), bad + 5))}...`)
-}
 
 function isUp (node: ClusterNode): boolean {
   return node.proc != null && node.proc.exitCode == null && node.proc.signalCode == null

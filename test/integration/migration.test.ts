@@ -19,13 +19,12 @@
  */
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, MSC, ROOT } from '../helpers/node-harness.ts'
-import { startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
+import { assertOneSequence, logValues, makeBundle, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo, NodeStatus } from '../../src/api/types.ts'
 
 const FAST_PINGS = ['--ping-interval', '0.5', '--ping-timeout', '3']
@@ -43,29 +42,6 @@ let bundles = ''
 
 // ---------------------------------------------------------------------------------
 // helpers
-
-async function makeBundle (kind: 'counter' | 'redis', dir: string, ...args: string[]): Promise<string> {
-  const r = await execa(MSC, ['bundle', kind, dir, ...args], { reject: false })
-  assert.equal(r.exitCode, 0, `msc bundle ${kind}: ${String(r.stderr)}`)
-  return dir
-}
-
-/** The container's output on that node, read from its files (for polling; assertions use `msc logs`). */
-function logValues (node: ClusterNode, name: string): number[] {
-  const dir = path.join(node.dataDir, 'containers', name)
-  let text = ''
-  for (const f of ['container.log.1', 'container.log']) {
-    try { text += readFileSync(path.join(dir, f), 'utf8') } catch {}
-  }
-  return counterValues(text)
-}
-
-function assertOneSequence (values: number[], what: string): void {
-  assert.ok(values.length > 0, `${what}: no output`)
-  const bad = values.findIndex((v, i) => v !== i + 1)
-  assert.equal(bad, -1, `${what}: one sequence 1..N with no value twice and no restart; first break at index ${bad}: ` +
-    `...${JSON.stringify(values.slice(Math.max(0, bad - 5), bad + 5))}...`)
-}
 
 /** `msc migrate NAME --to TO --strategy S --json` against `from`: exactly one JSON document on stdout. */
 async function migrate (from: ClusterNode, name: string, to: string, strategy: string, timeoutMs = 180_000): Promise<{ exitCode: number, stderr: string, result: MigrationResultInfo }> {
