@@ -93,7 +93,11 @@ export class PeerConnector {
       await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
       return conn.remotePeer.toString()
     } catch (err) {
-      throw new MscError('RUNTIME_ERROR', `cannot join ${addr}${peer == null ? ' (tip: end the address with /p2p/PEER_ID)' : ''}: ${(err as Error).message}`)
+      // Our own gater refused to dial: the peer is not in this node's cluster.
+      const reason = /blocked by gater/i.test((err as Error).message)
+        ? 'it is not a member of this node\'s cluster (a node enters another cluster with `msc node start --join TOKEN` on a fresh data dir)'
+        : (err as Error).message
+      throw new MscError('RUNTIME_ERROR', `cannot join ${addr}${peer == null ? ' (tip: end the address with /p2p/PEER_ID)' : ''}: ${reason}`)
     }
   }
 
