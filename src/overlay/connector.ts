@@ -85,11 +85,17 @@ export class PeerConnector {
       const conn = await this.libp2p.dial(ma, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
       // A peer whose gater refuses us aborts the connection only after the handshake,
       // which the dial may not wait for: one round trip proves we were let in.
-      try {
-        await this.libp2p.services.ping.ping(conn.remotePeer, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
-      } catch {
-        throw new Error('the peer closed the connection: it is not in this node\'s cluster, or refuses this node (removed, or not yet a member)')
+      // A few tries: the first connection may be the one libp2p closes when both sides
+      // dialled each other at once.
+      let admitted = false
+      for (let i = 0; i < 3 && !admitted; i++) {
+        if (i > 0) await new Promise((resolve) => setTimeout(resolve, 500))
+        try {
+          await this.libp2p.services.ping.ping(conn.remotePeer, { signal: signal != null ? AbortSignal.any([signal, limit]) : limit })
+          admitted = true
+        } catch {}
       }
+      if (!admitted) throw new Error('the peer closed the connection: it is not in this node\'s cluster, or refuses this node (removed, or not yet a member)')
       await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
       return conn.remotePeer.toString()
     } catch (err) {
