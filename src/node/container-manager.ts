@@ -100,7 +100,7 @@ export class ContainerManager {
   }
 
   async writeRecord (r: ContainerRecord): Promise<void> {
-    await writeFileAtomic(this.dd.recordFile(r.name), JSON.stringify(r, null, 2), { mode: 0o600 })
+    await writeRecordFile(this.dd, r)
   }
 
   /** Runs `fn` with the container locked (migration holds it for its whole run). */
@@ -391,6 +391,10 @@ async function recordNames (dd: DataDir): Promise<string[]> {
   return out.sort()
 }
 
+async function writeRecordFile (dd: DataDir, r: ContainerRecord): Promise<void> {
+  await writeFileAtomic(dd.recordFile(r.name), JSON.stringify(r, null, 2), { mode: 0o600 })
+}
+
 async function readRecordFile (dd: DataDir, name: string): Promise<ContainerRecord | null> {
   try {
     return JSON.parse(await fs.readFile(dd.recordFile(name), 'utf8')) as ContainerRecord
@@ -522,7 +526,7 @@ export async function recoverInterruptedDump (env: DumpRecoveryEnv, staging: str
   if (r != null) {
     r.startedAt = null
     r.checkpointed = true
-    await writeFileAtomic(dd.recordFile(name), JSON.stringify(r, null, 2), { mode: 0o600 })
+    await writeRecordFile(dd, r)
   }
   // Only what was ours to move: anything else there (a migration journal, say) stays.
   await fs.rmdir(staging).catch(() => {})

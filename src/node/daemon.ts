@@ -224,11 +224,12 @@ export class MscNode {
     const list = await this.containers!.list()
     const o = this.overlay!
     const members = o.members()
+    const cluster = this.cluster!.status()
     return {
       peerId: o.peerId, name: this.config.name, addrs: o.addresses(),
       peersAlive: members.filter((m) => m.state === 'alive').length, peersKnown: members.length,
       membership: o.view.stats(),
-      cluster: { ...this.cluster!.status(), refused: { ...this.cluster!.status().refused, streams: this.cluster!.status().refused.streams + o.refusedStreamCount } },
+      cluster: { ...cluster, refused: { ...cluster.refused, streams: cluster.refused.streams + o.refusedStreamCount } },
       version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
       cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
       containers: list.length, startedAt: this.startedAt
@@ -260,7 +261,7 @@ export class MscNode {
    */
   private async fence (name: string, owner: string, epoch: number): Promise<void> {
     try {
-      const ownerName = this.overlay?.view.get(owner)?.name ?? owner
+      const ownerName = this.peerName(owner)
       if (!await this.containers!.fence(name, { owner, ownerName, epoch, at: new Date().toISOString() })) return
       this.log.error({ container: name, owner, ownerName, epoch }, `another node owns this container at a higher epoch: our copy was stopped (fenced); its checkpoints and log stay until \`msc rm ${name}\``)
       await this.dataDir.writeMoved(name, { peerId: owner, name: ownerName }, { fenced: true })
@@ -279,7 +280,7 @@ export class MscNode {
     const own = o.view.ownerOf(name)
     if (own?.owner != null && own.owner !== o.peerId) {
       const m = o.view.get(own.owner)
-      const who = this.cluster?.member(own.owner)?.name ?? m?.name ?? own.owner
+      const who = this.peerName(own.owner)
       // A node that left still runs its containers (they outlive the daemon); one that
       // is dead may come back with them. Only its removal (or a failover) frees the name:
       // no other member would accept our claim without the owner's handover.
@@ -287,6 +288,11 @@ export class MscNode {
       throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${who} (epoch ${own.epoch})`)
     }
     return o.view.nextEpoch(name)
+  }
+
+  /** The name a peer was admitted under; what its heartbeat says only for a non-member. */
+  private peerName (peerId: string): string {
+    return this.cluster?.member(peerId)?.name ?? this.overlay?.view.get(peerId)?.name ?? peerId
   }
 
   private async requireCriu (): Promise<void> {

@@ -2,11 +2,10 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { PeerConnector } from './connector.ts'
 import { MembershipView, type Member } from './membership/membership-view.ts'
 import { MembershipService } from './membership/membership-service.ts'
@@ -211,7 +210,7 @@ export class Overlay {
     return [...new Set(this.host.getConnections().filter((c) => c.status === 'open').map((c) => c.remotePeer.toString()))]
   }
 
-  /** Closes every connection to the peer and forgets what it claimed. */
+  /** Closes every connection to the peer (what it claimed is the view's: see MembershipView.forget). */
   async disconnect (peerId: string, why: string): Promise<void> {
     this.log.info({ peer: peerId, why }, 'disconnecting')
     await this.connector?.disconnect(peerId, why)
