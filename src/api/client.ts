@@ -1,6 +1,7 @@
 import http from 'node:http'
+import { StringDecoder } from 'node:string_decoder'
 import { MscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult, MigrateEvent, MigrateRequestBody, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
+import type { CheckpointInfo, ContainerInfo, NodeStatus, ApiErrorBody, PeerInfo, JoinResult, MigrateEvent, MigrateRequestBody, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer, RunRequest } from './types.ts'
 
 /** The CLI's view of a node: typed calls over the node's unix socket. */
 export class ControlClient {
@@ -16,7 +17,7 @@ export class ControlClient {
     return await readJsonBody(res) as T
   }
 
-  /** A raw response, for streams (logs). */
+  /** A raw response, for streams (logs, events). */
   async raw (method: string, path: string, payload?: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const body = payload === undefined ? undefined : JSON.stringify(payload)
     return await new Promise((resolve, reject) => {
@@ -39,7 +40,11 @@ export class ControlClient {
   status (): Promise<NodeStatus> { return this.request('GET', '/v1/status') }
   list (): Promise<ContainerInfo[]> { return this.request('GET', '/v1/containers') }
   inspect (name: string): Promise<ContainerInfo> { return this.request('GET', `/v1/containers/${enc(name)}`) }
-  run (name: string, bundle: string): Promise<ContainerInfo> { return this.request('POST', '/v1/containers', { name, bundle }) }
+  /** `replicas` absent: the node's --default-replicas applies. */
+  run (name: string, bundle: string, replicas?: number): Promise<ContainerInfo> {
+    const req: RunRequest = replicas == null ? { name, bundle } : { name, bundle, replicas }
+    return this.request('POST', '/v1/containers', req)
+  }
   stop (name: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/stop`, {}) }
   remove (name: string, force = false): Promise<{ removed: string }> { return this.request('DELETE', `/v1/containers/${enc(name)}${force ? '?force=1' : ''}`) }
   checkpoint (name: string, stop = false): Promise<CheckpointInfo> { return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop }) }
@@ -50,19 +55,11 @@ export class ControlClient {
   async migrate (name: string, body: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal?: AbortSignal): Promise<MigrationResultInfo> {
     const res = await this.raw('POST', `/v1/containers/${enc(name)}/migrate`, body, signal)
     await throwIfError(res)
-    let buf = ''
     let result: MigrationResultInfo | undefined
-    for await (const c of res) {
-      buf += (c as Buffer).toString('utf8')
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        if (line.trim() === '') continue
-        const e = JSON.parse(line) as MigrateEvent
-        if (e.type === 'result') result = e.result
-        else onEvent(e)
-      }
+    for await (const line of ndjsonLines(res)) {
+      const e = JSON.parse(line) as MigrateEvent
+      if (e.type === 'result') result = e.result
+      else onEvent(e)
     }
     if (result == null) throw new MscError('DAEMON_UNREACHABLE', 'the node closed the migration stream without a result (did it stop?)')
     return result
@@ -76,6 +73,17 @@ export class ControlClient {
 
   async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)
+    await throwIfError(res)
+    return res
+  }
+
+  /**
+   * The node's replication, lease and failover events, NDJSON: those it kept, then (follow)
+   * each as it happens until `signal` aborts or the node ends the stream. Read it with
+   * ndjsonLines; each line is one NodeEvent.
+   */
+  async events (follow: boolean, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    const res = await this.raw('GET', `/v1/events${follow ? '?follow=1' : ''}`, undefined, signal)
     await throwIfError(res)
     return res
   }
@@ -98,4 +106,22 @@ async function throwIfError (res: http.IncomingMessage): Promise<void> {
   if ((res.statusCode ?? 500) < 400) return
   const e = (await readJsonBody(res) as ApiErrorBody).error
   throw new MscError((e?.code ?? 'INTERNAL') as MscErrorCode, e?.message ?? `node answered ${res.statusCode}`, e?.details ?? [])
+}
+
+/**
+ * The complete, non-blank lines of an NDJSON stream, without their newline. A last line
+ * without one (the sender died mid-line) is dropped: it is not a whole JSON value.
+ */
+export async function * ndjsonLines (stream: AsyncIterable<unknown>): AsyncGenerator<string> {
+  const dec = new StringDecoder('utf8') // a character split across chunks stays whole
+  let buf = ''
+  for await (const c of stream) {
+    buf += typeof c === 'string' ? c : dec.write(c as Buffer)
+    let i
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i)
+      buf = buf.slice(i + 1)
+      if (line.trim() !== '') yield line
+    }
+  }
 }

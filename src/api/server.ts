@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
-import type { CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
+import type { NodeEvent, CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
 
 /** What the API serves; the node implements it. Keeps api/ free of node internals. */
 export interface ControlHandlers {
@@ -24,6 +24,8 @@ export interface ControlHandlers {
   /** Removes a member for good, by peer id or unique name. */
   removePeer: (idOrName: string) => Promise<RemovedPeer>
   migrate: (name: string, req: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal: AbortSignal) => Promise<MigrationResultInfo>
+  /** Replication, lease and failover events: those kept so far, then each as it happens, until the returned function is called. */
+  events: (fn: (e: NodeEvent) => void) => () => void
   /** Where a container that left this node went, if it did. */
   movedTo: (name: string) => Promise<{ to: string, toName: string, at: string } | null>
 }
@@ -89,6 +91,7 @@ export class ControlServer {
       const h = this.handlers
       if (a === 'status' && method === 'GET' && name == null) return send(res, 200, await h.status())
       if (a === 'peers' && name == null && method === 'GET') return send(res, 200, await h.peers())
+      if (a === 'events' && name == null && method === 'GET') return this.streamEvents(url.searchParams.get('follow') === '1', res)
       if (a === 'peers' && name === 'join' && op == null && method === 'POST') {
         const j = await body<JoinRequest>(req)
         if (typeof j.addr !== 'string' || j.addr === '') throw new MscError('INVALID_ARGUMENT', 'join needs an address')
@@ -141,6 +144,24 @@ export class ControlServer {
       if (!res.headersSent) send(res, STATUS[e.code] ?? 500, { error: e.toJSON() })
       else res.destroy()
     }
+  }
+
+  /**
+   * NDJSON: the events the node kept, then (follow) each new one as it happens, until
+   * the client goes away. A client that does not read is cut off rather than buffered
+   * without bound.
+   */
+  private streamEvents (follow: boolean, res: http.ServerResponse): void {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+    const unsubscribe = this.handlers.events((e) => {
+      if (res.writableEnded) return
+      if (res.writableLength > 4 * 1024 * 1024) { stop(); return }
+      res.write(JSON.stringify(e) + '\n')
+    })
+    const stop = (): void => { unsubscribe(); this.followers.delete(stop); if (!res.writableEnded) res.end() }
+    if (!follow) { stop(); return }
+    this.followers.add(stop)
+    res.on('close', stop)
   }
 
   /**

@@ -40,6 +40,36 @@ export interface ContainerInfo {
   lastCheckpoint: string | null
   /** Set when state is 'fenced'. */
   fenced?: FenceInfo
+  /** Ownership epoch in the cluster (raised at each migration and failover). */
+  epoch?: number
+  /** Standbys it should have (0: not replicated). */
+  replicas?: number
+  /** Replication as its owner sees it (only on the node that runs it). */
+  replication?: ReplicationInfo
+  /** Set when this node killed it because it could not renew its lease (self-fencing). */
+  leaseLost?: { epoch: number, at: string }
+}
+
+/** `msc inspect NAME --json`: a replicated container's standbys and the age of its newest safe copy. */
+export interface ReplicationInfo {
+  replicas: number
+  standbys: Array<{ peerId: string, name: string, generation: number | null, ackedAt: string | null }>
+  /** Generations dumped so far (this run of the node). */
+  generation: number
+  /** The newest generation a standby acknowledged. */
+  ackedGeneration: number | null
+  /** Age of that generation's dump: what a failover now would lose (the RPO). */
+  rpoMs: number | null
+  /** How long the container was frozen for the last generation. */
+  freezeMs: number | null
+  /** Bytes the last round put on the wire (all standbys), and the size of its images. */
+  bytesPerRound: number | null
+  imageBytes: number | null
+  /** The effective interval: max(DUMP_INTERVAL, 20 x the last freeze). */
+  intervalMs: number
+  lastError: string | null
+  /** Whether this node holds the container's ownership lease now. */
+  leaseHeld: boolean
 }
 
 export interface PeerInfo {
@@ -83,6 +113,34 @@ export interface NodeStatus {
   containers: number
   startedAt: string
   cluster: ClusterSummary
+  failover: FailoverSummary
+}
+
+/** One line of `msc events --json` (NDJSON): what replication, leases and failover did. */
+export interface NodeEvent {
+  /** Increases by one per event in this run of the node. */
+  seq: number
+  /** ISO 8601. */
+  time: string
+  kind: 'replication' | 'lease' | 'failover'
+  type: string
+  container?: string
+  [k: string]: unknown
+}
+
+/** `msc status`: leases, failover and the replicas this node keeps for others. */
+export interface FailoverSummary {
+  /** A witness votes on leases and runs no container. */
+  witness: boolean
+  leaseMs: number
+  members: number
+  /** Grants a failover needs: a majority of the persisted member list. */
+  quorum: number
+  /** Whether a failover can happen, in one line (two members cannot: add a witness). */
+  failover: string
+  /** Leases this node holds for its own containers. */
+  held: number
+  replicas: Array<{ container: string, owner: string, epoch: number, generation: number | null, dumpedAt: string }>
 }
 
 /** The cluster this node belongs to (`msc status`). */
@@ -107,7 +165,7 @@ export interface ClusterInfo extends Omit<ClusterSummary, 'members'> {
 export interface ClusterToken { token: string, cluster: string, expiresAt: string }
 export interface RemovedPeer { peerId: string, name: string }
 
-export interface RunRequest { name: string, bundle: string }
+export interface RunRequest { name: string, bundle: string, replicas?: number }
 export interface CheckpointRequest { stop?: boolean }
 export interface RestoreRequest { from?: string }
 

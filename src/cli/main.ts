@@ -5,6 +5,7 @@ import { registerContainerCommands } from './commands/containers.ts'
 import { registerNodeCommands } from './commands/node.ts'
 import { registerLocalCommands } from './commands/local.ts'
 import { registerPeerCommands } from './commands/peers.ts'
+import { registerEventCommands } from './commands/events.ts'
 import { escapeControl } from './render.ts'
 
 /**
@@ -24,6 +25,7 @@ export function buildProgram (): Command {
   registerNodeCommands(program)
   registerContainerCommands(program)
   registerPeerCommands(program)
+  registerEventCommands(program)
   registerLocalCommands(program)
   return program
 }

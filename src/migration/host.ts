@@ -10,6 +10,8 @@ import type { Handover, HandoverBody } from '../cluster/handover.ts'
 export interface LocalContainer {
   name: string
   epoch: number
+  /** Standbys it keeps (0: not replicated). */
+  replicas: number
   /** Directory with config.json and the rootfs the container runs on. */
   bundleDir: string
   rootfs: string
@@ -60,7 +62,7 @@ export interface ContainerHost {
    * disk before it runs: a node restarted before the decision settles it with that
    * (settle.ts), and commit needs no new disk space.
    */
-  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, signal: AbortSignal }) => Promise<{ pid: number }>
+  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, replicas?: number, signal: AbortSignal }) => Promise<{ pid: number }>
   /** Commit: the container is ours at `epoch` (proven by `handover`), and the membership says so at once. */
   commit: (name: string, epoch: number, handover: Handover) => Promise<void>
   /** Containers restored here by incoming migrations that are not committed yet. */

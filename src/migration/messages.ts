@@ -39,6 +39,8 @@ export const OfferSchema = z.object({
   config: z.record(z.string(), z.unknown()),
   /** The owner epoch the source holds; the target will own it at epoch + 1. */
   epoch: z.number().int().min(1),
+  /** Standbys the container keeps (failover); its replication follows it to the target. */
+  replicas: z.number().int().min(0).max(8).optional(),
   bundle: z.object({ digest: z.string().regex(/^[0-9a-f]{64}$/), files: z.number().int().min(0), bytes: z.number().int().min(0) }).strict(),
   /** What the target must be able to hold: rootfs + images (estimated) + log. */
   estimatedBytes: z.number().int().min(0),

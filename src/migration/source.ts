@@ -103,7 +103,7 @@ export class MigrationSource {
         result.to = target
         result.toName = d.cluster.peerName(target)
         const offer: Offer = {
-          type: 'offer', v: MIGRATE_VERSION, migrationId, container: c.name, strategy: req.strategy, config, epoch: c.epoch,
+          type: 'offer', v: MIGRATE_VERSION, migrationId, container: c.name, strategy: req.strategy, config, epoch: c.epoch, replicas: c.replicas,
           bundle: digest, estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024, features,
           source: { peerId: d.cluster.selfId, name: d.cluster.selfName }, target, transfers
         }

@@ -179,7 +179,7 @@ export class MigrationTarget {
         const started = Date.now()
         const r = await this.d.host.adopt({
           name: offer.container, bundleDir, imageDir: path.join(staging, 'images'), workDir: path.join(staging, 'work'),
-          logDir: path.join(staging, 'log'), lazyPagesPort: pages?.port, handover: req.handover, signal: AbortSignal.timeout(300_000)
+          logDir: path.join(staging, 'log'), lazyPagesPort: pages?.port, handover: req.handover, replicas: offer.replicas, signal: AbortSignal.timeout(300_000)
         })
         adopted = true
         restored = { type: 'restored', pid: r.pid, restoreMs: Date.now() - started }

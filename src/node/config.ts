@@ -70,6 +70,13 @@ function bool (raw: string, source: string): boolean {
   throw new MscError('INVALID_ARGUMENT', `${source}: expected true or false, got "${raw}"`)
 }
 
+/** A replica count: 0..8, or a boolean (true = 1) as ENABLE_CONTINUOUS_DUMPING was. */
+function replicaCount (raw: string, source: string): number {
+  if (/^(true|yes|on)$/i.test(raw.trim())) return 1
+  if (/^(false|no|off)$/i.test(raw.trim())) return 0
+  return positiveInt(0, 8)(raw, source)
+}
+
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 export type LogLevel = typeof LOG_LEVELS[number]
 
@@ -203,6 +210,26 @@ export const NODE_OPTIONS = {
     defaultText: 'the smaller of 3 x PING_INTERVAL and PING_TIMEOUT / 2',
     default: (p) => Math.min(3 * (p.pingIntervalMs as number), (p.pingTimeoutMs as number) / 2), parse: seconds(0.05, 86400)
   } satisfies OptionSpec<number>,
+  dumpIntervalMs: {
+    key: 'dumpIntervalMs', flag: '--dump-interval', env: ['DUMP_INTERVAL', 'MSC_DUMP_INTERVAL'],
+    description: 'Seconds between the checkpoints of a replicated container (decimals allowed). Stretched so that its freezes take at most 5% of the time: the effective interval is max(DUMP_INTERVAL, 20 x the last freeze).',
+    defaultText: '5', default: () => 5000, parse: seconds(0.2, 86400)
+  } satisfies OptionSpec<number>,
+  defaultReplicas: {
+    key: 'defaultReplicas', flag: '--default-replicas', env: ['ENABLE_CONTINUOUS_DUMPING', 'ENABLE_CONTINOUS_DUMPING', 'MSC_DEFAULT_REPLICAS'],
+    description: 'Standbys a container gets when `msc run` does not say (--replicas): a number from 0 to 8, or true (1) / false (0) as the original ENABLE_CONTINUOUS_DUMPING took it (its misspelling ENABLE_CONTINOUS_DUMPING is read too).',
+    defaultText: '1', default: () => 1, parse: replicaCount
+  } satisfies OptionSpec<number>,
+  leaseTimeoutMs: {
+    key: 'leaseTimeoutMs', flag: '--lease-timeout', env: ['LEASE_TIMEOUT', 'MSC_LEASE_TIMEOUT'],
+    description: 'Seconds an ownership lease of a replicated container lasts without renewal (renewed every quarter of it). An owner that cannot renew kills its container before its lease ends; a standby fails over only after it ended.',
+    defaultText: 'PING_TIMEOUT', default: (p) => p.pingTimeoutMs as number, parse: seconds(0.5, 3600)
+  } satisfies OptionSpec<number>,
+  witness: {
+    key: 'witness', flag: '--witness', kind: 'flag', env: ['MSC_WITNESS'],
+    description: 'Run as a witness: a member that votes on ownership leases and runs no container (the third member that lets a two-node cluster fail over).',
+    defaultText: 'false', default: () => false, parse: bool
+  } satisfies OptionSpec<boolean>,
   stopContainersOnExit: {
     key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', kind: 'flag', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
     description: 'Stop this node\'s containers when the node stops. Off by default: containers outlive a node restart and are adopted again.',

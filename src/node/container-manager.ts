@@ -9,6 +9,7 @@ import type { DataDir } from './data-dir.ts'
 import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
 import type { Handover } from '../cluster/handover.ts'
+import type { LeaseProof } from '../failover/grant.ts'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
@@ -31,6 +32,18 @@ export interface ContainerRecord {
   fenced?: FenceInfo
   /** The handover that made this node the owner at `epoch` (a migration), if any. */
   handover?: Handover
+  /** Standbys that keep its checkpoints (0 or absent: not replicated, no failover). */
+  replicas?: number
+  /** The majority's grants that made this node the owner at `epoch` (a failover), if any. */
+  lease?: LeaseProof
+  /**
+   * This node could not renew the container's lease in time and killed it (self-fencing):
+   * another node may own it now. Kept, stopped, until that is settled (a takeover fences
+   * it for good) or an operator restores it.
+   */
+  leaseLost?: { epoch: number, at: string }
+  /** Being restored here by a failover, not yet running: not claimed (replica-ops.ts). */
+  failoverPending?: boolean
 }
 
 /**
@@ -132,7 +145,7 @@ export class ContainerManager {
     return toInfo(r, st, cps)
   }
 
-  async run (name: string, bundleDir: string, signal?: AbortSignal): Promise<ContainerInfo> {
+  async run (name: string, bundleDir: string, signal?: AbortSignal, opts: { replicas?: number } = {}): Promise<ContainerInfo> {
     validateName(name)
     if (typeof bundleDir !== 'string' || bundleDir === '') throw new MscError('INVALID_ARGUMENT', 'a bundle directory is required')
     return await this.lock.run(name, async () => {
@@ -147,7 +160,7 @@ export class ContainerManager {
       const dir = this.dd.containerDir(name)
       await fs.mkdir(dir, { recursive: true, mode: 0o700 })
       const now = new Date().toISOString()
-      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch }
+      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0 }
       try {
         await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
         await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name), this.dd.requestSocket))
@@ -289,6 +302,7 @@ export class ContainerManager {
       })
       r.startedAt = new Date().toISOString()
       r.checkpointed = false
+      delete r.leaseLost
       await this.writeRecord(r)
       this.log.info({ name, from: cp.id, ms: Date.now() - started, pid: state.pid }, 'container restored')
       return toInfo(r, state, cps)
@@ -303,13 +317,13 @@ export class ContainerManager {
   }
 
   /** What this node owns, for its membership heartbeat. */
-  async claims (): Promise<Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover }>> {
-    const out: Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover }> = []
+  async claims (): Promise<Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }>> {
+    const out: Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }> = []
     // One `runc list` for all (this runs at every heartbeat), not one `runc state` each.
     const states = new Map((await this.runc.list().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
       const r = await this.readRecord(n)
-      if (r == null || r.pendingMigration === true) continue // not ours until committed
+      if (r == null || r.pendingMigration === true || r.failoverPending === true) continue // not ours until committed / restored
       const st = states.get(n) ?? null
       if (r.fenced != null) {
         // Someone else's now. Still running only if the node died between marking
@@ -318,7 +332,9 @@ export class ContainerManager {
         continue
       }
       // The certificate that made it ours, so that views that knew the previous owner accept the claim.
-      const proof = r.handover != null && r.handover.epoch === r.epoch ? { handover: r.handover } : {}
+      const proof = r.handover != null && r.handover.epoch === r.epoch
+        ? { handover: r.handover }
+        : r.lease != null && r.lease.epoch === r.epoch ? { grant: r.lease } : {}
       out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof })
     }
     return out
@@ -415,7 +431,10 @@ function toInfo (r: ContainerRecord, st: RuncState | null, cps: CheckpointInfo[]
 }
 
 function baseInfo (r: ContainerRecord, cps: CheckpointInfo[]): Omit<ContainerInfo, 'state' | 'pid' | 'started'> {
-  return { name: r.name, createdAt: r.createdAt, bundle: r.bundle, checkpoints: cps.length, lastCheckpoint: cps.at(-1)?.id ?? null }
+  return {
+    name: r.name, createdAt: r.createdAt, bundle: r.bundle, checkpoints: cps.length, lastCheckpoint: cps.at(-1)?.id ?? null,
+    epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, ...(r.leaseLost != null ? { leaseLost: r.leaseLost } : {})
+  }
 }
 
 async function dirSize (dir: string): Promise<number> {

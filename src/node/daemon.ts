@@ -5,7 +5,7 @@ import { Runc } from '../runtime/runc.ts'
 import { removeEmptyCgroupParent } from '../runtime/cgroups.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import { ControlServer } from '../api/server.ts'
-import type { NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
+import type { ContainerInfo, NodeStatus, PeerInfo, MigrationResultInfo } from '../api/types.ts'
 import { Overlay } from '../overlay/overlay.ts'
 import { loadOrCreatePeerKey } from '../overlay/identity.ts'
 import { pskKeyBytes, readPskFile } from '../overlay/psk.ts'
@@ -13,6 +13,9 @@ import { dialableAddrs } from '../overlay/membership/membership-service.ts'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { ClusterService } from '../cluster/cluster-service.ts'
 import { MigrationService } from './migration-service.ts'
+import { FailoverService } from './failover-service.ts'
+import { EventLog } from './events.ts'
+import { verifyLeaseProof } from '../failover/grant.ts'
 import { ContainerRequestServer } from './container-requests.ts'
 import { cgroupsPathOf, validateName } from './container-manager.ts'
 import { recoverOutgoing } from './migration-host.ts'
@@ -40,6 +43,8 @@ export class MscNode {
   private cluster?: ClusterService
   private requests?: ContainerRequestServer
   private migration?: MigrationService
+  private failover?: FailoverService
+  readonly events = new EventLog()
   private startedAt = ''
   private claimed = false
   private nodeId = ''
@@ -97,10 +102,16 @@ export class MscNode {
     this.overlay = await Overlay.create({
       privateKey, psk, dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
       listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
-      pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs
+      pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs,
+      role: cfg.witness ? 'observer' : 'node'
     }, {
       claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }),
-      gate: { gater: cluster.gater, isMember: (peer) => cluster.isMember(peer) }
+      gate: { gater: cluster.gater, isMember: (peer) => cluster.isMember(peer) },
+      // A failover's claim: a majority of the persisted member list granted the claimant
+      // the lease at this epoch (protocols/lease.md).
+      verifyGrant: (claim, claimant) => claim.grant != null && verifyLeaseProof(claim.grant, {
+        container: claim.name, epoch: claim.epoch, holder: claimant, members: new Set(cluster.members().map((m) => m.peerId))
+      })
     })
     // Before any container starts or restores: bundles may bind-mount this socket.
     this.requests = new ContainerRequestServer({
@@ -115,6 +126,14 @@ export class MscNode {
       }
     })
     await this.requests.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'container request socket unavailable (python3 missing?)'))
+    // Before the overlay starts: the first heartbeats may already move a name away.
+    // Epoch fencing: a peer claiming a container we run, at a higher epoch, owns it
+    // (a migration we gave up on was committed there after all, e.g. across a long
+    // partition). Two copies must not stay: ours goes.
+    this.overlay.view.addEventListener('owner:change', (evt) => {
+      const { container, from, to, epoch } = evt.detail
+      if (from === this.overlay?.peerId && to != null && to !== from) void this.fence(container, to, epoch)
+    })
     await this.overlay.start()
     const o = this.overlay
     cluster.onChange(({ added, removed }) => {
@@ -139,20 +158,34 @@ export class MscNode {
     })
     await migration.start()
     this.migration = migration
-    // Epoch fencing: a peer claiming a container we run, at a higher epoch, owns it
-    // (a migration we gave up on was committed there after all, e.g. across a long
-    // partition). Two copies must not stay: ours goes.
-    o.view.addEventListener('owner:change', (evt) => {
-      const { container, from, to, epoch } = evt.detail
-      if (from === o.peerId && to != null && to !== o.peerId) void this.fence(container, to, epoch)
+    const failover = this.failover = new FailoverService({
+      dumpIntervalMs: cfg.dumpIntervalMs, leaseMs: cfg.leaseTimeoutMs, witness: cfg.witness, allowPrivilegedBundles: cfg.allowPrivilegedBundles,
+      overlay: o, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, events: this.events,
+      logger: this.rootLog.child({ component: 'failover' }),
+      fence: async (name, owner, epoch) => { await this.fence(name, owner, epoch) }
     })
+    migration.addImageDestinations((h) => failover.imageDestination(h))
+    await failover.start()
     this.api = new ControlServer({
       status: async () => await this.status(),
-      list: async () => await c.list(),
-      inspect: async (name) => await c.inspect(name),
-      run: async (req, signal) => await c.run(req.name, req.bundle, signal),
+      list: async () => (await c.list()).map((x) => withReplication(x, failover)),
+      inspect: async (name) => withReplication(await c.inspect(name), failover),
+      events: (fn) => {
+        for (const e of this.events.history()) fn(e)
+        return this.events.subscribe(fn)
+      },
+      run: async (req, signal) => {
+        if (cfg.witness) throw new MscError('INVALID_STATE', `${cfg.name} is a witness: it votes on leases and runs no container`)
+        const replicas = req.replicas ?? cfg.defaultReplicas
+        if (!Number.isInteger(replicas) || replicas < 0 || replicas > 8) throw new MscError('INVALID_ARGUMENT', `--replicas takes a whole number from 0 to 8, not ${String(req.replicas)}`)
+        return withReplication(await c.run(req.name, req.bundle, signal, { replicas }), failover)
+      },
       stop: async (name) => await c.stop(name),
-      remove: async (name, force) => { await c.remove(name, { force }) },
+      remove: async (name, force) => {
+        const epoch = (await c.readRecord(validateName(name)))?.epoch
+        await c.remove(name, { force })
+        if (epoch != null) await failover.forget(name, epoch)
+      },
       checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
       checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
       restore: async (name, req, signal) => { await this.requireCriu(); return await c.restore(name, { from: req.from, signal }) },
@@ -204,6 +237,7 @@ export class MscNode {
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
     this.migration?.stop()
+    await this.failover?.stop().catch((err) => this.log.warn({ err }, 'stopping replication and leases'))
     // Containers first (if asked), so the goodbye heartbeat tells the truth about them.
     if (this.config.stopContainersOnExit) await this.containers?.stopAll()
     await this.cluster?.stop().catch((err) => this.log.warn({ err }, 'stopping the cluster service'))
@@ -232,7 +266,8 @@ export class MscNode {
       cluster: { ...cluster, refused: { ...cluster.refused, streams: cluster.refused.streams + o.refusedStreamCount } },
       version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
       cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
-      containers: list.length, startedAt: this.startedAt
+      containers: list.length, startedAt: this.startedAt,
+      failover: await this.failover!.summary()
     }
   }
 
@@ -356,6 +391,12 @@ export class MscNode {
     await writeFileAtomic(file, `${process.pid}\n`, { mode: 0o600 })
     this.claimed = true
   }
+}
+
+/** A container as the API shows it, with its replication when this node replicates it. */
+function withReplication (info: ContainerInfo, f: FailoverService): ContainerInfo {
+  const replication = f.containerStatus(info.name)
+  return replication != null ? { ...info, replication } : info
 }
 
 function isAlive (pid: number): boolean {

@@ -64,7 +64,7 @@ export class NodeMigrationHost implements ContainerHost {
     const logFiles: string[] = []
     for (const f of [log + '.1', log]) if (await exists(f)) logFiles.push(f)
     if (logFiles.length === 0) { await fs.writeFile(log, ''); logFiles.push(log) }
-    return { name, epoch: r.epoch ?? 1, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
+    return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
   }
 
   async dump (name: string, imageDir: string, signal: AbortSignal, parentPath?: string): Promise<void> {
@@ -161,7 +161,7 @@ export class NodeMigrationHost implements ContainerHost {
    */
   private committedFile (name: string): string { return path.join(this.dd.containerDir(name), 'commit.json') }
 
-  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, signal: AbortSignal }): Promise<{ pid: number }> {
+  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, replicas?: number, signal: AbortSignal }): Promise<{ pid: number }> {
     // Checked before anything moves: the log shim appends to these as root, and a link
     // would have it write to a host file.
     const logs: string[] = []
@@ -179,7 +179,7 @@ export class NodeMigrationHost implements ContainerHost {
     const bundle = await loadBundle(src)
     await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name), this.dd.requestSocket))
     const now = new Date().toISOString()
-    const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false }
+    const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0 }
     await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })
     await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
     await fs.mkdir(req.workDir, { recursive: true })

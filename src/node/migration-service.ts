@@ -8,7 +8,7 @@ import { MigrationSource, type MigrateRequest, type MigrationResult } from '../m
 import { MigrationTarget } from '../migration/target.ts'
 import { settleLeftIncoming } from '../migration/settle.ts'
 import type { ClusterPort } from '../migration/host.ts'
-import { IMAGE_PROTOCOL, receiveTree } from '../protocols/image/index.ts'
+import { IMAGE_PROTOCOL, receiveTree, type TreeDestination, type TreeHeader } from '../protocols/image/index.ts'
 import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel } from '../protocols/pages/tunnel.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { ContainerManager } from './container-manager.ts'
@@ -41,6 +41,8 @@ export class MigrationService {
   private readonly settleTimeoutMs: number
   private readonly stopping = new AbortController()
   private readonly inflight = new Set<Promise<void>>()
+  /** Other receivers of /msc/image trees (replication's rootfs), asked after migration's own. */
+  private readonly imageDestinations: Array<(h: TreeHeader) => TreeDestination | null> = []
   /** The settling of incoming migrations left pending by the previous run (start()). */
   leftovers: Promise<unknown> = Promise.resolve()
 
@@ -80,7 +82,15 @@ export class MigrationService {
     await this.overlay.handle(IMAGE_PROTOCOL, async (stream) => {
       await receiveTree(stream, {
         tmpRoot: this.dd.tmp,
-        resolve: (header) => this.target.imageDestination(header),
+        resolve: (header) => {
+          const own = this.target.imageDestination(header)
+          if (own != null) return own
+          for (const d of this.imageDestinations) {
+            const x = d(header)
+            if (x != null) return x
+          }
+          return null
+        },
         idleTimeoutMs: 30_000
       })
     }, 16)
@@ -111,6 +121,10 @@ export class MigrationService {
     let t: NodeJS.Timeout | undefined
     await Promise.race([Promise.allSettled([...this.inflight]), new Promise((resolve) => { t = setTimeout(resolve, ms) })])
     clearTimeout(t)
+  }
+
+  addImageDestinations (fn: (h: TreeHeader) => TreeDestination | null): void {
+    this.imageDestinations.push(fn)
   }
 
   async migrate (req: MigrateRequest): Promise<MigrationResult> {

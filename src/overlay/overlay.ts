@@ -7,7 +7,7 @@ import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interf
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
 import { PeerConnector } from './connector.ts'
-import { MembershipView, type Member } from './membership/membership-view.ts'
+import { MembershipView, type Member, type MembershipViewInit } from './membership/membership-view.ts'
 import { MembershipService } from './membership/membership-service.ts'
 import type { ContainerClaim, Heartbeat } from './membership/heartbeat.ts'
 
@@ -26,6 +26,8 @@ export interface OverlayConfig {
   pingIntervalMs: number
   pingTimeoutMs: number
   suspectTimeoutMs: number
+  /** What the heartbeat says this node is: 'observer' for a witness (votes, runs nothing). */
+  role?: 'node' | 'observer'
 }
 
 /**
@@ -41,6 +43,8 @@ export interface OverlayDeps {
   claims: () => Promise<ContainerClaim[]>
   logger: Logger
   gate?: OverlayGate
+  /** The failover proof check of the membership view (MembershipViewInit.verifyGrant). */
+  verifyGrant?: MembershipViewInit['verifyGrant']
 }
 
 /** Gossipsub refuses frames past this; membership's own limit (64 KiB) is far below. */
@@ -83,7 +87,8 @@ export class Overlay {
         deadAfterMs: cfg.pingTimeoutMs,
         forgetAfterMs: Math.max(600_000, cfg.pingTimeoutMs * 10),
         maxAgeMs: Math.max(30_000, cfg.pingTimeoutMs * 3)
-      }
+      },
+      verifyGrant: deps.verifyGrant
     })
   }
 
@@ -118,7 +123,7 @@ export class Overlay {
     this.membership = new MembershipService({
       libp2p, view: this.view, connector: this.connector, intervalMs: this.cfg.pingIntervalMs, isMember: this.isMember,
       logger: this.log.child({ component: 'membership' }),
-      local: { name: this.cfg.name, version: this.cfg.version, role: 'node', containers: this.claims, resources: async () => await this.resources() }
+      local: { name: this.cfg.name, version: this.cfg.version, role: this.cfg.role ?? 'node', containers: this.claims, resources: async () => await this.resources() }
     })
     await this.membership.start()
     // @libp2p/bootstrap dials each address once, at start: a bootstrap peer that comes

@@ -77,7 +77,8 @@ export interface StartClusterOptions {
 const SCRUBBED_ENV = [
   'MSC_DATA_DIR', 'DUMP_PATH', 'MSC_API_SOCKET', 'RPC_ADDR', 'MSC_NODE_NAME', 'NODE_NAME', 'MSC_LISTEN', 'MSC_ANNOUNCE',
   'MSC_BOOTSTRAP', 'BOOTSTRAP_PEERS', 'MSC_MDNS', 'MSC_MDNS_INTERVAL', 'MSC_PSK_FILE', 'PING_INTERVAL', 'MSC_PING_INTERVAL',
-  'PING_TIMEOUT', 'MSC_PING_TIMEOUT', 'MSC_SUSPECT_TIMEOUT', 'MSC_CGROUP_PARENT'
+  'PING_TIMEOUT', 'MSC_PING_TIMEOUT', 'MSC_SUSPECT_TIMEOUT', 'MSC_CGROUP_PARENT',
+  'ENABLE_CONTINUOUS_DUMPING', 'ENABLE_CONTINOUS_DUMPING', 'DUMP_INTERVAL', 'MSC_DUMP_INTERVAL', 'LEASE_TIMEOUT', 'MSC_LEASE_TIMEOUT', 'MSC_WITNESS'
 ]
 
 export class Cluster {
@@ -355,7 +356,9 @@ export class Cluster {
 export async function startCluster (opts: StartClusterOptions): Promise<Cluster> {
   const env: NodeJS.ProcessEnv = { ...process.env }
   for (const k of SCRUBBED_ENV) delete env[k]
-  Object.assign(env, { MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000' }, opts.env)
+  // Replication (and the leases and lease guard that come with it) only where a test
+  // asks for it: --replicas on `msc run`, or MSC_DEFAULT_REPLICAS in opts.env.
+  Object.assign(env, { MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000', MSC_DEFAULT_REPLICAS: '0' }, opts.env)
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-cluster-'))
   let tb: Testbed
   try {

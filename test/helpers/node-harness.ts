@@ -48,7 +48,7 @@ export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[
   const socket = path.join(dataDir, 'msc.sock')
   // Outside a testbed a node stays on loopback with mDNS off: no multicast may leave
   // the testbed bridge, and two nodes must not fight over the default port.
-  const env: NodeJS.ProcessEnv = { ...process.env, MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000', MSC_MDNS: 'false', MSC_LISTEN: '/ip4/127.0.0.1/tcp/0', ...opts.env }
+  const env: NodeJS.ProcessEnv = { ...process.env, MSC_LOG_FORMAT: 'json', LOG_LEVEL: 'debug', MSC_STOP_TIMEOUT: '3000', MSC_MDNS: 'false', MSC_LISTEN: '/ip4/127.0.0.1/tcp/0', MSC_DEFAULT_REPLICAS: '0', ...opts.env }
   const logFile = `${dataDir}.node.log`
   let proc!: ChildProcess
   const launch = async (): Promise<void> => {
@@ -176,11 +176,12 @@ export function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-export async function waitFor (cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+/** `what` may be a function: the message then says what was seen when the wait gave up. */
+export async function waitFor (cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (true) {
     if (await cond()) return
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
     await sleep(100)
   }
 }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander'
 import { ControlClient } from '../../api/client.ts'
+import { MscError } from '../../util/errors.ts'
 import { resolveClientTarget } from '../../node/config.ts'
 
 export interface TargetOpts { dataDir?: string, apiSocket?: string, json?: boolean }
@@ -17,4 +18,24 @@ export function clientFor (opts: TargetOpts): ControlClient {
 
 export function printJson (v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n')
+}
+
+/**
+ * Peer id to member name, from the node's persisted member list, to show peers by name.
+ * Best effort: an empty map if the node does not answer (the command's own request
+ * reports that).
+ */
+export async function memberNames (client: ControlClient): Promise<Map<string, string>> {
+  try {
+    return new Map((await client.cluster()).members.map((m) => [m.peerId, m.name]))
+  } catch {
+    return new Map()
+  }
+}
+
+/** `--replicas N`: standbys for a new container, 0 to 8. */
+export function parseReplicas (raw: string): number {
+  const n = /^\d{1,2}$/.test(raw.trim()) ? Number(raw.trim()) : NaN
+  if (!(n >= 0 && n <= 8)) throw new MscError('INVALID_ARGUMENT', `--replicas: a whole number from 0 (no standby, no failover) to 8, got "${raw}"`)
+  return n
 }

@@ -1,19 +1,22 @@
 import type { Command } from 'commander'
-import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
-import { checkpointsTable, containersTable, bytes } from '../render.ts'
+import { clientFor, parseReplicas, printJson, withTarget, type TargetOpts } from './common.ts'
+import { checkpointsTable, containersTable, containerText, bytes } from '../render.ts'
 
-/** run, ps, logs, stop, rm, checkpoint, checkpoints, restore: each one API call. */
+/** run, ps, inspect, logs, stop, rm, checkpoint, checkpoints, restore: each one API call. */
 export function registerContainerCommands (program: Command): void {
   withTarget(program.command('run')
     .description('start a container from an OCI bundle (config.json + rootfs)')
     .argument('<name>', 'container name, unique on the node')
     .argument('<bundle>', 'OCI bundle directory')
+    .option('--replicas <n>', 'standbys that keep a copy of it for failover, 0 to 8 (default: the node\'s --default-replicas, 1 unless set)')
     .option('--json', 'print the container as JSON'))
-    .action(async (name: string, bundle: string, opts: TargetOpts) => {
+    .action(async (name: string, bundle: string, opts: TargetOpts & { replicas?: string }) => {
+      // Checked here, before any request: a bad value never reaches the node.
+      const replicas = opts.replicas == null ? undefined : parseReplicas(opts.replicas)
       const { resolve } = await import('node:path')
-      const c = await clientFor(opts).run(name, resolve(bundle))
+      const c = await clientFor(opts).run(name, resolve(bundle), replicas)
       if (opts.json === true) printJson(c)
-      else process.stdout.write(`${c.name} running (pid ${c.pid})\n`)
+      else process.stdout.write(`${c.name} running (pid ${c.pid})${c.replicas == null || c.replicas === 0 ? '' : `, replicas: ${c.replicas}`}\n`)
     })
 
   withTarget(program.command('ps')
@@ -23,6 +26,16 @@ export function registerContainerCommands (program: Command): void {
       const list = await clientFor(opts).list()
       if (opts.json === true) printJson(list)
       else process.stdout.write(containersTable(list) + '\n')
+    })
+
+  withTarget(program.command('inspect')
+    .description('show one container: state, epoch, replicas, and its standbys and RPO if this node replicates it')
+    .argument('<name>')
+    .option('--json', 'print the container as JSON (schema in docs/cli.md)'))
+    .action(async (name: string, opts: TargetOpts) => {
+      const c = await clientFor(opts).inspect(name)
+      if (opts.json === true) printJson(c)
+      else process.stdout.write(containerText(c) + '\n')
     })
 
   withTarget(program.command('logs')

@@ -1,6 +1,6 @@
 import type { Command } from 'commander'
 import { NODE_OPTIONS, resolveNodeConfig, type NodeOptionKey, type OptionSpec } from '../../node/config.ts'
-import { clientFor, printJson, withTarget, type TargetOpts } from './common.ts'
+import { clientFor, memberNames, printJson, withTarget, type TargetOpts } from './common.ts'
 import { statusText } from '../render.ts'
 
 export function flagAttribute (flag: string): string {
@@ -52,11 +52,12 @@ export function registerNodeCommands (program: Command): void {
   })
 
   withTarget(program.command('status')
-    .description('show this node: version, data dir, runtime, containers')
+    .description('show this node: version, data dir, runtime, containers, cluster, failover')
     .option('--json', 'print as JSON'))
     .action(async (opts: TargetOpts) => {
-      const s = await clientFor(opts).status()
-      if (opts.json === true) printJson(s)
-      else process.stdout.write(statusText(s) + '\n')
+      const client = clientFor(opts)
+      if (opts.json === true) { printJson(await client.status()); return }
+      const [s, names] = await Promise.all([client.status(), memberNames(client)])
+      process.stdout.write(statusText(s, names) + '\n')
     })
 }

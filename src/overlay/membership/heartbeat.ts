@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import { HandoverSchema, MAX_EPOCH } from '../../cluster/handover.ts'
+import { LeaseProofSchema } from '../../failover/grant.ts'
 
 export { MAX_EPOCH }
 
@@ -34,7 +35,13 @@ export const ContainerClaimSchema = z.object({
    * The previous owner's signed handover to the sender at this epoch (a container that
    * came by migration): the proof a view needs to move the name from a live owner.
    */
-  handover: HandoverSchema.optional()
+  handover: HandoverSchema.optional(),
+  /**
+   * A majority's grants of the lease at this epoch to the sender (a failover): the
+   * proof a view needs to move the name from an owner that died. Checked against the
+   * persisted member list (protocols/lease.md).
+   */
+  grant: LeaseProofSchema.optional()
 }).strict()
 
 export const HeartbeatSchema = z.object({

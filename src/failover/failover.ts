@@ -1,0 +1,178 @@
+/**
+ * The standby side of failover: for every replica this node keeps, watch its owner;
+ * when the owner is dead (or alive but no longer runs it: it lost its lease and killed
+ * it), ask the cluster's majority for the lease at epoch + 1 and, once granted, restore
+ * the newest generation here (the one before it if that fails). The grantors decide:
+ * they grant only once the old lease expired by their own clocks, so the old copy is
+ * gone before this one starts. Standbys further down the container's standby order
+ * wait longer before asking, so the first standby (which every generation reaches at
+ * the same time as the others) normally wins; the others are refused and back off.
+ *
+ * Pure decisions over a port to the node, so the state machine is tested against fakes.
+ */
+import type { Logger } from '../util/logger.ts'
+import type { ReplicaMeta } from '../replication/replica-store.ts'
+
+export interface FailoverPort {
+  selfId: string
+  replicas: () => Promise<ReplicaMeta[]>
+  /** The owner and epoch the membership view holds for the name (tombstone: owner null). */
+  ownerOf: (name: string) => { owner: string | null, epoch: number } | undefined
+  peerState: (peer: string) => 'alive' | 'suspect' | 'dead' | 'left' | undefined
+  /** Still in the persisted member list (not removed with `msc peer rm`). */
+  isMember: (peer: string) => boolean
+  /** The state the peer last claimed the container in. */
+  claimState: (peer: string, name: string) => string | undefined
+  /** Resolves with the lease at `epoch` (held from then on), or throws when refused. */
+  acquire: (name: string, epoch: number, signal: AbortSignal) => Promise<unknown>
+  release: (name: string) => Promise<void>
+  /** Restores generation `generation` of the replica as this node's container at `epoch`, with the lease proof. */
+  restore: (meta: ReplicaMeta, generation: number, epoch: number, proof: unknown, signal: AbortSignal) => Promise<void>
+  drop: (name: string) => Promise<void>
+  hasContainer: (name: string) => Promise<boolean>
+}
+
+export interface FailoverInit {
+  leaseMs: number
+  logger: Logger
+  /** Extra wait per place down the standby order before asking for the lease. */
+  rankDelayMs?: number
+  now?: () => number
+  onEvent?: (e: FailoverEvent) => void
+}
+
+export type FailoverEvent =
+  | { type: 'owner-lost', container: string, owner: string, reason: string }
+  | { type: 'lease-requested', container: string, epoch: number }
+  | { type: 'lease-refused', container: string, epoch: number, reason: string }
+  | { type: 'failover', container: string, epoch: number, generation: number, from: string, ms: number, dumpedAt: number }
+  | { type: 'failover-failed', container: string, epoch: number, reason: string }
+  | { type: 'replica-dropped', container: string, reason: string }
+
+const LIVE_STATES = new Set(['running', 'paused', 'created'])
+
+/** Why the replica's owner no longer runs it, or null while it does (or may). Pure. */
+export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null, epoch: number } | undefined,
+  state: string | undefined, claim: string | undefined, member = true): string | null {
+  // Removing a member releases its names in the view; its containers are still only in its replicas.
+  if (!member && (own == null || (own.epoch === meta.epoch && (own.owner == null || own.owner === meta.owner)))) return 'its node was removed from the cluster'
+  if (own == null || own.owner !== meta.owner || own.epoch !== meta.epoch) return null
+  if (state === 'dead') return 'its node is dead'
+  // A node that left on purpose keeps its containers running without renewing: only
+  // its return, or its removal from the cluster, settles them.
+  if (state === 'alive' && claim != null && !LIVE_STATES.has(claim)) return `its node no longer runs it (${claim})`
+  return null
+}
+
+/** Whether a replica is someone else's business now (moved, failed over, a newer epoch). Pure. */
+export function replicaStale (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null, epoch: number } | undefined): string | null {
+  if (own == null) return null
+  if (own.epoch > meta.epoch) return `the cluster holds it at epoch ${own.epoch}`
+  if (own.owner != null && own.owner !== meta.owner) return `another node (${own.owner}) owns it`
+  return null
+}
+
+export class FailoverController {
+  private readonly port: FailoverPort
+  private readonly init: FailoverInit
+  private readonly log: Logger
+  private readonly now: () => number
+  /** container -> when its owner was first seen gone, and when we last asked. */
+  private readonly gone = new Map<string, { since: number, lastTry: number }>()
+  private readonly busy = new Set<string>()
+  private timer?: NodeJS.Timeout
+  private readonly stopping = new AbortController()
+  private readonly inflight = new Set<Promise<void>>()
+
+  constructor (port: FailoverPort, init: FailoverInit) {
+    this.port = port
+    this.init = init
+    this.log = init.logger
+    this.now = init.now ?? Date.now
+  }
+
+  start (): void {
+    this.timer = setInterval(() => { void this.tick() }, 250)
+  }
+
+  async stop (): Promise<void> {
+    clearInterval(this.timer)
+    this.stopping.abort()
+    await Promise.allSettled([...this.inflight])
+  }
+
+  /** One look at every replica; exported for tests. */
+  async tick (): Promise<void> {
+    for (const meta of await this.port.replicas().catch(() => [] as ReplicaMeta[])) {
+      const name = meta.container
+      if (this.busy.has(name) || meta.generations.length === 0) continue
+      const own = this.port.ownerOf(name)
+      const stale = own?.owner === this.port.selfId ? null : replicaStale(meta, own)
+      if (stale != null) {
+        this.gone.delete(name)
+        this.busy.add(name)
+        await this.port.drop(name).catch(() => {})
+        this.busy.delete(name)
+        this.log.info({ container: name, reason: stale }, 'replica dropped')
+        this.init.onEvent?.({ type: 'replica-dropped', container: name, reason: stale })
+        continue
+      }
+      const why = ownerGone(meta, own, this.port.peerState(meta.owner), this.port.claimState(meta.owner, name), this.port.isMember(meta.owner))
+      if (why == null) { this.gone.delete(name); continue }
+      const t = this.now()
+      let g = this.gone.get(name)
+      if (g == null) {
+        g = { since: t, lastTry: 0 }
+        this.gone.set(name, g)
+        this.log.warn({ container: name, owner: meta.owner, reason: why }, 'the owner of a replica is gone: failover once its lease has expired')
+        this.init.onEvent?.({ type: 'owner-lost', container: name, owner: meta.owner, reason: why })
+      }
+      const rank = Math.max(0, meta.standbys.indexOf(this.port.selfId))
+      const delay = rank * (this.init.rankDelayMs ?? 2_000)
+      // Asking is cheap, but each refusal is logged by every grantor: not more than twice a lease.
+      if (t - g.since < delay || t - g.lastTry < Math.max(500, this.init.leaseMs / 2)) continue
+      g.lastTry = t
+      this.busy.add(name)
+      const p = this.takeOver(meta).finally(() => { this.busy.delete(name); this.inflight.delete(p) })
+      this.inflight.add(p)
+    }
+  }
+
+  private async takeOver (meta: ReplicaMeta): Promise<void> {
+    const name = meta.container
+    const epoch = meta.epoch + 1
+    const signal = this.stopping.signal
+    if (await this.port.hasContainer(name)) return
+    this.init.onEvent?.({ type: 'lease-requested', container: name, epoch })
+    let proof: unknown
+    try {
+      proof = await this.port.acquire(name, epoch, signal)
+    } catch (err) {
+      const reason = (err as Error).message
+      this.log.info({ container: name, epoch, reason }, 'failover lease refused')
+      this.init.onEvent?.({ type: 'lease-refused', container: name, epoch, reason })
+      return
+    }
+    // From here this node holds the lease: the old owner's copy is gone (it fenced
+    // itself, or died), and no other standby can restore it at this epoch.
+    const started = this.now()
+    const errors: string[] = []
+    for (const generation of [...meta.generations].reverse()) {
+      try {
+        await this.port.restore(meta, generation, epoch, proof, signal)
+        const ms = this.now() - started
+        this.gone.delete(name)
+        this.log.warn({ container: name, epoch, generation, from: meta.owner, ms }, 'failover: container restored here from its replica')
+        this.init.onEvent?.({ type: 'failover', container: name, epoch, generation, from: meta.owner, ms, dumpedAt: meta.dumpedAt })
+        await this.port.drop(name).catch(() => {})
+        return
+      } catch (err) {
+        errors.push(`generation ${generation}: ${(err as Error).message}`)
+        this.log.error({ container: name, generation, err: (err as Error).message }, 'failover restore failed')
+      }
+    }
+    // Nothing of it runs here: give the lease up so another standby may try.
+    await this.port.release(name).catch(() => {})
+    this.init.onEvent?.({ type: 'failover-failed', container: name, epoch, reason: errors.join('; ') })
+  }
+}

@@ -1,0 +1,345 @@
+/**
+ * Replication, ownership leases and failover on one node: the pieces in
+ * src/replication and src/failover, wired to this node's containers, membership view
+ * and member list. One Startable for the daemon's list.
+ *
+ *   - LeaseService: this node's vote on everyone's leases, and the leases it holds
+ *     for its own replicated containers (renewed by a majority, or the container is
+ *     killed before the lease can run out anywhere: self-fencing).
+ *   - Replicator: checkpoints of its replicated containers to their standbys.
+ *   - ReplicationReceiver: the replicas it keeps for others (DIR/replicas).
+ *   - FailoverController: brings a replica back here when its owner is gone.
+ * A witness (--witness) runs only the lease service: it votes, keeps nothing.
+ */
+import path from 'node:path'
+import type { PrivateKey } from '@libp2p/interface'
+import type { Logger } from '../util/logger.ts'
+import type { Runc } from '../runtime/runc.ts'
+import type { Overlay } from '../overlay/overlay.ts'
+import type { ClusterService } from '../cluster/cluster-service.ts'
+import type { TreeDestination, TreeHeader } from '../protocols/image/index.ts'
+import type { ReplicationInfo } from '../api/types.ts'
+import { LeaseService, leasePaths } from '../failover/lease-service.ts'
+import { LeaseGuard, LEASE_GUARD_SCRIPT } from '../failover/lease-guard.ts'
+import { LeaseRefusedError } from '../failover/errors.ts'
+import { quorum, type LeaseProof } from '../failover/grant.ts'
+import { FailoverController } from '../failover/failover.ts'
+import { ReplicaStore } from '../replication/replica-store.ts'
+import { ReplicationReceiver } from '../replication/receiver.ts'
+import { Replicator } from '../replication/replicator.ts'
+import { REPLICATE_PROTOCOL } from '../replication/messages.ts'
+import { loadBundle } from '../runtime/bundle.ts'
+import type { ContainerManager, ContainerRecord } from './container-manager.ts'
+import type { DataDir } from './data-dir.ts'
+import type { EventLog } from './events.ts'
+import { ReplicaOps } from './replica-ops.ts'
+
+export interface FailoverServiceInit {
+  dumpIntervalMs: number
+  leaseMs: number
+  witness: boolean
+  allowPrivilegedBundles: boolean
+  overlay: Overlay
+  cluster: ClusterService
+  privateKey: PrivateKey
+  manager: ContainerManager
+  runc: Runc
+  dataDir: DataDir
+  events: EventLog
+  logger: Logger
+  /** The daemon's fencing: another node owns `name` at `epoch`; our copy stops for good. */
+  fence: (name: string, owner: string, epoch: number) => Promise<void>
+}
+
+const LIVE_CLAIMS = new Set(['running', 'paused', 'created'])
+
+export class FailoverService {
+  readonly lease: LeaseService
+  private readonly i: FailoverServiceInit
+  private readonly log: Logger
+  private readonly store: ReplicaStore
+  private readonly receiver: ReplicationReceiver
+  private readonly ops: ReplicaOps
+  private readonly replicator?: Replicator
+  private readonly failover?: FailoverController
+  private readonly guard: LeaseGuard
+  private ownTimer?: NodeJS.Timeout
+  private readonly acquiring = new Set<string>()
+  /** Replicated containers running here without a lease, since when (ms). */
+  private readonly unleased = new Map<string, number>()
+  private readonly startedAt = Date.now()
+
+  constructor (init: FailoverServiceInit) {
+    this.i = init
+    this.log = init.logger
+    const o = init.overlay
+    const view = o.view
+    const cluster = init.cluster
+    const dd = init.dataDir
+    this.store = new ReplicaStore(path.join(dd.root, 'replicas'))
+    this.ops = new ReplicaOps({ manager: init.manager, runc: init.runc, dataDir: dd, logger: init.logger })
+    this.guard = new LeaseGuard({
+      dir: leasePaths(dd.root).guardDir, runcPath: init.runc.config.runcPath, runcRoot: init.runc.config.root,
+      scriptPath: LEASE_GUARD_SCRIPT, logger: init.logger.child({ component: 'lease-guard' })
+    })
+    const emit = init.events
+    this.lease = new LeaseService({
+      selfId: o.peerId, privateKey: init.privateKey, leaseMs: init.leaseMs, dataDir: dd.root,
+      members: () => cluster.members().map((m) => m.peerId),
+      isMember: (p) => cluster.isMember(p),
+      handle: async (protocol, handler, max) => { await o.handle(protocol, handler, max) },
+      dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
+      // A failover never takes a container from an owner this node sees running it,
+      // nor from one that left on purpose (its containers outlive its daemon).
+      mayTakeOver: (container, holder) => {
+        const m = view.get(holder)
+        if (m == null || m.state === 'dead') return true
+        if (m.state === 'left') return false
+        const c = m.containers.find((x) => x.name === container)
+        return c == null || !LIVE_CLAIMS.has(c.state)
+      },
+      onExpired: async (container, epoch) => {
+        if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: (err as Error).message }, 'self-fencing failed'); return false })) {
+          this.log.error({ container, epoch }, 'lease not renewed in time: the container was killed (self-fencing); a standby may bring it back elsewhere')
+          emit.emit('lease', { type: 'self-fenced', container, epoch })
+          o.announce()
+        }
+      },
+      guard: this.guard,
+      logger: init.logger.child({ component: 'lease' })
+    })
+    this.receiver = new ReplicationReceiver(this.store, {
+      selfId: o.peerId,
+      witness: init.witness,
+      hasContainer: async (name) => await init.manager.readRecord(name) != null,
+      ownerOf: (name) => view.ownerOf(name),
+      freeBytes: async () => { const s = await (await import('node:fs/promises')).statfs(dd.root); return s.bavail * s.bsize },
+      bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
+      diskReserveBytes: 256 * 1024 * 1024,
+      onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) })
+    }, init.logger.child({ component: 'replicas' }))
+    if (init.witness) return
+    this.replicator = new Replicator({
+      selfId: o.peerId,
+      replicated: async () => await this.replicated(),
+      candidates: () => view.alive().filter((m) => m.role === 'node' && cluster.isMember(m.peerId)).map((m) => m.peerId),
+      peerName: (p) => cluster.member(p)?.name ?? view.get(p)?.name ?? p,
+      dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
+      freezeDump: async (name, imageDir, capture, signal) => await this.ops.freezeDump(name, imageDir, capture, signal),
+      staging: async (id) => { const d = path.join(dd.tmp, id); await (await import('node:fs/promises')).mkdir(d, { recursive: true, mode: 0o700 }); return d },
+      removeStaging: async (d) => { if (d.startsWith(dd.tmp + '/')) await (await import('../runtime/mounts.ts')).removeTree(d) }
+    }, {
+      dumpIntervalMs: init.dumpIntervalMs,
+      logger: init.logger.child({ component: 'replication' }),
+      onEvent: (e) => emit.emit('replication', e)
+    })
+    this.failover = new FailoverController({
+      selfId: o.peerId,
+      replicas: async () => await this.store.list(),
+      ownerOf: (name) => view.ownerOf(name),
+      peerState: (p) => view.get(p)?.state,
+      isMember: (p) => cluster.isMember(p),
+      claimState: (p, name) => view.get(p)?.containers.find((c) => c.name === name)?.state,
+      acquire: async (name, epoch, signal) => await this.lease.acquire(name, epoch, { takeover: true, signal }),
+      release: async (name) => { await this.lease.release(name) },
+      restore: async (meta, generation, epoch, proof, signal) => {
+        await this.ops.adoptReplica(meta, this.store.genDir(meta.container, generation), epoch, proof as LeaseProof, signal)
+        o.announce()
+      },
+      drop: async (name) => { await this.store.drop(name) },
+      hasContainer: async (name) => await init.manager.readRecord(name) != null
+    }, {
+      leaseMs: init.leaseMs,
+      logger: init.logger.child({ component: 'failover' }),
+      onEvent: (e) => emit.emit(e.type.startsWith('lease') ? 'lease' : 'failover', e)
+    })
+  }
+
+  async start (): Promise<void> {
+    const cleared = await this.store.clearIncoming()
+    if (cleared > 0) this.log.info({ cleared }, 'removed replica generations a previous run had not finished receiving')
+    await this.lease.start()
+    // Containers the guard killed while this daemon was down: their lease had run out.
+    for (const name of await this.guard.fenced().catch(() => [] as string[])) {
+      const r = await this.i.manager.readRecord(name)
+      if (r != null && r.leaseLost == null) {
+        r.leaseLost = { epoch: r.epoch ?? 1, at: new Date().toISOString() }
+        r.startedAt = null
+        await this.i.manager.writeRecord(r)
+        await this.i.runc.delete(name, { force: true }).catch(() => {})
+        this.log.error({ container: name }, 'the lease guard killed this container while the node was down (its lease ran out)')
+      }
+      await this.guard.clearFenced(name).catch(() => {})
+    }
+    // A failover the previous run was restoring: running means restored (ours, its lease
+    // taken again below); not running means nothing of it is here.
+    for (const name of await this.i.manager.names()) {
+      const r = await this.i.manager.readRecord(name)
+      if (r?.failoverPending !== true) continue
+      const st = await this.i.runc.state(name).catch(() => null)
+      if (st?.status === 'running' || st?.status === 'paused') {
+        delete r.failoverPending
+        r.startedAt = new Date().toISOString()
+        await this.i.manager.writeRecord(r)
+      } else {
+        await this.i.manager.remove(name, { force: true }).catch(() => {})
+        this.log.warn({ container: name }, 'removed a failover restore that the previous run did not finish')
+      }
+    }
+    await this.i.overlay.handle(REPLICATE_PROTOCOL, async (stream, peer) => { await this.receiver.handle(stream, peer) }, 16)
+    this.ownTimer = setInterval(() => { void this.keepLeases() }, Math.max(200, Math.min(1000, this.i.leaseMs / 4)))
+    this.replicator?.start()
+    this.failover?.start()
+  }
+
+  /** A node stopping on purpose parks its leases: its containers run on, and nobody takes them over meanwhile. */
+  async stop (): Promise<void> {
+    clearInterval(this.ownTimer)
+    await this.failover?.stop()
+    await this.replicator?.stop()
+    await this.lease.stop({ park: true })
+  }
+
+  /** `msc rm`: the grantors forget the container's lease (a parked one would keep its name from a new container). */
+  async forget (name: string, epoch: number): Promise<void> {
+    await this.lease.release(name, 'remove', epoch).catch((err) => this.log.warn({ container: name, err: (err as Error).message }, 'could not tell the grantors that a container was removed'))
+  }
+
+  /** Rootfs transfers of incoming generations arrive over /msc/image. */
+  imageDestination (header: TreeHeader): TreeDestination | null {
+    return this.receiver.imageDestination(header)
+  }
+
+  /** For `msc inspect` / `ps`: the replication of a container this node owns. */
+  containerStatus (name: string): ReplicationInfo | undefined {
+    const s = this.replicator?.status(name)
+    if (s == null) return undefined
+    return { ...s, leaseHeld: this.lease.holds(name) }
+  }
+
+  /** For `msc status`. */
+  async summary (): Promise<{ witness: boolean, leaseMs: number, members: number, quorum: number, failover: string, held: number, replicas: Array<{ container: string, owner: string, epoch: number, generation: number | null, dumpedAt: string }> }> {
+    const n = this.i.cluster.members().length
+    const q = quorum(n)
+    const failover = n < 3
+      ? `not possible: ${n} member${n === 1 ? '' : 's'}, a majority is ${q}; add a third member (any node, or one with --witness)`
+      : `possible while ${q} of ${n} members are up`
+    const st = this.lease.status()
+    return {
+      witness: this.i.witness, leaseMs: this.i.leaseMs, members: n, quorum: q, failover, held: st.held.length,
+      replicas: (await this.store.list()).map((m) => ({ container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) ?? null, dumpedAt: new Date(m.dumpedAt).toISOString() }))
+    }
+  }
+
+  /** The containers to replicate now: ours, running, replicated, with the lease held. */
+  private async replicated (): Promise<Array<{ name: string, epoch: number, replicas: number, rootfs: string, config: Record<string, unknown> }>> {
+    const out = []
+    for (const r of await this.records()) {
+      if (!this.lease.holds(r.name)) continue
+      const b = await loadBundle(r.bundle).catch(() => null)
+      if (b == null) continue
+      out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown> })
+    }
+    return out
+  }
+
+  /** Replicated containers of this node that run (or should) and are ours. */
+  private async records (): Promise<ContainerRecord[]> {
+    const m = this.i.manager
+    const out: ContainerRecord[] = []
+    for (const n of await m.names()) {
+      const r = await m.readRecord(n)
+      if (r == null || (r.replicas ?? 0) === 0 || r.fenced != null || r.leaseLost != null || r.pendingMigration === true || r.failoverPending === true) continue
+      out.push(r)
+    }
+    if (out.length === 0) return out // no runc call on a node with nothing to replicate
+    const running = await this.running()
+    return out.filter((r) => running.has(r.name))
+  }
+
+  private runningCache?: { at: number, ids: Promise<Set<string>> }
+
+  /** Containers runc runs (or has paused): one `runc list` per half second at most, shared by every caller. */
+  private async running (): Promise<Set<string>> {
+    const now = Date.now()
+    if (this.runningCache == null || now - this.runningCache.at > 500) {
+      const ids = this.i.runc.list().then((l) => new Set(l.filter((s) => s.status === 'running' || s.status === 'paused').map((s) => s.id)), () => new Set<string>())
+      this.runningCache = { at: now, ids }
+    }
+    return await this.runningCache.ids
+  }
+
+  /**
+   * Any record of ours that the cluster holds at a higher epoch elsewhere (a failover
+   * happened while this node was away) is fenced, whatever the membership events said
+   * or missed.
+   */
+  private async sweepFences (): Promise<void> {
+    const m = this.i.manager
+    const self = this.i.overlay.peerId
+    for (const n of await m.names()) {
+      const own = this.i.overlay.view.ownerOf(n)
+      if (own?.owner == null || own.owner === self) continue
+      const r = await m.readRecord(n)
+      if (r == null || r.fenced != null || r.pendingMigration === true || r.failoverPending === true || (r.epoch ?? 1) >= own.epoch) continue
+      await this.i.fence(n, own.owner, own.epoch)
+    }
+  }
+
+  /**
+   * Every replicated container that runs here must hold its lease: asked for at once
+   * (after a run, a migration's commit, a restart). Refused because another node holds
+   * a newer epoch: our copy is fenced. Not granted for a whole lease (no majority
+   * reachable): it is killed, as the holder of an expired lease would be.
+   */
+  private async keepLeases (): Promise<void> {
+    await this.sweepFences().catch(() => {})
+    const live = new Set<string>()
+    for (const r of await this.records().catch(() => [])) {
+      live.add(r.name)
+      if (this.lease.holds(r.name) || this.acquiring.has(r.name)) { if (this.lease.holds(r.name)) this.unleased.delete(r.name); continue }
+      const epoch = r.epoch ?? 1
+      if (!this.unleased.has(r.name)) this.unleased.set(r.name, Date.now())
+      this.acquiring.add(r.name)
+      const handover = r.handover?.epoch === epoch ? r.handover : undefined
+      void this.lease.acquire(r.name, epoch, { handover, signal: AbortSignal.timeout(Math.max(2_000, this.i.leaseMs)) })
+        .then(() => {
+          this.unleased.delete(r.name)
+          this.i.events.emit('lease', { type: 'lease-acquired', container: r.name, epoch })
+        })
+        .catch(async (err) => {
+          const newer = err instanceof LeaseRefusedError
+            ? err.refusals.find((x) => x.currentEpoch != null && x.currentHolder != null && x.currentHolder !== this.i.overlay.peerId && x.currentEpoch > epoch)
+            : undefined
+          if (newer != null) {
+            this.log.error({ container: r.name, epoch, holder: newer.currentHolder, holderEpoch: newer.currentEpoch }, 'another node holds this container\'s lease at a newer epoch: our copy is fenced')
+            await this.i.fence(r.name, newer.currentHolder!, newer.currentEpoch!)
+            return
+          }
+          const since = this.unleased.get(r.name) ?? Date.now()
+          if (Date.now() - since > this.i.leaseMs && Date.now() - this.startedAt > this.i.leaseMs) {
+            this.log.error({ container: r.name, epoch, err: (err as Error).message }, 'no majority granted this container\'s lease for a whole lease time: killing it (self-fencing)')
+            if (await this.ops.selfFence(r.name, epoch).catch(() => false)) this.i.events.emit('lease', { type: 'self-fenced', container: r.name, epoch, reason: (err as Error).message })
+            this.unleased.delete(r.name)
+          } else {
+            this.log.debug({ container: r.name, err: (err as Error).message }, 'lease not granted yet')
+          }
+        })
+        .finally(() => this.acquiring.delete(r.name))
+    }
+    for (const n of this.unleased.keys()) if (!live.has(n)) this.unleased.delete(n)
+    // Leases of containers that are gone (removed, moved away) or stopped by the user go
+    // back: a standby must not bring back what nobody runs on purpose. Not while a
+    // migration has it frozen: its record stays, started, until the target owns it.
+    for (const h of this.lease.status().held) {
+      if (live.has(h.container)) continue
+      const r = await this.i.manager.readRecord(h.container).catch(() => null)
+      if (r?.failoverPending === true) continue // a failover restoring it: the lease is what allows it
+      if (r != null && r.startedAt != null && r.leaseLost == null && r.fenced == null) continue
+      // Gone from here: forgotten. Stopped by its user: parked, never failed over.
+      const mode = r == null || r.fenced != null ? 'remove' : 'park'
+      await this.lease.release(h.container, mode).catch(() => {})
+      this.i.events.emit('lease', { type: 'lease-released', container: h.container, epoch: h.epoch, mode })
+    }
+  }
+}

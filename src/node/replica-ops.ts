@@ -1,0 +1,131 @@
+/**
+ * What replication and failover do to this node's containers, each under the
+ * container's lock like every other lifecycle operation: freeze-and-dump for a
+ * generation, killing a container whose lease ran out, and turning a replica into a
+ * container of this node.
+ */
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
+import type { Runc } from '../runtime/runc.ts'
+import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
+import { removeTree } from '../runtime/mounts.ts'
+import { fsyncDir } from '../util/atomic-file.ts'
+import type { ContainerManager, ContainerRecord } from './container-manager.ts'
+import type { DataDir } from './data-dir.ts'
+import type { LeaseProof } from '../failover/grant.ts'
+import type { ReplicaMeta } from '../replication/replica-store.ts'
+
+export class ReplicaOps {
+  private readonly m: ContainerManager
+  private readonly runc: Runc
+  private readonly dd: DataDir
+  private readonly log: Logger
+
+  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger }) {
+    this.m = init.manager
+    this.runc = init.runc
+    this.dd = init.dataDir
+    this.log = init.logger
+  }
+
+  /**
+   * runc pause first: CRIU then finds the cgroup frozen and skips its own freezing,
+   * which waits in 100 ms steps; `capture` sees the rootfs as the dump does. The
+   * container is resumed whatever happens. Returns how long it was frozen.
+   */
+  async freezeDump (name: string, imageDir: string, capture: () => Promise<void>, signal: AbortSignal): Promise<number> {
+    return await this.m.exclusive(name, async () => {
+      const r = await this.m.readRecord(name)
+      if (r == null || r.fenced != null || r.leaseLost != null || r.pendingMigration === true) throw new MscError('INVALID_STATE', `${name} is not ours to replicate now`)
+      const st = await this.runc.state(name)
+      if (st?.status !== 'running') throw new MscError('INVALID_STATE', `${name} is ${st?.status ?? 'stopped'}`)
+      await fs.mkdir(imageDir, { recursive: true })
+      const t0 = performance.now()
+      const at: number[] = []
+      await this.runc.pause(name)
+      try {
+        at.push(performance.now())
+        await capture()
+        at.push(performance.now())
+        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: true, tcpEstablished: this.m.settings.tcpEstablished, signal })
+        at.push(performance.now())
+      } finally {
+        await this.runc.resume(name).catch((err) => this.log.error({ name, err: (err as Error).message }, 'could not resume a container after its replication dump'))
+      }
+      const ms = Math.round(performance.now() - t0)
+      const [p = t0, c = p, d = c] = at
+      this.log.debug({ name, ms, pauseMs: Math.round(p - t0), captureMs: Math.round(c - p), dumpMs: Math.round(d - c), resumeMs: Math.round(t0 + ms - d) }, 'replication freeze')
+      return ms
+    })
+  }
+
+  /**
+   * Self-fencing: the lease could not be renewed, so another node may soon own the
+   * container. It is killed at once (no grace period: the deadline is what keeps two
+   * copies from running) and marked, so that nothing here restarts it by itself.
+   */
+  async selfFence (name: string, epoch: number): Promise<boolean> {
+    return await this.m.exclusive(name, async () => {
+      const r = await this.m.readRecord(name)
+      if (r == null || (r.epoch ?? 1) !== epoch || r.fenced != null || r.pendingMigration === true) return false
+      r.leaseLost = { epoch, at: new Date().toISOString() }
+      r.startedAt = null
+      await this.m.writeRecord(r)
+      await this.runc.stop(name, 0)
+      return true
+    })
+  }
+
+  /**
+   * Failover: generation `genDir` of a replica becomes this node's container at
+   * `epoch`, owned by the grants in `proof`. The record is written before the restore
+   * (a crash in between leaves a stopped container that claims the name, which the
+   * next standby may take over); a failed restore leaves nothing behind, so the
+   * caller may try an older generation.
+   */
+  async adoptReplica (meta: ReplicaMeta, genDir: string, epoch: number, proof: LeaseProof, signal: AbortSignal): Promise<void> {
+    const name = meta.container
+    await this.m.exclusive(name, async () => {
+      if (await this.m.readRecord(name) != null) throw new MscError('ALREADY_EXISTS', `a container named ${name} exists on this node`)
+      if (await this.runc.state(name) != null) await this.runc.delete(name, { force: true })
+      const cdir = this.dd.containerDir(name)
+      const src = path.join(cdir, 'src')
+      try {
+        await fs.mkdir(src, { recursive: true, mode: 0o700 })
+        await fsyncDir(this.dd.containersDir)
+        await fs.rename(path.join(genDir, 'rootfs'), path.join(src, 'rootfs'))
+        const config = { ...meta.config, root: { ...(meta.config.root as Record<string, unknown> | undefined), path: 'rootfs' } }
+        await fs.writeFile(path.join(src, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
+        const bundle = await loadBundle(src)
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.m.cgroupsPath(name), this.dd.requestSocket))
+        const now = new Date().toISOString()
+        // Not claimed while it restores (a failed restore must not take the name): a node
+        // that dies meanwhile finds `failoverPending` and settles it at start.
+        const rec: ContainerRecord = { name, bundle: src, createdAt: now, startedAt: null, checkpointed: false, epoch, lease: proof, replicas: meta.replicas, failoverPending: true }
+        await this.m.writeRecord(rec)
+        const workDir = this.dd.workDir(name, `failover-${Date.now()}`)
+        await fs.mkdir(workDir, { recursive: true })
+        try {
+          await this.runc.restore(name, this.dd.runtimeBundle(name), {
+            imageDir: path.join(genDir, 'images'), workDir, tcpEstablished: this.m.settings.tcpEstablished,
+            logFile: this.dd.logFile(name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
+          })
+        } catch (err) {
+          // CRIU's log outlives the container directory, for whoever debugs it.
+          const keep = path.join(this.dd.tmp, `failover-${name}-${Date.now()}.restore.log`)
+          await fs.copyFile(path.join(workDir, 'restore.log'), keep).catch(() => {})
+          throw err
+        }
+        delete rec.failoverPending
+        rec.startedAt = new Date().toISOString()
+        await this.m.writeRecord(rec)
+      } catch (err) {
+        await this.runc.delete(name, { force: true }).catch(() => {})
+        await removeTree(cdir)
+        throw err
+      }
+    })
+  }
+}
