@@ -141,6 +141,8 @@ export interface FailoverSummary {
   /** Leases this node holds for its own containers. */
   held: number
   replicas: Array<{ container: string, owner: string, epoch: number, generation: number | null, dumpedAt: string }>
+  /** Containers whose node died with every standby that could bring them back (or without a majority up): nothing runs them. */
+  lost: Array<{ container: string, owner: string, epoch: number, since: string }>
 }
 
 /** The cluster this node belongs to (`msc status`). */

@@ -172,7 +172,9 @@ function failoverRows (s: NodeStatus): string[][] {
     ['witness', f.witness ? 'yes: votes on leases, runs no container' : 'no'],
     ['quorum', `${f.quorum} of ${f.members} member${f.members === 1 ? '' : 's'}`],
     ['leases', `${dur(f.leaseMs)} each, ${f.held} held by this node`],
-    ['replicas', f.replicas.length === 0 ? 'none kept for other nodes' : `${f.replicas.length} kept for other nodes (below)`]
+    ['replicas', f.replicas.length === 0 ? 'none kept for other nodes' : `${f.replicas.length} kept for other nodes (below)`],
+    // Peer-provided names: escaped like every other peer text.
+    ...(f.lost ?? []).map((l) => ['LOST', escapeControl(`${l.container} (epoch ${l.epoch}): its node ${l.owner} died with every standby that could bring it back, or no majority is up; since ${l.since}`)])
   ]
 }
 

@@ -56,7 +56,10 @@ export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { ow
   state: string | undefined, claim: string | undefined, member = true): string | null {
   // Removing a member releases its names in the view; its containers are still only in its replicas.
   if (!member && (own == null || (own.epoch === meta.epoch && (own.owner == null || own.owner === meta.owner)))) return 'its node was removed from the cluster'
-  if (own == null || own.owner !== meta.owner || own.epoch !== meta.epoch) return null
+  // No claim of it at all in this view: the owner died before this node started (the
+  // caller passes 'dead' for an owner unheard of for long enough).
+  if (own == null) return state === 'dead' ? 'its node has not been heard from since this node started' : null
+  if (own.owner !== meta.owner || own.epoch !== meta.epoch) return null
   if (state === 'dead') return 'its node is dead'
   // A node that left on purpose keeps its containers running without renewing: only
   // its return, or its removal from the cluster, settles them.
@@ -77,18 +80,20 @@ export class FailoverController {
   private readonly init: FailoverInit
   private readonly log: Logger
   private readonly now: () => number
-  /** container -> when its owner was first seen gone, and when we last asked. */
-  private readonly gone = new Map<string, { since: number, lastTry: number }>()
+  /** container -> when its owner was first seen gone, when we last asked, and for which epoch. */
+  private readonly gone = new Map<string, { since: number, lastTry: number, epoch: number }>()
   private readonly busy = new Set<string>()
   private timer?: NodeJS.Timeout
   private readonly stopping = new AbortController()
   private readonly inflight = new Set<Promise<void>>()
+  private readonly startedAt: number
 
   constructor (port: FailoverPort, init: FailoverInit) {
     this.port = port
     this.init = init
     this.log = init.logger
     this.now = init.now ?? Date.now
+    this.startedAt = this.now()
   }
 
   start (): void {
@@ -107,7 +112,9 @@ export class FailoverController {
       const name = meta.container
       if (this.busy.has(name) || meta.generations.length === 0) continue
       const own = this.port.ownerOf(name)
-      const stale = own?.owner === this.port.selfId ? null : replicaStale(meta, own)
+      // Ours now (it migrated here, or we restored it): a replica of it is of no use.
+      const ours = own?.owner === this.port.selfId && own.epoch > meta.epoch && await this.port.hasContainer(name)
+      const stale = ours ? 'it runs on this node now' : own?.owner === this.port.selfId ? null : replicaStale(meta, own)
       if (stale != null) {
         this.gone.delete(name)
         this.busy.add(name)
@@ -117,30 +124,36 @@ export class FailoverController {
         this.init.onEvent?.({ type: 'replica-dropped', container: name, reason: stale })
         continue
       }
-      const why = ownerGone(meta, own, this.port.peerState(meta.owner), this.port.claimState(meta.owner, name), this.port.isMember(meta.owner))
+      // An owner this node has not heard of at all since it started (it died before, or
+      // was forgotten): as good as dead once the others would have been heard.
+      const state = this.port.peerState(meta.owner) ?? (this.now() - this.startedAt > 3 * this.init.leaseMs ? 'dead' : undefined)
+      const why = ownerGone(meta, own, state, this.port.claimState(meta.owner, name), this.port.isMember(meta.owner))
       if (why == null) { this.gone.delete(name); continue }
       const t = this.now()
       let g = this.gone.get(name)
       if (g == null) {
-        g = { since: t, lastTry: 0 }
+        g = { since: t, lastTry: Number.NEGATIVE_INFINITY, epoch: meta.epoch + 1 }
         this.gone.set(name, g)
         this.log.warn({ container: name, owner: meta.owner, reason: why }, 'the owner of a replica is gone: failover once its lease has expired')
         this.init.onEvent?.({ type: 'owner-lost', container: name, owner: meta.owner, reason: why })
       }
       const rank = Math.max(0, meta.standbys.indexOf(this.port.selfId))
-      const delay = rank * (this.init.rankDelayMs ?? 2_000)
+      // A replica that stopped being updated long before the owner went (this standby was
+      // replaced, and missed its drop) yields to fresher ones.
+      const behind = g.since - meta.receivedAt > 60_000 ? 5 : 0
+      const delay = (rank + behind) * (this.init.rankDelayMs ?? 2_000)
       // Asking is cheap, but each refusal is logged by every grantor: not more than twice a lease.
       if (t - g.since < delay || t - g.lastTry < Math.max(500, this.init.leaseMs / 2)) continue
       g.lastTry = t
       this.busy.add(name)
-      const p = this.takeOver(meta).finally(() => { this.busy.delete(name); this.inflight.delete(p) })
+      const p = this.takeOver(meta, g).finally(() => { this.busy.delete(name); this.inflight.delete(p) })
       this.inflight.add(p)
     }
   }
 
-  private async takeOver (meta: ReplicaMeta): Promise<void> {
+  private async takeOver (meta: ReplicaMeta, g: { epoch: number }): Promise<void> {
     const name = meta.container
-    const epoch = meta.epoch + 1
+    const epoch = g.epoch
     const signal = this.stopping.signal
     if (await this.port.hasContainer(name)) return
     this.init.onEvent?.({ type: 'lease-requested', container: name, epoch })
@@ -149,6 +162,13 @@ export class FailoverController {
       proof = await this.port.acquire(name, epoch, signal)
     } catch (err) {
       const reason = (err as Error).message
+      // Another standby took this epoch and gave it up (its restore failed): the next
+      // try asks for the epoch above it, which the grantors judge like any takeover.
+      const above = (err as { refusals?: Array<{ currentEpoch?: number, currentHolder?: string }> }).refusals
+        // Bounded: one grantor's word (it could lie) moves the epoch a few steps at most.
+        ?.filter((r) => r.currentHolder != null && r.currentHolder !== this.port.selfId && r.currentHolder !== meta.owner && (r.currentEpoch ?? 0) >= epoch && (r.currentEpoch ?? 0) <= epoch + 8)
+        .map((r) => r.currentEpoch!) ?? []
+      if (above.length > 0) g.epoch = Math.max(...above) + 1
       this.log.info({ container: name, epoch, reason }, 'failover lease refused')
       this.init.onEvent?.({ type: 'lease-refused', container: name, epoch, reason })
       return
@@ -171,8 +191,11 @@ export class FailoverController {
         this.log.error({ container: name, generation, err: (err as Error).message }, 'failover restore failed')
       }
     }
-    // Nothing of it runs here: give the lease up so another standby may try.
+    // Nothing of it runs here: give the lease up so another standby may try, and drop
+    // the replica, whose generations a failed restore used up.
     await this.port.release(name).catch(() => {})
+    await this.port.drop(name).catch(() => {})
+    this.gone.delete(name)
     this.init.onEvent?.({ type: 'failover-failed', container: name, epoch, reason: errors.join('; ') })
   }
 }

@@ -53,6 +53,8 @@ export type GrantorRefusalReason =
   | 'full' // MAX_GRANTOR_RECORDS containers already
   | 'store-failed' // the record could not be persisted: nothing granted
   | 'parked' // a failover of a lease its holder parked (stopped on purpose)
+  | 'unknown-lease' // a failover of a lease this grantor never granted: it cannot know it ran out
+  | 'not-owner' // a new lease (or epoch) for a name the membership view says another peer owns
 
 export type LeaseDecision =
   | { granted: true, expiresInMs: number }
@@ -63,6 +65,8 @@ export interface LeaseRequestItem {
   epoch: number
   /** The current holder's handover of the container to the requester at `epoch`. */
   handover?: Handover
+  /** A failover (see 'unknown-lease'). */
+  takeover?: boolean
 }
 
 export interface LeaseGrantorInit {
@@ -75,6 +79,8 @@ export interface LeaseGrantorInit {
    * `container`, so a failover must not take it even if its lease ran out here.
    */
   mayTakeOver?: (container: string, holder: string) => boolean
+  /** The membership view on a new lease or a raised epoch (no handover, no takeover): false when another peer owns the name. */
+  mayHold?: (container: string, holder: string) => boolean
   /** Whether a peer is still a member of the cluster (not removed). */
   isMember?: (peer: string) => boolean
 }
@@ -93,6 +99,7 @@ export class LeaseGrantor {
   private readonly now: () => number
   private readonly store: GrantorStore
   private readonly mayTakeOver?: (container: string, holder: string) => boolean
+  private readonly mayHold?: (container: string, holder: string) => boolean
   private readonly isMember?: (peer: string) => boolean
   private readonly map = new Map<string, LiveRecord>()
   private tail: Promise<unknown> = Promise.resolve()
@@ -104,6 +111,7 @@ export class LeaseGrantor {
     this.now = init.now
     this.store = init.store
     this.mayTakeOver = init.mayTakeOver
+    this.mayHold = init.mayHold
     this.isMember = init.isMember
   }
 
@@ -170,6 +178,11 @@ export class LeaseGrantor {
     if (typeof container !== 'string' || !NAME_RE.test(container)) return refuse('bad-request', 'invalid container name')
     const r = this.map.get(container)
     if (r == null) {
+      // A takeover needs grantors that know the old lease ran out. One that never granted
+      // it (a member the holder did not know of yet, or one that lost its records) could
+      // otherwise make a majority with others while the holder still renews.
+      if (req.takeover === true) return refuse('unknown-lease', `this grantor holds no lease of ${container}: it cannot tell that its holder stopped renewing`)
+      if (req.handover == null && this.mayHold?.(container, holder) === false) return refuse('not-owner', `the membership says another peer owns ${container}`)
       if (this.map.size >= MAX_GRANTOR_RECORDS) return refuse('full', `this grantor keeps at most ${MAX_GRANTOR_RECORDS} leases`)
       return await this.grant(container, epoch, holder)
     }
@@ -194,7 +207,10 @@ export class LeaseGrantor {
       return await this.grant(container, epoch, holder)
     }
     // The holder raising its own epoch: still one holder.
-    if (holder === r.holder) return await this.grant(container, epoch, holder)
+    if (holder === r.holder && req.takeover !== true) {
+      if (this.mayHold?.(container, holder) === false) return refuse('not-owner', `the membership says another peer owns ${container}`, current)
+      return await this.grant(container, epoch, holder)
+    }
     // A failover. The lease must have run out on this grantor's clock, whether or not
     // the old holder is still a member: a removed node cannot renew, but its copy runs
     // until its own deadline, which only the expiry here waits out.
@@ -204,7 +220,7 @@ export class LeaseGrantor {
     }
     // A removed member is not in the membership view's judgement any more.
     const removed = this.isMember != null && !this.isMember(r.holder)
-    if (r.parked === true && !removed) {
+    if (r.parked === true && !removed && holder !== r.holder) {
       return refuse('parked', `${r.holder} keeps ${container} at epoch ${r.epoch} without renewing (stopped, or its node stopped on purpose): only it, or its removal from the cluster, frees it`, current)
     }
     if (!removed && this.mayTakeOver?.(container, r.holder) === false) {

@@ -30,7 +30,9 @@ export const LeaseItemSchema = z.object({
   container: containerName,
   epoch: epochNumber,
   /** The current holder's handover to the requester at `epoch` (a migration). */
-  handover: HandoverSchema.optional()
+  handover: HandoverSchema.optional(),
+  /** A failover: only grantors that know the current lease (and saw it run out) may grant it. */
+  takeover: z.boolean().optional()
 }).strict()
 
 export const LeaseRequestSchema = z.object({
@@ -79,7 +81,11 @@ export const GrantsResponseSchema = z.object({
   items: z.array(z.union([GrantedItemSchema, RefusedItemSchema])).max(MAX_LEASE_ITEMS)
 }).strict()
 
-export const ReleasedResponseSchema = z.object({ type: z.literal('released') }).strict()
+export const ReleasedResponseSchema = z.object({
+  type: z.literal('released'),
+  /** Per request item, in order: whether the grantor held that lease for the requester (and so released it). */
+  done: z.array(z.boolean()).max(MAX_LEASE_ITEMS).optional()
+}).strict()
 
 /** A detail fit for the wire: printable ASCII (others become `?`), at most MAX_DETAIL_CHARS. */
 export function sanitizeDetail (s: string): string {

@@ -49,6 +49,8 @@ export interface LeaseServiceInit {
   handle: (protocol: string, handler: (stream: Stream, peerId: string) => Promise<void>, maxStreams: number) => Promise<void>
   unhandle?: (protocol: string) => Promise<void>
   dial: (peer: string, protocol: string, signal: AbortSignal) => Promise<Stream>
+  /** The membership view's say on a new lease or a raised epoch without handover: false when another peer owns the name. */
+  mayHold?: (container: string, holder: string) => boolean
   /** The membership view's say on a failover: false while `holder` is seen alive and running `container`. */
   mayTakeOver: (container: string, holder: string) => boolean
   /** Self-fencing: kill the container, its lease could not be renewed in time. */
@@ -121,6 +123,7 @@ export class LeaseService {
       now: this.now,
       store: init.store ?? fileGrantorStore(leasePaths(init.dataDir).records),
       mayTakeOver: init.mayTakeOver,
+      mayHold: init.mayHold,
       isMember: init.isMember
     })
   }
@@ -203,7 +206,7 @@ export class LeaseService {
     // else can take (a new container, a handover, the same epoch again) needs only
     // enough grantors that the rest cannot make a quorum.
     const need = opts.takeover === true ? quorum(members.length) : holdThreshold(members.length)
-    const item: LeaseRequestItem = opts.handover != null ? { container, epoch, handover: opts.handover } : { container, epoch }
+    const item: LeaseRequestItem = opts.handover != null ? { container, epoch, handover: opts.handover } : opts.takeover === true ? { container, epoch, takeover: true } : { container, epoch }
     const sentAt = this.now()
     const grants = new Map<string, LeaseGrant>()
     const refusals: GrantorRefusal[] = []
@@ -242,6 +245,7 @@ export class LeaseService {
       signal.removeEventListener('abort', onAbort)
     }
     const l = this.keeper.hold(container, epoch, sentAt)
+    this.ranOut.delete(container)
     if (this.now() >= l.deadline) {
       this.keeper.drop(container)
       throw new MscError('INVALID_STATE', `the lease of ${container} was granted too late to be used`)
@@ -304,9 +308,18 @@ export class LeaseService {
     await Promise.allSettled([...this.fencing])
   }
 
+  /** Containers whose lease ran out here since they last acquired it: they must not run again before they do. */
+  private readonly ranOut = new Set<string>()
+
+  /** The lease of `container` ran out here (and was not taken again since). */
+  lost (container: string): boolean {
+    return this.ranOut.has(container)
+  }
+
   private fence (container: string, epoch: number): void {
     // Dropped first: it is not renewed or fenced again unless acquired again.
     this.keeper.drop(container)
+    this.ranOut.add(container)
     this.log.warn({ container, epoch }, 'lease not renewed by its deadline: killing the container')
     const p = (async () => {
       try {
@@ -472,8 +485,9 @@ export class LeaseService {
 
   private async serve (peer: string, req: LeaseProtocolRequest): Promise<GrantsResponse | ReleasedResponse> {
     if (req.type === 'release') {
-      for (const i of req.items) await this.grantor.release(peer, i.container, i.epoch, i.mode ?? 'expire')
-      return { type: 'released' }
+      const done: boolean[] = []
+      for (const i of req.items) done.push(await this.grantor.release(peer, i.container, i.epoch, i.mode ?? 'expire'))
+      return { type: 'released', done }
     }
     const items: GrantsResponse['items'] = []
     for (const i of req.items) {
@@ -509,9 +523,11 @@ export class LeaseService {
       for (let i = 0; i < items.length; i += MAX_LEASE_ITEMS) {
         const chunk = items.slice(i, i + MAX_LEASE_ITEMS)
         const req: LeaseProtocolRequest = { type: 'release', v: LEASE_VERSION, items: chunk.map((x) => ({ ...x, mode })) }
-        if (peer === this.init.selfId) await this.serve(peer, req)
-        else await this.exchange(peer, req, ReleasedResponseSchema, signal)
-        for (const x of chunk) confirmed.set(x.container, (confirmed.get(x.container) ?? 0) + 1)
+        const res = peer === this.init.selfId
+          ? await this.serve(peer, req) as ReleasedResponse
+          : await this.exchange(peer, req, ReleasedResponseSchema, signal)
+        // Only what the grantor really held for us counts (a park confirmed by others is no park).
+        chunk.forEach((x, k) => { if (res.done?.[k] === true) confirmed.set(x.container, (confirmed.get(x.container) ?? 0) + 1) })
       }
     }))
     return confirmed

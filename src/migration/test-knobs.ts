@@ -12,11 +12,13 @@ import type { Logger } from '../util/logger.ts'
  *           source-restored   the target said "restored"; journal written, commit not sent
  *           target-adopted    the container runs here, "restored" not yet sent
  *           target-restored   "restored" sent, the decision not yet read
+ *           replicate-partial a replication generation is half sent to a standby (its
+ *                             pagemaps are there, its pages not): src/replication
  *
  *   MSC_TEST_FAIL_COMMIT=enospc[:N]   the first N (default 1) commits of incoming
  *                                     migrations fail with ENOSPC (src/node/migration-host.ts).
  */
-export type PausePoint = 'source-dumped' | 'source-restored' | 'target-adopted' | 'target-restored'
+export type PausePoint = 'source-dumped' | 'source-restored' | 'target-adopted' | 'target-restored' | 'replicate-partial'
 
 export async function testPause (point: PausePoint, log: Logger, signal?: AbortSignal): Promise<void> {
   const at = process.env.MSC_TEST_PAUSE_AT

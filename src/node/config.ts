@@ -223,7 +223,7 @@ export const NODE_OPTIONS = {
   leaseTimeoutMs: {
     key: 'leaseTimeoutMs', flag: '--lease-timeout', env: ['LEASE_TIMEOUT', 'MSC_LEASE_TIMEOUT'],
     description: 'Seconds an ownership lease of a replicated container lasts without renewal (renewed every quarter of it). An owner that cannot renew kills its container before its lease ends; a standby fails over only after it ended.',
-    defaultText: 'PING_TIMEOUT', default: (p) => p.pingTimeoutMs as number, parse: seconds(0.5, 3600)
+    defaultText: 'PING_TIMEOUT', default: (p) => Math.max(2000, p.pingTimeoutMs as number), parse: seconds(2, 3600)
   } satisfies OptionSpec<number>,
   witness: {
     key: 'witness', flag: '--witness', kind: 'flag', env: ['MSC_WITNESS'],

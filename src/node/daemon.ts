@@ -153,6 +153,8 @@ export class MscNode {
     const migration = new MigrationService({
       overlay: o, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
       allowPrivilegedBundles: cfg.allowPrivilegedBundles,
+      // A rollback must not resume a container whose lease ran out while it was frozen.
+      mayRun: (name) => this.failover?.mayRun(name) ?? true,
       timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 120_000 },
       logger: this.rootLog.child({ component: 'migration' })
     })
@@ -188,7 +190,15 @@ export class MscNode {
       },
       checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
       checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
-      restore: async (name, req, signal) => { await this.requireCriu(); return await c.restore(name, { from: req.from, signal }) },
+      restore: async (name, req, signal) => {
+        await this.requireCriu()
+        const done = await failover.beforeRestore(name)
+        try {
+          return await c.restore(name, { from: req.from, signal })
+        } finally {
+          done()
+        }
+      },
       logFiles: async (name) => {
         try {
           return await c.logFiles(name)

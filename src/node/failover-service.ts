@@ -14,14 +14,14 @@
 import path from 'node:path'
 import type { PrivateKey } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
+import { MscError } from '../util/errors.ts'
 import type { Runc } from '../runtime/runc.ts'
 import type { Overlay } from '../overlay/overlay.ts'
 import type { ClusterService } from '../cluster/cluster-service.ts'
 import type { TreeDestination, TreeHeader } from '../protocols/image/index.ts'
-import type { ReplicationInfo } from '../api/types.ts'
+import type { FailoverSummary, ReplicationInfo } from '../api/types.ts'
 import { LeaseService, leasePaths } from '../failover/lease-service.ts'
 import { LeaseGuard, LEASE_GUARD_SCRIPT } from '../failover/lease-guard.ts'
-import { LeaseRefusedError } from '../failover/errors.ts'
 import { quorum, type LeaseProof } from '../failover/grant.ts'
 import { FailoverController } from '../failover/failover.ts'
 import { ReplicaStore } from '../replication/replica-store.ts'
@@ -91,6 +91,13 @@ export class FailoverService {
       dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
       // A failover never takes a container from an owner this node sees running it,
       // nor from one that left on purpose (its containers outlive its daemon).
+      // A new lease, or a raised epoch, only for the owner the view knows (or for a
+      // name nobody holds): no member can take a name's lease from its owner and make it
+      // fence itself.
+      mayHold: (container, holder) => {
+        const own = view.ownerOf(container)
+        return own?.owner == null || own.owner === holder
+      },
       mayTakeOver: (container, holder) => {
         const m = view.get(holder)
         if (m == null || m.state === 'dead') return true
@@ -126,6 +133,12 @@ export class FailoverService {
       peerName: (p) => cluster.member(p)?.name ?? view.get(p)?.name ?? p,
       dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
       freezeDump: async (name, imageDir, capture, signal) => await this.ops.freezeDump(name, imageDir, capture, signal),
+      shouldDrop: async (name) => {
+        const r = await init.manager.readRecord(name)
+        if (r == null) return true // removed, or moved away (its new owner replicates it now)
+        if (r.leaseLost != null || r.fenced != null || r.failoverPending === true) return false
+        return !(await this.running()).has(name) // stopped (by its user, or it exited): not to be brought back
+      },
       staging: async (id) => { const d = path.join(dd.tmp, id); await (await import('node:fs/promises')).mkdir(d, { recursive: true, mode: 0o700 }); return d },
       removeStaging: async (d) => { if (d.startsWith(dd.tmp + '/')) await (await import('../runtime/mounts.ts')).removeTree(d) }
     }, {
@@ -200,6 +213,42 @@ export class FailoverService {
     await this.lease.stop({ park: true })
   }
 
+  /** Whether this node may (re)start the container now: not if its lease ran out here (a standby may own it). */
+  mayRun (name: string): boolean {
+    return !this.lease.lost(name)
+  }
+
+  /**
+   * `msc restore` of a container that lost its lease here: a standby may run it by
+   * now. It runs here again only with the lease at a new epoch, granted by a majority
+   * as a takeover (which they refuse while anyone else holds it).
+   */
+  async beforeRestore (name: string): Promise<() => void> {
+    const m = this.i.manager
+    const r = await m.readRecord(name)
+    if (r == null || (r.replicas ?? 0) === 0 || r.leaseLost == null || (await m.checkpoints(name)).length === 0) return () => {}
+    const own = this.i.overlay.view.ownerOf(name)
+    const self = this.i.overlay.peerId
+    if (own?.owner != null && own.owner !== self && own.epoch > (r.epoch ?? 1)) {
+      throw new MscError('INVALID_STATE', `${name} is owned by ${this.i.cluster.member(own.owner)?.name ?? own.owner} at epoch ${own.epoch} now: this copy does not run again (msc rm ${name})`)
+    }
+    const epoch = Math.max(r.epoch ?? 1, own?.epoch ?? 0) + 1
+    let proof: LeaseProof
+    try {
+      proof = await this.lease.acquire(name, epoch, { takeover: true, signal: AbortSignal.timeout(Math.max(5_000, 2 * this.i.leaseMs)) })
+    } catch (err) {
+      throw new MscError('INVALID_STATE', `${name} lost its lease here and a majority did not grant it back (a standby may run it: see msc ps on the other nodes): ${(err as Error).message}`)
+    }
+    // Until the restore ends, the lease is not given back for want of a running container.
+    this.restoring.add(name)
+    r.epoch = epoch
+    r.lease = proof
+    await m.writeRecord(r)
+    return () => { this.restoring.delete(name) }
+  }
+
+  private readonly restoring = new Set<string>()
+
   /** `msc rm`: the grantors forget the container's lease (a parked one would keep its name from a new container). */
   async forget (name: string, epoch: number): Promise<void> {
     await this.lease.release(name, 'remove', epoch).catch((err) => this.log.warn({ container: name, err: (err as Error).message }, 'could not tell the grantors that a container was removed'))
@@ -218,7 +267,7 @@ export class FailoverService {
   }
 
   /** For `msc status`. */
-  async summary (): Promise<{ witness: boolean, leaseMs: number, members: number, quorum: number, failover: string, held: number, replicas: Array<{ container: string, owner: string, epoch: number, generation: number | null, dumpedAt: string }> }> {
+  async summary (): Promise<FailoverSummary> {
     const n = this.i.cluster.members().length
     const q = quorum(n)
     const failover = n < 3
@@ -227,6 +276,7 @@ export class FailoverService {
     const st = this.lease.status()
     return {
       witness: this.i.witness, leaseMs: this.i.leaseMs, members: n, quorum: q, failover, held: st.held.length,
+      lost: [...this.lostSince].filter(([, l]) => l.reported).map(([container, l]) => ({ container, owner: l.owner, epoch: l.epoch, since: new Date(l.since).toISOString() })),
       replicas: (await this.store.list()).map((m) => ({ container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) ?? null, dumpedAt: new Date(m.dumpedAt).toISOString() }))
     }
   }
@@ -269,6 +319,34 @@ export class FailoverService {
     return await this.runningCache.ids
   }
 
+  /** container -> since when (ms) its holder is dead, its lease over here, and nobody took it over. */
+  private readonly lostSince = new Map<string, { owner: string, epoch: number, since: number, reported: boolean }>()
+
+  /**
+   * A container nobody can bring back is reported, by every member that voted on its
+   * lease: its owner is dead (or removed) and no standby took it over within two leases
+   * after its lease ran out here (its standbys died with it, or there is no majority).
+   */
+  private watchLost (): void {
+    const view = this.i.overlay.view
+    const seen = new Set<string>()
+    for (const g of this.lease.status().granted) {
+      if (g.holder === this.i.overlay.peerId || g.msLeft > 0) continue
+      const state = this.i.cluster.isMember(g.holder) ? view.get(g.holder)?.state : 'dead'
+      const own = view.ownerOf(g.container)
+      if (state !== 'dead' || (own != null && (own.owner !== g.holder || own.epoch !== g.epoch))) continue
+      seen.add(g.container)
+      let l = this.lostSince.get(g.container)
+      if (l == null || l.epoch !== g.epoch) this.lostSince.set(g.container, l = { owner: g.holder, epoch: g.epoch, since: Date.now(), reported: false })
+      if (!l.reported && Date.now() - l.since > 2 * this.i.leaseMs) {
+        l.reported = true
+        this.log.error({ container: g.container, owner: g.holder, epoch: g.epoch }, 'container lost: its node is dead and no standby brought it back (its standbys died too, or no majority is up)')
+        this.i.events.emit('failover', { type: 'lost', container: g.container, owner: g.holder, epoch: g.epoch })
+      }
+    }
+    for (const c of [...this.lostSince.keys()]) if (!seen.has(c)) this.lostSince.delete(c)
+  }
+
   /**
    * Any record of ours that the cluster holds at a higher epoch elsewhere (a failover
    * happened while this node was away) is fenced, whatever the membership events said
@@ -294,6 +372,7 @@ export class FailoverService {
    */
   private async keepLeases (): Promise<void> {
     await this.sweepFences().catch(() => {})
+    this.watchLost()
     const live = new Set<string>()
     for (const r of await this.records().catch(() => [])) {
       live.add(r.name)
@@ -308,14 +387,9 @@ export class FailoverService {
           this.i.events.emit('lease', { type: 'lease-acquired', container: r.name, epoch })
         })
         .catch(async (err) => {
-          const newer = err instanceof LeaseRefusedError
-            ? err.refusals.find((x) => x.currentEpoch != null && x.currentHolder != null && x.currentHolder !== this.i.overlay.peerId && x.currentEpoch > epoch)
-            : undefined
-          if (newer != null) {
-            this.log.error({ container: r.name, epoch, holder: newer.currentHolder, holderEpoch: newer.currentEpoch }, 'another node holds this container\'s lease at a newer epoch: our copy is fenced')
-            await this.i.fence(r.name, newer.currentHolder!, newer.currentEpoch!)
-            return
-          }
+          // A grantor's word that someone else holds a newer epoch is not proof (any
+          // member could say it): our copy is fenced when the view holds a verified claim
+          // (sweepFences), or killed below when no majority grants us the lease.
           const since = this.unleased.get(r.name) ?? Date.now()
           if (Date.now() - since > this.i.leaseMs && Date.now() - this.startedAt > this.i.leaseMs) {
             this.log.error({ container: r.name, epoch, err: (err as Error).message }, 'no majority granted this container\'s lease for a whole lease time: killing it (self-fencing)')
@@ -334,7 +408,7 @@ export class FailoverService {
     for (const h of this.lease.status().held) {
       if (live.has(h.container)) continue
       const r = await this.i.manager.readRecord(h.container).catch(() => null)
-      if (r?.failoverPending === true) continue // a failover restoring it: the lease is what allows it
+      if (r?.failoverPending === true || this.restoring.has(h.container)) continue // being restored: the lease is what allows it
       if (r != null && r.startedAt != null && r.leaseLost == null && r.fenced == null) continue
       // Gone from here: forgotten. Stopped by its user: parked, never failed over.
       const mode = r == null || r.fenced != null ? 'remove' : 'park'

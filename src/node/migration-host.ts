@@ -31,7 +31,10 @@ export class NodeMigrationHost implements ContainerHost {
   private featureCache?: Promise<Features>
   private readonly lazyDaemons = new Map<string, { kill: () => void }>()
 
-  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger, announce: () => void }) {
+  private readonly mayRun: (name: string) => boolean
+
+  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger, announce: () => void, mayRun?: (name: string) => boolean }) {
+    this.mayRun = init.mayRun ?? (() => true)
     this.m = init.manager
     this.runc = init.runc
     this.dd = init.dataDir
@@ -85,6 +88,12 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async resume (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
+    // A replicated container whose lease ran out while it was frozen (the source was cut
+    // off during the migration) may run elsewhere by now: a failover took it.
+    const r = await this.m.readRecord(name)
+    if (r?.leaseLost != null || r?.fenced != null || !this.mayRun(name)) {
+      throw new MscError('INVALID_STATE', `${name} is not resumed here: its lease ran out while it was frozen, and a standby may run it by now (msc ps on the others)`)
+    }
     const st = await this.runc.state(name)
     if (st?.status === 'running') return // the dump never stopped it (post-copy cancelled before the freeze)
     if (st?.status === 'paused') { await this.runc.resume(name); return }

@@ -46,11 +46,11 @@ export class MigrationService {
   /** The settling of incoming migrations left pending by the previous run (start()). */
   leftovers: Promise<unknown> = Promise.resolve()
 
-  constructor (init: { overlay: Overlay, cluster: ClusterService, privateKey: PrivateKey, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, allowPrivilegedBundles: boolean, logger: Logger }) {
+  constructor (init: { overlay: Overlay, cluster: ClusterService, privateKey: PrivateKey, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, allowPrivilegedBundles: boolean, logger: Logger, mayRun?: (name: string) => boolean }) {
     this.overlay = init.overlay
     this.dd = init.dataDir
     this.log = init.logger
-    const host = this.host = new NodeMigrationHost({ manager: init.manager, runc: init.runc, dataDir: init.dataDir, logger: init.logger, announce: () => init.overlay.announce() })
+    const host = this.host = new NodeMigrationHost({ manager: init.manager, runc: init.runc, dataDir: init.dataDir, logger: init.logger, announce: () => init.overlay.announce(), mayRun: init.mayRun })
     const cluster = this.cluster = clusterPort(init.overlay, init.cluster, init.privateKey, init.selfName)
     this.settleTimeoutMs = init.timeouts.settleTimeoutMs
     this.source = new MigrationSource({

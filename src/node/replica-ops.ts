@@ -80,10 +80,10 @@ export class ReplicaOps {
 
   /**
    * Failover: generation `genDir` of a replica becomes this node's container at
-   * `epoch`, owned by the grants in `proof`. The record is written before the restore
-   * (a crash in between leaves a stopped container that claims the name, which the
-   * next standby may take over); a failed restore leaves nothing behind, so the
-   * caller may try an older generation.
+   * `epoch`, owned by the grants in `proof`. The record is written before the restore,
+   * marked failoverPending (not claimed: a node restarted in between keeps it if it
+   * runs, removes it if not); a failed restore leaves nothing behind but the used-up
+   * generation's rootfs, so the caller may try an older generation.
    */
   async adoptReplica (meta: ReplicaMeta, genDir: string, epoch: number, proof: LeaseProof, signal: AbortSignal): Promise<void> {
     const name = meta.container

@@ -73,7 +73,9 @@ export const EndSchema = z.object({
   type: z.literal('end'),
   files: z.number().int().min(0).max(MAX_IMAGE_FILES),
   /** Which of begin's rootfs transfers were sent (an empty delta is not). */
-  sent: z.object({ full: z.boolean(), delta: z.boolean() }).strict()
+  sent: z.object({ full: z.boolean(), delta: z.boolean() }).strict(),
+  /** When the container was frozen for this generation (the owner's clock, ms): what its RPO counts from. */
+  dumpedAt: bytes.optional()
 }).strict()
 export const BodySchema = z.discriminatedUnion('type', [FileSchema, PagesSchema, EndSchema])
 

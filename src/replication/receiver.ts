@@ -137,7 +137,7 @@ export class ReplicationReceiver {
       if (begin.base == null && !end.sent.full) throw new Nack('malformed', 'a full generation without its rootfs')
       if ((await fs.stat(rootfs).catch(() => null))?.isDirectory() !== true) throw new Nack('verify-failed', 'the generation has no rootfs')
       const meta = await this.store.commit(begin.container, staging, {
-        generation: begin.generation, epoch: begin.epoch, owner: peer, dumpedAt: begin.dumpedAt, receivedAt: Date.now()
+        generation: begin.generation, epoch: begin.epoch, owner: peer, dumpedAt: end.dumpedAt ?? begin.dumpedAt, receivedAt: Date.now()
       }, { container: begin.container, owner: peer, epoch: begin.epoch, config: begin.config, replicas: begin.replicas, standbys: begin.standbys })
       staging = undefined
       await framed.writeJson({ type: 'ack', generation: begin.generation })
@@ -169,8 +169,11 @@ export class ReplicationReceiver {
       const sameLine = held != null && held.owner === peer && held.epoch === begin.epoch
       if (!sameLine || !held.generations.includes(begin.base)) throw new Nack('missing-base', `no generation ${begin.base} here to apply a delta to`)
     }
-    if (held != null && held.owner === peer && held.epoch === begin.epoch && held.generations.at(-1)! >= begin.generation) {
-      throw new Nack('malformed', `generation ${begin.generation} is not above ${held.generations.at(-1)!}`)
+    // A delta goes on top of the newest: its number is above. A full generation may start
+    // a new count (its owner's daemon restarted), but never replace one still kept.
+    if (held != null && held.owner === peer && held.epoch === begin.epoch) {
+      if (begin.base != null && begin.generation <= held.generations.at(-1)!) throw new Nack('malformed', `generation ${begin.generation} is not above ${held.generations.at(-1)!}`)
+      if (held.generations.includes(begin.generation)) throw new Nack('malformed', `generation ${begin.generation} is kept here already`)
     }
     const policy = checkBundlePolicy(begin.config, p.bundlePolicy)
     if (!policy.ok) throw new Nack('policy', `this node refuses the bundle (it runs with --allow-privileged-bundles only): ${policy.violations.slice(0, 8).join('; ')}`.slice(0, 1000))
@@ -179,7 +182,7 @@ export class ReplicationReceiver {
   }
 
   /** Image files and pages files, in order, until `end`; each verified against its hash. */
-  private async receiveImages (framed: FramedStream, begin: Begin, staging: string): Promise<{ count: number, end: { sent: { full: boolean, delta: boolean } } }> {
+  private async receiveImages (framed: FramedStream, begin: Begin, staging: string): Promise<{ count: number, end: { sent: { full: boolean, delta: boolean }, dumpedAt?: number } }> {
     const dir = path.join(staging, 'images')
     const pagemaps = new Map<string, Uint8Array>()
     const seen = new Set<string>()
@@ -195,6 +198,10 @@ export class ReplicationReceiver {
         const msg = parseJsonFrame(f, BodySchema)
         if (msg.type === 'end') {
           if (msg.files !== seen.size) throw new Nack('malformed', `end says ${msg.files} files, ${seen.size} arrived`)
+          // Every pages file the pagemaps name must be there: CRIU would read past an absent one.
+          for (const name of (layout ?? pageLayoutFromPagemaps(pagemaps)).keys()) {
+            if (!seen.has(name)) throw new Nack('verify-failed', `the pagemaps name ${name}, which did not arrive`)
+          }
           return { count: seen.size, end: msg }
         }
         if (seen.has(msg.name)) throw new Nack('malformed', `${msg.name} twice`)

@@ -23,7 +23,7 @@ export interface ReplicaMeta {
   /** Peer id of the owner whose generations these are. */
   owner: string
   epoch: number
-  /** Generations on disk, oldest first; the last is the newest complete one. */
+  /** Generations on disk, in the order they arrived; the last is the newest complete one. */
   generations: number[]
   config: Record<string, unknown>
   replicas: number
@@ -97,7 +97,9 @@ export class ReplicaStore {
     const prev = await this.read(name)
     // Another owner's (or another epoch's) generations cannot serve as a base any more.
     const sameLine = prev != null && prev.owner === meta.owner && prev.epoch === meta.epoch
-    const kept = [...(sameLine ? prev.generations : []), info.generation].filter((g, i, a) => a.indexOf(g) === i).sort((a, b) => a - b).slice(-KEEP)
+    // In the order they arrived: an owner restarted counts from 1 again, and its new
+    // generations are the newest all the same.
+    const kept = [...(sameLine ? prev.generations.filter((g) => g !== info.generation) : []), info.generation].slice(-KEEP)
     const next: ReplicaMeta = { ...meta, generations: kept, dumpedAt: info.dumpedAt, receivedAt: info.receivedAt }
     await writeFileAtomic(this.metaFile(name), JSON.stringify(next, null, 2), { mode: 0o600 })
     await this.prune(name, new Set(kept))

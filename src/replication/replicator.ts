@@ -25,6 +25,7 @@ import { MAX_REPLICATE_FRAME, REPLICATE_PROTOCOL, ReplySchema, REPLICATE_VERSION
 import { prepareImages, sendImages } from './sender.ts'
 import { copyEntries, rootfsChanges } from './rootfs-delta.ts'
 import { chooseStandbys } from './standby-choice.ts'
+import { testPause } from '../migration/test-knobs.ts'
 
 export interface ReplicatedContainer {
   name: string
@@ -48,6 +49,12 @@ export interface OwnerPort {
    * dumps it into imageDir leaving it running, and resumes it. Returns the freeze in ms.
    */
   freezeDump: (name: string, imageDir: string, capture: () => Promise<void>, signal: AbortSignal) => Promise<number>
+  /**
+   * A container that left the replicated list: do its standbys drop their replicas?
+   * Yes when it is gone or stopped for good here; no when it was killed for want of a
+   * lease (a standby must be able to bring it back) or is merely between leases.
+   */
+  shouldDrop: (name: string) => Promise<boolean>
   staging: (id: string) => Promise<string>
   removeStaging: (dir: string) => Promise<void>
 }
@@ -165,10 +172,12 @@ export class Replicator {
       const live = new Set(list.map((c) => c.name))
       for (const [name, s] of this.states) {
         if (live.has(name) || s.running) continue
-        // No longer ours to replicate (removed, stopped, moved away, fenced).
+        // No longer replicated from here (removed, stopped, moved away, fenced, lease lost).
         this.states.delete(name)
         this.replicasOf.delete(name)
-        for (const l of s.links.values()) void this.drop(name, s.epoch, l.peer)
+        if (await this.port.shouldDrop(name).catch(() => false)) {
+          for (const l of s.links.values()) void this.drop(name, s.epoch, l.peer)
+        }
       }
       const now = Date.now()
       for (const c of list) {
@@ -247,6 +256,7 @@ export class Replicator {
       const deltaDir = path.join(staging, 'rootfs')
       let now: TreeManifest | undefined
       let changes: ReturnType<typeof rootfsChanges> | undefined
+      const frozenAt = Date.now()
       const freezeMs = await this.port.freezeDump(c.name, imageDir, async () => {
         now = await treeManifest(c.rootfs)
         changes = rootfsChanges(ok.map((x) => x.base), now)
@@ -271,13 +281,13 @@ export class Replicator {
             deltaSent = true
           }
           const hashes = new Map<string, string>()
-          const sent = await sendImages(x.framed, images, x.link.acked, hashes, signal)
-          await x.framed.writeJson({ type: 'end', files: images.files.length, sent: { full: x.fullSent, delta: deltaSent } }, signal)
+          const sent = await sendImages(x.framed, images, x.link.acked, hashes, signal, async () => { if (k >= 2) await testPause('replicate-partial', this.log, signal) })
+          await x.framed.writeJson({ type: 'end', files: images.files.length, sent: { full: x.fullSent, delta: deltaSent }, dumpedAt: frozenAt }, signal)
           const reply = await x.framed.readJson(ReplySchema, AbortSignal.any([signal, AbortSignal.timeout(this.init.stallTimeoutMs ?? 60_000)]))
           if (reply.type !== 'ack' || reply.generation !== k) throw new Error(reply.type === 'nack' ? `${reply.reason}: ${reply.detail}` : `unexpected ${reply.type}`)
           x.link.ackedGeneration = k
           x.link.ackedAt = Date.now()
-          x.link.ackedDumpedAt = dumpedAt
+          x.link.ackedDumpedAt = frozenAt
           x.link.acked = hashes
           x.link.manifest = now!
           wire += sent.wireBytes

@@ -53,14 +53,16 @@ export async function prepareImages (dir: string): Promise<PreparedImages> {
  * pages land in `hashes`. Returns the bytes put on the wire.
  */
 export async function sendImages (framed: FramedStream, images: PreparedImages, acked: ReadonlyMap<string, string> | null,
-  hashes: Map<string, string>, signal: AbortSignal): Promise<{ wireBytes: number, literalPages: number, samePages: number }> {
+  hashes: Map<string, string>, signal: AbortSignal, beforePages?: () => Promise<void>): Promise<{ wireBytes: number, literalPages: number, samePages: number }> {
   let wireBytes = 0
   let literalPages = 0
   let samePages = 0
+  let paged = false
   for (const f of images.files) {
     signal.throwIfAborted()
     const p = path.join(images.dir, f.name)
     if (f.pages != null) {
+      if (!paged) { paged = true; await beforePages?.() }
       await framed.writeJson({ type: 'pages', name: f.name, pages: f.pages.length, sha256: f.sha256 }, signal)
       for await (const chunk of encodePages(p, f.pages, acked, hashes)) {
         await framed.writeFrame(FRAME_PAGES_CHUNK, chunk, signal)

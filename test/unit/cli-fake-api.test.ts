@@ -65,7 +65,8 @@ const STATUS: NodeStatus = {
   cluster: { id: '0123456789abcdef0123456789abcdef', mode: 'token', members: 3, joinHint: 'run `msc cluster token`', refused: { connections: 0, streams: 0, records: 0 } },
   failover: {
     witness: false, leaseMs: 10_000, members: 3, quorum: 2, failover: 'possible while 2 of 3 members are up', held: 2,
-    replicas: [{ container: 'db', owner: PEER_A, epoch: 4, generation: 17, dumpedAt: ago(3_000) }]
+    replicas: [{ container: 'db', owner: PEER_A, epoch: 4, generation: 17, dumpedAt: ago(3_000) }],
+    lost: [{ container: 'gone', owner: PEER_A, epoch: 2, since: ago(60_000) }]
   }
 }
 
@@ -248,6 +249,7 @@ describe('output', () => {
     assert.match(r.stdout, /^leases\s+10s each, 2 held by this node$/m)
     assert.match(r.stdout, /^REPLICA OF\s+OWNER\s+EPOCH\s+GENERATION\s+DUMPED$/m)
     assert.match(r.stdout, /^db\s+node-a \(12D3KooW…j2Y6ms\)\s+4\s+17\s+\d+s ago$/m)
+    assert.match(r.stdout, /^LOST\s+gone \(epoch 2\): its node 12D3\S+ died with every standby/m, 'a lost container is said')
   })
 
   test('status --json prints the node status', async () => {

@@ -126,3 +126,12 @@ describe('verifyLeaseProof', () => {
     assert.equal(verifyLeaseProof({ epoch: 3, grants: Array(65).fill(g0) }, want(members)), false) // over 64 grants
   })
 })
+
+describe('how many votes hold a lease', () => {
+  test('the members who did not vote can never make a quorum; one or two members never need the guard', async () => {
+    const { holdThreshold, quorum, takeoverPossible } = await import('../../src/failover/grant.ts')
+    for (let n = 1; n <= 9; n++) assert.ok(n - holdThreshold(n) < quorum(n), `n=${n}`)
+    assert.deepEqual([1, 2, 3, 4, 5].map(holdThreshold), [1, 1, 2, 2, 3])
+    assert.deepEqual([1, 2, 3, 4].map(takeoverPossible), [false, false, true, true])
+  })
+})

@@ -275,3 +275,66 @@ describe('fileGrantorStore', () => {
     }
   })
 })
+
+describe('parking, removal and takeovers a grantor cannot judge', () => {
+  test('a parked lease is never taken over, however long ago it ran out, until its holder renews it', async () => {
+    const { g, store } = await grantor()
+    assert.equal((await g.decide(A, { container: 'web', epoch: 1 })).granted, true)
+    assert.equal(await g.release(A, 'web', 1, 'park'), true)
+    assert.equal(store.disk.web?.parked, true, 'persisted: a restarted grantor still refuses')
+    t += 100 * LEASE
+    const d = await g.decide(B, { container: 'web', epoch: 2, takeover: true })
+    assert.equal(d.granted, false)
+    assert.equal(!d.granted && d.reason, 'parked')
+    // The holder is back: renewing unparks it, and it runs out as usual from then on.
+    assert.equal((await g.decide(A, { container: 'web', epoch: 1 })).granted, true)
+    assert.equal(store.disk.web?.parked, undefined)
+    t += 2 * LEASE
+    assert.equal((await g.decide(B, { container: 'web', epoch: 2, takeover: true })).granted, true)
+  })
+
+  test('a parked lease of a member removed from the cluster can be taken over once it ran out', async () => {
+    let members = new Set<string>()
+    const { g } = await grantor({ isMember: (p) => members.has(p) })
+    members = new Set([A, B])
+    await g.decide(A, { container: 'db', epoch: 3 })
+    await g.release(A, 'db', 3, 'park')
+    t += 2 * LEASE
+    assert.equal((await g.decide(B, { container: 'db', epoch: 4, takeover: true })).granted, false)
+    members.delete(A)
+    assert.equal((await g.decide(B, { container: 'db', epoch: 4, takeover: true })).granted, true)
+  })
+
+  test('remove forgets the record: a new container of that name starts afresh', async () => {
+    const { g, store } = await grantor()
+    await g.decide(A, { container: 'job', epoch: 5 })
+    assert.equal(await g.release(A, 'job', 5, 'remove'), true)
+    assert.equal(store.disk.job, undefined)
+    assert.equal((await g.decide(B, { container: 'job', epoch: 6 })).granted, true)
+  })
+
+  test('a takeover of a lease this grantor never granted is refused (unknown-lease); a new container is not', async () => {
+    const { g } = await grantor()
+    const d = await g.decide(B, { container: 'never', epoch: 2, takeover: true })
+    assert.equal(!d.granted && d.reason, 'unknown-lease')
+    assert.equal((await g.decide(B, { container: 'never', epoch: 2 })).granted, true)
+  })
+})
+
+describe('a name another peer owns', () => {
+  test('no new lease nor raised epoch for a name the view gives to another peer (not-owner); renewals, handovers and the owner itself pass', async () => {
+    const owners = new Map<string, string>()
+    const { g } = await grantor({ mayHold: (c, h) => owners.get(c) == null || owners.get(c) === h })
+    owners.set('web', A)
+    const d = await g.decide(B, { container: 'web', epoch: 9 })
+    assert.equal(!d.granted && d.reason, 'not-owner', 'a member squatting a name at a high epoch is refused')
+    assert.equal((await g.decide(A, { container: 'web', epoch: 1 })).granted, true, 'the owner gets it')
+    assert.equal((await g.decide(A, { container: 'web', epoch: 1 })).granted, true, 'and renews it')
+    const h = await signHandover(kA, { container: 'web', epoch: 2, from: A, to: B, at: Date.now() })
+    assert.equal((await g.decide(B, { container: 'web', epoch: 2, handover: h })).granted, true, 'a handover from the holder passes')
+    owners.set('web', B)
+    owners.set('db', B)
+    const raised = await g.decide(A, { container: 'db', epoch: 3 })
+    assert.equal(!raised.granted && raised.reason, 'not-owner')
+  })
+})

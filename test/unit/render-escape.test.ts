@@ -71,7 +71,8 @@ describe('tables escape every cell', () => {
       failover: {
         witness: true, leaseMs: 2_500, members: 2, quorum: 2, held: 0,
         failover: 'not possible: 2 members, a majority is 2; add a third member (any node, or one with --witness)',
-        replicas: [{ container: 'db\x1b[8m', owner: peer.peerId, epoch: 4, generation: null, dumpedAt: new Date().toISOString() }]
+        replicas: [{ container: 'db\x1b[8m', owner: peer.peerId, epoch: 4, generation: null, dumpedAt: new Date().toISOString() }],
+        lost: [{ container: 'lost\x1b[2J', owner: peer.peerId, epoch: 2, since: new Date().toISOString() }]
       }
     }
     const out = statusText(s, new Map([[peer.peerId, hostile]]))
