@@ -90,6 +90,12 @@ export class LeaseKeeper {
     if (l != null && at > l.lastSend) l.lastSend = at
   }
 
+  /** A renewal that fell short: due again at once (the deadline does not move). */
+  retry (container: string): void {
+    const l = this.leases.get(container)
+    if (l != null) l.lastSend = Number.NEGATIVE_INFINITY
+  }
+
   /** The leases whose renewal is due: leaseMs/4 or more since the last send. */
   due (now: number = this.now()): Array<{ container: string, epoch: number }> {
     const out: Array<{ container: string, epoch: number }> = []

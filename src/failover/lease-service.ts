@@ -356,6 +356,11 @@ export class LeaseService {
         if (n === need) await this.renewed(container, epoch, sentAt)
       }
     }))
+    // A round that fell short (a member slow or briefly cut off) is tried again at the
+    // next tick, not a whole renewal period later: the deadline is what it must beat.
+    for (const i of items) {
+      if ((counts.get(i.container) ?? 0) < need) this.keeper.retry(i.container)
+    }
   }
 
   private async renewed (container: string, epoch: number, sentAt: number): Promise<void> {

@@ -134,6 +134,13 @@ export class MscNode {
       const { container, from, to, epoch } = evt.detail
       if (from === this.overlay?.peerId && to != null && to !== from) void this.fence(container, to, epoch)
     })
+    const failover = this.failover = new FailoverService({
+      dumpIntervalMs: cfg.dumpIntervalMs, leaseMs: cfg.leaseTimeoutMs, witness: cfg.witness, allowPrivilegedBundles: cfg.allowPrivilegedBundles,
+      overlay: this.overlay, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, events: this.events,
+      logger: this.rootLog.child({ component: 'failover' }),
+      fence: async (name, owner, epoch) => { await this.fence(name, owner, epoch) }
+    })
+    await failover.startVoting()
     await this.overlay.start()
     const o = this.overlay
     cluster.onChange(({ added, removed }) => {
@@ -160,12 +167,6 @@ export class MscNode {
     })
     await migration.start()
     this.migration = migration
-    const failover = this.failover = new FailoverService({
-      dumpIntervalMs: cfg.dumpIntervalMs, leaseMs: cfg.leaseTimeoutMs, witness: cfg.witness, allowPrivilegedBundles: cfg.allowPrivilegedBundles,
-      overlay: o, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, events: this.events,
-      logger: this.rootLog.child({ component: 'failover' }),
-      fence: async (name, owner, epoch) => { await this.fence(name, owner, epoch) }
-    })
     migration.addImageDestinations((h) => failover.imageDestination(h))
     await failover.start()
     this.api = new ControlServer({

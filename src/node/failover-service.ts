@@ -168,10 +168,18 @@ export class FailoverService {
     })
   }
 
+  /**
+   * The vote first, before the overlay connects: a member that others count must answer
+   * their lease requests from its first connection on (a node joining the cluster raises
+   * everyone's threshold at once).
+   */
+  async startVoting (): Promise<void> {
+    await this.lease.start()
+  }
+
   async start (): Promise<void> {
     const cleared = await this.store.clearIncoming()
     if (cleared > 0) this.log.info({ cleared }, 'removed replica generations a previous run had not finished receiving')
-    await this.lease.start()
     // Containers the guard killed while this daemon was down: their lease had run out.
     for (const name of await this.guard.fenced().catch(() => [] as string[])) {
       const r = await this.i.manager.readRecord(name)
