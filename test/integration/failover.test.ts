@@ -10,14 +10,15 @@
  */
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
+import fs from 'node:fs/promises'
 import path from 'node:path'
 import { logValues, makeBundle, startCluster, sleep, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
-import type { ContainerInfo } from '../../src/api/types.ts'
+import type { ContainerInfo, NodeEvent } from '../../src/api/types.ts'
 
 const DUMP_S = 1
-const LEASE_S = 3
+const LEASE_S = 5
 const COUNTER_MS = 100
-const ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', String(LEASE_S), '--dump-interval', String(DUMP_S)]
+const ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', '3', '--lease-timeout', String(LEASE_S), '--dump-interval', String(DUMP_S)]
 
 let c: Cluster
 let bundle = ''
@@ -58,6 +59,47 @@ async function exactlyOneFor (name: string, ms: number): Promise<string> {
     await sleep(200)
   } while (Date.now() < end)
   return where[0]!
+}
+
+/** Samples, every 100 ms until stopped, when `name` last ran on `owner` and first ran anywhere else. */
+function watchHandover (name: string, owner: ClusterNode): { stop: () => Promise<{ lastOwner: number, firstOther: number, others: string[] }> } {
+  let lastOwner = 0
+  let firstOther = 0
+  const others = new Set<string>()
+  let running = true
+  const loop = (async () => {
+    while (running) {
+      const t = Date.now()
+      for (const x of c.nodes) {
+        const on = (await c.runcList(x)).some((e) => e.id === name && (e.status === 'running' || e.status === 'paused'))
+        if (!on) continue
+        if (x === owner) lastOwner = t
+        else { others.add(x.name); if (firstOther === 0) firstOther = t }
+      }
+      await sleep(100)
+    }
+  })()
+  return { stop: async () => { running = false; await loop; return { lastOwner, firstOther, others: [...others] } } }
+}
+
+async function events (node: ClusterNode): Promise<NodeEvent[]> {
+  const r = await c.msc(node, 'events', '--json', '--no-follow')
+  assert.equal(r.exitCode, 0, r.stderr)
+  return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as NodeEvent)
+}
+
+/** Every node up, seeing the others alive, with the given environment (restarting it if needed). */
+async function allUp (env: Record<string, NodeJS.ProcessEnv> = {}): Promise<void> {
+  for (const x of c.nodes) {
+    await c.tb.heal(x.host)
+    const want = env[x.name] ?? {}
+    if (JSON.stringify(x.env) !== JSON.stringify(want)) {
+      if (x.proc != null && x.proc.exitCode == null && x.proc.signalCode == null) await c.stop(x)
+      x.env = want
+    }
+    if (x.proc == null || x.proc.exitCode != null || x.proc.signalCode != null) await c.start(x)
+  }
+  await c.waitAllAlive(30_000)
 }
 
 before(async () => {
@@ -105,5 +147,102 @@ describe('failover of a replicated counter', () => {
     await c.start(n('n1'))
     await waitFor(async () => (await inspect(n('n1'), 'ctr').catch(() => null))?.state === 'fenced', 30_000, () => `n1's copy fenced\n${c.logTail(n('n1'), 20)}`)
     await exactlyOneFor('ctr', 3_000)
+  })
+})
+
+describe('partitions', () => {
+  test('the owner cut off from the majority stops its container before a standby restores it; the minority side never restores', async (t) => {
+    await allUp()
+    assert.equal((await c.msc(n('n1'), 'run', 'part', bundle, '--replicas', '1')).exitCode, 0)
+    // Owned by n2, kept by both others: n1 holds a replica it must never restore from the minority side.
+    assert.equal((await c.msc(n('n2'), 'run', 'kept', bundle, '--replicas', '2')).exitCode, 0)
+    await replicated(n('n1'), 'part', 1)
+    await replicated(n('n2'), 'kept', 1)
+    const w = watchHandover('part', n('n1'))
+    const cutAt = Date.now()
+    await c.tb.cut(n('n1').host)
+    await waitFor(async () => (await runningOn('part', [n('n2'), n('n3')])).length > 0, 60_000, () => `part restored on the majority side\n${c.logTail(n('n2'), 10)}\n${c.logTail(n('n3'), 10)}`)
+    await sleep(1_000)
+    const seen = await w.stop()
+    t.diagnostic(`owner's copy last seen running ${seen.lastOwner - cutAt} ms after the cut, the standby's first ${seen.firstOther - cutAt} ms after`)
+    assert.ok(seen.lastOwner < seen.firstOther, `the owner's copy stopped (${seen.lastOwner}) before the standby's started (${seen.firstOther})`)
+    assert.equal(seen.others.length, 1, `one standby restored it: ${seen.others.join(', ')}`)
+    // The minority side (n1 alone) holds a replica of kept, whose owner it cannot see: it never restores it.
+    await sleep(3 * LEASE_S * 1000)
+    assert.deepEqual(await runningOn('kept'), ['n2'], 'kept runs on n2 only')
+    await c.tb.heal(n('n1').host)
+    await waitFor(async () => (await inspect(n('n1'), 'part').catch(() => null))?.state === 'fenced', 30_000, () => `n1's part fenced after the heal\n${c.logTail(n('n1'), 20)}`)
+    await exactlyOneFor('part', 3_000)
+    await exactlyOneFor('kept', 1_000)
+    assert.deepEqual(await runningOn('kept'), ['n2'])
+  })
+
+  test('a flapping link (cut for a quarter lease, again and again): no failover, no fencing', async () => {
+    await allUp()
+    assert.equal((await c.msc(n('n1'), 'run', 'flap', bundle, '--replicas', '1')).exitCode, 0)
+    const before = await replicated(n('n1'), 'flap', 1)
+    for (let i = 0; i < 5; i++) {
+      await c.tb.cut(n('n1').host)
+      await sleep(LEASE_S * 1000 / 4)
+      await c.tb.heal(n('n1').host)
+      await sleep(3_000)
+    }
+    const after = await inspect(n('n1'), 'flap')
+    assert.equal(after.state, 'running', `still running on n1: ${JSON.stringify(after.leaseLost)}`)
+    assert.equal(after.pid, before.pid, 'the same process: never killed nor restored')
+    assert.equal(after.epoch, 1)
+    assert.deepEqual(await runningOn('flap'), ['n1'])
+  })
+
+  test('a grantor restarted mid-lease: the lease holds, and a failover waits a whole lease after its restart', async (t) => {
+    await allUp()
+    assert.equal((await c.msc(n('n1'), 'run', 'gr', bundle, '--replicas', '1')).exitCode, 0)
+    const info = await replicated(n('n1'), 'gr', 1)
+    const standby = n(info.replication!.standbys[0]!.name)
+    const grantor = c.nodes.find((x) => x !== standby && x !== n('n1'))!
+    await c.stop(grantor)
+    await c.start(grantor)
+    const restartedAt = Date.now()
+    assert.deepEqual(await runningOn('gr'), ['n1'], 'the owner keeps its lease through a grantor restart')
+    await c.tb.kill(n('n1').host)
+    await waitFor(async () => (await runningOn('gr', [standby])).length > 0, 60_000, () => `gr restored on ${standby.name}\n${c.logTail(standby, 15)}`)
+    const restoredAt = Date.now()
+    t.diagnostic(`restored ${restoredAt - restartedAt} ms after the grantor's restart`)
+    // Two grants are needed (n1 is dead): the restarted grantor's, which waits a lease.
+    assert.ok(restoredAt - restartedAt >= LEASE_S * 1000, 'not before the restarted grantor waited a whole lease')
+    await exactlyOneFor('gr', 2_000)
+  })
+
+  test('a migration moves the lease and the replication along: when the new node dies, it fails over from the new node\'s generations', async () => {
+    await allUp()
+    assert.equal((await c.msc(n('n1'), 'run', 'mig', bundle, '--replicas', '1')).exitCode, 0)
+    await replicated(n('n1'), 'mig', 1)
+    const m = await c.msc(n('n1'), 'peer', 'migrate', 'mig', '--to', 'n2')
+    assert.equal(m.exitCode, 0, m.stderr)
+    const moved = await replicated(n('n2'), 'mig', 1)
+    assert.equal(moved.epoch, 2)
+    assert.equal(moved.replication!.leaseHeld, true, 'n2 holds the lease it was handed')
+    const standby = n(moved.replication!.standbys[0]!.name)
+    await c.tb.kill(n('n2').host)
+    await waitFor(async () => (await runningOn('mig', [standby])).length > 0, 60_000, () => `mig restored on ${standby.name}\n${c.logTail(standby, 15)}`)
+    await exactlyOneFor('mig', 2_000)
+    assert.equal((await inspect(standby, 'mig')).epoch, 3)
+  })
+
+  test('a generation cut off mid-transfer is never restored: the standby restores the one before', async () => {
+    await allUp({ n1: { MSC_TEST_PAUSE_AT: 'replicate-partial', MSC_TEST_PAUSE_MS: '120000' } })
+    assert.equal((await c.msc(n('n1'), 'run', 'half', bundle, '--replicas', '1')).exitCode, 0)
+    const info = await replicated(n('n1'), 'half', 1)
+    const standby = n(info.replication!.standbys[0]!.name)
+    // Generation 2 stops half sent (pagemaps there, pages not): the standby stages it.
+    const staged = path.join(standby.dataDir, 'replicas', 'half', '.incoming-2')
+    await waitFor(async () => (await fs.stat(staged).catch(() => null)) != null, 60_000, `${staged} staged`)
+    await c.tb.kill(n('n1').host)
+    await waitFor(async () => (await runningOn('half', [standby])).length > 0, 60_000, () => `half restored on ${standby.name}\n${c.logTail(standby, 15)}`)
+    const fo = (await events(standby)).filter((e) => e.type === 'failover' && e.container === 'half')
+    assert.equal(fo.length, 1, JSON.stringify(fo))
+    assert.equal(fo[0]!.generation, 1, 'restored from generation 1, the last complete one')
+    await exactlyOneFor('half', 2_000)
+    await allUp()
   })
 })
