@@ -1,9 +1,12 @@
 /**
  * The main demo, as the original msc showed it: a counter starts on one node, a
  * second node joins the cluster (found by mDNS), and the counter is migrated to it,
- * where it keeps counting; then on to a third node with post-copy. Each node is a
- * network namespace on a private bridge (test/testbed), so all traffic and multicast
- * stay on this machine. Everything is removed at the end, also on Ctrl-C.
+ * where it keeps counting; then on to a third node with post-copy. All along, the
+ * counter's checkpoints are replicated to a standby; at the end the node that runs it
+ * is power-cut, and the counter comes back on its standby, a few numbers back (what
+ * was printed since its last replicated checkpoint). Each node is a network namespace
+ * on a private bridge (test/testbed), so all traffic and multicast stay on this
+ * machine. Everything is removed at the end, also on Ctrl-C.
  */
 import fs from 'node:fs/promises'
 import os from 'node:os'
@@ -27,11 +30,13 @@ let cleaning = false
 async function cleanup (): Promise<void> {
   if (cleaning) return
   cleaning = true
-  for (const n of nodes) await execa(MSC, ['rm', '--force', 'counter', '--data-dir', n.dir], { reject: false })
+  for (const n of nodes) await execa(MSC, ['rm', '--force', 'counter', '--data-dir', n.dir], { reject: false, timeout: 20_000 })
   for (const n of nodes) n.proc.kill('SIGTERM')
   await sleep(500)
   await tb.destroy()
-  await execa('rm', ['-rf', '--one-file-system', work], { reject: false })
+  // MSC_DEMO_KEEP=1 keeps the nodes' data dirs and logs for a look afterwards.
+  if (process.env.MSC_DEMO_KEEP === '1') process.stdout.write(`(kept: ${work})\n`)
+  else await execa('rm', ['-rf', '--one-file-system', work], { reject: false })
 }
 process.on('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
 
@@ -47,7 +52,9 @@ async function startNode (i: number, extra: string[] = []): Promise<void> {
   const dir = path.join(work, name)
   await fs.mkdir(dir, { recursive: true })
   const log = await fs.open(path.join(work, `${name}.log`), 'w')
-  const proc = await tb.spawn(i, MSC, ['node', 'start', '--data-dir', dir, '--name', name, '--mdns-interval', '1', '--log-format', 'json', ...extra], { stdio: ['ignore', log.fd, log.fd] })
+  // Faster failure detection than the defaults (1 s / 5 s), so the failover shows soon.
+  const timing = ['--ping-interval', '0.5', '--ping-timeout', '3', '--lease-timeout', '6', '--dump-interval', '2']
+  const proc = await tb.spawn(i, MSC, ['node', 'start', '--data-dir', dir, '--name', name, '--mdns-interval', '1', '--log-format', 'json', ...timing, ...extra], { stdio: ['ignore', log.fd, log.fd] })
   await log.close()
   nodes.push({ name, dir, proc })
   for (let t = 0; t < 100; t++) {
@@ -89,6 +96,29 @@ try {
 
   say('the whole output, carried along from node to node: one sequence, no restart')
   process.stdout.write((await msc('node3', 'logs', 'counter')).trim().split('\n').join(' ') + '\n')
+
+  say('failover: the counter is replicated to a standby (msc inspect); node3 is power-cut')
+  for (let t = 0; t < 300; t++) {
+    const info = JSON.parse(await msc('node3', 'inspect', 'counter', '--json')) as { replication?: { ackedGeneration: number | null } }
+    if ((info.replication?.ackedGeneration ?? 0) >= 1) break
+    await sleep(200)
+  }
+  process.stdout.write(await msc('node3', 'inspect', 'counter') + '\n')
+  await tb.kill(3) // the node, its log shims and the container: a power cut
+  const died = (await fs.readFile(path.join(work, 'node3', 'containers', 'counter', 'container.log'), 'utf8')).trim().split('\n').at(-1)
+  process.stdout.write(`node3 is gone; the last number it printed: ${died}\n`)
+  let back = ''
+  for (let t = 0; t < 600 && back === ''; t++) {
+    for (const n of ['node1', 'node2']) if (/counter\s+running/.test(await msc(n, 'ps').catch(() => ''))) back = n
+    if (back === '') await sleep(100)
+  }
+  if (back === '') throw new Error('the counter did not come back (see the node logs in ' + work + ')')
+  await sleep(2000)
+  const after = (await msc(back, 'logs', 'counter')).trim().split('\n')
+  process.stdout.write(`the counter runs again on ${back}, from its last replicated checkpoint: ${after.slice(0, 4).join(' ')} ...\n`)
+  process.stdout.write(`it went back ${Number(died) - Number(after[0]) + 1} numbers: what node3 printed after its last checkpoint reached the standby\n`)
+  process.stdout.write((await msc(back, 'events', '--no-follow')).trim().split('\n').filter((l) => /failover|lease-acquired|owner-lost/.test(l)).join('\n') + '\n')
+  process.stdout.write(await msc(back, 'ps') + '\n')
 } finally {
   await cleanup()
 }
