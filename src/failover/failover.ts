@@ -10,6 +10,7 @@
  *
  * Pure decisions over a port to the node, so the state machine is tested against fakes.
  */
+import { errText } from '../util/errors.ts'
 import type { Logger } from '../util/logger.ts'
 import type { ReplicaMeta } from '../replication/replica-store.ts'
 
@@ -161,7 +162,7 @@ export class FailoverController {
     try {
       proof = await this.port.acquire(name, epoch, signal)
     } catch (err) {
-      const reason = (err as Error).message
+      const reason = errText(err)
       // Another standby took this epoch and gave it up (its restore failed): the next
       // try asks for the epoch above it, which the grantors judge like any takeover.
       const above = (err as { refusals?: Array<{ currentEpoch?: number, currentHolder?: string }> }).refusals
@@ -187,8 +188,8 @@ export class FailoverController {
         await this.port.drop(name).catch(() => {})
         return
       } catch (err) {
-        errors.push(`generation ${generation}: ${(err as Error).message}`)
-        this.log.error({ container: name, generation, err: (err as Error).message }, 'failover restore failed')
+        errors.push(`generation ${generation}: ${errText(err)}`)
+        this.log.error({ container: name, generation, err: errText(err) }, 'failover restore failed')
       }
     }
     // Nothing of it runs here: give the lease up so another standby may try, and drop

@@ -426,9 +426,12 @@ export class LeaseService {
           ? await this.serve(peer, req) as GrantsResponse
           : await this.exchange(peer, req, GrantsResponseSchema, signal)
       } catch (err) {
-        const e = err as Error
-        const reason = e.name === 'TimeoutError' || (e as { reason?: string }).reason === 'IDLE_TIMEOUT' ? 'timeout' : signal.aborted ? 'aborted' : 'unreachable'
-        for (let k = 0; k < chunk.length; k++) out.push({ granted: false, reason, detail: e.message.slice(0, 500) })
+        // Anything may be thrown here (an abort reason need not be an Error): never let it
+        // throw again while being described.
+        const e = (err ?? {}) as Partial<Error> & { reason?: unknown }
+        const reason = e.name === 'TimeoutError' || e.reason === 'IDLE_TIMEOUT' ? 'timeout' : signal.aborted ? 'aborted' : 'unreachable'
+        const detail = String(typeof e.message === 'string' ? e.message : err).slice(0, 500)
+        for (let k = 0; k < chunk.length; k++) out.push({ granted: false, reason, detail })
         continue
       }
       for (let k = 0; k < chunk.length; k++) out.push(this.check(peer, chunk[k] as LeaseRequestItem, res.items[k], res.items.length === chunk.length))

@@ -14,7 +14,7 @@
 import path from 'node:path'
 import type { PrivateKey } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
-import { MscError } from '../util/errors.ts'
+import { MscError, errText } from '../util/errors.ts'
 import type { Runc } from '../runtime/runc.ts'
 import type { Overlay } from '../overlay/overlay.ts'
 import type { ClusterService } from '../cluster/cluster-service.ts'
@@ -106,7 +106,7 @@ export class FailoverService {
         return c == null || !LIVE_CLAIMS.has(c.state)
       },
       onExpired: async (container, epoch) => {
-        if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: (err as Error).message }, 'self-fencing failed'); return false })) {
+        if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: errText(err) }, 'self-fencing failed'); return false })) {
           this.log.error({ container, epoch }, 'lease not renewed in time: the container was killed (self-fencing); a standby may bring it back elsewhere')
           emit.emit('lease', { type: 'self-fenced', container, epoch })
           o.announce()
@@ -245,7 +245,7 @@ export class FailoverService {
     try {
       proof = await this.lease.acquire(name, epoch, { takeover: true, signal: AbortSignal.timeout(Math.max(5_000, 2 * this.i.leaseMs)) })
     } catch (err) {
-      throw new MscError('INVALID_STATE', `${name} lost its lease here and a majority did not grant it back (a standby may run it: see msc ps on the other nodes): ${(err as Error).message}`)
+      throw new MscError('INVALID_STATE', `${name} lost its lease here and a majority did not grant it back (a standby may run it: see msc ps on the other nodes): ${errText(err)}`)
     }
     // Until the restore ends, the lease is not given back for want of a running container.
     this.restoring.add(name)
@@ -259,7 +259,7 @@ export class FailoverService {
 
   /** `msc rm`: the grantors forget the container's lease (a parked one would keep its name from a new container). */
   async forget (name: string, epoch: number): Promise<void> {
-    await this.lease.release(name, 'remove', epoch).catch((err) => this.log.warn({ container: name, err: (err as Error).message }, 'could not tell the grantors that a container was removed'))
+    await this.lease.release(name, 'remove', epoch).catch((err) => this.log.warn({ container: name, err: errText(err) }, 'could not tell the grantors that a container was removed'))
   }
 
   /** Rootfs transfers of incoming generations arrive over /msc/image. */
@@ -400,11 +400,11 @@ export class FailoverService {
           // (sweepFences), or killed below when no majority grants us the lease.
           const since = this.unleased.get(r.name) ?? Date.now()
           if (Date.now() - since > this.i.leaseMs && Date.now() - this.startedAt > this.i.leaseMs) {
-            this.log.error({ container: r.name, epoch, err: (err as Error).message }, 'no majority granted this container\'s lease for a whole lease time: killing it (self-fencing)')
-            if (await this.ops.selfFence(r.name, epoch).catch(() => false)) this.i.events.emit('lease', { type: 'self-fenced', container: r.name, epoch, reason: (err as Error).message })
+            this.log.error({ container: r.name, epoch, err: errText(err) }, 'no majority granted this container\'s lease for a whole lease time: killing it (self-fencing)')
+            if (await this.ops.selfFence(r.name, epoch).catch(() => false)) this.i.events.emit('lease', { type: 'self-fenced', container: r.name, epoch, reason: errText(err) })
             this.unleased.delete(r.name)
           } else {
-            this.log.debug({ container: r.name, err: (err as Error).message }, 'lease not granted yet')
+            this.log.debug({ container: r.name, err: errText(err) }, 'lease not granted yet')
           }
         })
         .finally(() => this.acquiring.delete(r.name))

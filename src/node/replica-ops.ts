@@ -7,7 +7,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
-import { MscError } from '../util/errors.ts'
+import { MscError, errText } from '../util/errors.ts'
 import type { Runc } from '../runtime/runc.ts'
 import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
@@ -52,7 +52,7 @@ export class ReplicaOps {
         await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: true, tcpEstablished: this.m.settings.tcpEstablished, signal })
         at.push(performance.now())
       } finally {
-        await this.runc.resume(name).catch((err) => this.log.error({ name, err: (err as Error).message }, 'could not resume a container after its replication dump'))
+        await this.runc.resume(name).catch((err) => this.log.error({ name, err: errText(err) }, 'could not resume a container after its replication dump'))
       }
       const ms = Math.round(performance.now() - t0)
       const [p = t0, c = p, d = c] = at

@@ -15,6 +15,7 @@
  *      whose content differs from what it acknowledged, then wait for its ack.
  * A standby that fails or refuses is sent a full generation next time.
  */
+import { errText } from '../util/errors.ts'
 import crypto from 'node:crypto'
 import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
@@ -190,9 +191,9 @@ export class Replicator {
         if (s.running || now < s.nextAt) continue
         s.running = true
         const p = this.round(c, s).catch((err) => {
-          s.lastError = (err as Error).message
-          this.log.warn({ container: c.name, err: (err as Error).message }, 'replication round failed')
-          this.init.onEvent?.({ type: 'dump-failed', container: c.name, reason: (err as Error).message })
+          s.lastError = errText(err)
+          this.log.warn({ container: c.name, err: errText(err) }, 'replication round failed')
+          this.init.onEvent?.({ type: 'dump-failed', container: c.name, reason: errText(err) })
         }).finally(() => {
           s.running = false
           this.rounds.delete(p)
@@ -200,7 +201,7 @@ export class Replicator {
         this.rounds.add(p)
       }
     } catch (err) {
-      this.log.debug({ err: (err as Error).message }, 'replication tick failed')
+      this.log.debug({ err: errText(err) }, 'replication tick failed')
     } finally {
       this.ticking = false
     }
@@ -257,11 +258,19 @@ export class Replicator {
       let now: TreeManifest | undefined
       let changes: ReturnType<typeof rootfsChanges> | undefined
       const frozenAt = Date.now()
-      const freezeMs = await this.port.freezeDump(c.name, imageDir, async () => {
-        now = await treeManifest(c.rootfs)
-        changes = rootfsChanges(ok.map((x) => x.base), now)
-        await copyEntries(c.rootfs, deltaDir, changes.union)
-      }, signal)
+      let freezeMs: number
+      try {
+        freezeMs = await this.port.freezeDump(c.name, imageDir, async () => {
+          now = await treeManifest(c.rootfs)
+          changes = rootfsChanges(ok.map((x) => x.base), now)
+          await copyEntries(c.rootfs, deltaDir, changes.union)
+        }, signal)
+      } catch (err) {
+        // The standbys staged this generation: end their sessions now, or each would stay
+        // busy with it (refusing the next rounds) until its stall timeout.
+        for (const x of ok) x.framed.abort(err as Error)
+        throw err
+      }
       s.lastFreezeMs = freezeMs
       s.intervalMs = Math.max(this.init.dumpIntervalMs, 20 * freezeMs)
       s.nextAt = started + s.intervalMs
@@ -353,7 +362,7 @@ export class Replicator {
       await framed.readJson(ReplySchema, AbortSignal.timeout(5_000)).catch(() => {})
       await framed.closeWrite().catch(() => {})
     } catch (err) {
-      this.log.debug({ container: name, peer, err: (err as Error).message }, 'could not tell a former standby to drop its replica')
+      this.log.debug({ container: name, peer, err: errText(err) }, 'could not tell a former standby to drop its replica')
     }
   }
 }

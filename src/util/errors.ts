@@ -44,3 +44,10 @@ export function toMscError (err: unknown): MscError {
   if (e?.code === 'ENOSPC') return new MscError('NO_SPACE', `no space left on device: ${e.message}`, [], { cause: err })
   return new MscError('INTERNAL', e?.message ?? String(err), [], { cause: err })
 }
+
+/** What went wrong, in one line, whatever was thrown (an abort reason need not be an Error). */
+export function errText (err: unknown): string {
+  if (err instanceof Error) return err.message
+  if (typeof err === 'object' && err != null && typeof (err as { message?: unknown }).message === 'string') return (err as { message: string }).message
+  return String(err)
+}
