@@ -19,6 +19,7 @@
  */
 import { z } from 'zod'
 import { MAX_EPOCH } from '../cluster/handover.ts'
+import { containerName, peerIdText } from '../failover/grant.ts'
 
 export const REPLICATE_PROTOCOL = '/msc/replicate/1.0.0'
 export const REPLICATE_VERSION = 1
@@ -31,8 +32,6 @@ export const MAX_REPLICATE_FRAME = 2 * 1024 * 1024
 /** Image files one generation may hold (CRIU writes a few per process). */
 export const MAX_IMAGE_FILES = 20_000
 
-const containerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
-const peerIdText = z.string().min(20).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/)
 const transferId = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/)
 /** CRIU's image directory is flat: a name, never a path. */
 export const imageName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$/)

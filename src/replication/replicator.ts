@@ -20,6 +20,7 @@ import crypto from 'node:crypto'
 import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
+import type { ReplicationInfo } from '../api/types.ts'
 import { FramedStream } from '../protocols/framing.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, type TreeManifest } from '../protocols/image/index.ts'
 import { MAX_REPLICATE_FRAME, REPLICATE_PROTOCOL, ReplySchema, REPLICATE_VERSION, type Begin } from './messages.ts'
@@ -102,20 +103,8 @@ interface ContainerState {
   lastError: string | null
 }
 
-/** What `msc ps` / `inspect` show of a container's replication. */
-export interface ReplicationStatus {
-  replicas: number
-  standbys: Array<{ peerId: string, name: string, generation: number | null, ackedAt: string | null }>
-  generation: number
-  /** The newest generation a standby acknowledged, and how old its dump is (the RPO now). */
-  ackedGeneration: number | null
-  rpoMs: number | null
-  freezeMs: number | null
-  bytesPerRound: number | null
-  imageBytes: number | null
-  intervalMs: number
-  lastError: string | null
-}
+/** What `msc ps` / `inspect` show of a container's replication (the lease is the node's to add). */
+export type ReplicationStatus = Omit<ReplicationInfo, 'leaseHeld'>
 
 export class Replicator {
   private readonly port: OwnerPort
