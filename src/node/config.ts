@@ -136,7 +136,7 @@ export const NODE_OPTIONS = {
   } satisfies OptionSpec<number>,
   tcpEstablished: {
     key: 'tcpEstablished', flag: '--tcp-established', kind: 'flag', env: ['CRIU_TCP_ESTABLISHED', 'MSC_TCP_ESTABLISHED'],
-    description: 'Checkpoint and restore established TCP connections (CRIU --tcp-established). Without it, a container with an open TCP connection cannot be checkpointed.',
+    description: 'Restore established TCP connections established (CRIU --tcp-established on every checkpoint and restore; needs the same local address). Default: connections are dumped stateless and restored closed, and clients reconnect.',
     defaultText: 'false', default: () => false, parse: bool
   } satisfies OptionSpec<boolean>,
   allowPrivilegedBundles: {

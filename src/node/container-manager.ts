@@ -3,7 +3,7 @@ import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import type { Runc, RuncState } from '../runtime/runc.ts'
-import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
+import { loadBundle, runtimeConfig, writeRuntimeBundle, type LoadedBundle, type OciConfig } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import type { DataDir } from './data-dir.ts'
 import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo } from '../api/types.ts'
@@ -129,6 +129,19 @@ export class ContainerManager {
     return cgroupsPathOf(this.init.cgroupParent, name)
   }
 
+  /**
+   * The config.json runc runs NAME's bundle with on this node. Unless the node restores
+   * connections established (`--tcp-established`), CRIU gets the node's configuration
+   * that dumps connections stateless and restores them closed (CRIU_HOST_NETWORK_CONFIG).
+   */
+  runtimeConfigFor (name: string, bundle: LoadedBundle): OciConfig {
+    return runtimeConfig(bundle, {
+      cgroupsPath: this.cgroupsPath(name),
+      requestSocket: this.dd.requestSocket,
+      criuConfig: this.init.tcpEstablished ? null : this.dd.criuConfigFile
+    })
+  }
+
   async list (): Promise<ContainerInfo[]> {
     const out: ContainerInfo[] = []
     for (const n of await this.names()) {
@@ -163,7 +176,7 @@ export class ContainerManager {
       const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0 }
       try {
         await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.cgroupsPath(name), this.dd.requestSocket))
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
           logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
         })

@@ -36,6 +36,8 @@ export class DataDir {
   get runcRoot (): string { return path.join(this.root, 'runc') }
   /** Datagram socket containers send CHECKPOINT / MIGRATE to (bind-mounted at /run/msc.sock). */
   get requestSocket (): string { return path.join(this.root, 'ipc.sock') }
+  /** The CRIU configuration runc hands CRIU for containers in the host's network (CRIU_CONFIG_ANNOTATION). */
+  get criuConfigFile (): string { return path.join(this.root, 'criu-host-network.conf') }
   get pidFile (): string { return path.join(this.root, 'node.pid') }
   get tmp (): string { return path.join(this.root, 'tmp') }
   get containersDir (): string { return path.join(this.root, 'containers') }
@@ -82,6 +84,7 @@ export class DataDir {
     await fs.chmod(this.root, 0o700)
     for (const d of [this.runcRoot, this.containersDir, this.tmp]) await fs.mkdir(d, { recursive: true, mode: 0o700 })
     if (kind !== 'msc') await writeFileAtomic(this.markerFile, JSON.stringify({ format: DATA_DIR_FORMAT }) + '\n', { mode: 0o600 })
+    await writeFileAtomic(this.criuConfigFile, CRIU_HOST_NETWORK_CONFIG, { mode: 0o600 })
   }
 
   /** A short id made once per data dir; it names the node's cgroup parent. */
@@ -96,6 +99,15 @@ export class DataDir {
     return id
   }
 }
+
+/**
+ * A container in the host's network shares its address with the node, so its TCP
+ * connections cannot follow it to another host: CRIU dumps them without their state and
+ * without blocking them (a checkpoint that leaves the container running keeps serving
+ * its clients), and restores them closed, so that clients see a reset and reconnect.
+ * Without this, CRIU refuses to dump a container with a connected client at all.
+ */
+export const CRIU_HOST_NETWORK_CONFIG = '# Written by msc at node start; edits are overwritten.\ntcp-close\n'
 
 /** The layout version this msc writes and reads (the marker's `format`). */
 export const DATA_DIR_FORMAT = 1

@@ -4,7 +4,7 @@ import { execa } from 'execa'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import type { Runc } from '../runtime/runc.ts'
-import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
+import { loadBundle, writeRuntimeBundle } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import { checkpointLazy, startLazyPagesDaemon } from '../runtime/lazy-pages.ts'
 import type { ContainerHost, LazyDump, LocalContainer } from '../migration/host.ts'
@@ -186,7 +186,7 @@ export class NodeMigrationHost implements ContainerHost {
     await fs.rename(req.bundleDir, src)
     for (const f of logs) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
     const bundle = await loadBundle(src)
-    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), runtimeConfig(bundle, this.m.cgroupsPath(req.name), this.dd.requestSocket))
+    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), this.m.runtimeConfigFor(req.name, bundle))
     const now = new Date().toISOString()
     const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0 }
     await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })

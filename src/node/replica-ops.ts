@@ -9,7 +9,7 @@ import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
 import { MscError, errText } from '../util/errors.ts'
 import type { Runc } from '../runtime/runc.ts'
-import { loadBundle, runtimeConfig, writeRuntimeBundle } from '../runtime/bundle.ts'
+import { loadBundle, writeRuntimeBundle } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import { fsyncDir } from '../util/atomic-file.ts'
 import type { ContainerManager, ContainerRecord } from './container-manager.ts'
@@ -99,7 +99,7 @@ export class ReplicaOps {
         const config = { ...meta.config, root: { ...(meta.config.root as Record<string, unknown> | undefined), path: 'rootfs' } }
         await fs.writeFile(path.join(src, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
         const bundle = await loadBundle(src)
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), runtimeConfig(bundle, this.m.cgroupsPath(name), this.dd.requestSocket))
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.m.runtimeConfigFor(name, bundle))
         const now = new Date().toISOString()
         // Not claimed while it restores (a failed restore must not take the name): a node
         // that dies meanwhile finds `failoverPending` and settles it at start.

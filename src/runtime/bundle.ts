@@ -64,25 +64,50 @@ export async function loadBundle (dir: string): Promise<LoadedBundle> {
   return { dir: abs, config, rootfs }
 }
 
-/**
- * The config runc actually runs: the user's, with the root made absolute (the bundle
- * dir runc sees is the node's, not the user's), the node's cgroup path, and no
- * terminal (CRIU needs the container's stdio to be pipes).
- */
 /** Where a bundle asks for the node's request socket (docs/container-requests.md). */
 export const REQUEST_SOCKET_IN_CONTAINER = '/run/msc.sock'
 
-export function runtimeConfig (b: LoadedBundle, cgroupsPath: string, requestSocket?: string): OciConfig {
+/**
+ * The annotation runc 1.1 reads (as a container label) for a CRIU configuration file that
+ * it hands to CRIU on every checkpoint and restore. runc runs CRIU as root, and a CRIU
+ * configuration can name scripts to run (`action-script`): only the node may set it.
+ */
+export const CRIU_CONFIG_ANNOTATION = 'org.criu.config'
+
+export interface RuntimeConfigOptions {
+  cgroupsPath: string
+  /** The node's request socket, bound where the bundle asks for it. */
+  requestSocket?: string
+  /** The node's CRIU configuration file; null leaves the container without one. */
+  criuConfig?: string | null
+}
+
+/**
+ * The config runc actually runs: the user's, with the root made absolute (the bundle
+ * dir runc sees is the node's, not the user's), the node's cgroup path, no terminal
+ * (CRIU needs the container's stdio to be pipes), and the node's CRIU configuration in
+ * place of whatever the bundle named.
+ */
+export function runtimeConfig (b: LoadedBundle, opts: RuntimeConfigOptions): OciConfig {
   const c = structuredClone(b.config)
   c.root = { ...c.root, path: b.rootfs }
   // The socket lives in each node's own data dir: whatever source the bundle names
   // (or the node it came from used), bind this node's.
+  const requestSocket = opts.requestSocket
   if (requestSocket != null && Array.isArray(c.mounts)) {
     c.mounts = c.mounts.map((m) => m.destination === REQUEST_SOCKET_IN_CONTAINER ? { ...m, source: requestSocket } : m)
   }
   c.process = { ...c.process, terminal: false }
-  c.linux = { ...(c.linux ?? {}), cgroupsPath }
+  c.linux = { ...(c.linux ?? {}), cgroupsPath: opts.cgroupsPath }
+  const annotations: Record<string, unknown> = { ...(isRecord(c.annotations) ? c.annotations : {}) }
+  delete annotations[CRIU_CONFIG_ANNOTATION]
+  if (opts.criuConfig != null) annotations[CRIU_CONFIG_ANNOTATION] = opts.criuConfig
+  if (Object.keys(annotations).length > 0 || c.annotations !== undefined) c.annotations = annotations
   return c
+}
+
+function isRecord (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 export async function writeRuntimeBundle (dir: string, config: OciConfig): Promise<void> {

@@ -8,8 +8,9 @@
  *   - its output went with it (`msc logs` on the target: one sequence 1..N, no value
  *     twice, no restart at 1), and the source's `msc logs` says where it went;
  *   - no migration staging is left in either node's DIR/tmp.
- * Also redis with 100,000 keys (every key there, answering on the target host's address
- * only), a file the container wrote in its rootfs, the pre-copy refusal on a kernel
+ * Also redis with 100,000 keys and a subscribed client connected (every key there,
+ * answering on the target host's address only, the client's connection ended and a
+ * reconnected client served), a file the container wrote in its rootfs, the pre-copy refusal on a kernel
  * without soft-dirty, and clear errors for bad requests. Measured downtime and total
  * time are printed as a table at the end.
  *
@@ -20,7 +21,9 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
+import net from 'node:net'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { execa } from 'execa'
 import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, MSC, ROOT } from '../helpers/node-harness.ts'
@@ -233,10 +236,66 @@ async function assertRedisAnswersOnlyOn (owner: ClusterNode): Promise<void> {
   }
 }
 
+/** A message pushed to a subscriber: the array ["message", "ch", PAYLOAD] in RESP. */
+const PUSHED = /\$7\r\nmessage\r\n\$2\r\nch\r\n\$\d+\r\n([^\r]*)\r\n/
+
+interface Subscriber { ended: Promise<string>, messages: string[], close: () => void }
+
+/**
+ * A client subscribed to channel `ch` on HOST's redis over one TCP connection, as
+ * `redis-cli subscribe ch` would be: `ended` resolves with how the connection ended.
+ */
+async function subscribe (host: ClusterNode): Promise<Subscriber> {
+  const sock = net.connect({ host: host.host.ip, port: REDIS_PORT })
+  const messages: string[] = []
+  let buf = ''
+  const ended = new Promise<string>((resolve) => {
+    sock.on('error', (err) => { resolve(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`) })
+    sock.on('close', () => { resolve('closed') })
+  })
+  sock.on('data', (d) => {
+    buf += d.toString('utf8')
+    for (;;) {
+      const m = PUSHED.exec(buf)
+      if (m === null) break
+      messages.push(m[1] as string)
+      buf = buf.slice(m.index + m[0].length)
+    }
+  })
+  await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject) })
+  sock.write('SUBSCRIBE ch\r\n')
+  await waitFor(() => buf.includes('subscribe'), 5_000, `the subscription on ${host.name}`)
+  return { ended, messages, close: () => { sock.destroy() } }
+}
+
+/** PUBLISH ch TEXT on HOST until a subscriber there got it (a subscription is not instant). */
+async function assertDelivered (host: ClusterNode, sub: Subscriber, text: string): Promise<void> {
+  await waitFor(async () => {
+    await redisCli(host, 'PUBLISH', 'ch', text)
+    return sub.messages.includes(text)
+  }, 10_000, `${text} published on ${host.name} to reach its subscriber (got ${JSON.stringify(sub.messages)})`)
+}
+
+/**
+ * Moves redis with a subscribed client connected, as every real service has one: the
+ * migration succeeds, that client sees its connection end (the container's address was
+ * its source host's), and a client that reconnects to the target's address is served.
+ */
 async function redisHop (from: ClusterNode, to: ClusterNode, strategy: string, epoch: number): Promise<void> {
+  const before = await subscribe(from)
+  await assertDelivered(from, before, `before-${strategy}`)
   const m = await migrate(from, 'redis', to.name, strategy)
   const r = assertSucceeded(m, 'redis', from, to, strategy)
   record(`redis ${REDIS_KEYS / 1000}k keys`, r)
+  const how = await Promise.race([before.ended, sleep(15_000).then(() => 'still open 15 s after the migration')])
+  assert.match(how, /^(closed|error)/, `the client connected to ${from.name} during the migration sees its connection end`)
+  const again = await subscribe(to)
+  try {
+    await assertDelivered(to, again, `after-${strategy}`)
+  } finally {
+    again.close()
+    before.close()
+  }
   await assertRedisAnswersOnlyOn(to)
   await assertRedisKeys(to, REDIS_KEYS)
   await assertOnlyOn('redis', to)
