@@ -79,6 +79,9 @@ export function validateName (name: unknown): string {
   return name
 }
 
+/** How long one `runc list` serves the periodic readers (ContainerManager.runcStates). */
+export const RUNC_LIST_TTL_MS = 1000
+
 /**
  * The containers of one node: runs, stops, checkpoints and restores them through the
  * runtime, and keeps msc's record of each on disk so a restarted node adopts the
@@ -88,6 +91,7 @@ export class ContainerManager {
   private readonly init: ContainerManagerInit
   private readonly log: Logger
   private readonly lock = new KeyedMutex()
+  private listed: { at: number, states: Promise<RuncState[]> } | null = null
 
   constructor (init: ContainerManagerInit) {
     this.init = init
@@ -118,7 +122,34 @@ export class ContainerManager {
 
   /** Runs `fn` with the container locked (migration holds it for its whole run). */
   async exclusive<T> (name: string, fn: () => Promise<T>): Promise<T> {
-    return await this.lock.run(name, fn)
+    return await this.locked(name, fn)
+  }
+
+  /**
+   * Every container runc knows, from one `runc list` shared by the periodic readers
+   * (heartbeat claims, lease and replication checks) for up to RUNC_LIST_TTL_MS. Spawning
+   * runc blocks the node's event loop for several milliseconds each time, which made
+   * these polls the largest part of an idle node's CPU. Every lifecycle operation drops
+   * the shared list when it ends, so the node's own changes are seen at once; a
+   * container that exits on its own is seen within the TTL.
+   */
+  async runcStates (): Promise<RuncState[]> {
+    const now = Date.now()
+    if (this.listed === null || now - this.listed.at > RUNC_LIST_TTL_MS) {
+      const states = this.runc.list()
+      this.listed = { at: now, states }
+      states.catch(() => { if (this.listed?.states === states) this.listed = null })
+    }
+    return await this.listed.states
+  }
+
+  /** Runs FN under NAME's lock; the shared runc list is stale afterwards. */
+  private async locked<T> (name: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await this.lock.run(name, fn)
+    } finally {
+      this.listed = null
+    }
   }
 
   get settings (): { logMaxBytes: number, stopTimeoutMs: number, tcpEstablished: boolean } {
@@ -161,7 +192,7 @@ export class ContainerManager {
   async run (name: string, bundleDir: string, signal?: AbortSignal, opts: { replicas?: number } = {}): Promise<ContainerInfo> {
     validateName(name)
     if (typeof bundleDir !== 'string' || bundleDir === '') throw new MscError('INVALID_ARGUMENT', 'a bundle directory is required')
-    return await this.lock.run(name, async () => {
+    return await this.locked(name, async () => {
       if (await this.readRecord(name) != null) {
         throw new MscError('ALREADY_EXISTS', `a container named ${name} already exists on this node (remove it with \`msc rm ${name}\`)`)
       }
@@ -194,7 +225,7 @@ export class ContainerManager {
   }
 
   async stop (name: string): Promise<ContainerInfo> {
-    return await this.lock.run(name, async () => {
+    return await this.locked(name, async () => {
       const r = await this.mustRecord(name)
       const st = await this.runc.state(name)
       if (st == null || st.status === 'stopped') {
@@ -211,7 +242,7 @@ export class ContainerManager {
 
   /** Removes a stopped container with its checkpoints and logs. */
   async remove (name: string, opts: { force?: boolean } = {}): Promise<void> {
-    await this.lock.run(name, async () => {
+    await this.locked(name, async () => {
       await this.mustRecord(name)
       const st = await this.runc.state(name)
       if (st != null && st.status !== 'stopped') {
@@ -242,7 +273,7 @@ export class ContainerManager {
    * gone from runc afterwards and only the images remain (state 'checkpointed').
    */
   async checkpoint (name: string, opts: { stop?: boolean, signal?: AbortSignal } = {}): Promise<CheckpointInfo> {
-    return await this.lock.run(name, async () => {
+    return await this.locked(name, async () => {
       const r = await this.mustRecord(name)
       const st = await this.runc.state(name)
       if (st == null || (st.status !== 'running' && st.status !== 'paused')) {
@@ -283,7 +314,7 @@ export class ContainerManager {
 
   /** Brings a stopped container back from a checkpoint (the latest unless `from`). */
   async restore (name: string, opts: { from?: string, signal?: AbortSignal } = {}): Promise<ContainerInfo> {
-    return await this.lock.run(name, async () => {
+    return await this.locked(name, async () => {
       const r = await this.mustRecord(name)
       if (r.fenced != null) {
         const f = r.fenced
@@ -332,8 +363,8 @@ export class ContainerManager {
   /** What this node owns, for its membership heartbeat. */
   async claims (): Promise<Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }>> {
     const out: Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }> = []
-    // One `runc list` for all (this runs at every heartbeat), not one `runc state` each.
-    const states = new Map((await this.runc.list().catch(() => [])).map((x) => [x.id, x]))
+    // One shared `runc list` for all (this runs at every heartbeat), not one `runc state` each.
+    const states = new Map((await this.runcStates().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
       const r = await this.readRecord(n)
       if (r == null || r.pendingMigration === true || r.failoverPending === true) continue // not ours until committed / restored
@@ -362,7 +393,7 @@ export class ContainerManager {
    * not lower, or already fenced).
    */
   async fence (name: string, f: FenceInfo): Promise<boolean> {
-    return await this.lock.run(name, async () => {
+    return await this.locked(name, async () => {
       const r = await this.readRecord(name)
       if (r == null || r.pendingMigration === true || r.fenced != null || (r.epoch ?? 1) >= f.epoch) return false
       r.fenced = f
@@ -379,7 +410,7 @@ export class ContainerManager {
     if (this.killing.has(name)) return
     this.killing.add(name)
     try {
-      await this.lock.run(name, async () => {
+      await this.locked(name, async () => {
         if ((await this.readRecord(name))?.fenced == null) return
         this.log.error({ name }, 'a fenced container was running (the node stopped while fencing it): killing it')
         await this.runc.stop(name, 0)

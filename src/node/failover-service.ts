@@ -315,16 +315,10 @@ export class FailoverService {
     return out.filter((r) => running.has(r.name))
   }
 
-  private runningCache?: { at: number, ids: Promise<Set<string>> }
-
-  /** Containers runc runs (or has paused): one `runc list` per half second at most, shared by every caller. */
+  /** Containers runc runs (or has paused), from the manager's shared `runc list`. */
   private async running (): Promise<Set<string>> {
-    const now = Date.now()
-    if (this.runningCache == null || now - this.runningCache.at > 500) {
-      const ids = this.i.runc.list().then((l) => new Set(l.filter((s) => s.status === 'running' || s.status === 'paused').map((s) => s.id)), () => new Set<string>())
-      this.runningCache = { at: now, ids }
-    }
-    return await this.runningCache.ids
+    const l = await this.i.manager.runcStates().catch(() => [])
+    return new Set(l.filter((s) => s.status === 'running' || s.status === 'paused').map((s) => s.id))
   }
 
   /** container -> since when (ms) its holder is dead, its lease over here, and nobody took it over. */

@@ -1,7 +1,8 @@
 /**
  * The lease guard (scripts/lease-guard.sh driven by LeaseGuard) with a fake runc that
- * appends its arguments to a file: an armed deadline is enforced within ~100 ms (runc
- * kill --all NAME KILL, then the .fenced mark), a disarmed or far-off entry is never
+ * appends its arguments to a file: an armed deadline is enforced within the guard's
+ * look interval (0.5 s, 100 ms near a deadline; runc kill --all NAME KILL, then the
+ * .fenced mark), a disarmed or far-off entry is never
  * killed, a second start reuses the running guard, and stop ends the process. The
  * guard process is killed by pid in `after` whatever happens.
  */
@@ -105,7 +106,7 @@ describe('LeaseGuard', () => {
     await assert.rejects(fs.stat(path.join(dir, '.guard.pid')))
   })
 
-  test('a deadline already past is enforced within the idle poll (1 s); a container named "stop" does not stop the guard; names are checked', async () => {
+  test('a deadline already past is enforced within one look of the guard (0.5 s); a container named "stop" does not stop the guard; names are checked', async () => {
     await fs.rm(runcLog, { force: true })
     const dir = path.join(tmp, 'guard2')
     const g = guard(dir)

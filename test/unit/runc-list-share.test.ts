@@ -1,0 +1,61 @@
+/**
+ * ContainerManager.runcStates: the periodic readers (heartbeat claims, lease and
+ * replication checks) share one `runc list` for up to RUNC_LIST_TTL_MS, and any
+ * lifecycle operation drops it, so the node's own changes are seen at once. A fake
+ * runc counts the lists (pure logic: the real runc is exercised by the integration tests).
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import os from 'node:os'
+import path from 'node:path'
+import fs from 'node:fs/promises'
+import { ContainerManager, RUNC_LIST_TTL_MS } from '../../src/node/container-manager.ts'
+import { DataDir } from '../../src/node/data-dir.ts'
+import type { Runc, RuncState } from '../../src/runtime/runc.ts'
+import { silentLogger } from '../../src/util/logger.ts'
+
+function fakeRunc (): { runc: Runc, lists: () => number, set: (s: RuncState[]) => void } {
+  let lists = 0
+  let states: RuncState[] = []
+  const runc = { list: async () => { lists++; return states.map((s) => ({ ...s })) } } as unknown as Runc
+  return { runc, lists: () => lists, set: (s) => { states = s } }
+}
+
+test('readers within the TTL share one runc list; a lifecycle operation or the TTL makes the next one fresh', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
+  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  const f = fakeRunc()
+  const m = new ContainerManager({
+    dataDir: new DataDir(dir), runc: f.runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000,
+    tcpEstablished: false, logger: silentLogger()
+  })
+  f.set([{ id: 'a', status: 'running' } as RuncState])
+  const [x, y] = await Promise.all([m.runcStates(), m.runcStates()])
+  assert.equal(f.lists(), 1, 'two readers at once: one list')
+  assert.deepEqual([x.map((s) => s.id), y.map((s) => s.id)], [['a'], ['a']])
+  await m.runcStates()
+  assert.equal(f.lists(), 1, 'a reader within the TTL: still one')
+
+  f.set([])
+  await m.exclusive('a', async () => {}) // what stop, run, migrate... end with
+  assert.deepEqual(await m.runcStates(), [], 'after a lifecycle operation the change is seen at once')
+  assert.equal(f.lists(), 2)
+
+  await new Promise((resolve) => setTimeout(resolve, RUNC_LIST_TTL_MS + 50))
+  await m.runcStates()
+  assert.equal(f.lists(), 3, 'after the TTL: a new list')
+})
+
+test('a failed runc list is not kept: the next reader tries again', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
+  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  let calls = 0
+  const runc = { list: async () => { calls++; if (calls === 1) throw new Error('runc: boom'); return [] } } as unknown as Runc
+  const m = new ContainerManager({
+    dataDir: new DataDir(dir), runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000,
+    tcpEstablished: false, logger: silentLogger()
+  })
+  await assert.rejects(m.runcStates(), /boom/)
+  assert.deepEqual(await m.runcStates(), [])
+  assert.equal(calls, 2)
+})
