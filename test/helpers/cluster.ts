@@ -28,7 +28,7 @@ import { Testbed, type TestHost } from '../testbed/testbed.ts'
 import assert from 'node:assert/strict'
 import { counterValues, MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
 import { ControlClient } from '../../src/api/client.ts'
-import type { NodeStatus, PeerInfo } from '../../src/api/types.ts'
+import type { ContainerInfo, NodeStatus, PeerInfo } from '../../src/api/types.ts'
 
 export { sleep, tempDir, waitFor }
 
@@ -241,6 +241,11 @@ export class Cluster {
   /** The same from the API socket (what `status --json` prints), for polling. */
   async statusApi (node: ClusterNode): Promise<NodeStatus> {
     return await new ControlClient(path.join(node.dataDir, 'msc.sock')).status()
+  }
+
+  /** `msc inspect NAME --json` from the API socket, for polling (see peersApi). */
+  async inspectApi (node: ClusterNode, name: string): Promise<ContainerInfo> {
+    return await new ControlClient(path.join(node.dataDir, 'msc.sock')).inspect(name)
   }
 
   /** The entry `observer` has for `subject` (undefined: not listed); `cli` to go through `msc peer ls`. */

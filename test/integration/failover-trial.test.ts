@@ -65,7 +65,7 @@ async function settle (): Promise<void> {
     await waitFor(async () => {
       const w = await where(name)
       if (w.length !== 1) return false
-      const info = await c.json<ContainerInfo>(w[0]!, 'inspect', name).catch(() => null)
+      const info = await c.inspectApi(w[0]!, name).catch(() => null)
       return (info?.replication?.ackedGeneration ?? 0) >= 1
     }, 120_000, () => `${name} running once and replicated again`)
   }
