@@ -101,6 +101,27 @@ interface ContainerState {
   lastImageBytes: number | null
   intervalMs: number
   lastError: string | null
+  /** Standbys that refused for a reason that lasts (LASTING_REFUSALS), until when they are passed over. */
+  avoid: Map<string, number>
+}
+
+/**
+ * Refusals that asking the same member again soon will not change: it is a witness, has
+ * a container of that name (say, its own copy fenced after a failover), holds or sees a
+ * newer epoch, refuses the bundle, or lacks disk. Another member takes its place for
+ * AVOID_REFUSER_MS when there is one; otherwise it is asked again as usual.
+ */
+const LASTING_REFUSALS: ReadonlySet<string> = new Set(['witness', 'not-owner', 'runs-here', 'stale-epoch', 'policy', 'no-space'])
+export const AVOID_REFUSER_MS = 60_000
+
+/** A standby's `nack`: it refused the generation, for `reason`. */
+export class StandbyRefusedError extends Error {
+  readonly reason: string
+  constructor (reason: string, detail: string) {
+    super(`${reason}: ${detail}`)
+    this.name = 'StandbyRefusedError'
+    this.reason = reason
+  }
 }
 
 /** What `msc ps` / `inspect` show of a container's replication (the lease is the node's to add). */
@@ -174,7 +195,7 @@ export class Replicator {
         this.replicasOf.set(c.name, c.replicas)
         let s = this.states.get(c.name)
         if (s == null || s.epoch !== c.epoch) {
-          s = { name: c.name, epoch: c.epoch, generation: 0, links: new Map(), nextAt: now, running: false, lastFreezeMs: null, lastWireBytes: null, lastImageBytes: null, intervalMs: this.init.dumpIntervalMs, lastError: null }
+          s = { name: c.name, epoch: c.epoch, generation: 0, links: new Map(), nextAt: now, running: false, lastFreezeMs: null, lastWireBytes: null, lastImageBytes: null, intervalMs: this.init.dumpIntervalMs, lastError: null, avoid: new Map() }
           this.states.set(c.name, s)
         }
         if (s.running || now < s.nextAt) continue
@@ -200,7 +221,8 @@ export class Replicator {
   private async round (c: ReplicatedContainer, s: ContainerState): Promise<void> {
     const started = Date.now()
     s.nextAt = started + s.intervalMs
-    const chosen = chooseStandbys(c.name, this.port.candidates(), c.replicas)
+    for (const [peer, until] of s.avoid) if (until <= started) s.avoid.delete(peer)
+    const chosen = chooseStandbys(c.name, this.port.candidates(), c.replicas, new Set(s.avoid.keys()))
     for (const [peer] of s.links) {
       if (!chosen.includes(peer)) {
         s.links.delete(peer)
@@ -232,7 +254,7 @@ export class Replicator {
       try {
         return await this.open(c, s, l, k, links.map((x) => x.peer), dumpedAt, rootfsBytes, m0, signal)
       } catch (err) {
-        this.failed(c, k, l, err)
+        this.failed(c, s, k, l, err)
         return null
       }
     }))
@@ -282,7 +304,8 @@ export class Replicator {
           const sent = await sendImages(x.framed, images, x.link.acked, hashes, signal, async () => { if (k >= 2) await testPause('replicate-partial', this.log, signal) })
           await x.framed.writeJson({ type: 'end', files: images.files.length, sent: { full: x.fullSent, delta: deltaSent }, dumpedAt: frozenAt }, signal)
           const reply = await x.framed.readJson(ReplySchema, AbortSignal.any([signal, AbortSignal.timeout(this.init.stallTimeoutMs ?? 60_000)]))
-          if (reply.type !== 'ack' || reply.generation !== k) throw new Error(reply.type === 'nack' ? `${reply.reason}: ${reply.detail}` : `unexpected ${reply.type}`)
+          if (reply.type === 'nack') throw new StandbyRefusedError(reply.reason, reply.detail)
+          if (reply.type !== 'ack' || reply.generation !== k) throw new Error(`unexpected ${reply.type}`)
           x.link.ackedGeneration = k
           x.link.ackedAt = Date.now()
           x.link.ackedDumpedAt = frozenAt
@@ -292,7 +315,7 @@ export class Replicator {
           this.init.onEvent?.({ type: 'generation', container: c.name, generation: k, standby: x.link.peer, standbyName: this.port.peerName(x.link.peer), wireBytes: sent.wireBytes, imageBytes: images.bytes, freezeMs, full: x.begin.base == null })
         } catch (err) {
           x.framed.abort(err as Error)
-          this.failed(c, k, x.link, err)
+          this.failed(c, s, k, x.link, err)
         } finally {
           await x.framed.closeWrite().catch(() => {})
         }
@@ -319,7 +342,8 @@ export class Replicator {
     try {
       await framed.writeJson(begin, signal)
       const r = await framed.readJson(ReplySchema, AbortSignal.any([signal, AbortSignal.timeout(30_000)]))
-      if (r.type !== 'ready') throw new Error(r.type === 'nack' ? `${r.reason}: ${r.detail}` : `unexpected ${r.type}`)
+      if (r.type === 'nack') throw new StandbyRefusedError(r.reason, r.detail)
+      if (r.type !== 'ready') throw new Error(`unexpected ${r.type}`)
       if (full) {
         const tree = await this.port.dial(l.peer, IMAGE_PROTOCOL, signal)
         await sendTree(tree, c.rootfs, { transferId: begin.transfers.full!, label: 'rootfs', signal })
@@ -331,8 +355,9 @@ export class Replicator {
     }
   }
 
-  private failed (c: ReplicatedContainer, k: number, l: Link, err: unknown): void {
+  private failed (c: ReplicatedContainer, s: ContainerState, k: number, l: Link, err: unknown): void {
     const reason = (err as Error)?.message ?? String(err)
+    if (err instanceof StandbyRefusedError && LASTING_REFUSALS.has(err.reason)) s.avoid.set(l.peer, Date.now() + AVOID_REFUSER_MS)
     // Whatever it holds of ours may not match what we think: start it over.
     l.acked = null
     l.manifest = null

@@ -11,6 +11,13 @@ export function rankStandbys (container: string, candidates: Iterable<string>): 
   return scored.sort((a, b) => (a.w < b.w ? 1 : a.w > b.w ? -1 : 0)).map((s) => s.peer)
 }
 
-export function chooseStandbys (container: string, candidates: Iterable<string>, n: number): string[] {
-  return rankStandbys(container, candidates).slice(0, Math.max(0, n))
+/**
+ * The first `n` candidates in the container's rendezvous order, passing over those in
+ * `avoid` (members that refused it for a reason that lasts, such as having a container
+ * of that name) as long as enough others are there; avoided ones fill the rest, in order.
+ */
+export function chooseStandbys (container: string, candidates: Iterable<string>, n: number, avoid: ReadonlySet<string> = new Set()): string[] {
+  const ranked = rankStandbys(container, candidates)
+  const want = Math.max(0, n)
+  return [...ranked.filter((p) => !avoid.has(p)), ...ranked.filter((p) => avoid.has(p))].slice(0, want)
 }
