@@ -15,16 +15,16 @@
  *             for --bench-seconds with replication off (--replicas 0) and on
  *             (--replicas 1), alternating, 3 rounds each: requests/s on / off. Also how
  *             many generations were acknowledged during the ON runs, how many dumps
- *             and generations failed, and the error lines of CRIU's dump logs (CRIU
- *             refuses established TCP connections without --tcp-established).
+ *             and generations failed, and the error lines of CRIU's dump logs.
  *   bytes     redis with --big-keys keys; its first (full) generation, taken with no
  *             client, is the baseline. Then 1% of the keys rewritten per DUMP_INTERVAL
  *             (5 s here) in pipelined batches every 100 ms over short connections, until
  *             2 more generations are acknowledged: wire bytes of the last round against
  *             the image size and the full generation's wire bytes. If that load lets no
- *             round through within a few intervals (a connection open at the dump fails
- *             it), this is reported, and the round is measured with the same write rate
- *             applied as one burst right after each acknowledgement.
+ *             round through within a few intervals (before CRIU skipped connections
+ *             still in redis's accept queue, most dumps failed with "In-flight
+ *             connection"), this is reported, and the round is measured with the same
+ *             write rate applied as one burst right after each acknowledgement.
  * The overhead and bytes parts run with a 10 s lease (ping timeout), the RTO part with
  * the issue's 3 s: the lease enters no figure of theirs, and on the loaded shared
  * machine 3 s leases made owners fence their own redis mid-measurement.

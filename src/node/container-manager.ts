@@ -116,6 +116,16 @@ export class ContainerManager {
     return r
   }
 
+  /**
+   * NAME is a container of this node that is not fenced: it runs, or may run again here.
+   * A fenced copy belongs to another node now, so it does not keep this node from
+   * keeping that node's replicas of it (failover sets the copy aside).
+   */
+  async holdsUnfenced (name: string): Promise<boolean> {
+    const r = await this.readRecord(name)
+    return r != null && r.fenced == null
+  }
+
   async writeRecord (r: ContainerRecord): Promise<void> {
     await writeRecordFile(this.dd, r)
   }

@@ -118,7 +118,7 @@ export class FailoverService {
     this.receiver = new ReplicationReceiver(this.store, {
       selfId: o.peerId,
       witness: init.witness,
-      hasContainer: async (name) => await init.manager.readRecord(name) != null,
+      hasContainer: async (name) => await init.manager.holdsUnfenced(name),
       ownerOf: (name) => view.ownerOf(name),
       freeBytes: async () => { const s = await (await import('node:fs/promises')).statfs(dd.root); return s.bavail * s.bsize },
       bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
@@ -160,7 +160,7 @@ export class FailoverService {
         o.announce()
       },
       drop: async (name) => { await this.store.drop(name) },
-      hasContainer: async (name) => await init.manager.readRecord(name) != null
+      hasContainer: async (name) => await init.manager.holdsUnfenced(name)
     }, {
       leaseMs: init.leaseMs,
       logger: init.logger.child({ component: 'failover' }),

@@ -85,11 +85,30 @@ export class ReplicaOps {
    * runs, removes it if not); a failed restore leaves nothing behind but the used-up
    * generation's rootfs, so the caller may try an older generation.
    */
+  /**
+   * Moves a fenced copy's directory (its record, checkpoints and log) out of the name's
+   * way, to DATA_DIR/containers/.fenced/NAME-epochE-MS, so that this node can restore
+   * the container from a replica. A fenced copy is another node's container now; it is
+   * kept there for whoever wants its checkpoints or log, and never restored or claimed.
+   * The caller holds the name's lock and has deleted runc's container of that name.
+   */
+  private async setAsideFenced (r: ContainerRecord): Promise<void> {
+    const aside = this.dd.fencedDir
+    await fs.mkdir(aside, { recursive: true, mode: 0o700 })
+    const to = path.join(aside, `${r.name}-epoch${r.epoch}-${Date.now()}`)
+    await fs.rename(this.dd.containerDir(r.name), to)
+    await fsyncDir(this.dd.containersDir)
+    await fsyncDir(aside)
+    this.log.info({ name: r.name, epoch: r.epoch, to }, 'a fenced copy was set aside to restore this container here')
+  }
+
   async adoptReplica (meta: ReplicaMeta, genDir: string, epoch: number, proof: LeaseProof, signal: AbortSignal): Promise<void> {
     const name = meta.container
     await this.m.exclusive(name, async () => {
-      if (await this.m.readRecord(name) != null) throw new MscError('ALREADY_EXISTS', `a container named ${name} exists on this node`)
+      const existing = await this.m.readRecord(name)
+      if (existing != null && existing.fenced == null) throw new MscError('ALREADY_EXISTS', `a container named ${name} exists on this node`)
       if (await this.runc.state(name) != null) await this.runc.delete(name, { force: true })
+      if (existing != null) await this.setAsideFenced(existing)
       const cdir = this.dd.containerDir(name)
       const src = path.join(cdir, 'src')
       try {

@@ -149,6 +149,38 @@ describe('failover of a replicated counter', () => {
     await waitFor(async () => (await inspect(n('n1'), 'ctr').catch(() => null))?.state === 'fenced', 30_000, () => `n1's copy fenced\n${c.logTail(n('n1'), 20)}`)
     await exactlyOneFor('ctr', 3_000)
   })
+
+  test('a node holding a fenced copy keeps the new owner\'s replicas, and takes the container over in turn', async () => {
+    const owner = n((await runningOn('ctr'))[0]!)
+    const other = c.nodes.find((x) => x !== owner && x !== n('n1'))!
+    // With the third member down, the node with the fenced copy is the only one left to keep a replica.
+    await c.tb.kill(other.host)
+    let info: ContainerInfo | undefined
+    await waitFor(async () => {
+      info = await inspect(owner, 'ctr').catch(() => undefined)
+      return info?.replication?.standbys.some((s) => s.name === 'n1' && s.generation != null) === true
+    }, 90_000, () => `n1 acknowledged a generation of ctr from ${owner.name}: ${JSON.stringify(info?.replication)}\n${c.logTail(n('n1'), 15)}`)
+    await c.start(other)
+    await c.waitAllAlive(60_000)
+    const last = logValues(owner, 'ctr').at(-1)!
+    await c.tb.kill(owner.host)
+    await waitFor(async () => (await runningOn('ctr', [n('n1'), other])).length > 0, 60_000,
+      () => `ctr running again\n${c.logTail(n('n1'), 20)}\n${c.logTail(other, 10)}`)
+    assert.equal(await exactlyOneFor('ctr', 3_000), 'n1', 'restored on n1, from the replica it kept')
+    const back = await inspect(n('n1'), 'ctr')
+    assert.equal(back.state, 'running')
+    assert.equal(back.epoch, 3, 'owned at the epoch above the second owner\'s')
+    await waitFor(() => logValues(n('n1'), 'ctr').length >= 3, 20_000, 'output on n1')
+    const first = logValues(n('n1'), 'ctr')[0]!
+    assert.ok(first > 1 && first <= last + 1, `counts on from the second owner's generation: first ${first}, last ${last}`)
+    // The fenced copy was set aside, with its log and checkpoints, not deleted.
+    const aside = await fs.readdir(path.join(n('n1').dataDir, 'containers', '.fenced'))
+    assert.equal(aside.length, 1, `one fenced copy set aside: ${aside.join(', ')}`)
+    assert.match(aside[0]!, /^ctr-epoch1-\d+$/)
+    await fs.access(path.join(n('n1').dataDir, 'containers', '.fenced', aside[0]!, 'container.json'))
+    await c.start(owner)
+    await c.waitAllAlive(60_000)
+  })
 })
 
 describe('partitions', () => {
