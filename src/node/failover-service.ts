@@ -412,8 +412,11 @@ export class FailoverService {
       const r = await this.i.manager.readRecord(h.container).catch(() => null)
       if (r?.failoverPending === true || this.restoring.has(h.container)) continue // being restored: the lease is what allows it
       if (r != null && r.startedAt != null && r.leaseLost == null && r.fenced == null) continue
-      // Gone from here: forgotten. Stopped by its user: parked, never failed over.
-      const mode = r == null || r.fenced != null ? 'remove' : 'park'
+      // Gone from here: forgotten. Killed for want of renewals (self-fenced): expired at
+      // once, so that a standby brings it back (parked, a container that lost its lease
+      // to a flapping link stayed down everywhere). Stopped by its user: parked, never
+      // failed over.
+      const mode = r == null || r.fenced != null ? 'remove' : r.leaseLost != null ? 'expire' : 'park'
       await this.lease.release(h.container, mode).catch(() => {})
       this.i.events.emit('lease', { type: 'lease-released', container: h.container, epoch: h.epoch, mode })
     }
