@@ -50,7 +50,7 @@ import { logValues, startCluster, waitFor, type Cluster, type ClusterNode } from
 import { MSC, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient, ndjsonLines } from '../src/api/client.ts'
 import type { ContainerInfo, NodeEvent, ReplicationInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong } from './lib.ts'
 
 const USAGE = `usage: node benchmarks/failover.ts [--trials N] [--keys N] [--big-keys N] [--bench-seconds S] [--parts rto,overhead,bytes]
   (as root; see the comment at the top of this file)
@@ -214,27 +214,6 @@ function isoMs (s: string | null | undefined): number | null { return s == null 
 // ---------------------------------------------------------------------------------
 // redis over the testbed's addresses
 
-/** One short connection: PING -> true on +PONG (never left open: CRIU refuses to dump established TCP by default). */
-async function ping (ip: string, port: number, timeoutMs = 300): Promise<boolean> {
-  return await new Promise<boolean>((resolve) => {
-    const s = net.connect({ host: ip, port })
-    let buf = ''
-    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok) }
-    const t = setTimeout(() => done(false), timeoutMs)
-    s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => { buf += d.toString(); if (buf.includes('\r\n')) done(buf.startsWith('+PONG')) })
-    s.on('error', () => done(false))
-    s.on('close', () => done(false))
-  })
-}
-
-async function untilPong (ip: string, port: number, timeoutMs = 30_000): Promise<void> {
-  const t0 = Date.now()
-  while (!await ping(ip, port)) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`redis at ${ip}:${port} did not answer PING within ${timeoutMs} ms`)
-    await sleep(20)
-  }
-}
 
 async function populate (ip: string, port: number, keys: number): Promise<void> {
   const r = await execa(path.join(ROOT, 'demos', 'populate-redis.sh'), ['-h', ip, '-p', String(port), String(keys)], { reject: false, timeout: 600_000 })
@@ -475,7 +454,7 @@ async function overheadSample (c: Cluster, node: ClusterNode, dir: string, round
   const ip = node.host.ip
   await run(c, node, name, dir, mode === 'on' ? 1 : 0)
   try {
-    await untilPong(ip, OVERHEAD_PORT)
+    await untilPong(ip, OVERHEAD_PORT, 30_000, 20)
     await populate(ip, OVERHEAD_PORT, keys)
     await calibrate(ip)
     let before: ReplicationInfo | undefined
@@ -589,7 +568,7 @@ async function bytesPart (c: Cluster, keys: number): Promise<BytesResult> {
   const name = 'kv-big'
   const dir = await bundle('redis', path.join(c.root, 'bundles', 'redis-big'), '--port', String(BYTES_PORT))
   await run(c, node, name, dir, 1)
-  await untilPong(ip, BYTES_PORT)
+  await untilPong(ip, BYTES_PORT, 30_000, 20)
   log(`bytes: loading ${keys} keys`)
   await populate(ip, BYTES_PORT, keys)
   await verifyRedis(ip, BYTES_PORT, keys, keys, `${name} after populating`)

@@ -5,6 +5,7 @@
  * numbers on a shared 2-core machine move from run to run, ratios move less.
  */
 import fs from 'node:fs/promises'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -111,4 +112,31 @@ export function parseFlags<T extends Record<string, string | number | boolean>> 
 
 export function log (msg: string): void {
   process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`)
+}
+
+/**
+ * Redis PING over one short connection: true on +PONG. A probe never holds a
+ * connection open, so it cannot be what a dump or a migration sees connected.
+ */
+export async function redisPing (ip: string, port: number, timeoutMs = 300): Promise<boolean> {
+  return await new Promise<boolean>((resolve) => {
+    const s = net.connect({ host: ip, port })
+    let buf = ''
+    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok) }
+    const t = setTimeout(() => done(false), timeoutMs)
+    s.on('connect', () => s.write('PING\r\n'))
+    s.on('data', (d) => { buf += d.toString(); if (buf.includes('\r\n')) done(buf.startsWith('+PONG')) })
+    s.on('error', () => done(false))
+    s.on('close', () => done(false))
+  })
+}
+
+/** Milliseconds until redisPing succeeds, polled every `pollMs`. */
+export async function untilPong (ip: string, port: number, timeoutMs = 30_000, pollMs = 10): Promise<number> {
+  const t0 = performance.now()
+  while (!await redisPing(ip, port)) {
+    if (performance.now() - t0 > timeoutMs) throw new Error(`redis at ${ip}:${port} did not answer PING within ${timeoutMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, pollMs))
+  }
+  return performance.now() - t0
 }

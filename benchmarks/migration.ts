@@ -34,7 +34,6 @@
  */
 import fs from 'node:fs/promises'
 import { readFileSync } from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -44,7 +43,7 @@ import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/h
 import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient } from '../src/api/client.ts'
 import type { CheckpointInfo, MigrationResultInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong } from './lib.ts'
 
 const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy] [--no-raw] [--no-cli]
   (as root; see the comment at the top of this file)
@@ -88,29 +87,6 @@ interface HopSample {
 // ---------------------------------------------------------------------------------
 // redis over the testbed's addresses
 
-/** One short connection: PING -> true on +PONG (never left open: CRIU refuses to dump established TCP by default). */
-async function ping (ip: string, port: number, timeoutMs = 300): Promise<boolean> {
-  return await new Promise<boolean>((resolve) => {
-    const s = net.connect({ host: ip, port })
-    let buf = ''
-    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok) }
-    const t = setTimeout(() => done(false), timeoutMs)
-    s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => { buf += d.toString(); if (buf.includes('\r\n')) done(buf.startsWith('+PONG')) })
-    s.on('error', () => done(false))
-    s.on('close', () => done(false))
-  })
-}
-
-/** Milliseconds until PING succeeds (polled every 10 ms). */
-async function untilPong (ip: string, port: number, timeoutMs = 30_000): Promise<number> {
-  const t0 = performance.now()
-  while (!await ping(ip, port)) {
-    if (performance.now() - t0 > timeoutMs) throw new Error(`redis at ${ip}:${port} did not answer PING within ${timeoutMs} ms`)
-    await sleep(10)
-  }
-  return performance.now() - t0
-}
 
 /** DBSIZE is `keys`; GET of key 1, key `keys` and 50 random keys gives the key back. */
 async function verifyRedis (ip: string, port: number, keys: number, what: string): Promise<void> {
@@ -326,7 +302,7 @@ async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, strategy: st
   await untilPong(to.host.ip, REDIS_PORT)
   const pongAfterMs = performance.now() - t1
   await verifyRedis(to.host.ip, REDIS_PORT, keys, what)
-  if (await ping(from.host.ip, REDIS_PORT)) throw new Error(`${what}: redis still answers on ${from.name}'s address: two copies`)
+  if (await redisPing(from.host.ip, REDIS_PORT)) throw new Error(`${what}: redis still answers on ${from.name}'s address: two copies`)
   // The next hop starts from the target: wait until its node lists redis running.
   await waitFor(async () => (await new ControlClient(path.join(to.dataDir, 'msc.sock')).inspect('redis').catch(() => null))?.state === 'running', 15_000, `${to.name} to list redis running`)
   return {
