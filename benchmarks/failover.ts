@@ -50,7 +50,7 @@ import { logValues, startCluster, waitFor, type Cluster, type ClusterNode } from
 import { MSC, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient, ndjsonLines } from '../src/api/client.ts'
 import type { ContainerInfo, NodeEvent, ReplicationInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
 
 const USAGE = `usage: node benchmarks/failover.ts [--trials N] [--keys N] [--big-keys N] [--bench-seconds S] [--parts rto,overhead,bytes]
   (as root; see the comment at the top of this file)
@@ -844,11 +844,4 @@ async function main (): Promise<void> {
   }
 }
 
-try {
-  await main()
-} catch (err) {
-  process.stderr.write(`failover benchmark failed: ${(err as Error).stack ?? String(err)}\n`)
-  process.exitCode = 1
-}
-// Everything was stopped and removed above; do not wait for stray handles.
-process.exit()
+await runBenchmark('failover', main)

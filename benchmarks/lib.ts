@@ -140,3 +140,18 @@ export async function untilPong (ip: string, port: number, timeoutMs = 30_000, p
   }
   return performance.now() - t0
 }
+
+/**
+ * A benchmark's entry point: runs `main` (which stops and removes whatever it started,
+ * also on failure), reports a failure with its stack and exit code 1, then exits
+ * without waiting for stray handles.
+ */
+export async function runBenchmark (name: string, main: () => Promise<void>): Promise<never> {
+  try {
+    await main()
+  } catch (err) {
+    process.stderr.write(`${name} benchmark failed: ${(err as Error).stack ?? String(err)}\n`)
+    process.exitCode = 1
+  }
+  process.exit()
+}

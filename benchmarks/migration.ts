@@ -43,7 +43,7 @@ import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/h
 import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient } from '../src/api/client.ts'
 import type { CheckpointInfo, MigrationResultInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
 
 const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy] [--no-raw] [--no-cli]
   (as root; see the comment at the top of this file)
@@ -457,11 +457,4 @@ async function main (): Promise<void> {
   }
 }
 
-try {
-  await main()
-} catch (err) {
-  process.stderr.write(`migration benchmark failed: ${(err as Error).stack ?? String(err)}\n`)
-  process.exitCode = 1
-}
-// Everything was stopped and removed above; do not wait for stray handles.
-process.exit()
+await runBenchmark('migration', main)
