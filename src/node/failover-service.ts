@@ -65,6 +65,8 @@ export class FailoverService {
   private readonly guard: LeaseGuard
   private ownTimer?: NodeJS.Timeout
   private readonly acquiring = new Set<string>()
+  /** Containers being killed because their lease ran out here. */
+  private readonly fencing = new Set<string>()
   /** Replicated containers running here without a lease, since when (ms). */
   private readonly unleased = new Map<string, number>()
   private readonly startedAt = Date.now()
@@ -106,10 +108,17 @@ export class FailoverService {
         return c == null || !LIVE_CLAIMS.has(c.state)
       },
       onExpired: async (container, epoch) => {
-        if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: errText(err) }, 'self-fencing failed'); return false })) {
-          this.log.error({ container, epoch }, 'lease not renewed in time: the container was killed (self-fencing); a standby may bring it back elsewhere')
-          emit.emit('lease', { type: 'self-fenced', container, epoch })
-          o.announce()
+        // Until its record says so, the container still looks like one of ours running
+        // unleased: keepLeases must not ask for the lease it is being killed for.
+        this.fencing.add(container)
+        try {
+          if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: errText(err) }, 'self-fencing failed'); return false })) {
+            this.log.error({ container, epoch }, 'lease not renewed in time: the container was killed (self-fencing); a standby may bring it back elsewhere')
+            emit.emit('lease', { type: 'self-fenced', container, epoch })
+            o.announce()
+          }
+        } finally {
+          this.fencing.delete(container)
         }
       },
       guard: this.guard,
@@ -378,6 +387,7 @@ export class FailoverService {
     const live = new Set<string>()
     for (const r of await this.records().catch(() => [])) {
       live.add(r.name)
+      if (this.fencing.has(r.name)) continue
       if (this.lease.holds(r.name) || this.acquiring.has(r.name)) { if (this.lease.holds(r.name)) this.unleased.delete(r.name); continue }
       const epoch = r.epoch ?? 1
       if (!this.unleased.has(r.name)) this.unleased.set(r.name, Date.now())

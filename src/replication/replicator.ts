@@ -26,7 +26,7 @@ import { IMAGE_PROTOCOL, sendTree, treeManifest, type TreeManifest } from '../pr
 import { MAX_REPLICATE_FRAME, REPLICATE_PROTOCOL, ReplySchema, REPLICATE_VERSION, type Begin } from './messages.ts'
 import { prepareImages, sendImages } from './sender.ts'
 import { copyEntries, rootfsChanges } from './rootfs-delta.ts'
-import { chooseStandbys } from './standby-choice.ts'
+import { chooseStandbys, standbysToDrop } from './standby-choice.ts'
 import { testPause } from '../migration/test-knobs.ts'
 
 export interface ReplicatedContainer {
@@ -222,14 +222,9 @@ export class Replicator {
     const started = Date.now()
     s.nextAt = started + s.intervalMs
     for (const [peer, until] of s.avoid) if (until <= started) s.avoid.delete(peer)
-    const chosen = chooseStandbys(c.name, this.port.candidates(), c.replicas, new Set(s.avoid.keys()))
-    for (const [peer] of s.links) {
-      if (!chosen.includes(peer)) {
-        s.links.delete(peer)
-        this.init.onEvent?.({ type: 'standby-dropped', container: c.name, standby: peer, standbyName: this.port.peerName(peer) })
-        void this.drop(c.name, c.epoch, peer)
-      }
-    }
+    const candidates = this.port.candidates()
+    const chosen = chooseStandbys(c.name, candidates, c.replicas, new Set(s.avoid.keys()))
+    this.retire(c, s, chosen, candidates)
     for (const peer of chosen) {
       if (!s.links.has(peer)) {
         s.links.set(peer, { peer, ackedGeneration: null, ackedAt: null, ackedDumpedAt: null, acked: null, manifest: null })
@@ -322,8 +317,23 @@ export class Replicator {
       }))
       s.lastWireBytes = wire
       s.lastError = null
+      this.retire(c, s, chosen, candidates)
     } finally {
       await this.port.removeStaging(staging).catch(() => {})
+    }
+  }
+
+  /**
+   * Standbys no longer chosen drop their replicas, but a live one only once every chosen
+   * standby holds a generation: dropped at once, a switch of standbys (a better-ranked
+   * member came back) would leave a window in which a failover finds no replica.
+   */
+  private retire (c: ReplicatedContainer, s: ContainerState, chosen: string[], candidates: string[]): void {
+    const acked = new Map([...s.links].map(([peer, l]) => [peer, l.ackedGeneration]))
+    for (const peer of standbysToDrop(acked, chosen, candidates)) {
+      s.links.delete(peer)
+      this.init.onEvent?.({ type: 'standby-dropped', container: c.name, standby: peer, standbyName: this.port.peerName(peer) })
+      void this.drop(c.name, c.epoch, peer)
     }
   }
 

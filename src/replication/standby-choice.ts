@@ -21,3 +21,14 @@ export function chooseStandbys (container: string, candidates: Iterable<string>,
   const want = Math.max(0, n)
   return [...ranked.filter((p) => !avoid.has(p)), ...ranked.filter((p) => avoid.has(p))].slice(0, want)
 }
+
+/**
+ * The current standbys (peer -> the generation it acknowledged, null for none yet) that
+ * drop their replicas now: those no longer chosen, but a live one only once every
+ * chosen standby holds a generation, so that switching standbys never leaves a moment
+ * without a replica to fail over from. Pure.
+ */
+export function standbysToDrop (current: ReadonlyMap<string, number | null>, chosen: readonly string[], live: readonly string[]): string[] {
+  const covered = chosen.every((p) => current.get(p) != null)
+  return [...current.keys()].filter((p) => !chosen.includes(p) && (covered || !live.includes(p)))
+}

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { chooseStandbys, rankStandbys } from '../../src/replication/standby-choice.ts'
+import { chooseStandbys, rankStandbys, standbysToDrop } from '../../src/replication/standby-choice.ts'
 
 const PEERS = ['p1', 'p2', 'p3', 'p4']
 
@@ -27,4 +27,22 @@ test('avoided members fill in, in order, when too few others are left', () => {
   assert.deepEqual(chooseStandbys('ra', ['p1', 'p2'], 2, new Set([order[0]!])), [order[1], order[0]])
   assert.deepEqual(chooseStandbys('ra', ['p1'], 1, new Set(['p1'])), ['p1'], 'the only member is still asked')
   assert.deepEqual(chooseStandbys('ra', PEERS, 0), [])
+})
+
+test('a replaced standby keeps its replica until every new standby holds a generation', () => {
+  // p2 came back and ranks first again: p1, the standby meanwhile, must not drop yet.
+  const before = new Map<string, number | null>([['p1', 7], ['p2', null]])
+  assert.deepEqual(standbysToDrop(before, ['p2'], ['p1', 'p2', 'p3']), [])
+  const after = new Map<string, number | null>([['p1', 7], ['p2', 8]])
+  assert.deepEqual(standbysToDrop(after, ['p2'], ['p1', 'p2', 'p3']), ['p1'])
+})
+
+test('a replaced standby that is no longer live is dropped at once', () => {
+  const current = new Map<string, number | null>([['p1', 7], ['p2', null]])
+  assert.deepEqual(standbysToDrop(current, ['p2'], ['p2', 'p3']), ['p1'])
+})
+
+test('with replication off (nothing chosen) every standby drops', () => {
+  const current = new Map<string, number | null>([['p1', 7]])
+  assert.deepEqual(standbysToDrop(current, [], ['p1']), ['p1'])
 })
