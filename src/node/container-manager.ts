@@ -183,11 +183,20 @@ export class ContainerManager {
     })
   }
 
+  /**
+   * Every container of this node (`msc ps`, `msc status`): one fresh `runc list` for
+   * all, not one `runc state` process per container (a node with 500 containers took
+   * half a minute for a `ps`).
+   */
   async list (): Promise<ContainerInfo[]> {
+    const names = await this.names()
+    if (names.length === 0) return []
+    const states = new Map((await this.runc.list()).map((s) => [s.id, s]))
     const out: ContainerInfo[] = []
-    for (const n of await this.names()) {
-      const info = await this.inspect(n).catch(() => null)
-      if (info != null) out.push(info)
+    for (const n of names) {
+      const r = await this.readRecord(n).catch(() => null)
+      if (r == null) continue
+      out.push(toInfo(r, states.get(n) ?? null, await this.checkpoints(n)))
     }
     return out
   }

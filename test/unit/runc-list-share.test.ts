@@ -59,3 +59,29 @@ test('a failed runc list is not kept: the next reader tries again', async (t) =>
   assert.deepEqual(await m.runcStates(), [])
   assert.equal(calls, 2)
 })
+
+test('msc ps lists every container with one runc list, not one runc state each', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
+  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  let lists = 0
+  let states = 0
+  const runc = {
+    list: async () => { lists++; return [{ id: 'c0', pid: 100, status: 'running' }, { id: 'c1', pid: 0, status: 'stopped' }] as RuncState[] },
+    state: async () => { states++; return null }
+  } as unknown as Runc
+  const dd = new DataDir(dir)
+  await dd.init()
+  const m = new ContainerManager({
+    dataDir: dd, runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000, tcpEstablished: false, logger: silentLogger()
+  })
+  const now = new Date().toISOString()
+  for (let i = 0; i < 50; i++) await fs.mkdir(dd.containerDir(`c${i}`), { recursive: true })
+  for (let i = 0; i < 50; i++) await m.writeRecord({ name: `c${i}`, bundle: `/b/c${i}`, createdAt: now, startedAt: now, checkpointed: false })
+  const infos = await m.list()
+  assert.equal(infos.length, 50, 'every container is listed')
+  assert.deepEqual([lists, states], [1, 0], 'one runc list, no runc state')
+  const byName = new Map(infos.map((x) => [x.name, x]))
+  assert.equal(byName.get('c0')?.state, 'running')
+  assert.equal(byName.get('c0')?.pid, 100)
+  assert.notEqual(byName.get('c2')?.state, 'running', 'a container runc does not know is not running')
+})
