@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { MscError } from '../util/errors.ts'
+import { parseListenAddress } from '../metrics/listen-address.ts'
 
 /**
  * Every option of `msc node start`, in one table: its flag, its environment
@@ -230,6 +231,14 @@ export const NODE_OPTIONS = {
     description: 'Run as a witness: a member that votes on ownership leases and runs no container (the third member that lets a two-node cluster fail over).',
     defaultText: 'false', default: () => false, parse: bool
   } satisfies OptionSpec<boolean>,
+  metricsListen: {
+    key: 'metricsListen', flag: '--metrics-listen', env: ['MSC_METRICS_LISTEN'],
+    description: 'Serve Prometheus metrics at http://HOST:PORT/metrics (unauthenticated: give a loopback or management address).',
+    defaultText: 'none (no metrics endpoint)', default: () => '', parse: (raw: string, source: string) => {
+      if (parseListenAddress(raw) == null) throw new MscError('INVALID_ARGUMENT', `${source}: expected HOST:PORT (127.0.0.1:4711, [::1]:4711), got "${raw}"`)
+      return raw.trim()
+    }
+  } satisfies OptionSpec<string>,
   stopContainersOnExit: {
     key: 'stopContainersOnExit', flag: '--stop-containers-on-exit', kind: 'flag', env: ['MSC_STOP_CONTAINERS_ON_EXIT'],
     description: 'Stop this node\'s containers when the node stops. Off by default: containers outlive a node restart and are adopted again.',

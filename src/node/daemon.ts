@@ -26,6 +26,10 @@ import { DataDir } from './data-dir.ts'
 import type { NodeConfig } from './config.ts'
 import { VERSION } from '../version.ts'
 import { writeFileAtomic } from '../util/atomic-file.ts'
+import { createMetricsService, type MetricsService } from '../metrics/metrics-service.ts'
+import { parseListenAddress } from '../metrics/listen-address.ts'
+import type { NodeReader } from '../metrics/snapshot.ts'
+import type { MigrateRequest, MigrationResult } from '../migration/source.ts'
 
 /**
  * The msc node: the one place that wires components together. Starts them in order
@@ -44,6 +48,7 @@ export class MscNode {
   private requests?: ContainerRequestServer
   private migration?: MigrationService
   private failover?: FailoverService
+  private metrics?: MetricsService
   readonly events = new EventLog()
   private startedAt = ''
   private claimed = false
@@ -99,6 +104,12 @@ export class MscNode {
       clusterKey: psk != null ? pskKeyBytes(psk) : undefined, joinToken: cfg.joinToken,
       logger: this.rootLog.child({ component: 'cluster' })
     })
+    // Before the overlay: libp2p's metrics go to the same registry, from its creation on.
+    const metrics = this.metrics = createMetricsService({
+      listen: cfg.metricsListen !== '' ? parseListenAddress(cfg.metricsListen) : null,
+      node: this.metricsReader(), events: this.events, statfsLocation: cfg.dataDir,
+      logger: this.rootLog.child({ component: 'metrics' })
+    })
     this.overlay = await Overlay.create({
       privateKey, psk, dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
       listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
@@ -111,16 +122,18 @@ export class MscNode {
       // the lease at this epoch (protocols/lease.md).
       verifyGrant: (claim, claimant) => claim.grant != null && verifyLeaseProof(claim.grant, {
         container: claim.name, epoch: claim.epoch, holder: claimant, members: new Set(cluster.members().map((m) => m.peerId))
-      })
+      }),
+      metrics: metrics?.libp2pMetrics()
     })
+    // Early: a bad --metrics-listen stops the node before it takes part in the cluster.
+    await metrics?.start()
     // Before any container starts or restores: bundles may bind-mount this socket.
     this.requests = new ContainerRequestServer({
       socketPath: this.dataDir.requestSocket, cgroupParent: this.cgroupParent,
       logger: this.rootLog.child({ component: 'requests' }),
       onCheckpoint: async (name) => { await this.requireCriu(); return await this.containers!.checkpoint(name) },
       onMigrate: async (name, peer) => {
-        if (this.migration == null) throw new MscError('INVALID_STATE', 'migration is not ready yet')
-        const r = await this.migration.migrate({ container: name, to: peer, strategy: 'auto' })
+        const r = await this.migrate({ container: name, to: peer, strategy: 'auto' })
         if (!r.ok) throw new MscError('RUNTIME_ERROR', r.error?.message ?? 'migration failed')
         return r
       }
@@ -226,7 +239,7 @@ export class MscNode {
         const strategy = req.strategy ?? 'auto'
         if (!['auto', 'stop-copy', 'post-copy', 'pre-copy'].includes(strategy)) throw new MscError('INVALID_ARGUMENT', `unknown strategy ${String(strategy)}: auto, stop-copy, post-copy or pre-copy`)
         await this.requireCriu()
-        return await migration.migrate({
+        return await this.migrate({
           container: name, to: req.to, strategy, signal,
           onProgress: (p) => onEvent({ type: 'progress', phase: p.phase, bytes: p.bytes, totalBytes: p.totalBytes })
         }) as MigrationResultInfo
@@ -247,6 +260,7 @@ export class MscNode {
 
   async stop (): Promise<void> {
     await this.api?.close().catch((err) => this.log.warn({ err }, 'closing API'))
+    await this.metrics?.stop().catch((err) => this.log.warn({ err }, 'stopping the metrics endpoint'))
     this.migration?.stop()
     await this.failover?.stop().catch((err) => this.log.warn({ err }, 'stopping replication and leases'))
     // Containers first (if asked), so the goodbye heartbeat tells the truth about them.
@@ -263,6 +277,33 @@ export class MscNode {
       await fs.rm(this.dataDir.pidFile, { force: true })
     }
     this.log.info('msc node stopped')
+  }
+
+  /** An outgoing migration, counted in the metrics however it ends. */
+  private async migrate (req: MigrateRequest): Promise<MigrationResult> {
+    if (this.migration == null) throw new MscError('INVALID_STATE', 'migration is not ready yet')
+    let r: MigrationResult | undefined
+    try {
+      r = await this.migration.migrate(req)
+      return r
+    } finally {
+      this.metrics?.migrationEnded(r ?? { ok: false, strategy: req.strategy, from: '', downtimeMs: null, bytes: 0 })
+    }
+  }
+
+  /** What the metrics read of this node at a scrape (parts not started yet read as empty). */
+  private metricsReader (): NodeReader {
+    return {
+      runcStates: async () => await this.containers?.runcStates() ?? [],
+      containerNames: async () => await this.containers?.names() ?? [],
+      containerRecord: async (name) => await this.containers?.readRecord(name) ?? null,
+      peers: () => (this.overlay?.members() ?? []).filter((m) => this.cluster?.isMember(m.peerId) ?? false),
+      replication: (name) => this.failover?.containerStatus(name),
+      leases: () => {
+        const st = this.failover?.lease.status()
+        return { held: st?.held.length ?? 0, granted: st?.granted.filter((g) => g.msLeft > 0).length ?? 0 }
+      }
+    }
   }
 
   private async status (): Promise<NodeStatus> {

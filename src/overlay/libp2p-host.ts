@@ -8,7 +8,7 @@ import { mdns } from '@libp2p/mdns'
 import { bootstrap } from '@libp2p/bootstrap'
 import { slicedPreSharedKey } from './pnet.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
-import type { ConnectionGater, PeerDiscovery, PrivateKey, ComponentLogger } from '@libp2p/interface'
+import type { ConnectionGater, PeerDiscovery, PrivateKey, ComponentLogger, Metrics } from '@libp2p/interface'
 
 export type MscServices = { identify: Identify, ping: Ping, pubsub: GossipSub }
 export type MscLibp2p = Libp2p<MscServices>
@@ -27,6 +27,8 @@ export interface Libp2pHostOptions {
   logger?: ComponentLogger
   /** Who may connect (the cluster's member gate); everyone without one. */
   connectionGater?: ConnectionGater
+  /** libp2p's own metrics (the node's --metrics-listen): none without. */
+  metrics?: (components: any) => Metrics
 }
 
 /** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
@@ -52,6 +54,7 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     peerDiscovery: discovery,
     ...(o.logger != null ? { logger: o.logger } : {}),
     ...(o.connectionGater != null ? { connectionGater: o.connectionGater } : {}),
+    ...(o.metrics != null ? { metrics: o.metrics } : {}),
     services: {
       identify: identify(),
       ping: ping(),

@@ -5,7 +5,7 @@ import { MscError } from '../util/errors.ts'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createLibp2pHost, type MscLibp2p } from './libp2p-host.ts'
+import { createLibp2pHost, type Libp2pHostOptions, type MscLibp2p } from './libp2p-host.ts'
 import { PeerConnector } from './connector.ts'
 import { MembershipView, type Member, type MembershipViewInit } from './membership/membership-view.ts'
 import { MembershipService } from './membership/membership-service.ts'
@@ -45,6 +45,8 @@ export interface OverlayDeps {
   gate?: OverlayGate
   /** The failover proof check of the membership view (MembershipViewInit.verifyGrant). */
   verifyGrant?: MembershipViewInit['verifyGrant']
+  /** libp2p's own metrics (createLibp2pHost's `metrics`), when the node serves metrics. */
+  metrics?: Libp2pHostOptions['metrics']
 }
 
 /** Gossipsub refuses frames past this; membership's own limit (64 KiB) is far below. */
@@ -97,7 +99,7 @@ export class Overlay {
     overlay.libp2p = await createLibp2pHost({
       privateKey: cfg.privateKey, listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns,
       mdnsIntervalMs: cfg.mdnsIntervalMs, psk: cfg.psk, maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES,
-      connectionGater: deps.gate?.gater
+      connectionGater: deps.gate?.gater, metrics: deps.metrics
     })
     return overlay
   }
