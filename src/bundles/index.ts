@@ -1,14 +1,16 @@
 /**
  * Example OCI bundles for msc, built from the host's Debian packages (no Docker, no
- * image pulls): `counter` (busybox shell loop) and `redis` (redis-server).
+ * image pulls): `counter` (busybox shell loop) and `redis` (redis-server); and `beacon`
+ * (beacon.ts: a UDP sender with checksummed memory, for measuring from outside).
  */
 import fs from 'node:fs/promises'
 import { MscError } from '../util/errors.ts'
 import { writeCounterBundle } from './counter.ts'
 import { writeRedisBundle } from './redis.ts'
 
-export type BundleKind = 'counter' | 'redis'
+export type BundleKind = 'counter' | 'redis' | 'beacon'
 
+/** What `msc bundle` writes; the beacon (beacon.ts) needs a target and is made by the tests and benchmarks. */
 export const BUNDLE_KINDS: readonly BundleKind[] = ['counter', 'redis']
 
 export type BundleInfo = {
