@@ -69,6 +69,12 @@ export interface ContainerHost {
   pendingIncoming: () => Promise<Array<{ name: string, running: boolean, handover: Handover | null }>>
   /** Abort: kills and removes an adopted, uncommitted container. */
   discard: (name: string) => Promise<void>
+  /**
+   * Post-copy: settles once NAME's lazy-pages daemon is gone: `null` when it copied
+   * every page (or none runs), else why it failed (the restored process then lacks
+   * memory that only the source had).
+   */
+  lazyPagesEnded: (name: string) => Promise<string | null>
   removeStaging: (dir: string) => Promise<void>
 }
 

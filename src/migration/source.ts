@@ -87,6 +87,7 @@ export class MigrationSource {
       let dumped = false
       let lazy: LazyDump | undefined
       let restored = false
+      let pagesFailed = false
       let freezeAt = 0
       let transferMs = 0
       const transfers = { bundle: tid(), delta: tid(), images: tid(), log: tid(), pages: tid() }
@@ -197,7 +198,15 @@ export class MigrationSource {
 
         if (lazy != null) {
           clock.enter('lazy-pages')
-          await lazy.done
+          try {
+            await lazy.done
+          } catch (err) {
+            // CRIU gave up before the target fetched every page (the link or the target
+            // failed): our frozen copy runs on, whole, and the target, which lacks
+            // pages, discards its own instead of waiting for a decision.
+            pagesFailed = true
+            throw err
+          }
         }
 
         // ---- commit: ownership moves to the target at epoch + 1 ----
@@ -239,7 +248,7 @@ export class MigrationSource {
             result.runningOn = d.cluster.selfId
           }
         } else {
-          result.runningOn = result.to
+          result.runningOn = pagesFailed ? d.cluster.selfId : result.to
         }
         clock.end()
       } finally {

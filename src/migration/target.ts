@@ -197,11 +197,22 @@ export class MigrationTarget {
       // settle rule) removes it: a "restored" that failed to go out may still have
       // reached the source, which then released it.
       let decision: 'commit' | 'abort' | 'unknown' = 'unknown'
+      let pagesFailed: string | null = null
       try {
         await control.writeJson(restored)
         await testPause('target-restored', log, this.stopping.signal)
-        const dec = await control.readJson(DecisionSchema, AbortSignal.any([AbortSignal.timeout(this.d.decisionTimeoutMs), this.stopping.signal]))
-        decision = dec.type
+        // Post-copy: the source decides once every page was fetched, which takes as long
+        // as the memory takes to move (minutes for gigabytes), so the decision is waited
+        // for from the end of the page transfer, not from the restore. Until then the
+        // source's copy is frozen but whole: if the transfer fails, CRIU lets it run on
+        // there, and ours, missing pages, must go.
+        if (req.lazy) pagesFailed = await Promise.race([this.d.host.lazyPagesEnded(offer.container), untilAborted(this.stopping.signal)])
+        if (pagesFailed != null) {
+          decision = 'abort'
+        } else {
+          const dec = await control.readJson(DecisionSchema, AbortSignal.any([AbortSignal.timeout(this.d.decisionTimeoutMs), this.stopping.signal]))
+          decision = dec.type
+        }
       } catch (err) {
         if (!this.stopping.signal.aborted) {
           log.warn({ err: (err as Error).message }, 'no decision from the source; settling it from membership')
@@ -230,7 +241,8 @@ export class MigrationTarget {
       } else {
         await this.d.host.discard(offer.container)
         adopted = false
-        log.warn('migration aborted by the source: restored copy removed')
+        if (pagesFailed != null) log.error({ err: pagesFailed }, 'the lazy page transfer failed: restored copy removed (the source keeps its own)')
+        else log.warn('migration aborted by the source: restored copy removed')
       }
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'incoming migration failed')
@@ -259,6 +271,14 @@ export class MigrationTarget {
 
 /** Incoming migrations one node takes at once; more are refused (BUSY), not queued. */
 export const MAX_INCOMING = 4
+
+/** Resolves (with null) when `signal` aborts. */
+function untilAborted (signal: AbortSignal): Promise<null> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve(null)
+    else signal.addEventListener('abort', () => resolve(null), { once: true })
+  })
+}
 
 function rejectAfter (ms: number, why: string): Promise<never> {
   return new Promise((_resolve, reject) => setTimeout(() => reject(new MscError('RUNTIME_ERROR', why)), ms).unref())

@@ -29,7 +29,7 @@ export class NodeMigrationHost implements ContainerHost {
   private readonly log: Logger
   private readonly announce: () => void
   private featureCache?: Promise<Features>
-  private readonly lazyDaemons = new Map<string, { kill: () => void }>()
+  private readonly lazyDaemons = new Map<string, { kill: () => void, exited: Promise<void> }>()
 
   private readonly mayRun: (name: string) => boolean
 
@@ -243,6 +243,12 @@ export class NodeMigrationHost implements ContainerHost {
       out.push({ name, running: st?.status === 'running' || st?.status === 'paused', handover: h.success ? h.data : null })
     }
     return out
+  }
+
+  async lazyPagesEnded (name: string): Promise<string | null> {
+    const d = this.lazyDaemons.get(name)
+    if (d == null) return null
+    return await d.exited.then(() => null, (err: Error) => err.message)
   }
 
   async discard (name: string): Promise<void> {
