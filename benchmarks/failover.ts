@@ -51,6 +51,7 @@ import { MSC, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient, ndjsonLines } from '../src/api/client.ts'
 import type { ContainerInfo, NodeEvent, ReplicationInfo } from '../src/api/types.ts'
 import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
+import { REDIS_BENCHMARK, REDIS_CLI } from '../src/bundles/redis.ts'
 
 const USAGE = `usage: node benchmarks/failover.ts [--trials N] [--keys N] [--big-keys N] [--bench-seconds S] [--parts rto,overhead,bytes]
   (as root; see the comment at the top of this file)
@@ -225,13 +226,13 @@ async function populate (ip: string, port: number, keys: number): Promise<void> 
  * of key 1, key `keys` and 50 random keys returns the key itself or a value `ok` accepts.
  */
 async function verifyRedis (ip: string, port: number, keys: number, size: number | null, what: string, ok: (k: number, v: string) => boolean = () => false): Promise<void> {
-  const r0 = await execa('redis-cli', ['-h', ip, '-p', String(port), 'DBSIZE'], { reject: false, timeout: 20_000 })
+  const r0 = await execa(REDIS_CLI, ['-h', ip, '-p', String(port), 'DBSIZE'], { reject: false, timeout: 20_000 })
   const got = Number(String(r0.stdout).trim())
   if (!Number.isInteger(got) || (size != null ? got !== size : got < keys)) {
     throw new Error(`${what}: DBSIZE at ${ip}:${port} is ${JSON.stringify(String(r0.stdout).trim())} (${String(r0.stderr).trim()}), expected ${size ?? `>= ${keys}`}: keys lost`)
   }
   const sample = [1, keys, ...Array.from({ length: 50 }, () => 1 + Math.floor(Math.random() * keys))]
-  const r = await execa('redis-cli', ['-h', ip, '-p', String(port)], { input: sample.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
+  const r = await execa(REDIS_CLI, ['-h', ip, '-p', String(port)], { input: sample.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
   const vals = String(r.stdout).split('\n')
   const bad = sample.findIndex((k, i) => vals[i] !== String(k) && !ok(k, vals[i] ?? ''))
   if (r.exitCode !== 0 || bad >= 0) throw new Error(`${what}: GET ${sample[bad]} at ${ip}:${port} gave ${JSON.stringify(vals[bad])}: a key lost`)
@@ -267,7 +268,7 @@ interface BenchRun { setRps: number, getRps: number, rps: number, requests: numb
 /** redis-benchmark -t set,get -n N -r KEYS --csv from the root namespace (50 clients, kept alive). */
 async function redisBenchmark (ip: string, port: number, n: number, keyspace: number, timeoutMs: number): Promise<BenchRun> {
   const t0 = performance.now()
-  const r = await execa('redis-benchmark', ['-h', ip, '-p', String(port), '-t', 'set,get', '-n', String(n), '-r', String(keyspace), '--csv'], { reject: false, timeout: timeoutMs })
+  const r = await execa(REDIS_BENCHMARK, ['-h', ip, '-p', String(port), '-t', 'set,get', '-n', String(n), '-r', String(keyspace), '--csv'], { reject: false, timeout: timeoutMs })
   const seconds = (performance.now() - t0) / 1000
   const rps = (test: string): number => {
     const line = String(r.stdout).split('\n').find((l) => l.startsWith(`"${test}"`))
@@ -673,8 +674,8 @@ async function main (): Promise<void> {
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`--${k.replace(/[A-Z]/g, (x) => '-' + x.toLowerCase())} must be a positive integer`)
   }
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark builds a testbed (network namespaces) and runs runc/CRIU')
-  if (parts.includes('overhead') && (await execa('redis-benchmark', ['--version'], { reject: false })).exitCode !== 0) {
-    throw new Error('redis-benchmark is missing (it comes with redis-tools: npm run setup, or apt-get install redis-tools)')
+  if (parts.includes('overhead') && (await execa(REDIS_BENCHMARK, ['--version'], { reject: false })).exitCode !== 0) {
+    throw new Error(`redis-benchmark is missing at ${REDIS_BENCHMARK} (npm run setup unpacks it)`)
   }
   const machine = machineInfo()
 

@@ -44,6 +44,7 @@ import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient } from '../src/api/client.ts'
 import type { CheckpointInfo, MigrationResultInfo } from '../src/api/types.ts'
 import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
+import { REDIS_CLI } from '../src/bundles/redis.ts'
 
 const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy] [--no-raw] [--no-cli]
   (as root; see the comment at the top of this file)
@@ -90,12 +91,12 @@ interface HopSample {
 
 /** DBSIZE is `keys`; GET of key 1, key `keys` and 50 random keys gives the key back. */
 async function verifyRedis (ip: string, port: number, keys: number, what: string): Promise<void> {
-  const size = await execa('redis-cli', ['-h', ip, '-p', String(port), 'DBSIZE'], { reject: false, timeout: 20_000 })
+  const size = await execa(REDIS_CLI, ['-h', ip, '-p', String(port), 'DBSIZE'], { reject: false, timeout: 20_000 })
   if (String(size.stdout).trim() !== String(keys)) {
     throw new Error(`${what}: DBSIZE at ${ip}:${port} is ${JSON.stringify(String(size.stdout).trim())} (${String(size.stderr).trim()}), expected ${keys}: a broken migration`)
   }
   const sample = [1, keys, ...Array.from({ length: 50 }, () => 1 + Math.floor(Math.random() * keys))]
-  const r = await execa('redis-cli', ['-h', ip, '-p', String(port)], { input: sample.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
+  const r = await execa(REDIS_CLI, ['-h', ip, '-p', String(port)], { input: sample.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
   const got = String(r.stdout).split('\n')
   const bad = sample.findIndex((k, i) => got[i] !== String(k))
   if (r.exitCode !== 0 || bad >= 0) throw new Error(`${what}: GET ${sample[bad]} at ${ip}:${port} gave ${JSON.stringify(got[bad])}, expected ${sample[bad]}`)

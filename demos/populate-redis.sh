@@ -21,6 +21,9 @@ shift $((OPTIND - 1))
 [ $# -eq 1 ] || usage
 n=$1
 [[ "$n" =~ ^[0-9]+$ ]] || usage
+# npm run setup unpacks redis-cli into its tools prefix (no system redis); else PATH's.
+redis_cli="${MSC_TOOLS_DIR:-/opt/msc}/bin/redis-cli"
+[ -x "$redis_cli" ] || redis_cli=redis-cli
 
 # RESP for "SET i i": *3 CRLF $3 CRLF SET CRLF $len CRLF i CRLF $len CRLF i CRLF
 awk -v n="$n" 'BEGIN {
@@ -28,6 +31,6 @@ awk -v n="$n" 'BEGIN {
     s = i ""; l = length(s)
     printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", l, s, l, s
   }
-}' | redis-cli -h "$host" -p "$port" --pipe >&2
+}' | "$redis_cli" -h "$host" -p "$port" --pipe >&2
 
-redis-cli -h "$host" -p "$port" DBSIZE
+"$redis_cli" -h "$host" -p "$port" DBSIZE

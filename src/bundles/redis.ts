@@ -3,6 +3,7 @@
  * on the busybox base. A stateful workload whose keys must survive a migration.
  */
 import { execa } from 'execa'
+import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { MscError } from '../util/errors.ts'
@@ -11,10 +12,23 @@ import type { BundleInfo } from './index.ts'
 import { defaultSpec } from './oci-spec.ts'
 
 /**
- * On Debian this is a symlink to redis-check-rdb: one binary that picks its role from
- * argv[0]. Copying follows the link, and the copy is named redis-server, so it serves.
+ * Where `npm run setup` puts the redis binaries: Debian's redis-tools unpacked into
+ * $MSC_TOOLS_DIR/redis (never installed, so no system redis service), linked from
+ * $MSC_TOOLS_DIR/bin. A host's own /usr/bin/NAME when that prefix is missing.
  */
-export const REDIS_SERVER = '/usr/bin/redis-server'
+function redisBinary (name: string): string {
+  const own = `${process.env.MSC_TOOLS_DIR || '/opt/msc'}/bin/${name}`
+  return existsSync(own) ? own : `/usr/bin/${name}`
+}
+
+/**
+ * A symlink to redis-check-rdb: one binary that picks its role from argv[0]. Copying
+ * follows the link, and the copy is named redis-server, so it serves.
+ */
+export const REDIS_SERVER = redisBinary('redis-server')
+/** For tests, demos and benchmarks on the host. */
+export const REDIS_CLI = redisBinary('redis-cli')
+export const REDIS_BENCHMARK = redisBinary('redis-benchmark')
 
 export type RedisBundleOptions = {
   port?: number

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
 import { writeExampleBundle } from '../../src/bundles/index.ts'
 import type { OciSpec } from '../../src/bundles/oci-spec.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 const POPULATE = fileURLToPath(new URL('../../demos/populate-redis.sh', import.meta.url))
 const tag = randomBytes(4).toString('hex')
@@ -131,11 +132,11 @@ test('redis bundle serves PING and takes keys from populate-redis.sh', async () 
   await runDetached(bundle, `redis-${tag}`)
   const cli = ['-h', '127.0.0.1', '-p', String(port)]
   await waitFor('PONG', 10_000, async () => {
-    const r = await execa('redis-cli', [...cli, 'PING'], { reject: false })
+    const r = await execa(REDIS_CLI, [...cli, 'PING'], { reject: false })
     return r.stdout.trim() === 'PONG' ? true : undefined
   })
   const populated = await execa('bash', [POPULATE, ...cli, '1000'])
   assert.equal(populated.stdout.trim(), '1000')
-  assert.equal((await execa('redis-cli', [...cli, 'DBSIZE'])).stdout.trim(), '1000')
-  assert.equal((await execa('redis-cli', [...cli, 'GET', '500'])).stdout.trim(), '500')
+  assert.equal((await execa(REDIS_CLI, [...cli, 'DBSIZE'])).stdout.trim(), '1000')
+  assert.equal((await execa(REDIS_CLI, [...cli, 'GET', '500'])).stdout.trim(), '500')
 })

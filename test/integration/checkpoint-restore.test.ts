@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import { execa } from 'execa'
 import { ROOT, startNode, destroyAllNodes, tempDir, waitFor, counterValues, freePort, sleep, type TestNode } from '../helpers/node-harness.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 async function lastValue (node: TestNode, name: string): Promise<number> {
   const v = counterValues((await node.msc('logs', name)).stdout)
@@ -95,7 +96,7 @@ describe('counter: checkpoint and restore on one node', () => {
 describe('redis: 10,000 keys survive checkpoint --stop and restore', () => {
   let node: TestNode
   let port: number
-  const cli = (...args: string[]) => execa('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { reject: false, timeout: 10_000 })
+  const cli = (...args: string[]) => execa(REDIS_CLI, ['-h', '127.0.0.1', '-p', String(port), ...args], { reject: false, timeout: 10_000 })
   before(async () => {
     node = await startNode()
     port = await freePort()

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url'
 import { makeBundle, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import { RedisConnection } from '../helpers/redis-client.ts'
 import type { ContainerInfo } from '../../src/api/types.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 const ROOT = path.resolve(fileURLToPath(new URL('../..', import.meta.url)))
 const PORT = 6391
@@ -29,7 +30,7 @@ before(async () => {
 after(async () => { await c?.destroy() })
 
 async function cli (host: ClusterNode, ...args: string[]): Promise<string> {
-  const r = await execa('redis-cli', ['-h', host.host.ip, '-p', String(PORT), ...args], { reject: false, timeout: 10_000 })
+  const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(PORT), ...args], { reject: false, timeout: 10_000 })
   return String(r.stdout).trim()
 }
 
@@ -80,7 +81,7 @@ test('redis with 100,000 keys and writes going on: after a power cut every key a
   assert.ok(size >= KEYS + mustHave.length, `DBSIZE ${size} < ${KEYS} preloaded + ${mustHave.length} written`)
   // Spot-check preloaded keys, and check every write that must be there.
   const sample = [1, 2, 50_000, 99_999, KEYS].map(String)
-  const got = await execa('redis-cli', ['-h', standby.host.ip, '-p', String(PORT)], { input: [...sample.map((k) => `GET ${k}`), ...mustHave.map((w) => `GET w:${w.i}`)].join('\n') + '\n', reject: false, timeout: 60_000 })
+  const got = await execa(REDIS_CLI, ['-h', standby.host.ip, '-p', String(PORT)], { input: [...sample.map((k) => `GET ${k}`), ...mustHave.map((w) => `GET w:${w.i}`)].join('\n') + '\n', reject: false, timeout: 60_000 })
   const values = String(got.stdout).split('\n')
   assert.deepEqual(values.slice(0, sample.length), sample, 'preloaded keys')
   const missing = mustHave.filter((w, k) => values[sample.length + k] !== String(w.i))

@@ -26,6 +26,7 @@ import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, MSC, ROOT } from '../helpers/node-harness.ts'
 import { assertOneSequence, logValues, makeBundle, sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo } from '../../src/api/types.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 const NODE_ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', '3']
 const REDIS_PORT = 6379
@@ -136,7 +137,7 @@ async function assertNoLeaks (timeoutMs = 15_000): Promise<void> {
 }
 
 async function redisCli (host: ClusterNode, ...args: string[]): Promise<string> {
-  const r = await execa('redis-cli', ['-h', host.host.ip, '-p', String(REDIS_PORT), ...args], { reject: false, timeout: 10_000 })
+  const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(REDIS_PORT), ...args], { reject: false, timeout: 10_000 })
   return String(r.stdout).trim()
 }
 
@@ -145,7 +146,7 @@ async function assertRedisKeys (host: ClusterNode, count: number): Promise<void>
   assert.equal(await redisCli(host, 'DBSIZE'), String(count), `DBSIZE on ${host.name}`)
   const keys = [1, count]
   for (let i = 0; i < 200; i++) keys.push(1 + Math.floor(Math.random() * count))
-  const r = await execa('redis-cli', ['-h', host.host.ip, '-p', String(REDIS_PORT)], { input: keys.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
+  const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(REDIS_PORT)], { input: keys.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
   const got = String(r.stdout).split('\n')
   for (const [i, k] of keys.entries()) assert.equal(got[i], String(k), `GET ${k} on ${host.name}`)
 }

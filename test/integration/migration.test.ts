@@ -29,6 +29,7 @@ import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, MSC, ROOT } from '../helpers/node-harness.ts'
 import { assertOneSequence, logValues, makeBundle, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo, NodeStatus } from '../../src/api/types.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 const FAST_PINGS = ['--ping-interval', '0.5', '--ping-timeout', '3']
 const NODE_ARGS = ['--mdns-interval', '1', ...FAST_PINGS]
@@ -212,7 +213,7 @@ async function counterHop (name: string, from: ClusterNode, to: ClusterNode, str
 }
 
 async function redisCli (host: ClusterNode, ...args: string[]): Promise<{ exitCode: number, stdout: string, stderr: string }> {
-  const r = await execa('redis-cli', ['-h', host.host.ip, '-p', String(REDIS_PORT), ...args], { reject: false, timeout: 10_000 })
+  const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(REDIS_PORT), ...args], { reject: false, timeout: 10_000 })
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout).trim(), stderr: String(r.stderr).trim() }
 }
 
@@ -222,7 +223,7 @@ async function assertRedisKeys (host: ClusterNode, count: number): Promise<void>
   assert.equal(size.stdout, String(count), `DBSIZE on ${host.name} (${host.host.ip}): ${JSON.stringify(size)}`)
   const keys = [1, count]
   for (let i = 0; i < 300; i++) keys.push(1 + Math.floor(Math.random() * count))
-  const r = await execa('redis-cli', ['-h', host.host.ip, '-p', String(REDIS_PORT)], { input: keys.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
+  const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(REDIS_PORT)], { input: keys.map((k) => `GET ${k}`).join('\n') + '\n', reject: false, timeout: 20_000 })
   const got = String(r.stdout).split('\n')
   assert.equal(r.exitCode, 0, String(r.stderr))
   for (const [i, k] of keys.entries()) assert.equal(got[i], String(k), `GET ${k} on ${host.name}`)

@@ -22,6 +22,7 @@ import { Runc } from '../../src/runtime/runc.ts'
 import { unmountAllUnder } from '../../src/runtime/mounts.ts'
 import { silentLogger } from '../../src/util/logger.ts'
 import { ROOT, MSC, tempDir, destroyAllNodes, removeCgroups, waitFor, counterValues, freePort, sleep } from '../helpers/node-harness.ts'
+import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
 const CRIU = '/opt/msc/bin/criu'
 
@@ -394,7 +395,7 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
       await execa('nsenter', [`--net=/run/netns/${n}`, 'ip', 'link', 'set', 'lo', 'up'])
     }
     const port = 6379
-    const cli = (ns: string, ...args: string[]) => execa('nsenter', [`--net=/run/netns/${ns}`, 'redis-cli', '-h', '127.0.0.1', '-p', String(port), ...args], { reject: false, timeout: 10_000 })
+    const cli = (ns: string, ...args: string[]) => execa('nsenter', [`--net=/run/netns/${ns}`, REDIS_CLI, '-h', '127.0.0.1', '-p', String(port), ...args], { reject: false, timeout: 10_000 })
     const b1 = await bundle('redis', 'redis1', ['--port', String(port), '--bind', '127.0.0.1'], 'src', nsA)
     const b2 = await copyBundle(b1, 'redis2', nsB)
     await r1.run(id, b1, { logFile: path.join(base, `${id}-log1`), logMaxBytes: 1 << 20, pidFile: path.join(base, `${id}-pid1`) })
