@@ -1,12 +1,22 @@
 import { Command, Option, CommanderError } from 'commander'
 import { MscError, toMscError } from '../util/errors.ts'
 import { VERSION } from '../version.ts'
-import { registerContainerCommands } from './commands/containers.ts'
-import { registerNodeCommands } from './commands/node.ts'
-import { registerLocalCommands } from './commands/local.ts'
-import { registerPeerCommands } from './commands/peers.ts'
-import { registerEventCommands } from './commands/events.ts'
 import { escapeControl } from './render.ts'
+
+type Register = (program: Command) => void
+
+/**
+ * The command modules, by the top-level commands each registers. A command line that
+ * names one loads only its module (start-up time is what a shell loop over `msc ps`
+ * pays per call); help, no command or an unknown one load them all.
+ */
+const COMMAND_GROUPS: Array<[string[], () => Promise<Register>]> = [
+  [['node', 'status'], async () => (await import('./commands/node.ts')).registerNodeCommands],
+  [['run', 'ps', 'inspect', 'logs', 'stop', 'rm', 'checkpoint', 'checkpoints', 'restore'], async () => (await import('./commands/containers.ts')).registerContainerCommands],
+  [['peer', 'join', 'migrate', 'keygen', 'cluster'], async () => (await import('./commands/peers.ts')).registerPeerCommands],
+  [['events'], async () => (await import('./commands/events.ts')).registerEventCommands],
+  [['bundle', 'doctor'], async () => (await import('./commands/local.ts')).registerLocalCommands]
+]
 
 /**
  * msc's command line. Commands talk to a node through its control API (api/client.ts);
@@ -14,7 +24,7 @@ import { escapeControl } from './render.ts'
  *
  * Exit codes: 0 ok, 1 the operation failed, 2 bad usage or arguments, 3 no node reachable.
  */
-export function buildProgram (): Command {
+export async function buildProgram (argv: string[] = []): Promise<Command> {
   const program = new Command('msc')
     .description('Live migration and failover of runc containers between peer-to-peer nodes')
     .version(VERSION, '-V, --version')
@@ -22,11 +32,11 @@ export function buildProgram (): Command {
     .exitOverride()
     // Usage errors in the same one-line form as every other error.
     .configureOutput({ outputError: (str, write) => write(`msc: ${str.replace(/^error: /, '')}`) })
-  registerNodeCommands(program)
-  registerContainerCommands(program)
-  registerPeerCommands(program)
-  registerEventCommands(program)
-  registerLocalCommands(program)
+  const args = argv.slice(2)
+  const named = args.find((a) => !a.startsWith('-'))
+  const versionOnly = named == null && (args.includes('-V') || args.includes('--version')) && !args.includes('-h') && !args.includes('--help')
+  const groups = versionOnly ? [] : COMMAND_GROUPS.filter(([commands]) => named != null && commands.includes(named))
+  for (const [, load] of groups.length > 0 || versionOnly ? groups : COMMAND_GROUPS) (await load())(program)
   return program
 }
 
@@ -47,7 +57,7 @@ export function reportError (err: unknown, json: boolean): number {
 }
 
 async function main (argv: string[]): Promise<void> {
-  const program = buildProgram()
+  const program = await buildProgram(argv)
   try {
     await program.parseAsync(argv)
   } catch (err) {

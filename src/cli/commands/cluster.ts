@@ -22,7 +22,7 @@ export function registerClusterCommands (program: Command, peer: Command): void 
     .option('--ttl <duration>', 'how long the token stays valid (e.g. 10m, 1h, 2d)', '1h')
     .option('--json', 'print { token, cluster, expiresAt }'))
     .action(async (opts: TargetOpts & { ttl: string }) => {
-      const t = await clientFor(opts).clusterToken(parseTtl(opts.ttl))
+      const t = await (await clientFor(opts)).clusterToken(parseTtl(opts.ttl))
       if (opts.json === true) printJson(t)
       else process.stdout.write(t.token + '\n')
     })
@@ -31,7 +31,7 @@ export function registerClusterCommands (program: Command, peer: Command): void 
     .description('the persisted member list: who was admitted, when and by whom')
     .option('--json', 'print as JSON (schema in docs/cli.md)'))
     .action(async (opts: TargetOpts) => {
-      const info = await clientFor(opts).cluster()
+      const info = await (await clientFor(opts)).cluster()
       if (opts.json === true) printJson(info)
       else process.stdout.write(clusterTable(info) + '\n')
     })
@@ -41,7 +41,7 @@ export function registerClusterCommands (program: Command, peer: Command): void 
     .argument('<peer>')
     .option('--json', 'print { peerId, name }'))
     .action(async (who: string, opts: TargetOpts) => {
-      const r = await clientFor(opts).removePeer(who)
+      const r = await (await clientFor(opts)).removePeer(who)
       if (opts.json === true) printJson(r)
       else process.stdout.write(`removed ${escapeControl(r.name)} (${r.peerId}) from the cluster\n`)
     })

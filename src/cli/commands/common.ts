@@ -1,5 +1,5 @@
 import type { Command } from 'commander'
-import { ControlClient } from '../../api/client.ts'
+import type { ControlClient } from '../../api/client.ts'
 import { MscError } from '../../util/errors.ts'
 import { resolveClientTarget } from '../../node/config.ts'
 
@@ -12,7 +12,14 @@ export function withTarget (cmd: Command): Command {
     .option('--api-socket <path>', 'API socket of the node (env MSC_API_SOCKET; default DATA_DIR/msc.sock)')
 }
 
-export function clientFor (opts: TargetOpts): ControlClient {
+/**
+ * The client is loaded when a command runs, not when the program is built: it brings
+ * node:http, whose ESM import alone costs about as much as starting Node (it loads
+ * undici, http2 and tls for its lazy WebSocket exports), and `msc --version` or
+ * `msc help` need none of it.
+ */
+export async function clientFor (opts: TargetOpts): Promise<ControlClient> {
+  const { ControlClient } = await import('../../api/client.ts')
   return new ControlClient(resolveClientTarget(opts).apiSocket)
 }
 

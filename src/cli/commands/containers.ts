@@ -14,7 +14,7 @@ export function registerContainerCommands (program: Command): void {
       // Checked here, before any request: a bad value never reaches the node.
       const replicas = opts.replicas == null ? undefined : parseReplicas(opts.replicas)
       const { resolve } = await import('node:path')
-      const c = await clientFor(opts).run(name, resolve(bundle), replicas)
+      const c = await (await clientFor(opts)).run(name, resolve(bundle), replicas)
       if (opts.json === true) printJson(c)
       else process.stdout.write(`${c.name} running (pid ${c.pid})${c.replicas == null || c.replicas === 0 ? '' : `, replicas: ${c.replicas}`}\n`)
     })
@@ -23,7 +23,7 @@ export function registerContainerCommands (program: Command): void {
     .description('list the node\'s containers')
     .option('--json', 'print a JSON array (schema in docs/cli.md)'))
     .action(async (opts: TargetOpts) => {
-      const list = await clientFor(opts).list()
+      const list = await (await clientFor(opts)).list()
       if (opts.json === true) printJson(list)
       else process.stdout.write(containersTable(list) + '\n')
     })
@@ -33,7 +33,7 @@ export function registerContainerCommands (program: Command): void {
     .argument('<name>')
     .option('--json', 'print the container as JSON (schema in docs/cli.md)'))
     .action(async (name: string, opts: TargetOpts) => {
-      const c = await clientFor(opts).inspect(name)
+      const c = await (await clientFor(opts)).inspect(name)
       if (opts.json === true) printJson(c)
       else process.stdout.write(containerText(c) + '\n')
     })
@@ -48,7 +48,7 @@ export function registerContainerCommands (program: Command): void {
       process.once('SIGINT', onSig)
       process.once('SIGTERM', onSig)
       try {
-        const res = await clientFor(opts).logs(name, opts.follow === true, ac.signal)
+        const res = await (await clientFor(opts)).logs(name, opts.follow === true, ac.signal)
         for await (const chunk of res) process.stdout.write(chunk as Buffer)
       } catch (err) {
         if (!ac.signal.aborted) throw err
@@ -63,7 +63,7 @@ export function registerContainerCommands (program: Command): void {
     .argument('<name>')
     .option('--json', 'print the container as JSON'))
     .action(async (name: string, opts: TargetOpts) => {
-      const c = await clientFor(opts).stop(name)
+      const c = await (await clientFor(opts)).stop(name)
       if (opts.json === true) printJson(c)
       else process.stdout.write(`${c.name} stopped\n`)
     })
@@ -74,7 +74,7 @@ export function registerContainerCommands (program: Command): void {
     .option('--force', 'stop it first if it runs')
     .option('--json', 'print the result as JSON'))
     .action(async (name: string, opts: TargetOpts & { force?: boolean }) => {
-      const r = await clientFor(opts).remove(name, opts.force === true)
+      const r = await (await clientFor(opts)).remove(name, opts.force === true)
       if (opts.json === true) printJson(r)
       else process.stdout.write(`${name} removed\n`)
     })
@@ -85,7 +85,7 @@ export function registerContainerCommands (program: Command): void {
     .option('--stop', 'stop the container once its checkpoint is written')
     .option('--json', 'print the checkpoint as JSON'))
     .action(async (name: string, opts: TargetOpts & { stop?: boolean }) => {
-      const cp = await clientFor(opts).checkpoint(name, opts.stop === true)
+      const cp = await (await clientFor(opts)).checkpoint(name, opts.stop === true)
       if (opts.json === true) printJson(cp)
       else process.stdout.write(`${cp.id}  ${bytes(cp.sizeBytes)} in ${cp.durationMs} ms${cp.leftRunning ? '' : ', container stopped'}\n`)
     })
@@ -95,7 +95,7 @@ export function registerContainerCommands (program: Command): void {
     .argument('<name>')
     .option('--json', 'print a JSON array'))
     .action(async (name: string, opts: TargetOpts) => {
-      const list = await clientFor(opts).checkpoints(name)
+      const list = await (await clientFor(opts)).checkpoints(name)
       if (opts.json === true) printJson(list)
       else process.stdout.write(checkpointsTable(list) + '\n')
     })
@@ -106,7 +106,7 @@ export function registerContainerCommands (program: Command): void {
     .option('--from <checkpoint>', 'checkpoint id (see msc checkpoints NAME)')
     .option('--json', 'print the container as JSON'))
     .action(async (name: string, opts: TargetOpts & { from?: string }) => {
-      const c = await clientFor(opts).restore(name, opts.from)
+      const c = await (await clientFor(opts)).restore(name, opts.from)
       if (opts.json === true) printJson(c)
       else process.stdout.write(`${c.name} restored (pid ${c.pid})\n`)
     })

@@ -1,5 +1,4 @@
 import type { Command } from 'commander'
-import { ndjsonLines } from '../../api/client.ts'
 import type { NodeEvent } from '../../api/types.ts'
 import { clientFor, memberNames, withTarget, type TargetOpts } from './common.ts'
 import { eventLine } from '../render.ts'
@@ -21,7 +20,8 @@ export function registerEventCommands (program: Command): void {
       const onOutErr = (): void => ac.abort()
       process.stdout.on('error', onOutErr)
       try {
-        const client = clientFor(opts)
+        const client = await clientFor(opts)
+        const { ndjsonLines } = await import('../../api/client.ts')
         const [res, names] = await Promise.all([
           client.events(follow, ac.signal),
           opts.json === true ? new Map<string, string>() : memberNames(client)

@@ -55,7 +55,7 @@ export function registerNodeCommands (program: Command): void {
     .description('show this node: version, data dir, runtime, containers, cluster, failover')
     .option('--json', 'print as JSON'))
     .action(async (opts: TargetOpts) => {
-      const client = clientFor(opts)
+      const client = await clientFor(opts)
       if (opts.json === true) { printJson(await client.status()); return }
       const [s, names] = await Promise.all([client.status(), memberNames(client)])
       process.stdout.write(statusText(s, names) + '\n')

@@ -14,13 +14,13 @@ export function registerPeerCommands (program: Command): void {
     .description('list the peers this node knows: id, name, addresses, state, last heard, containers')
     .option('--json', 'print a JSON array (schema in docs/cli.md)'))
     .action(async (opts: TargetOpts) => {
-      const list = await clientFor(opts).peers()
+      const list = await (await clientFor(opts)).peers()
       if (opts.json === true) printJson(list)
       else process.stdout.write(peersTable(list) + '\n')
     })
 
   const joinAction = async (addr: string, opts: TargetOpts): Promise<void> => {
-    const r = await clientFor(opts).join(addr)
+    const r = await (await clientFor(opts)).join(addr)
     if (opts.json === true) printJson(r)
     else process.stdout.write(`connected to ${r.peerId}; membership follows within a heartbeat\n`)
   }
@@ -35,7 +35,7 @@ export function registerPeerCommands (program: Command): void {
   const migrateAction = async (name: string, opts: TargetOpts & { to?: string, strategy: string }): Promise<void> => {
     const { ProgressLine } = await import('../progress.ts')
     const bar = opts.json !== true && process.stderr.isTTY === true ? new ProgressLine(process.stderr) : null
-    const r = await clientFor(opts).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto' }, (e) => {
+    const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto' }, (e) => {
       if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
     })
     bar?.done()
