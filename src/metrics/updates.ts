@@ -4,6 +4,7 @@
  * (a counter raised, a histogram sample). Pure, so the mapping is tested without a
  * registry; MscMetrics applies the updates to prom-client.
  */
+import { runStateOf } from '../runtime/run-state.ts'
 
 /** The counters msc keeps (names without the `msc_` prefix and `_total` suffix). */
 export type CounterName =
@@ -119,10 +120,7 @@ export const PEER_STATES = ['alive', 'suspect', 'dead', 'left'] as const
 export function containerState (record: { fenced?: unknown, pendingMigration?: boolean, failoverPending?: boolean, checkpointed: boolean }, runcStatus: string | undefined): ContainerStateLabel {
   if (record.fenced != null) return 'fenced'
   if (record.pendingMigration === true || record.failoverPending === true) return 'pending'
-  if (runcStatus == null || runcStatus === 'stopped') return record.checkpointed ? 'checkpointed' : 'stopped'
-  if (runcStatus === 'paused' || runcStatus === 'pausing') return 'paused'
-  if (runcStatus === 'running') return 'running'
-  return 'created'
+  return runStateOf(runcStatus, record.checkpointed)
 }
 
 /** How many of `items` are in each of `states` (0 for the others; unknown ones ignored). */

@@ -3,6 +3,7 @@ import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import type { Runc, RuncState } from '../runtime/runc.ts'
+import { runStateOf } from '../runtime/run-state.ts'
 import { loadBundle, runtimeConfig, writeRuntimeBundle, type LoadedBundle, type OciConfig } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import type { DataDir } from './data-dir.ts'
@@ -453,10 +454,7 @@ export class ContainerManager {
 export type ClaimState = Exclude<ContainerState, 'fenced'>
 
 function runState (r: ContainerRecord, st: RuncState | null): ClaimState {
-  if (st == null || st.status === 'stopped') return r.checkpointed ? 'checkpointed' : 'stopped'
-  if (st.status === 'paused' || st.status === 'pausing') return 'paused'
-  if (st.status === 'running') return 'running'
-  return 'created'
+  return runStateOf(st?.status, r.checkpointed)
 }
 
 async function recordNames (dd: DataDir): Promise<string[]> {
