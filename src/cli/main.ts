@@ -1,5 +1,5 @@
 import { Command, Option, CommanderError } from 'commander'
-import { MscError, toMscError } from '../util/errors.ts'
+import { type MscError, toMscError } from '../util/errors.ts'
 import { VERSION } from '../version.ts'
 import { escapeControl } from './render.ts'
 

@@ -10,7 +10,7 @@
 import http from 'node:http'
 import { Registry } from 'prom-client'
 import { prometheusMetrics } from '@libp2p/prometheus-metrics'
-import type { Metrics, Startable } from '@libp2p/interface'
+import type { Startable } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import { MscMetrics } from './msc-metrics.ts'
@@ -54,7 +54,7 @@ export class MetricsService implements Startable {
   }
 
   /** libp2p's metrics, for createLibp2p: the same registry as msc's. */
-  libp2pMetrics (): (components: any) => Metrics {
+  libp2pMetrics (): ReturnType<typeof prometheusMetrics> {
     return prometheusMetrics({ registry: this.registry, statfsLocation: this.init.statfsLocation })
   }
 

@@ -1,4 +1,4 @@
-import { createLibp2p, type Libp2p } from 'libp2p'
+import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
@@ -8,7 +8,7 @@ import { mdns } from '@libp2p/mdns'
 import { bootstrap } from '@libp2p/bootstrap'
 import { slicedPreSharedKey } from './pnet.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
-import type { ConnectionGater, PeerDiscovery, PrivateKey, ComponentLogger, Metrics } from '@libp2p/interface'
+import type { ConnectionGater, PrivateKey, ComponentLogger } from '@libp2p/interface'
 
 export type MscServices = { identify: Identify, ping: Ping, pubsub: GossipSub }
 export type MscLibp2p = Libp2p<MscServices>
@@ -28,7 +28,7 @@ export interface Libp2pHostOptions {
   /** Who may connect (the cluster's member gate); everyone without one. */
   connectionGater?: ConnectionGater
   /** libp2p's own metrics (the node's --metrics-listen): none without. */
-  metrics?: (components: any) => Metrics
+  metrics?: Libp2pOptions['metrics']
 }
 
 /** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
@@ -40,7 +40,7 @@ export const MDNS_SERVICE_TAG = '_msc._udp.local'
  * dials what discovery finds.
  */
 export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p> {
-  const discovery: Array<(components: any) => PeerDiscovery> = []
+  const discovery: NonNullable<Libp2pOptions['peerDiscovery']> = []
   if (o.mdns) discovery.push(mdns({ interval: o.mdnsIntervalMs, serviceTag: MDNS_SERVICE_TAG }))
   if (o.bootstrap.length > 0) discovery.push(bootstrap({ list: o.bootstrap, timeout: 100 }))
   return await createLibp2p({

@@ -121,7 +121,7 @@ test('counter bundle prints 1, 2, 3, ... under runc', async () => {
     return l.length >= 3 ? l : undefined
   })
   assert.deepEqual(lines.slice(0, 3), ['1', '2', '3'])
-  lines.forEach((s, i) => assert.equal(Number(s), i + 1))
+  for (const [i, s] of lines.entries()) assert.equal(Number(s), i + 1)
 })
 
 test('redis bundle serves PING and takes keys from populate-redis.sh', async () => {

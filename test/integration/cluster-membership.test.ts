@@ -244,7 +244,6 @@ describe('a member by token migrates; a removed member stays out', { concurrency
     await c.stop(n('n2'))
     await c.start(n('n2'), ARGS) // no --join: it keeps its membership
     await c.waitAllAlive(15_000, [n('n1'), n('n2')])
-    const bundle = path.join(c.root, 'counter')
     await sleep(500)
     const r = await c.mscTimed(n('n1'), 180_000, 'migrate', 'ctr', '--to', 'n2', '--strategy', 'stop-copy', '--json')
     assert.equal(r.exitCode, 0, r.stderr + r.stdout)

@@ -34,6 +34,7 @@ async function listenersOn (port: number): Promise<Set<string>> {
 }
 
 async function packageInstalled (name: string): Promise<boolean> {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
   const r = await execa('dpkg-query', ['-W', '-f=${Status}', name], { reject: false })
   return String(r.stdout).includes('install ok installed')
 }

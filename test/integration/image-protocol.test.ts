@@ -22,7 +22,7 @@ import vm from 'node:vm'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
 import { createLibp2pHost, type MscLibp2p } from '../../src/overlay/libp2p-host.ts'
-import { FramedStream, ProtocolError } from '../../src/protocols/framing.ts'
+import { FramedStream, type ProtocolError } from '../../src/protocols/framing.ts'
 import {
   IMAGE_PROTOCOL, changedSince, receiveTree, sendTree, treeManifest,
   type ReceiveTreeOptions, type ReceiveTreeResult, type TreeHeader

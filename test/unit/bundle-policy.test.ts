@@ -105,9 +105,9 @@ test('bind mounts of host paths are refused; the request socket and the allow-li
   shared.mounts!.push({ destination: '/data', type: 'bind', source: '/srv/shared/app', options: ['bind'] })
   const allow: BundlePolicy = { allowPrivileged: false, bindSources: ['/srv/shared/'] }
   assert.deepEqual(checkBundlePolicy(shared, allow), { ok: true })
-  const escape = counter()
-  escape.mounts!.push({ destination: '/data', type: 'bind', source: '/srv/shared/../../etc', options: ['bind'] })
-  assert.equal(checkBundlePolicy(escape, allow).ok, false, '.. is resolved before the allow-list is checked')
+  const escaping = counter()
+  escaping.mounts!.push({ destination: '/data', type: 'bind', source: '/srv/shared/../../etc', options: ['bind'] })
+  assert.equal(checkBundlePolicy(escaping, allow).ok, false, '.. is resolved before the allow-list is checked')
   const sibling = counter()
   sibling.mounts!.push({ destination: '/data', type: 'bind', source: '/srv/shared-other', options: ['bind'] })
   assert.equal(checkBundlePolicy(sibling, allow).ok, false, 'a sibling with the same prefix is not below the allowed path')

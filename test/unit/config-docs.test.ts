@@ -10,14 +10,14 @@ import { NODE_OPTIONS } from '../../src/node/config.ts'
 
 const doc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8')
 
-function escape (s: string): string {
+function escapeRegExp (s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
 
 test('docs/configuration.md names every flag of msc node start', () => {
   for (const spec of Object.values(NODE_OPTIONS)) {
     // `--flag` or `--flag <value>`, not a longer flag that starts the same way.
-    const re = new RegExp('`' + escape(spec.flag) + '[` ]')
+    const re = new RegExp('`' + escapeRegExp(spec.flag) + '[` ]')
     assert.match(doc, re, `${spec.key}: flag ${spec.flag} is not in docs/configuration.md`)
   }
 })

@@ -4,6 +4,7 @@
  * answers nothing else, refuses an address in use with a clear error at start, and
  * --metrics-listen reaches the node configuration (flag and MSC_METRICS_LISTEN).
  */
+import { defaultLogger } from '@libp2p/logger'
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
@@ -32,8 +33,7 @@ test('GET /metrics answers Prometheus text with msc\'s and libp2p\'s metrics; no
   events.emit('lease', { type: 'lease-acquired', container: 'web', epoch: 1 })
   const s = service(0, events)
   // What createLibp2p does with the factory: libp2p's metrics join the same registry.
-  const quiet = Object.assign(() => {}, { error: () => {}, trace: () => {}, enabled: false })
-  const libp2p = s.libp2pMetrics()({ logger: { forComponent: () => quiet } })
+  const libp2p = s.libp2pMetrics()({ logger: defaultLogger() })
   libp2p.registerMetric('libp2p_test_gauge', { help: 'a libp2p metric' }).update(7)
   await s.start()
   t.after(async () => { await s.stop() })
