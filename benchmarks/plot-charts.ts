@@ -1,0 +1,306 @@
+/**
+ * What each benchmark's plots show: from one results file (benchmarks/results/NAME-*.json)
+ * to chart specs (drawn by plot.ts) and the small figures kept beside them in
+ * docs/benchmarks/. One function per benchmark; a results file that lacks a part (a
+ * failover run with `--parts bytes`) gives only the charts of the parts it has.
+ */
+import path from 'node:path'
+import type { MachineInfo } from './lib.ts'
+import type { Chart, Value } from './plot.ts'
+import { ROOT, median } from './lib.ts'
+
+/** The benchmarks that have charts (shim-memory and membership-scale draw their own). */
+export const CHARTED = ['cli-startup', 'image-transfer', 'migration', 'failover']
+
+const BASELINE_GREY = '#999999'
+
+/** A results file as JSON.parse gives it; each benchmark's function reads it as its own shape. */
+type Results = Record<string, unknown>
+
+interface Run { machine: MachineInfo, options: Record<string, number | string | boolean> }
+
+interface CliStartupResults extends Run {
+  msc?: string
+  results: Array<{ case: string, 'median ms': number, 'p90 ms': number, 'x node -e 0': number }>
+}
+
+interface ImageTransferResults extends Run {
+  trees: Array<{ name: string, describe: string, bytes: number }>
+  summary: Array<{ tree: string, method: string, MBps: number, MBpsMin: number, MBpsMax: number, receiverRssReadyMiB: number, receiverRssPeakMiB: number }>
+  samples: Array<{ tree: string, method: string, receiverRssPeakMiB: number }>
+  ratios: unknown
+}
+
+interface MigrationResults extends Run {
+  local: Array<{ method: string, checkpointMs: number, restoreMs: number, totalMs: number, imageMB: number }>
+  migrations: Array<{ strategy: string, downtimeMs: number, downtimeMinMs: number, downtimeMaxMs: number, totalMs: number, MB: number, phasesMs: Record<string, number> }>
+  samples: { local: Array<{ method: string, totalMs: number }>, hops: Array<{ strategy: string, downtimeMs: number, totalMs: number }> }
+  ratios: unknown
+}
+
+interface FailoverResults extends Run {
+  rto?: {
+    leaseMs: number, dumpIntervalS: number, counterMs: number
+    summary: { trials: number, rtoMs: number, rtoTargetMs: number, rpoMs: number, rpoTargetMs: number }
+    samples: Array<{ rtoMs: number, rtoTargetMs: number, rpoMs: number, rpoTargetMs: number }>
+  }
+  overhead?: {
+    keys: number, clients: number, benchSeconds: number, rounds: number, replicationStalledUnderLoad: boolean
+    summary: { offRps: number, onRps: number, ratio: number, setRatio: number, getRatio: number, ackedDuringOn: number }
+    samples: Array<{ round: number, mode: 'on' | 'off', rps: number, setRps: number, getRps: number }>
+  }
+  bytes?: {
+    keys: number, dumpIntervalS: number, spreadWorked: boolean, bytesPerRound: number | null, imageBytes: number | null
+    fullWireBytes: number | null, freezeMs: number, intervalMs: number
+    generations: Array<{ generation: number, wireBytes: number, imageBytes: number, freezeMs: number, full: boolean, phase: string, time: string }>
+    phases: Array<{ mode: string, seconds: number, writes: number, acked: number, dumps: number, dumpFailed: number, generationFailed: number }>
+  }
+}
+
+const r2 = (x: number): number => Math.round(x * 100) / 100
+const ms = (x: number): string => `${Math.round(x).toLocaleString('en-US')} ms`
+const spread = (xs: number[]): { min: number, max: number } => ({ min: Math.min(...xs), max: Math.max(...xs) })
+const source = (file: string): string => `results: benchmarks/results/${file}`
+
+/** The charts of one results file of benchmark `bench` (empty for a benchmark without charts). */
+export function chartsFor (bench: string, data: Results, file: string): Chart[] {
+  switch (bench) {
+    case 'cli-startup': return cliStartup(data as unknown as CliStartupResults, file)
+    case 'image-transfer': return imageTransfer(data as unknown as ImageTransferResults, file)
+    case 'migration': return migration(data as unknown as MigrationResults, file)
+    case 'failover': return failover(data as unknown as FailoverResults, file)
+    default: return []
+  }
+}
+
+/** The names of the charts a results file can give (the CLI picks, per chart, the newest file that gives it). */
+export function chartNames (bench: string, data: Results): string[] {
+  try {
+    return chartsFor(bench, data, '').map((c) => c.name)
+  } catch {
+    return [] // an older or partial results file the charts cannot read
+  }
+}
+
+function cliStartup (d: CliStartupResults, file: string): Chart[] {
+  const rows = d.results
+  const base = rows.find((r) => r.case === 'node -e 0')
+  if (base == null) return []
+  const msc = typeof d.msc === 'string' && d.msc.startsWith(ROOT + path.sep) ? path.relative(ROOT, d.msc) : d.msc
+  return [{
+    name: 'cli-startup',
+    spec: {
+      kind: 'ratio',
+      title: 'msc CLI start-up against `node -e 0`',
+      subtitle: `Median wall time of each command (a fresh process through bin/msc, as a shell runs it) / median of \`node -e 0\` (${ms(base['median ms'])}) in the same run, ${d.options.runs} rounds. Labels: ratio and median.`,
+      machine: d.machine,
+      yLabel: 'median / median of node -e 0',
+      bars: rows.filter((r) => r !== base).map((r) => ({ name: `msc ${r.case}`, value: r['x node -e 0'], label: `${r['x node -e 0']}x, ${ms(r['median ms'])}` })),
+      target: { value: 2, label: 'target: below 2x node -e 0', better: 'below' },
+      notes: [`msc measured: ${String(msc)}; ${source(file)}`]
+    },
+    figures: { baselineMedianMs: base['median ms'], rounds: d.options.runs, msc, cases: rows }
+  }]
+}
+
+function imageTransfer (d: ImageTransferResults, file: string): Chart[] {
+  const { trees, summary, samples } = d
+  const methods = [...new Set(summary.map((s) => s.method))]
+  const baseMethod = methods.includes('raw-tcp') ? 'raw-tcp' : methods[0]!
+  const get = (t: string, m: string): typeof summary[number] | undefined => summary.find((s) => s.tree === t && s.method === m)
+  const color = (m: string, i: number): string | undefined => m === baseMethod ? BASELINE_GREY : ['#E69F00', '#0072B2', '#009E73'][i % 3]
+  const goodput = methods.map((m, i) => ({
+    name: m,
+    color: color(m, i),
+    values: trees.map((t): Value | null => {
+      const s = get(t.name, m)
+      const b = get(t.name, baseMethod)?.MBps
+      if (s == null || b == null || b === 0) return null
+      return { value: r2(s.MBps / b), min: r2(s.MBpsMin / b), max: r2(s.MBpsMax / b), label: String(s.MBps) }
+    })
+  }))
+  const rss = methods.map((m, i) => ({
+    name: m,
+    color: color(m, i),
+    values: trees.map((t): Value | null => {
+      const s = get(t.name, m)
+      if (s == null) return null
+      const peaks = samples.filter((x) => x.tree === t.name && x.method === m).map((x) => x.receiverRssPeakMiB)
+      return { value: s.receiverRssPeakMiB, ...(peaks.length > 0 ? spread(peaks) : {}), label: String(Math.round(s.receiverRssPeakMiB)) }
+    })
+  }))
+  const rounds = `medians of ${d.options.runs} rounds; whiskers: slowest and fastest round`
+  const ready = trees.map((t) => `${t.describe}: ${methods.map((m) => `${m} ${get(t.name, m)?.receiverRssReadyMiB ?? '-'}`).join(', ')}`).join('; ')
+  return [{
+    name: 'image-transfer',
+    spec: {
+      kind: 'bar',
+      title: 'Image transfer goodput over 127.0.0.1, relative to raw TCP',
+      subtitle: `The same tree sent three ways in one run, interleaved: msc's /msc/image/1.0.0 (framing, SHA-256, commit), one bare libp2p stream (tcp + noise + yamux), a plain TCP socket. Labels: MB/s (10^6 bytes).`,
+      machine: d.machine,
+      yLabel: `goodput / ${baseMethod} goodput`,
+      groups: trees.map((t) => t.describe),
+      series: goodput,
+      lines: [{ value: 1, label: `${baseMethod} = 1` }],
+      notes: [`${rounds} (over the ${baseMethod} median); ${source(file)}`]
+    },
+    figures: { ratios: d.ratios, summary: d.summary, trees }
+  }, {
+    name: 'image-transfer-rss',
+    spec: {
+      kind: 'bar',
+      title: 'Image transfer: peak RSS of the receiving process',
+      subtitle: `A fresh receiver process per transfer, so its peak (getrusage maxrss) belongs to that transfer alone. Labels: MiB. At rest before the data (MiB): ${ready}.`,
+      machine: d.machine,
+      yLabel: 'receiver peak RSS, MiB',
+      groups: trees.map((t) => t.describe),
+      series: rss,
+      notes: [`medians of ${d.options.runs} rounds; whiskers: lowest and highest round; ${source(file)}`]
+    },
+    figures: { ratios: d.ratios, summary: d.summary, trees }
+  }]
+}
+
+function migration (d: MigrationResults, file: string): Chart[] {
+  const { local, migrations: hops } = d
+  const { local: localSamples, hops: hopSamples } = d.samples
+  const bases = local.filter((l) => l.method !== 'msc-local-cli')
+  const baseName: Record<string, string> = { 'raw-runc': 'runc by hand: checkpoint + restore', 'msc-local': 'msc node: checkpoint + restore' }
+  const groups = [...bases.map((b) => baseName[b.method] ?? b.method), ...hops.map((h) => `${h.strategy} migration`)]
+  const localValue = (m: string, median: number): Value => ({ value: median, ...spread(localSamples.filter((s) => s.method === m).map((s) => s.totalMs)) })
+  const nb = bases.length
+  const series = [
+    { name: 'local checkpoint + restore (down throughout)', color: BASELINE_GREY, values: [...bases.map((b) => localValue(b.method, b.totalMs)), ...hops.map(() => null)] },
+    { name: 'migration downtime (freeze to running on the target)', color: '#0072B2', values: [...bases.map(() => null), ...hops.map((h): Value => ({ value: h.downtimeMs, min: h.downtimeMinMs, max: h.downtimeMaxMs }))] },
+    { name: 'migration total time', color: '#56B4E9', values: [...bases.map(() => null), ...hops.map((h): Value => ({ value: h.totalMs, ...spread(hopSamples.filter((s) => s.strategy === h.strategy).map((s) => s.totalMs)) }))] }
+  ]
+  const base = (m: string): number | undefined => local.find((l) => l.method === m)?.totalMs
+  const ratioSeries = bases.map((b, i) => {
+    const bm = base(b.method)!
+    return {
+      name: `downtime / ${baseName[b.method] ?? b.method}`,
+      color: i === 0 ? '#0072B2' : '#CC79A7',
+      values: hops.map((h): Value => ({ value: r2(h.downtimeMs / bm), min: r2(h.downtimeMinMs / bm), max: r2(h.downtimeMaxMs / bm) }))
+    }
+  })
+  const what = `redis with ${Number(d.options.keys).toLocaleString('en-US')} keys, two hosts (network namespaces on a bridge), one msc node each; ${d.options.runs} rounds, ${d.options.runs} x 2 hops per strategy`
+  const figures = { keys: d.options.keys, ratios: d.ratios, local, migrations: hops }
+  return [{
+    name: 'migration',
+    spec: {
+      kind: 'bar',
+      title: 'Live migration downtime against a local checkpoint + restore',
+      subtitle: `${what}. Migrations as reported by the source node. Labels: ms.`,
+      machine: d.machine,
+      yLabel: 'time, ms',
+      groups,
+      series,
+      notes: [`medians; whiskers: min-max of the samples; ${source(file)}`]
+    },
+    figures
+  }, ...(nb === 0
+    ? []
+    : [{
+        name: 'migration-ratio',
+        spec: {
+          kind: 'bar' as const,
+          title: 'Migration downtime as a ratio of a local checkpoint + restore',
+          subtitle: `${what}. Below 1: the migration is down for less time than checkpointing and restoring on the same host.`,
+          machine: d.machine,
+          yLabel: 'downtime / local ck+rs (medians)',
+          groups: hops.map((h) => h.strategy),
+          series: ratioSeries,
+          lines: [{ value: 1, label: 'as long as the baseline' }],
+          notes: [`whiskers: shortest and longest downtime over the baseline's median; ${source(file)}`]
+        },
+        figures
+      }])]
+}
+
+function failover (d: FailoverResults, file: string): Chart[] {
+  const charts: Chart[] = []
+  const machine = d.machine
+  if (d.rto != null) {
+    const s = d.rto.summary
+    const samples = d.rto.samples
+    const rto = samples.map((x) => x.rtoMs / x.rtoTargetMs)
+    const rpo = samples.map((x) => x.rpoMs / x.rpoTargetMs)
+    charts.push({
+      name: 'failover-rto',
+      spec: {
+        kind: 'ratio',
+        title: 'Failover: recovery time and data loss against their targets',
+        subtitle: `A counter printing every ${d.rto.counterMs} ms, --replicas 1, 3 nodes, lease ${d.rto.leaseMs / 1000} s, DUMP_INTERVAL ${d.rto.dumpIntervalS} s; the owner's host power-cut at a random point of an interval, ${s.trials} trials. ` +
+          `RTO target = lease + restore + 1 s (median ${ms(s.rtoTargetMs)}); RPO target = effective interval + one round (median ${ms(s.rpoTargetMs)}).`,
+        machine,
+        yLabel: 'measured / target (median)',
+        bars: [
+          { name: 'RTO (kill to first output elsewhere)', value: r2(median(rto)), ...spread(rto.map(r2)), label: `${r2(median(rto))}, ${ms(s.rtoMs)}` },
+          { name: 'RPO (output lost, 100 ms ticks)', value: r2(median(rpo)), ...spread(rpo.map(r2)), label: `${r2(median(rpo))}, ${ms(s.rpoMs)}` }
+        ],
+        target: { value: 1, label: 'target: measured = target', better: 'below' },
+        notes: [`medians of the per-trial ratios; whiskers: min-max over the trials; ${source(file)}`]
+      },
+      figures: { leaseMs: d.rto.leaseMs, dumpIntervalS: d.rto.dumpIntervalS, summary: s }
+    })
+  }
+  if (d.overhead != null) {
+    const o = d.overhead
+    const samples = o.samples
+    const rounds = [...new Set(samples.map((x) => x.round))]
+    const perRound = (k: 'rps' | 'setRps' | 'getRps'): number[] => rounds.flatMap((r) => {
+      const on = samples.find((x) => x.round === r && x.mode === 'on')
+      const off = samples.find((x) => x.round === r && x.mode === 'off')
+      return on == null || off == null ? [] : [r2(on[k] / off[k])]
+    })
+    const bar = (name: string, k: 'rps' | 'setRps' | 'getRps', value: number): Value & { name: string } => ({ name, value, ...spread(perRound(k)) })
+    const stalled = o.replicationStalledUnderLoad === true ? ' REPLICATION STALLED UNDER LOAD: no generation was acknowledged during the ON runs.' : ''
+    charts.push({
+      name: 'failover-overhead',
+      spec: {
+        kind: 'ratio',
+        title: 'Replication overhead: redis throughput with replication on / off',
+        subtitle: `redis with ${Number(o.keys).toLocaleString('en-US')} keys, redis-benchmark -t set,get (${o.clients} clients) for ~${o.benchSeconds} s a run, --replicas 1 (on) or 0 (off), alternating, ${o.rounds} rounds; ` +
+          `off ${Number(o.summary.offRps).toLocaleString('en-US')} req/s, on ${Number(o.summary.onRps).toLocaleString('en-US')} req/s; ${o.summary.ackedDuringOn} generations acknowledged during the ON runs.${stalled}`,
+        machine,
+        yLabel: 'requests/s on / off (medians)',
+        bars: [bar('SET and GET', 'rps', o.summary.ratio), bar('SET', 'setRps', o.summary.setRatio), bar('GET', 'getRps', o.summary.getRatio)],
+        target: { value: 0.95, label: 'target: at least 0.95', better: 'above' },
+        notes: [`ratio of the medians; whiskers: min-max of the per-round on/off ratios; ${source(file)}`]
+      },
+      figures: { keys: o.keys, clients: o.clients, benchSeconds: o.benchSeconds, rounds: o.rounds, summary: o.summary, replicationStalledUnderLoad: o.replicationStalledUnderLoad }
+    })
+  }
+  if (d.bytes != null) {
+    const b = d.bytes
+    const gens = b.generations
+    const MB = (x: number): number => Math.round(x / 1e4) / 100
+    const roundOverImage = b.bytesPerRound == null || b.imageBytes == null ? null : r2(b.bytesPerRound / b.imageBytes)
+    const roundOverFull = b.bytesPerRound == null || b.fullWireBytes == null ? null : r2(b.bytesPerRound / b.fullWireBytes)
+    const perRound = b.bytesPerRound == null ? 'No round after the full generation' : `Last round ${MB(b.bytesPerRound)} MB = ${roundOverImage} of its image, ${roundOverFull} of the full generation`
+    charts.push({
+      name: 'failover-bytes',
+      spec: {
+        kind: 'line',
+        title: 'Replication: bytes sent per round against the image size',
+        subtitle: `redis with ${Number(b.keys).toLocaleString('en-US')} keys, --replicas 1, DUMP_INTERVAL ${b.dumpIntervalS} s; generation 1 is the full one (no load), then 1% of the keys written per interval` +
+          `${b.spreadWorked === true ? '' : ' (spread load stalled replication: later rounds with the writes of one interval in one burst)'}. ${perRound}; freeze ${ms(b.freezeMs)}.`,
+        machine,
+        xLabel: 'generation (acknowledged by the standby)',
+        yLabel: 'MB (10^6 bytes)',
+        series: [
+          { name: 'sent to the standby (wire)', color: '#0072B2', points: gens.map((g) => ({ x: g.generation, value: MB(g.wireBytes), label: g.full ? `${MB(g.wireBytes)} (full)` : String(MB(g.wireBytes)) })) },
+          { name: 'checkpoint image size', color: BASELINE_GREY, points: gens.map((g) => ({ x: g.generation, value: MB(g.imageBytes), label: String(MB(g.imageBytes)) })) }
+        ],
+        notes: [`generations missing from the x axis were not acknowledged (dump or round failed); ${source(file)}`]
+      },
+      figures: {
+        keys: b.keys, dumpIntervalS: b.dumpIntervalS, spreadWorked: b.spreadWorked,
+        bytesPerRound: b.bytesPerRound, imageBytes: b.imageBytes, fullWireBytes: b.fullWireBytes,
+        roundOverImage, roundOverFull, freezeMs: b.freezeMs, intervalMs: b.intervalMs, generations: gens,
+        phases: b.phases.map((p) => ({ mode: p.mode, seconds: p.seconds, writes: p.writes, acked: p.acked, dumps: p.dumps, dumpFailed: p.dumpFailed, generationFailed: p.generationFailed }))
+      }
+    })
+  }
+  return charts
+}
