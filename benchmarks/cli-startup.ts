@@ -26,6 +26,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { log, machineInfo, median, parseFlags, ratio, round, runBenchmark, table, writeResults, ROOT } from './lib.ts'
+import { plotAfterRun } from './plot.ts'
 
 const USAGE = `usage: node benchmarks/cli-startup.ts [--runs 20] [--no-node] [--msc PATH]
   --runs N     rounds (every case once per round)
@@ -112,6 +113,7 @@ async function main (): Promise<void> {
   const csv = file.replace(/\.json$/, '.csv')
   await fs.writeFile(csv, 'round,case,ms\n' + samples.map((s) => `${s.round},${s.case},${s.ms}`).join('\n') + '\n')
   process.stdout.write(`\nwritten: ${file}\n         ${csv}\n`)
+  await plotAfterRun(file)
 }
 
 await runBenchmark('cli-startup', main)

@@ -50,7 +50,8 @@ import { logValues, startCluster, waitFor, type Cluster, type ClusterNode } from
 import { MSC, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient, ndjsonLines } from '../src/api/client.ts'
 import type { ContainerInfo, NodeEvent, ReplicationInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, untilPong, runBenchmark } from './lib.ts'
+import { plotAfterRun } from './plot.ts'
 import { REDIS_BENCHMARK, REDIS_CLI } from '../src/bundles/redis.ts'
 
 const USAGE = `usage: node benchmarks/failover.ts [--trials N] [--keys N] [--big-keys N] [--bench-seconds S] [--parts rto,overhead,bytes]
@@ -838,6 +839,7 @@ async function main (): Promise<void> {
     process.stdout.write(`\nfailover benchmark, ${machine.cpus} cpus, load ${machine.loadStart.join('/')} -> ${machine.loadEnd.join('/')}, ${results.durationS as number} s\n`)
     process.stdout.write(out.join(''))
     process.stdout.write(`\nresults: ${file}\n`)
+    await plotAfterRun(file)
   } finally {
     await cleanup()
     process.off('SIGINT', onSignal)

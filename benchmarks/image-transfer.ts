@@ -48,6 +48,7 @@ import type { Stream } from '@libp2p/interface'
 import { createLibp2pHost, type MscLibp2p } from '../src/overlay/libp2p-host.ts'
 import { IMAGE_PROTOCOL, receiveTree, sendTree } from '../src/protocols/image/index.ts'
 import { MiB, log, machineInfo, median, parseFlags, ratio, round, table, writeResults } from './lib.ts'
+import { plotAfterRun } from './plot.ts'
 
 const SELF = fileURLToPath(import.meta.url)
 const METHODS = ['raw-tcp', 'bare-libp2p', 'msc'] as const
@@ -674,6 +675,7 @@ async function main (): Promise<void> {
       'rx RSS ready MiB': s.receiverRssReadyMiB, 'rx RSS peak MiB': s.receiverRssPeakMiB, 'tx cpu ms': s.senderCpuMs, 'rx cpu ms': s.receiverCpuMs
     }))))
     process.stdout.write(`\nresults: ${file}\n`)
+    await plotAfterRun(file)
   } finally {
     await cleanup()
     process.off('SIGINT', onSignal)

@@ -44,6 +44,7 @@ import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient } from '../src/api/client.ts'
 import type { CheckpointInfo, MigrationResultInfo } from '../src/api/types.ts'
 import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
+import { plotAfterRun } from './plot.ts'
 import { REDIS_CLI } from '../src/bundles/redis.ts'
 
 const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy] [--no-raw] [--no-cli]
@@ -451,6 +452,7 @@ async function main (): Promise<void> {
       phases: Object.entries(h.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')
     }))))
     process.stdout.write(`\nresults: ${file}\n`)
+    await plotAfterRun(file)
   } finally {
     await cleanup()
     process.off('SIGINT', onSignal)
