@@ -17,6 +17,9 @@ export interface RuncState {
   created: string
 }
 
+/** Tries of a `runc list` that raced with a container's deletion. */
+const LIST_ATTEMPTS = 4
+
 export interface RuncConfig {
   runcPath: string
   criuPath: string
@@ -121,11 +124,17 @@ export class Runc {
     return { id: j.id, pid: j.pid, status: j.status, bundle: j.bundle, created: j.created }
   }
 
+  /**
+   * `runc list`. runc reads its root directory and then each container's state; a
+   * container deleted in between (a migration's release, a stop) makes the whole list
+   * fail with ENOENT, so that case is asked again, a few times.
+   */
   async list (signal?: AbortSignal): Promise<RuncState[]> {
-    const r = await this.exec(['list', '--format', 'json'], { timeoutMs: 15_000, signal })
-    if (r.exitCode !== 0) throw new MscError('RUNTIME_ERROR', `runc list: ${runcMessage(r.stderr)}`)
-    const arr = JSON.parse(r.stdout.trim() === '' ? 'null' : r.stdout) as RuncState[] | null
-    return arr ?? []
+    for (let attempt = 1; ; attempt++) {
+      const r = await this.exec(['list', '--format', 'json'], { timeoutMs: 15_000, signal })
+      if (r.exitCode === 0) return (JSON.parse(r.stdout.trim() === '' ? 'null' : r.stdout) as RuncState[] | null) ?? []
+      if (attempt >= LIST_ATTEMPTS || !/no such file or directory/i.test(r.stderr)) throw new MscError('RUNTIME_ERROR', `runc list: ${runcMessage(r.stderr)}`)
+    }
   }
 
   /** `runc run -d` with the container's output through the log shim. */

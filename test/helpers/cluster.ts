@@ -181,7 +181,11 @@ export class Cluster {
   async runcList (node: ClusterNode): Promise<Array<{ id: string, status: string, pid: number }>> {
     const root = path.join(node.dataDir, 'runc')
     if (!existsSync(root)) return []
-    const r = await execa('runc', ['--root', root, 'list', '--format', 'json'], { reject: false })
+    // runc fails a whole list when a container is deleted while it lists: ask again.
+    let r = await execa('runc', ['--root', root, 'list', '--format', 'json'], { reject: false })
+    for (let i = 0; i < 3 && r.exitCode !== 0 && /no such file or directory/i.test(String(r.stderr)); i++) {
+      r = await execa('runc', ['--root', root, 'list', '--format', 'json'], { reject: false })
+    }
     if (r.exitCode !== 0) throw new Error(`runc --root ${root} list failed: ${String(r.stderr)}`)
     const list = JSON.parse(String(r.stdout).trim() || 'null') as Array<{ id: string, status: string, pid: number }> | null
     return (list ?? []).map((x) => ({ id: x.id, status: x.status, pid: x.pid }))
