@@ -39,7 +39,11 @@ export interface ContainerHost {
   dump: (name: string, imageDir: string, signal: AbortSignal, parentPath?: string) => Promise<void>
   /** Pre-copy round: memory dumped while the container keeps running. */
   preDump: (name: string, imageDir: string, parentPath: string | undefined, signal: AbortSignal) => Promise<void>
-  /** Post-copy dump: pages stay behind a page server on 127.0.0.1:port. */
+  /**
+   * Post-copy dump: pages stay behind a page server on 127.0.0.1:port. The container is
+   * frozen first and stays frozen if the dump fails, even after the target resumed it,
+   * until `resume` (the target's copy must be gone before this one runs again).
+   */
   dumpLazy: (name: string, imageDir: string, pageServerPort: number, signal: AbortSignal) => Promise<LazyDump>
   /** Rollback: brings the container back here from the images of its final dump. */
   resume: (name: string, imageDir: string, signal: AbortSignal) => Promise<void>

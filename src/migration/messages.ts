@@ -86,6 +86,9 @@ export type Decision = z.infer<typeof DecisionSchema>
 
 export const CommittedSchema = z.object({ type: z.literal('committed'), epoch: z.number().int().min(1) }).strict()
 
+/** Target -> source, post-copy: the page transfer failed and the target's copy is gone. */
+export const DiscardedSchema = z.object({ type: z.literal('discarded') }).strict()
+
 /** Phases, in order, for timing and progress (P.Haul's names). */
 export const PHASES = ['prepare', 'bundle', 'pre-copy', 'freeze-dump', 'transfer', 'restore', 'lazy-pages', 'commit', 'rollback'] as const
 export type Phase = typeof PHASES[number]

@@ -6,7 +6,7 @@ import { MscError, toMscError } from '../util/errors.ts'
 import { FramedStream } from '../protocols/framing.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
-import { AnswerSchema, CommittedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
+import { AnswerSchema, CommittedSchema, DiscardedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
 import { PhaseClock, type Progress } from './phase-clock.ts'
 import { bundleDigest } from './bundle-digest.ts'
 import { Watchdog } from './watchdog.ts'
@@ -247,8 +247,10 @@ export class MigrationSource {
           } else {
             result.runningOn = d.cluster.selfId
           }
+        } else if (pagesFailed) {
+          result.runningOn = await this.resumeAfterPagesFailed(req.container, control!, result.toName, staging, log, (m) => result.error!.details.push(m))
         } else {
-          result.runningOn = pagesFailed ? d.cluster.selfId : result.to
+          result.runningOn = result.to
         }
         clock.end()
       } finally {
@@ -261,6 +263,33 @@ export class MigrationSource {
       }
       return result
     })
+  }
+
+  /**
+   * Post-copy, the page transfer failed after the target resumed the container: its
+   * copy lacks pages and goes, ours is whole but frozen (dumpLazy froze it, and the
+   * failed dump left it so). Ours runs again only once the target says its copy is gone,
+   * or, when that word does not come (the link is down), after DISCARD_WAIT_MS: the
+   * target removes its copy as soon as its own lazy-pages daemon ends, which the same
+   * failure causes. Returns where the container runs: here, or nowhere.
+   */
+  private async resumeAfterPagesFailed (name: string, control: FramedStream, toName: string, staging: string | undefined, log: Logger,
+    note: (detail: string) => void): Promise<string | undefined> {
+    try {
+      await control.readJson(DiscardedSchema, AbortSignal.timeout(DISCARD_WAIT_MS))
+      log.info('the target removed its copy; resuming ours')
+    } catch (err) {
+      log.error({ err: (err as Error).message }, `no word from ${toName} that its copy is gone within ${DISCARD_WAIT_MS} ms; resuming ours (its copy cannot run without its pages)`)
+      note(`${toName} did not confirm that its copy was removed`)
+    }
+    try {
+      await this.d.host.resume(name, path.join(staging ?? '', 'images'), AbortSignal.timeout(120_000))
+      return this.d.cluster.selfId
+    } catch (err) {
+      const e = toMscError(err)
+      note(`resuming on the source failed: ${e.message}`)
+      return undefined
+    }
   }
 
   /** One tree over /msc/image, given up when it makes no progress for a while. */
@@ -296,6 +325,8 @@ function tid (): string {
 
 /** Pre-copy stops when a round's dirty memory is this small, or shrank by less than 20%. */
 const PRE_CONVERGED_BYTES = 1024 * 1024
+/** How long a source whose post-copy page transfer failed waits for the target's word that its copy is gone. */
+const DISCARD_WAIT_MS = 30_000
 const MAX_PRE_ROUNDS = 6
 
 /** Bytes of memory pages in a dump directory (CRIU's pages-*.img). */

@@ -241,6 +241,8 @@ export class MigrationTarget {
       } else {
         await this.d.host.discard(offer.container)
         adopted = false
+        // The source keeps its copy frozen until it hears this (or gives up waiting).
+        if (pagesFailed != null) await control.writeJson({ type: 'discarded' }).catch(() => {})
         if (pagesFailed != null) log.error({ err: pagesFailed }, 'the lazy page transfer failed: restored copy removed (the source keeps its own)')
         else log.warn('migration aborted by the source: restored copy removed')
       }

@@ -15,6 +15,10 @@ import type { Logger } from '../util/logger.ts'
  *           replicate-partial a replication generation is half sent to a standby (its
  *                             pagemaps are there, its pages not): src/replication
  *
+ *   MSC_TEST_CUT_PAGES_AFTER=BYTES    the source cuts a post-copy page stream once it
+ *                                     has forwarded BYTES of its page server's output
+ *                                     (src/protocols/pages/tunnel.ts): a link that fails
+ *                                     after the target resumed the container.
  *   MSC_TEST_FAIL_COMMIT=enospc[:N]   the first N (default 1) commits of incoming
  *                                     migrations fail with ENOSPC (src/node/migration-host.ts).
  */
@@ -47,4 +51,10 @@ export function testFailCommit (): void {
   const err = new Error('ENOSPC: no space left on device (MSC_TEST_FAIL_COMMIT)') as NodeJS.ErrnoException
   err.code = 'ENOSPC'
   throw err
+}
+
+/** MSC_TEST_CUT_PAGES_AFTER: bytes after which the source cuts a page stream, or undefined. */
+export function testCutPagesAfter (): number | undefined {
+  const v = Number(process.env.MSC_TEST_CUT_PAGES_AFTER)
+  return Number.isSafeInteger(v) && v > 0 ? v : undefined
 }

@@ -81,6 +81,11 @@ export class NodeMigrationHost implements ContainerHost {
 
   async dumpLazy (name: string, imageDir: string, port: number, signal: AbortSignal): Promise<LazyDump> {
     await fs.mkdir(imageDir, { recursive: true })
+    // Frozen by us, not by CRIU: CRIU puts the cgroup back as it found it, so a dump that
+    // fails once the target runs its copy (the page link cut) leaves ours frozen, not
+    // running beside the other. The source resumes it when the target's copy is gone.
+    // (CRIU also skips its own freezing, which waits in 100 ms steps.)
+    await this.runc.pause(name)
     const d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.settings.tcpEstablished, signal })
     const done = d.done.then(async () => { await this.runc.delete(name, { force: true }) })
     done.catch(() => {})

@@ -7,6 +7,7 @@ import { MIGRATE_PROTOCOL } from '../migration/messages.ts'
 import { MigrationSource, type MigrateRequest, type MigrationResult } from '../migration/source.ts'
 import { MigrationTarget } from '../migration/target.ts'
 import { settleLeftIncoming } from '../migration/settle.ts'
+import { testCutPagesAfter } from '../migration/test-knobs.ts'
 import type { ClusterPort } from '../migration/host.ts'
 import { IMAGE_PROTOCOL, receiveTree, type TreeDestination, type TreeHeader } from '../protocols/image/index.ts'
 import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel } from '../protocols/pages/tunnel.ts'
@@ -95,7 +96,7 @@ export class MigrationService {
       })
     }, 16)
     await this.overlay.handle(PAGES_PROTOCOL, async (stream) => {
-      await handlePagesStream(stream, (id) => this.pageServers.get(id) ?? null)
+      await handlePagesStream(stream, (id) => this.pageServers.get(id) ?? null, { cutAfterBytes: testCutPagesAfter() })
     }, 16)
     // Incoming migrations the previous run restored but never saw decided: settled by
     // the same rule as a live one that lost its decision, in the background (the

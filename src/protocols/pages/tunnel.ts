@@ -175,7 +175,7 @@ export interface PagesStreamResult {
  * already torn down.
  */
 export async function handlePagesStream (stream: Stream, lookup: (transferId: string) => PageServerAddress | null,
-  opts: { signal?: AbortSignal } = {}): Promise<PagesStreamResult> {
+  opts: { signal?: AbortSignal, cutAfterBytes?: number } = {}): Promise<PagesStreamResult> {
   const signal = opts.signal ?? new AbortController().signal
   const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
   stream.maxReadBufferLength = READ_BUFFER_LIMIT
@@ -214,7 +214,7 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
     socket.destroy()
     throw err
   }
-  await splice(socket, stream, stats, signal)
+  await splice(socket, stream, stats, signal, opts.cutAfterBytes)
   return { transferId, refused: null, bytesIn: stats.bytesIn, bytesOut: stats.bytesOut }
 }
 
@@ -236,7 +236,7 @@ function connect (to: PageServerAddress, signal: AbortSignal): Promise<net.Socke
  * Pipes `socket` <-> `stream` until both directions ended. Resolves on a clean finish;
  * on any error aborts the stream, destroys the socket and rejects.
  */
-function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, signal: AbortSignal): Promise<void> {
+function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, signal: AbortSignal, cutAfterBytes?: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let settled = false
     let tcpPaused = false // by us, for backpressure
@@ -272,6 +272,8 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     // TCP -> libp2p
     const onData = (chunk: Buffer): void => {
       stats.bytesOut += chunk.byteLength
+      // A test's fault (MSC_TEST_CUT_PAGES_AFTER): the link fails mid-transfer.
+      if (cutAfterBytes != null && stats.bytesOut >= cutAfterBytes) { fail(new Error(`page stream cut after ${stats.bytesOut} bytes (test)`)); return }
       try { stream.send(chunk) } catch (err) { fail(err as Error); return }
       if (stream.writeBufferLength > HIGH_WATER && !tcpPaused) { tcpPaused = true; socket.pause() }
     }
