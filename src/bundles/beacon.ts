@@ -6,25 +6,21 @@
  * restart, a new CHECKSUM means memory was lost (test/helpers/observer.ts reads them).
  *
  * The binary is compiled once per version of beacon.c and kept under
- * node_modules/.cache/msc/beacon/HASH/ (gcc 12 and static glibc are on the machines
- * msc is built on; the rootfs has no libraries, so it is linked static).
+ * node_modules/.cache/msc/beacon/HASH/ (src/util/static-binary.ts; the rootfs has no
+ * libraries, so it is linked static).
  */
-import { execa } from 'execa'
-import { createHash, randomBytes } from 'node:crypto'
 import fs from 'node:fs/promises'
 import net from 'node:net'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { AbortOptions } from '@libp2p/interface'
-import { fsyncDir } from '../util/atomic-file.ts'
 import { MscError } from '../util/errors.ts'
+import { staticBinary } from '../util/static-binary.ts'
 import { finishBundle, installBusybox, resetBundle } from './counter.ts'
 import type { BundleInfo } from './index.ts'
 import { defaultSpec } from './oci-spec.ts'
 
 export const BEACON_SOURCE = fileURLToPath(new URL('./beacon.c', import.meta.url))
-const CACHE_DIR = fileURLToPath(new URL('../../node_modules/.cache/msc/beacon', import.meta.url))
-const GCC_FLAGS = ['-O2', '-static', '-Wall', '-Wextra', '-Werror']
 
 /** Where the program is inside the bundle's rootfs. */
 export const BEACON_PATH = '/beacon'
@@ -83,41 +79,7 @@ export function parseTarget (target: string): { host: string, port: number } {
   return { host, port }
 }
 
-/**
- * The compiled beacon for the current beacon.c: built on first use (or when the source
- * or the flags change), then reused. Concurrent builds each write their own temp file
- * and rename it into place, so a reader never sees a partial binary.
- */
+/** The compiled beacon for the current beacon.c (built on first use, then reused). */
 export async function beaconBinary (options?: AbortOptions): Promise<string> {
-  const source = await fs.readFile(BEACON_SOURCE)
-  const hash = createHash('sha256').update(source).update('\0' + GCC_FLAGS.join(' ')).digest('hex').slice(0, 16)
-  const dir = path.join(CACHE_DIR, hash)
-  const binary = path.join(dir, 'beacon')
-  if (await isExecutable(binary)) return binary
-
-  await fs.mkdir(dir, { recursive: true })
-  const tmp = path.join(dir, `.beacon.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
-  try {
-    const r = await execa('gcc', [...GCC_FLAGS, '-o', tmp, BEACON_SOURCE], { reject: false, cancelSignal: options?.signal, timeout: 120_000 })
-    if ((r as { code?: string }).code === 'ENOENT') {
-      throw new MscError('INVALID_STATE', 'gcc not found: the beacon bundle compiles src/bundles/beacon.c (Debian: apt-get install gcc libc6-dev)')
-    }
-    if (r.isCanceled) throw options?.signal?.reason ?? new Error('aborted')
-    if (r.exitCode !== 0) {
-      const lines = String(r.stderr).split('\n').filter(Boolean)
-      const hint = lines.some((l) => /cannot find -lc\b/.test(l)) ? ' (static glibc missing? Debian: apt-get install libc6-dev)' : ''
-      throw new MscError('INTERNAL', `gcc failed to build ${BEACON_SOURCE}${hint}`, lines.slice(-20))
-    }
-    const fh = await fs.open(tmp, 'r')
-    try { await fh.sync() } finally { await fh.close() }
-    await fs.rename(tmp, binary)
-    await fsyncDir(dir)
-  } finally {
-    await fs.rm(tmp, { force: true })
-  }
-  return binary
-}
-
-async function isExecutable (file: string): Promise<boolean> {
-  return await fs.access(file, fs.constants.X_OK).then(() => true, () => false)
+  return await staticBinary('beacon', BEACON_SOURCE, options)
 }
