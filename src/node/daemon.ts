@@ -29,6 +29,7 @@ import { writeFileAtomic } from '../util/atomic-file.ts'
 import { createMetricsService, type MetricsService } from '../metrics/metrics-service.ts'
 import { parseListenAddress } from '../metrics/listen-address.ts'
 import type { NodeReader } from '../metrics/snapshot.ts'
+import { logShimBinary } from '../runtime/shim/binary.ts'
 import type { MigrateRequest, MigrationResult } from '../migration/source.ts'
 
 /**
@@ -86,6 +87,9 @@ export class MscNode {
     // runc is required to run anything; CRIU only to checkpoint, so its absence is a
     // warning here and a clear error on the first checkpoint.
     const runcVersion = await this.runc.version()
+    // Every container's output goes through the compiled log shim: built now if
+    // `npm run setup` did not, or start-up fails here naming it, not at the first run.
+    await logShimBinary()
     this.containers = new ContainerManager({
       dataDir: this.dataDir, runc: this.runc, cgroupParent: this.cgroupParent,
       logMaxBytes: this.config.containerLogMaxBytes, stopTimeoutMs: this.config.stopTimeoutMs,

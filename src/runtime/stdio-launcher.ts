@@ -1,8 +1,6 @@
 import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import { MscError } from '../util/errors.ts'
-
-const SHIM = fileURLToPath(new URL('./shim/log-shim.ts', import.meta.url))
+import { logShimBinary } from './shim/binary.ts'
 
 export interface LaunchOptions {
   /** Full argv of the runc command (`runc --root ... run -d ...`). */
@@ -16,29 +14,26 @@ export interface LaunchOptions {
 }
 
 /**
- * Runs a detaching runc command (`run -d`, `restore -d`) with the container's stdout and
- * stderr connected, through a real pipe, to a detached log shim (see shim/log-shim.ts).
+ * Runs a detaching runc command (`run -d`, `restore -d`) under the container's log shim
+ * (shim/log-shim.c): the shim, in its own session, starts runc with stdin /dev/null and
+ * stdout and stderr the write end of a real pipe(2), and stays behind as that pipe's
+ * reader, appending to the container's log, after runc returned.
  * Resolves with runc's exit code once runc returns; the shim lives on.
  *
- * Layout of the spawned shell: `{ runc ... 3>&-; echo $? >&3; } 2>&1 | log-shim 3>&-`.
- * fd 3 is our only channel back: it carries runc's exit status, and neither the
- * container nor the shim keeps it open.
+ * fd 3 is our only channel back: the shim writes runc's exit status there as one line
+ * (or `error: ...` when it could not start runc) and closes it; neither runc nor the
+ * container inherits it.
  */
 export async function launchWithLogShim (opts: LaunchOptions): Promise<number> {
-  const script = '{ "$@" 3>&-; echo "$?" >&3; } 2>&1 </dev/null | exec "$MSC_NODE" "$MSC_SHIM_FILE" 3>&-'
-  const child = spawn('/bin/sh', ['-c', script, 'msc-shim', ...opts.argv], {
+  const shim = await logShimBinary()
+  opts.signal?.throwIfAborted()
+  const child = spawn(shim, opts.argv, {
     detached: true, // own session: survives the node and its terminal
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-    env: {
-      ...process.env,
-      MSC_NODE: process.execPath,
-      MSC_SHIM_FILE: SHIM,
-      MSC_SHIM_LOG: opts.logFile,
-      MSC_SHIM_MAX: String(opts.logMaxBytes)
-    }
+    env: { ...process.env, MSC_SHIM_LOG: opts.logFile, MSC_SHIM_MAX: String(opts.logMaxBytes) }
   })
   child.unref()
-  const status = child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void, unref?: () => void }
+  const status = child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }
 
   return await new Promise<number>((resolve, reject) => {
     let out = ''
@@ -53,19 +48,21 @@ export async function launchWithLogShim (opts: LaunchOptions): Promise<number> {
       else resolve(code!)
     }
     // Giving up must not leave runc working on behind our back: kill its process group
-    // (the shell, runc and the shim; the caller then deletes whatever runc created).
+    // (the shim and runc; the caller then deletes whatever runc created).
     const killGroup = (): void => { try { if (child.pid != null) process.kill(-child.pid, 'SIGKILL') } catch {} }
     const onAbort = (): void => { killGroup(); finish(new MscError('RUNTIME_ERROR', 'aborted while runc was starting the container')) }
     const timer = setTimeout(() => { killGroup(); finish(new MscError('RUNTIME_ERROR', `runc did not return within ${opts.timeoutMs} ms`)) }, opts.timeoutMs)
     opts.signal?.addEventListener('abort', onAbort, { once: true })
-    // The status line arrives as soon as runc returns; the pipe itself stays open as
-    // long as the parent shell waits for the shim, so a newline, not EOF, ends it.
     status.on('data', (d: Buffer) => {
       out += d.toString()
-      if (out.includes('\n')) finish(null, Number.parseInt(out.trim(), 10))
+      const nl = out.indexOf('\n')
+      if (nl < 0) return
+      const line = out.slice(0, nl)
+      if (/^\d+$/.test(line)) finish(null, Number(line))
+      else finish(new MscError('RUNTIME_ERROR', `log shim: ${line.replace(/^error: /, '')}`))
     })
     status.on('end', () => finish(new MscError('RUNTIME_ERROR', 'runc ended without an exit status (killed?)')))
     status.on('error', (err) => finish(err))
-    child.on('error', (err) => finish(new MscError('RUNTIME_ERROR', `cannot start /bin/sh for runc: ${err.message}`)))
+    child.on('error', (err) => finish(new MscError('RUNTIME_ERROR', `cannot start the log shim ${shim}: ${err.message}`)))
   })
 }

@@ -192,8 +192,8 @@ export class Cluster {
   }
 
   /**
-   * Processes of the node's log shims (src/runtime/stdio-launcher.ts: the shell and the
-   * shim it exec's, found by the MSC_SHIM_LOG=DIR/containers/NAME/container.log in
+   * Processes of the node's log shims (src/runtime/shim/log-shim.c, started by
+   * src/runtime/stdio-launcher.ts; found by the MSC_SHIM_LOG=DIR/containers/NAME/container.log in
    * their environment), with the container each one serves.
    */
   async shims (node: ClusterNode): Promise<Array<{ pid: number, container: string }>> {

@@ -46,7 +46,7 @@ function assertConsecutive (values: number[], what: string): void {
   assert.equal(firstGap, -1, `${what}: one sequence 1..N, broken at index ${firstGap}: ...${values.slice(Math.max(0, firstGap - 3), firstGap + 3).join(',')}...`)
 }
 
-/** Processes whose environment names a log file under `dir` (log shims and their shells). */
+/** Processes whose environment names a log file under `dir` (log shims). */
 async function shimsUnder (dir: string): Promise<number[]> {
   const out: number[] = []
   for (const pid of await fs.readdir('/proc')) {
