@@ -7,6 +7,7 @@ import { execa } from 'execa'
 import { access, constants, readFile } from 'node:fs/promises'
 import { release } from 'node:os'
 import path from 'node:path'
+import { builtLogShim } from '../runtime/shim/binary.ts'
 
 export type DoctorStatus = 'ok' | 'warn' | 'fail'
 export type Strategy = 'pre-copy' | 'post-copy' | 'stop-copy'
@@ -90,6 +91,7 @@ function firstErrorLine (r: RunResult): string {
 export const CHECK_TITLES = {
   root: 'running as root',
   runc: 'runc binary',
+  'log-shim': 'container log shim',
   criu: 'CRIU binary and version',
   'criu-check': 'criu check',
   'mem-dirty-track': 'memory dirty tracking (pre-copy)',
@@ -130,6 +132,23 @@ async function checkRunc (runcPath: string, signal?: AbortSignal): Promise<Docto
   if (r.exitCode !== 0) return check('runc', 'fail', `${resolved}: ${firstErrorLine(r)}`, fix)
   const version = /runc version\s+(\S+)/.exec(r.stdout)?.[1] ?? r.stdout.split('\n')[0] ?? '?'
   return check('runc', 'ok', `${version} at ${resolved}`)
+}
+
+/** The compiled shim every container's output goes through (src/runtime/shim/log-shim.c). */
+async function checkLogShim (signal?: AbortSignal): Promise<DoctorCheck> {
+  const binary = await builtLogShim()
+  if (binary == null) {
+    // A node builds it before its first container when gcc is there; setup builds it beforehand.
+    return await resolveExecutable('gcc') != null
+      ? check('log-shim', 'warn', 'not built yet (a node compiles it before its first container starts)', SETUP_FIX)
+      : check('log-shim', 'fail', 'not built, and no gcc here to build it: no container can start', `${SETUP_FIX} (builds it; needs gcc and libc6-dev)`)
+  }
+  // Without arguments it prints its usage and exits 2: proof that the binary runs here.
+  const r = await run(binary, [], signal)
+  if (r.exitCode !== 2 || !r.stderr.includes('usage:')) {
+    return check('log-shim', 'fail', `${binary} does not run: ${r.message || r.stderr.trim() || `exit code ${r.exitCode}`}`, SETUP_FIX)
+  }
+  return check('log-shim', 'ok', binary)
 }
 
 type CriuInfo = { path: string | undefined, version: [number, number, number] | undefined }
@@ -295,6 +314,7 @@ export async function runDoctor (opts: DoctorOptions): Promise<DoctorReport> {
   const checks = await Promise.all([
     guarded('root', async () => checkRoot()),
     guarded('runc', async () => await checkRunc(runcPath, signal)),
+    guarded('log-shim', async () => await checkLogShim(signal)),
     Promise.resolve(criu.row),
     criuCheckP,
     guarded('mem-dirty-track', async () => await checkMemDirtyTrack(criu.info, await criuCheckP, signal)),
