@@ -71,7 +71,15 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async dump (name: string, imageDir: string, signal: AbortSignal, parentPath?: string): Promise<void> {
-    await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    // Frozen by us first: CRIU then skips its own freezing, which polls the cgroup in
+    // 100 ms steps, and a dump that fails leaves the container frozen for resume().
+    await this.runc.pause(name)
+    try {
+      await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    } catch (err) {
+      await this.resumeAfterFailedDump(name)
+      throw err
+    }
     await this.runc.delete(name, { force: true })
   }
 
@@ -86,10 +94,22 @@ export class NodeMigrationHost implements ContainerHost {
     // running beside the other. The source resumes it when the target's copy is gone.
     // (CRIU also skips its own freezing, which waits in 100 ms steps.)
     await this.runc.pause(name)
-    const d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    let d: Awaited<ReturnType<typeof checkpointLazy>>
+    try {
+      d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.settings.tcpEstablished, signal })
+    } catch (err) {
+      await this.resumeAfterFailedDump(name)
+      throw err
+    }
     const done = d.done.then(async () => { await this.runc.delete(name, { force: true }) })
     done.catch(() => {})
     return { imagesReady: d.imagesReady, done, cancel: d.cancel }
+  }
+
+  /** A dump that failed before it began leaves the container as we froze it: it runs on. */
+  private async resumeAfterFailedDump (name: string): Promise<void> {
+    const st = await this.runc.state(name).catch(() => null)
+    if (st?.status === 'paused') await this.runc.resume(name).catch((err) => this.log.error({ name, err: (err as Error).message }, 'could not resume the container after a failed dump'))
   }
 
   async resume (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
