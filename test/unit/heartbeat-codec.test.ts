@@ -65,11 +65,12 @@ function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): v
 }
 
 describe('round trip', () => {
-  test('this is version 2, with every drop reason named', () => {
-    assert.equal(HEARTBEAT_VERSION, 2)
+  test('this is version 3, with every drop reason named', () => {
+    assert.equal(HEARTBEAT_VERSION, 3)
     assert.deepEqual([...DROP_REASONS], [
       'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
-      'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit'
+      'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit',
+      'claims-digest', 'claims-page'
     ])
   })
 
@@ -281,14 +282,14 @@ describe('malformed', () => {
 })
 
 describe('version', () => {
-  test('v: 1 (the previous version) and v: 3 are version drops, even when the rest would not parse', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 1 }), alice), 'version', /version 1/)
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 3 }), alice), 'version', /version 3/)
-    assertDropped(decodeHeartbeat(text('{"v":3,"future":"format"}'), alice), 'version', /version 3/)
+  test('v: 2 (the previous version) and v: 4 are version drops, even when the rest would not parse', () => {
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 2 }), alice), 'version', /version 2/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 4 }), alice), 'version', /version 4/)
+    assertDropped(decodeHeartbeat(text('{"v":4,"future":"format"}'), alice), 'version', /version 4/)
   })
 
-  test('v: "2" (a string) is a version drop', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = '2' }), alice), 'version', /version "2"/)
+  test('v: "3" (a string) is a version drop', () => {
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = '3' }), alice), 'version', /version "3"/)
   })
 
   test('v: null and v: 0 are version drops', () => {

@@ -1,6 +1,7 @@
 import { z } from 'zod'
 import { HandoverSchema, MAX_EPOCH } from '../../cluster/handover.ts'
 import { LeaseProofSchema } from '../../failover/grant.ts'
+import { MAX_CLAIM_SET, MAX_REMOVED_NAMES } from './claim-set.ts'
 
 export { MAX_EPOCH }
 
@@ -11,15 +12,16 @@ export { MAX_EPOCH }
  * membership view looks at it; anything else is dropped with a named reason.
  */
 
-export const HEARTBEAT_VERSION = 2
+export const HEARTBEAT_VERSION = 3
 export const MAX_HEARTBEAT_BYTES = 64 * 1024
 /**
- * Claims in one heartbeat. Bound by MAX_HEARTBEAT_BYTES more than by anything else: a
- * claim is about 50 to 60 bytes, about 330 with a handover, so 512 plain claims fit in
- * 64 KiB and about 190 with handovers. The scale issue (#12) lifts this; the view's own
- * per-peer limit (maxClaimsPerPeer, 4096 by default) is above it.
+ * Claims listed in one heartbeat (the whole set when it is small, otherwise what changed
+ * lately: claim-set.ts). A sender lists at most INLINE_MAX_CLAIMS (64); a receiver
+ * accepts up to this many. The set itself may hold up to MAX_CLAIM_SET claims: the
+ * rest is fetched over /msc/claims/1.
  */
 export const MAX_CONTAINERS = 512
+export { MAX_CLAIM_SET }
 /** The view refuses a claim more than this above the epoch it holds for the name (0 for an unknown name). */
 export const MAX_EPOCH_JUMP = 2 ** 20
 
@@ -44,6 +46,15 @@ export const ContainerClaimSchema = z.object({
   grant: LeaseProofSchema.optional()
 }).strict()
 
+/** The sender's claim set in brief (claim-set.ts, ClaimSummary). */
+export const ClaimSummarySchema = z.object({
+  rev: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  base: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  count: z.number().int().min(0).max(MAX_CLAIM_SET),
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
+  removed: z.array(containerName).max(MAX_REMOVED_NAMES)
+}).strict()
+
 export const HeartbeatSchema = z.object({
   v: z.literal(HEARTBEAT_VERSION),
   type: z.enum(['heartbeat', 'leave']),
@@ -57,7 +68,9 @@ export const HeartbeatSchema = z.object({
   version: z.string().min(1).max(32),
   role: z.enum(['node', 'standby', 'observer']),
   addrs: z.array(z.string().min(1).max(256)).max(32),
+  /** With `claims`: the claims changed between claims.base and claims.rev (all of them when base is 0). Without: the whole set. */
   containers: z.array(ContainerClaimSchema).max(MAX_CONTAINERS),
+  claims: ClaimSummarySchema.optional(),
   resources: z.object({
     memFreeBytes: z.number().int().min(0),
     memTotalBytes: z.number().int().min(0),
@@ -70,7 +83,8 @@ export type ContainerClaim = z.infer<typeof ContainerClaimSchema>
 
 export const DROP_REASONS = [
   'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
-  'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit'
+  'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit',
+  'claims-digest', 'claims-page'
 ] as const
 
 export type DropReason = typeof DROP_REASONS[number]
@@ -108,6 +122,19 @@ export function decodeHeartbeat (data: Uint8Array, from: string): DecodeResult {
   for (const c of parsed.data.containers) {
     if (names.has(c.name)) return { ok: false, reason: 'malformed', detail: `container ${c.name} listed twice` }
     names.add(c.name)
+  }
+  const s = parsed.data.claims
+  if (s != null) {
+    if (s.base > s.rev) return { ok: false, reason: 'malformed', detail: `claims.base ${s.base} > claims.rev ${s.rev}` }
+    if (parsed.data.containers.length > s.count) return { ok: false, reason: 'malformed', detail: `${parsed.data.containers.length} claims listed, the set has ${s.count}` }
+    if (s.base === 0 && (parsed.data.containers.length !== s.count || s.removed.length > 0)) {
+      return { ok: false, reason: 'malformed', detail: 'a set from revision 0 must list every claim and remove nothing' }
+    }
+    const removed = new Set<string>()
+    for (const name of s.removed) {
+      if (names.has(name) || removed.has(name)) return { ok: false, reason: 'malformed', detail: `container ${name} listed twice` }
+      removed.add(name)
+    }
   }
   return { ok: true, heartbeat: parsed.data }
 }

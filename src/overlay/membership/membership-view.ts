@@ -2,6 +2,7 @@ import { TypedEventEmitter } from 'main-event'
 import { verifyHandover } from '../../cluster/handover.ts'
 import { DROP_REASONS, MAX_EPOCH, MAX_EPOCH_JUMP } from './heartbeat.ts'
 import type { ContainerClaim, DropReason, Heartbeat } from './heartbeat.ts'
+import { claimDigest, MAX_CLAIM_SET, rebuild, type ClaimSetCopy, type ClaimSummary } from './claim-set.ts'
 
 /**
  * Who is in the cluster, in which state, and who owns which container at which epoch,
@@ -44,6 +45,16 @@ import type { ContainerClaim, DropReason, Heartbeat } from './heartbeat.ts'
  *
  * Drops of claims are counted one by one; per heartbeat and reason, the first is
  * reported as a 'drop' event as it happens and the others in one summary event.
+ *
+ * Claim sets (claim-set.ts): the view keeps a copy of each peer's set at a revision.
+ * A heartbeat with a summary brings the copy forward when the copy's revision is within
+ * [base, rev] (or base is 0) and the result has the announced count and digest;
+ * otherwise (`claims-digest` when it does not match) the view keeps applying the copy
+ * it has and asks for the whole set (claimsWanted), which the service fetches from the
+ * peer itself and hands to applyClaimSet. A heartbeat without a summary lists the whole
+ * set. The rules above are applied to the whole set whenever it changed, and at every
+ * heartbeat while some of its claims are not held (so refused claims are retried and
+ * counted as before); a set that is all held and unchanged costs nothing.
  */
 
 export type MemberState = 'alive' | 'suspect' | 'dead' | 'left'
@@ -95,7 +106,7 @@ export interface MembershipViewInit {
    * epoch. Default: none, such claims are refused. Must not throw (a throw is false).
    */
   verifyGrant?: (claim: ContainerClaim, claimant: string, current: Ownership) => boolean
-  /** Names one peer may own in this view (default 4096). */
+  /** Names one peer may own in this view (default MAX_CLAIM_SET, 16384). */
   maxClaimsPerPeer?: number
   /** Tombstones kept per releasing peer, oldest pruned first (default 1024). */
   maxTombstonesPerPeer?: number
@@ -105,7 +116,7 @@ export interface MembershipViewInit {
   maxEpochJump?: number
 }
 
-export const DEFAULT_MAX_CLAIMS_PER_PEER = 4096
+export const DEFAULT_MAX_CLAIMS_PER_PEER = MAX_CLAIM_SET
 export const DEFAULT_MAX_TOMBSTONES_PER_PEER = 1024
 export const DEFAULT_TOMBSTONE_TTL_MS = 10 * 60_000
 
@@ -114,6 +125,9 @@ export interface MembershipEvents {
   'owner:change': CustomEvent<{ container: string, from: string | null, to: string | null, epoch: number }>
   'drop': CustomEvent<{ peerId: string, reason: DropReason, detail: string }>
 }
+
+/** A claim set the view could not rebuild: the revision its owner announced. */
+export interface ClaimsWanted { incarnation: number, rev: number, digest: string, count: number }
 
 type Verdict = true | { reason: DropReason, detail: string }
 
@@ -136,6 +150,10 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   /** releaser -> its tombstones, oldest first. */
   private readonly tombstonesBy = new Map<string, Set<string>>()
   private readonly pingFailedSince = new Map<string, number>()
+  /** Each peer's claim set as last rebuilt or fetched. */
+  private readonly copies = new Map<string, ClaimSetCopy>()
+  /** Peers whose set this view could not rebuild from their heartbeats: what it should fetch. */
+  private readonly wanted = new Map<string, ClaimsWanted>()
   private readonly dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>
 
   private acceptedCount = 0
@@ -181,12 +199,88 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     const m: Member = {
       peerId: hb.peerId, name: hb.name, addrs: hb.addrs, version: hb.version, role: hb.role,
       state: known?.state ?? 'alive', lastHeard: now, stateSince: known?.stateSince ?? now,
-      incarnation: hb.incarnation, seq: hb.seq, containers: [], resources: hb.resources, rttMs: known?.rttMs ?? null
+      incarnation: hb.incarnation, seq: hb.seq, containers: known?.containers ?? [], resources: hb.resources, rttMs: known?.rttMs ?? null
     }
     this.byPeer.set(hb.peerId, m)
     this.pingFailedSince.delete(hb.peerId)
     this.setState(m, hb.type === 'leave' ? 'left' : 'alive', known == null ? null : known.state)
-    this.applyClaims(m, hb.containers)
+    this.syncClaims(m, hb)
+    return true
+  }
+
+  /** Brings the peer's claim set up to what its heartbeat says (class comment). */
+  private syncClaims (m: Member, hb: Heartbeat): void {
+    const s = hb.claims
+    const copy = this.copies.get(m.peerId)
+    if (s == null) {
+      this.wanted.delete(m.peerId)
+      this.adopt(m, { incarnation: hb.incarnation, rev: -1, digest: '', claims: new Map(hb.containers.map((c) => [c.name, c])) })
+      return
+    }
+    const current = copy != null && copy.incarnation === hb.incarnation ? copy : undefined
+    if (current != null && current.rev >= s.rev) {
+      if (current.rev === s.rev && current.digest !== s.digest) {
+        this.countDrop(m.peerId, 'claims-digest', `revision ${s.rev}: digest ${s.digest.slice(0, 12)}, the set held here has ${current.digest.slice(0, 12)}`)
+        this.want(m, hb, s)
+      }
+      this.reapply(m, current)
+      return
+    }
+    const from = s.base === 0 ? new Map<string, ContainerClaim>() : current != null && current.rev >= s.base ? current.claims : null
+    const next = from == null ? null : rebuild(from, hb.containers, s)
+    if (next == null) {
+      if (from != null) this.countDrop(m.peerId, 'claims-digest', `revision ${s.rev} from ${s.base}: the changes do not give ${s.count} claims with digest ${s.digest.slice(0, 12)}`)
+      if (hb.type === 'heartbeat') this.want(m, hb, s)
+      if (copy != null) this.reapply(m, copy)
+      return
+    }
+    this.wanted.delete(m.peerId)
+    this.adopt(m, { incarnation: hb.incarnation, rev: s.rev, digest: s.digest, claims: next })
+  }
+
+  private want (m: Member, hb: Heartbeat, s: ClaimSummary): void {
+    this.wanted.set(m.peerId, { incarnation: hb.incarnation, rev: s.rev, digest: s.digest, count: s.count })
+  }
+
+  private adopt (m: Member, copy: ClaimSetCopy): void {
+    this.copies.set(m.peerId, copy)
+    this.applyClaims(m, [...copy.claims.values()])
+  }
+
+  /** The rules again, unless every claim of the set is held as claimed (then nothing would change). */
+  private reapply (m: Member, copy: ClaimSetCopy): void {
+    const owned = this.ownedBy.get(m.peerId)?.size ?? 0
+    if (owned === copy.claims.size && m.containers.length === copy.claims.size) return
+    this.applyClaims(m, [...copy.claims.values()])
+  }
+
+  /** The set this view lacks for `peerId` (the revision its last heartbeat announced), if any. */
+  claimsWanted (peerId: string): ClaimsWanted | undefined { return this.wanted.get(peerId) }
+
+  /**
+   * A peer's whole claim set, fetched from the peer itself (the caller authenticated
+   * it and checked every page). Applied when it is for the peer's current incarnation,
+   * newer than the copy held, and has the digest it says; a set at the revision the
+   * peer's heartbeat announced must also have that heartbeat's digest. Returns whether
+   * it was applied.
+   */
+  applyClaimSet (peerId: string, set: { incarnation: number, rev: number, digest: string, claims: ContainerClaim[] }): boolean {
+    const m = this.byPeer.get(peerId)
+    if (m == null || m.incarnation !== set.incarnation) return false
+    const copy = this.copies.get(peerId)
+    if (copy != null && copy.incarnation === set.incarnation && copy.rev >= set.rev) return false
+    const claims = new Map(set.claims.map((c) => [c.name, c]))
+    const w = this.wanted.get(peerId)
+    if (claims.size !== set.claims.length || claimDigest(claims.values()) !== set.digest) {
+      this.countDrop(peerId, 'claims-digest', `fetched revision ${set.rev}: ${set.claims.length} claims do not give digest ${set.digest.slice(0, 12)}`)
+      return false
+    }
+    if (w != null && w.incarnation === set.incarnation && w.rev === set.rev && w.digest !== set.digest) {
+      this.countDrop(peerId, 'claims-digest', `fetched revision ${set.rev} has digest ${set.digest.slice(0, 12)}, its heartbeat said ${w.digest.slice(0, 12)}`)
+      return false
+    }
+    if (w != null && (w.incarnation !== set.incarnation || w.rev <= set.rev)) this.wanted.delete(peerId)
+    this.adopt(m, { incarnation: set.incarnation, rev: set.rev, digest: set.digest, claims })
     return true
   }
 
@@ -280,6 +374,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   forget (peerId: string): void {
     this.byPeer.delete(peerId)
     this.pingFailedSince.delete(peerId)
+    this.copies.delete(peerId)
+    this.wanted.delete(peerId)
     this.releaseAllBut(peerId, new Set())
   }
 
@@ -389,6 +485,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
       if ((m.state === 'dead' || m.state === 'left') && now - m.stateSince > this.timers.forgetAfterMs) {
         this.byPeer.delete(m.peerId)
         this.pingFailedSince.delete(m.peerId)
+        this.copies.delete(m.peerId)
+        this.wanted.delete(m.peerId)
       }
     }
     return { confirm }
