@@ -1,0 +1,285 @@
+/**
+ * What membership costs each node as the cluster grows, and what a node's claim count
+ * costs its gossip: the baseline of issue #12. N idle msc nodes, each in its own
+ * network namespace of a Testbed (test/testbed, test/helpers/cluster.ts), with a
+ * cluster key (--psk), mDNS and the default intervals (1 s heartbeat, 5 s ping
+ * timeout), for each N of --counts:
+ *
+ *   alive ms     from the moment the last node answered on its API until every node
+ *                lists every other as alive (the latest `stateSince` of those entries,
+ *                each node's own clock, which is this machine's)
+ *   cpu %        per node, over an idle window of --window seconds after that: the node
+ *                process's utime + stime (/proc/PID/stat) over the window, and
+ *                separately the CPU of the children it reaped in the window (its
+ *                `runc list` and the like: cutime + cstime)
+ *   in B/s       per node, bytes its namespace received in the window (tx_bytes of the
+ *                host-side veth of its namespace; everything: gossip, pings, mDNS)
+ *   flaps        suspect and dead transitions logged by all nodes in the window
+ *                ("peer suspect" / "peer dead" lines of their JSON logs)
+ * Ratios are against N = 2 in the same run (N = 2 is always measured first).
+ *
+ * The records part: two nodes; n1 first with --small records (stopped containers:
+ * records written to its data dir while it is down, in the node's own format), then
+ * restarted with --large; each time, once n2 lists all of n1's claims, n1's bytes out
+ * per second over --records-window seconds (rx_bytes of its veth: its heartbeats,
+ * claim pages, pings and mDNS), its CPU (as above: reading its records at every
+ * heartbeat is part of it) and n2's view of n1's claim count. Ratios large/small.
+ *
+ *   node benchmarks/membership-scale.ts [--counts 2,4,8] [--window 60] [--parts scale,records]
+ *        [--small 10] [--large 1000] [--records-window 30]
+ *
+ * Writes benchmarks/results/membership-scale-<timestamp>.json and .csv (one row per
+ * N and per records case), and, with benchmarks/plot.ts, docs/benchmarks/
+ * membership-scale-{cpu,traffic,alive}.svg: each cost against N, medians over the
+ * nodes with min/max whiskers, and the issue's 1.5x-of-N=2 target line.
+ * Needs root, iproute2, nsenter, iptables/ebtables and runc. Only testbed addresses.
+ * Asserts nothing about time; a cluster that never converges is reported as such.
+ */
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import os from 'node:os'
+import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/helpers/cluster.ts'
+import { sleep } from '../test/helpers/node-harness.ts'
+import { log, machineInfo, median, parseFlags, ratio, round, runBenchmark, table, writeResults, type MachineInfo } from './lib.ts'
+
+const USAGE = `usage: node benchmarks/membership-scale.ts [--counts 2,4,8] [--window 60] [--parts scale,records]
+       [--small 10] [--large 1000] [--records-window 30]   (as root; see the comment at the top)
+`
+const CLK_TCK = 100
+/** How long a cluster may take to see itself alive before it is reported as not converging. */
+const CONVERGE_LIMIT_MS = 150_000
+
+interface ScaleRow {
+  nodes: number
+  aliveMs: number | null
+  cpuNodePct: number
+  cpuChildrenPct: number
+  inBytesPerS: number
+  flaps: number
+  perNode: Array<{ name: string, cpuNodePct: number, cpuChildrenPct: number, inBytesPerS: number }>
+}
+
+interface RecordsRow { records: number, outBytesPerS: number, claimsSeen: number, windowS: number, cpuNodePct: number, cpuChildrenPct: number }
+
+/** utime + stime and cutime + cstime of a process, in seconds. */
+async function cpuOf (pid: number): Promise<{ self: number, children: number }> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // Fields after the name start at state (field 3): utime is field 14, cstime 17.
+  const n = (i: number): number => Number(f[i - 3])
+  return { self: (n(14) + n(15)) / CLK_TCK, children: (n(16) + n(17)) / CLK_TCK }
+}
+
+async function vethBytes (node: ClusterNode): Promise<{ intoNs: number, outOfNs: number }> {
+  const dir = `/sys/class/net/${node.host.vethHost}/statistics`
+  // The host-side end: what it transmits goes into the namespace.
+  const read = async (f: string): Promise<number> => Number((await fs.readFile(path.join(dir, f), 'utf8')).trim())
+  return { intoNs: await read('tx_bytes'), outOfNs: await read('rx_bytes') }
+}
+
+/** "peer suspect" / "peer dead" lines in the node's JSON log with a time in [from, to]. */
+async function flapsIn (node: ClusterNode, from: number, to: number): Promise<number> {
+  const text = await fs.readFile(node.logFile, 'utf8').catch(() => '')
+  let n = 0
+  for (const line of text.split('\n')) {
+    if (!line.includes('"peer suspect"') && !line.includes('"peer dead"')) continue
+    try {
+      const o = JSON.parse(line) as { time?: number, msg?: string }
+      if ((o.msg === 'peer suspect' || o.msg === 'peer dead') && o.time != null && o.time >= from && o.time <= to) n++
+    } catch {}
+  }
+  return n
+}
+
+const pidOf = (n: ClusterNode): number => {
+  if (n.proc?.pid == null) throw new Error(`${n.name} is not running`)
+  return n.proc.pid
+}
+
+async function measureScale (count: number, windowS: number): Promise<ScaleRow> {
+  log(`N=${count}: starting ${count} nodes`)
+  const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' } })
+  try {
+    const statuses = await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))
+    const lastStart = Math.max(...statuses.map((s) => Date.parse(s.startedAt)))
+    let aliveMs: number | null = null
+    try {
+      const views = await c.waitAllAlive(CONVERGE_LIMIT_MS)
+      let converged = -Infinity
+      for (const list of views.values()) for (const p of list) converged = Math.max(converged, Date.parse(p.stateSince) - lastStart)
+      aliveMs = Math.max(0, converged)
+    } catch (err) {
+      log(`N=${count}: ${(err as Error).message.slice(0, 300)}`)
+    }
+    log(`N=${count}: all alive after ${aliveMs ?? 'never'} ms; idle window of ${windowS} s`)
+    const cpu0 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
+    const net0 = await Promise.all(c.nodes.map(vethBytes))
+    const t0 = Date.now()
+    await sleep(windowS * 1000)
+    const cpu1 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
+    const net1 = await Promise.all(c.nodes.map(vethBytes))
+    const t1 = Date.now()
+    const secs = (t1 - t0) / 1000
+    const perNode = c.nodes.map((n, i) => ({
+      name: n.name,
+      cpuNodePct: round((cpu1[i]!.self - cpu0[i]!.self) / secs * 100, 2),
+      cpuChildrenPct: round((cpu1[i]!.children - cpu0[i]!.children) / secs * 100, 2),
+      inBytesPerS: round((net1[i]!.intoNs - net0[i]!.intoNs) / secs, 0)
+    }))
+    let flaps = 0
+    for (const n of c.nodes) flaps += await flapsIn(n, t0, t1)
+    return {
+      nodes: count,
+      aliveMs,
+      cpuNodePct: round(median(perNode.map((p) => p.cpuNodePct)), 2),
+      cpuChildrenPct: round(median(perNode.map((p) => p.cpuChildrenPct)), 2),
+      inBytesPerS: round(median(perNode.map((p) => p.inBytesPerS)), 0),
+      flaps,
+      perNode
+    }
+  } finally {
+    await c.destroy()
+  }
+}
+
+/** A stopped container's record, as the node writes it at `msc run` (src/node/container-manager.ts). */
+async function writeRecord (dataDir: string, name: string): Promise<void> {
+  const dir = path.join(dataDir, 'containers', name)
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+  const record = { name, bundle: path.join(dir, 'bundle'), createdAt: new Date().toISOString(), startedAt: null, checkpointed: false, epoch: 1 }
+  await fs.writeFile(path.join(dir, 'container.json'), JSON.stringify(record, null, 2) + '\n')
+}
+
+async function measureRecords (counts: number[], windowS: number): Promise<RecordsRow[]> {
+  const c: Cluster = await startCluster({ hosts: 2, start: false, env: { LOG_LEVEL: 'info' } })
+  const rows: RecordsRow[] = []
+  try {
+    const [n1, n2] = [c.node('n1'), c.node('n2')]
+    await c.start(n1)
+    await c.start(n2)
+    let written = 0
+    for (const records of counts) {
+      await c.stop(n1)
+      for (; written < records; written++) await writeRecord(n1.dataDir, `idle-${String(written).padStart(5, '0')}`)
+      await c.start(n1)
+      log(`records=${records}: waiting for n2 to list all of n1's claims`)
+      await c.waitAllAlive(60_000)
+      let seen = 0
+      await waitFor(async () => {
+        seen = (await c.peersApi(n2)).find((p) => p.peerId === n1.peerId && p.state === 'alive')?.containers.length ?? 0
+        return seen === records
+      }, 60_000, `n2 to list ${records} claims of n1 (last: ${seen})`)
+      // Let the start-up exchange (fetches, mesh) settle before the window.
+      await sleep(5_000)
+      const b0 = await vethBytes(n1)
+      const cpu0 = await cpuOf(pidOf(n1))
+      const t0 = Date.now()
+      await sleep(windowS * 1000)
+      const b1 = await vethBytes(n1)
+      const cpu1 = await cpuOf(pidOf(n1))
+      const secs = (Date.now() - t0) / 1000
+      seen = (await c.peersApi(n2)).find((p) => p.peerId === n1.peerId)?.containers.length ?? 0
+      rows.push({
+        records, outBytesPerS: round((b1.outOfNs - b0.outOfNs) / secs, 0), claimsSeen: seen, windowS: round(secs, 1),
+        cpuNodePct: round((cpu1.self - cpu0.self) / secs * 100, 2), cpuChildrenPct: round((cpu1.children - cpu0.children) / secs * 100, 2)
+      })
+      log(`records=${records}: n1 sends ${rows.at(-1)!.outBytesPerS} B/s; n2 lists ${seen} claims`)
+    }
+  } finally {
+    await c.destroy()
+  }
+  return rows
+}
+
+/** The issue's target for 16 and 32 nodes: per-node cost within 1.5x of N = 2. */
+const TARGET_RATIO = 1.5
+
+/** Cost against N, one chart per cost (drawn by benchmarks/plot.ts; a failure to plot does not fail the run). */
+async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Promise<void> {
+  const base = scale.find((r) => r.nodes === 2)
+  if (base == null || scale.length < 2) return
+  try {
+    const { writeChart } = await import('./plot.ts')
+    const notes = [`${scale.map((r) => r.nodes).join(', ')} idle nodes, each in its own network namespace of one 2-core machine; --psk, default intervals`, `results: benchmarks/results/${path.basename(file)}`]
+    const point = (r: ScaleRow, pick: (p: ScaleRow['perNode'][number]) => number, value: number): { x: number, value: number, min: number, max: number } =>
+      ({ x: r.nodes, value, min: Math.min(...r.perNode.map(pick)), max: Math.max(...r.perNode.map(pick)) })
+    const target = (v: number): Array<{ value: number, label: string }> => [{ value: round(v * TARGET_RATIO, 2), label: `${TARGET_RATIO}x N=2 (issue #12 target)` }]
+    const charts = [
+      {
+        name: 'membership-scale-cpu',
+        spec: {
+          kind: 'line' as const,
+          title: 'Idle membership: CPU per node against cluster size', machine, notes, xLabel: 'nodes', yLabel: 'CPU, % of one core',
+          series: [
+            { name: 'node process', points: scale.map((r) => point(r, (p) => p.cpuNodePct, r.cpuNodePct)) },
+            { name: 'its children (runc list)', points: scale.map((r) => point(r, (p) => p.cpuChildrenPct, r.cpuChildrenPct)) }
+          ],
+          lines: target(base.cpuNodePct)
+        },
+        figures: scale.map((r) => ({ nodes: r.nodes, cpuNodePct: r.cpuNodePct, cpuChildrenPct: r.cpuChildrenPct, ratio: ratio(r.cpuNodePct, base.cpuNodePct) }))
+      },
+      {
+        name: 'membership-scale-traffic',
+        spec: {
+          kind: 'line' as const,
+          title: 'Idle membership: traffic into each node against cluster size', machine, notes, xLabel: 'nodes', yLabel: 'bytes in, KB/s',
+          series: [{ name: 'into the node\'s namespace', points: scale.map((r) => point(r, (p) => p.inBytesPerS / 1000, r.inBytesPerS / 1000)) }],
+          lines: target(base.inBytesPerS / 1000)
+        },
+        figures: scale.map((r) => ({ nodes: r.nodes, inBytesPerS: r.inBytesPerS, ratio: ratio(r.inBytesPerS, base.inBytesPerS) }))
+      },
+      {
+        name: 'membership-scale-alive',
+        spec: {
+          kind: 'line' as const,
+          title: 'Start-up: until every node sees every other alive', machine, notes: [...notes, 'from the last node\'s API answering; flaps are counted in the idle window after'],
+          xLabel: 'nodes', yLabel: 'ms',
+          series: [{ name: 'all alive', points: scale.filter((r) => r.aliveMs != null).map((r) => ({ x: r.nodes, value: r.aliveMs as number })) }]
+        },
+        figures: scale.map((r) => ({ nodes: r.nodes, aliveMs: r.aliveMs, flaps: r.flaps }))
+      }
+    ]
+    for (const chart of charts) process.stdout.write(`plot:    ${path.relative(process.cwd(), await writeChart(chart, file))}\n`)
+  } catch (err) {
+    process.stderr.write(`plotting failed: ${(err as Error).message}\n`)
+  }
+}
+
+await runBenchmark('membership-scale', async () => {
+  const o = parseFlags(process.argv.slice(2), { counts: '2,4,8', window: 60, parts: 'scale,records', small: 10, large: 1000, recordsWindow: 30 }, USAGE)
+  if (process.getuid?.() !== 0) throw new Error('run as root (network namespaces)')
+  const parts = o.parts.split(',')
+  const counts = [...new Set([2, ...o.counts.split(',').map(Number)])].sort((a, b) => a - b)
+  const machine = machineInfo()
+  const scale: ScaleRow[] = []
+  if (parts.includes('scale')) for (const n of counts) scale.push(await measureScale(n, o.window))
+  const records = parts.includes('records') ? await measureRecords([o.small, o.large], o.recordsWindow) : []
+  machine.loadEnd = os.loadavg().map((x) => round(x, 2))
+
+  const base = scale.find((r) => r.nodes === 2)
+  const scaleTable = scale.map((r) => ({
+    nodes: r.nodes,
+    'alive ms': r.aliveMs,
+    'cpu node %': r.cpuNodePct,
+    'cpu children %': r.cpuChildrenPct,
+    'in B/s': r.inBytesPerS,
+    flaps: r.flaps,
+    'x alive': ratio(r.aliveMs, base?.aliveMs),
+    'x cpu': ratio(r.cpuNodePct, base?.cpuNodePct),
+    'x in': ratio(r.inBytesPerS, base?.inBytesPerS)
+  }))
+  const small = records.find((r) => r.records === o.small)
+  const recordsTable = records.map((r) => ({
+    records: r.records, 'n1 out B/s': r.outBytesPerS, 'claims seen by n2': r.claimsSeen, 'x out': ratio(r.outBytesPerS, small?.outBytesPerS),
+    'n1 cpu %': r.cpuNodePct, 'n1 children cpu %': r.cpuChildrenPct, 'x cpu': ratio(r.cpuNodePct, small?.cpuNodePct)
+  }))
+  if (scale.length > 0) process.stdout.write(`\nidle membership, per node (medians), ratios against N = 2:\n${table(scaleTable)}`)
+  if (records.length > 0) process.stdout.write(`\none node's claims: its bytes out per second, ratio against ${o.small} records:\n${table(recordsTable)}`)
+  const file = await writeResults('membership-scale', { machine, options: o, scale, records, scaleTable, recordsTable })
+  const csv = file.replace(/\.json$/, '.csv')
+  await fs.writeFile(csv, 'part,n,alive_ms,cpu_node_pct,cpu_children_pct,in_bytes_per_s,flaps,out_bytes_per_s,claims_seen\n' +
+    [...scale.map((r) => `scale,${r.nodes},${r.aliveMs ?? ''},${r.cpuNodePct},${r.cpuChildrenPct},${r.inBytesPerS},${r.flaps},,`),
+      ...records.map((r) => `records,${r.records},,${r.cpuNodePct},${r.cpuChildrenPct},,,${r.outBytesPerS},${r.claimsSeen}`)].join('\n') + '\n')
+  process.stdout.write(`\nwritten: ${file}\n         ${csv}\n`)
+  await plot(scale, machine, file)
+})
