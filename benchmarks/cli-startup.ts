@@ -34,7 +34,12 @@ const USAGE = `usage: node benchmarks/cli-startup.ts [--runs 20] [--no-node] [--
   --msc PATH   the msc launcher to measure (default: this checkout's bin/msc)
 `
 
-interface Case { name: string, cmd: string, args: string[], expectExit: number }
+interface Case {
+  name: string
+  cmd: string
+  args: string[]
+  expectExit: number
+}
 
 /** Wall time from spawn to exit of one process, in ms; its exit code is checked. */
 async function timeOne (c: Case, env: NodeJS.ProcessEnv): Promise<number> {
@@ -81,7 +86,7 @@ async function main (): Promise<void> {
     cases.push({ name: 'status', cmd: msc, args: ['status', '--data-dir', node.dataDir], expectExit: 0 })
   }
 
-  const samples: Array<{ round: number, case: string, ms: number }> = []
+  const samples: Array<{ round: number; case: string; ms: number }> = []
   try {
     log(`warm-up: each case once (${msc})`)
     for (const c of cases) await timeOne(c, env)

@@ -71,8 +71,7 @@ const PING_TIMEOUT_S_LOAD = 10
 const DUMP_S_RTO = 1
 /** DUMP_INTERVAL of the bytes-per-round part. */
 const DUMP_S_BYTES = 5
-const nodeArgs = (dumpS: number, pingTimeoutS: number): string[] =>
-  ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', String(pingTimeoutS), '--dump-interval', String(dumpS)]
+const nodeArgs = (dumpS: number, pingTimeoutS: number): string[] => ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', String(pingTimeoutS), '--dump-interval', String(dumpS)]
 const PART_ARGS: Record<typeof PARTS[number], string[]> = {
   rto: nodeArgs(DUMP_S_RTO, PING_TIMEOUT_S),
   overhead: nodeArgs(DUMP_S_RTO, PING_TIMEOUT_S_LOAD),
@@ -140,7 +139,7 @@ async function acked (c: Cluster, owner: ClusterNode, name: string, gens: number
  * a round's staging dir right after it, so each log is hard-linked aside as soon as it
  * appears (CRIU goes on writing the same file). stop() returns the distinct error lines.
  */
-function keepDumpLogs (c: Cluster, node: ClusterNode, name: string): { stop: () => Promise<{ rounds: number, errors: string[] }> } {
+function keepDumpLogs (c: Cluster, node: ClusterNode, name: string): { stop: () => Promise<{ rounds: number; errors: string[] }> } {
   const staging = path.join(node.dataDir, 'tmp')
   const keep = path.join(c.root, 'dump-logs', `${node.name}-${name}`)
   const seen = new Set<string>()
@@ -209,13 +208,18 @@ async function run (c: Cluster, node: ClusterNode, name: string, dir: string, re
   }
 }
 
-function r1 (x: number): number { return round(x, 1) }
-function r0 (x: number): number { return Math.round(x) }
-function isoMs (s: string | null | undefined): number | null { return s == null ? null : Date.parse(s) }
+function r1 (x: number): number {
+  return round(x, 1)
+}
+function r0 (x: number): number {
+  return Math.round(x)
+}
+function isoMs (s: string | null | undefined): number | null {
+  return s == null ? null : Date.parse(s)
+}
 
 // ---------------------------------------------------------------------------------
 // redis over the testbed's addresses
-
 
 async function populate (ip: string, port: number, keys: number): Promise<void> {
   const r = await execa(path.join(ROOT, 'demos', 'populate-redis.sh'), ['-h', ip, '-p', String(port), String(keys)], { reject: false, timeout: 600_000 })
@@ -249,7 +253,11 @@ async function writeBatch (ip: string, port: number, keys: number[], value: stri
     const s = net.connect({ host: ip, port })
     let buf = ''
     let ok = 0
-    const done = (): void => { clearTimeout(t); s.destroy(); resolve(ok) }
+    const done = (): void => {
+      clearTimeout(t)
+      s.destroy()
+      resolve(ok)
+    }
     const t = setTimeout(done, timeoutMs)
     s.on('connect', () => s.write(keys.map((k) => resp(['SET', String(k), value])).join('')))
     s.on('data', (d) => {
@@ -264,7 +272,13 @@ async function writeBatch (ip: string, port: number, keys: number[], value: stri
   })
 }
 
-interface BenchRun { setRps: number, getRps: number, rps: number, requests: number, seconds: number }
+interface BenchRun {
+  setRps: number
+  getRps: number
+  rps: number
+  requests: number
+  seconds: number
+}
 
 /** redis-benchmark -t set,get -n N -r KEYS --csv from the root namespace (50 clients, kept alive). */
 async function redisBenchmark (ip: string, port: number, n: number, keyspace: number, timeoutMs: number): Promise<BenchRun> {
@@ -318,7 +332,13 @@ interface RtoSample {
   rpoTargetMs: number
 }
 
-interface Prepared { name: string, rep: ReplicationInfo, seenAt: number, ownEvents: NodeEvent[], killDelayMs: number }
+interface Prepared {
+  name: string
+  rep: ReplicationInfo
+  seenAt: number
+  ownEvents: NodeEvent[]
+  killDelayMs: number
+}
 
 /**
  * A fresh replicated counter on `owner`, 2 generations acknowledged, then a random wait
@@ -356,7 +376,10 @@ async function rtoTrial (c: Cluster, counter: string, trial: number, leaseMs: nu
       if (attempt >= 5) throw new Error(`${msg}\n${c.logTail(owner, 20)}`)
       setupFailures.push(msg)
       log(`setting up failed, again: ${msg}`)
-      for (const d of await reviveDead(c)) { setupFailures.push(`trial ${trial}, attempt ${attempt}: ${d}`); log(d) }
+      for (const d of await reviveDead(c)) {
+        setupFailures.push(`trial ${trial}, attempt ${attempt}: ${d}`)
+        log(d)
+      }
       await api(owner).remove(name, true).catch(() => {})
       await c.waitAllAlive(60_000)
     }
@@ -376,7 +399,11 @@ async function rtoTrial (c: Cluster, counter: string, trial: number, leaseMs: nu
   let firstSeenAt = 0
   while (found == null) {
     for (const x of others) {
-      if (logValues(x, name).length > 0) { found = x; firstSeenAt = Date.now(); break }
+      if (logValues(x, name).length > 0) {
+        found = x
+        firstSeenAt = Date.now()
+        break
+      }
     }
     if (found != null) break
     if (Date.now() - killedAt > 90_000) {
@@ -390,7 +417,10 @@ async function rtoTrial (c: Cluster, counter: string, trial: number, leaseMs: nu
 
   // It worked: one copy, counting on from a generation, one sequence.
   let after: number[] = []
-  await waitFor(() => { after = logValues(restoredOn, name); return after.length >= 5 }, 20_000, `${name}: 5 values on ${restoredOn.name}`)
+  await waitFor(() => {
+    after = logValues(restoredOn, name)
+    return after.length >= 5
+  }, 20_000, `${name}: 5 values on ${restoredOn.name}`)
   const firstAfter = after[0]!
   if (firstAfter <= 1 || firstAfter > lastBefore + 1) throw new Error(`trial ${trial}: ${name} restarted at ${firstAfter} (last before the kill ${lastBefore}): not restored from a generation`)
   const broken = after.findIndex((v, i) => v !== firstAfter + i)
@@ -407,13 +437,27 @@ async function rtoTrial (c: Cluster, counter: string, trial: number, leaseMs: nu
   const restoreEnd = Date.parse(fo!.time)
 
   const sample: RtoSample = {
-    trial, owner: owner.name, standby: standby?.name ?? '?', restoredOn: restoredOn.name,
-    generation: Number(fo!.generation), ackedAtKill: rep.ackedGeneration!, intervalMs: rep.intervalMs,
-    freezeMs: rep.freezeMs ?? Number.NaN, freezesMs: ownEvents.map((e) => Number(e.freezeMs)),
-    roundMs: r0(roundMs), nodeRpoMs: rep.rpoMs! + (killedAt - seenAt), killDelayMs,
-    rtoMs, restoreMs, toRestoreStartMs: restoreEnd - restoreMs - killedAt, toOutputMs: firstSeenAt - restoreEnd,
-    lastBefore, firstAfter, rpoMs: (lastBefore - firstAfter) * COUNTER_MS,
-    rtoTargetMs: leaseMs + restoreMs + 1000, rpoTargetMs: rep.intervalMs + r0(roundMs)
+    trial,
+    owner: owner.name,
+    standby: standby?.name ?? '?',
+    restoredOn: restoredOn.name,
+    generation: Number(fo!.generation),
+    ackedAtKill: rep.ackedGeneration!,
+    intervalMs: rep.intervalMs,
+    freezeMs: rep.freezeMs ?? Number.NaN,
+    freezesMs: ownEvents.map((e) => Number(e.freezeMs)),
+    roundMs: r0(roundMs),
+    nodeRpoMs: rep.rpoMs! + (killedAt - seenAt),
+    killDelayMs,
+    rtoMs,
+    restoreMs,
+    toRestoreStartMs: restoreEnd - restoreMs - killedAt,
+    toOutputMs: firstSeenAt - restoreEnd,
+    lastBefore,
+    firstAfter,
+    rpoMs: (lastBefore - firstAfter) * COUNTER_MS,
+    rtoTargetMs: leaseMs + restoreMs + 1000,
+    rpoTargetMs: rep.intervalMs + r0(roundMs)
   }
 
   // The next trial has three nodes again: the killed one restarts and fences its stale copy.
@@ -450,8 +494,7 @@ interface OverheadSample extends BenchRun {
   resumedAfterMs?: number | null
 }
 
-async function overheadSample (c: Cluster, node: ClusterNode, dir: string, roundNo: number, mode: 'off' | 'on', keys: number, n: () => number,
-  benchSeconds: number, calibrate: (ip: string) => Promise<void>): Promise<OverheadSample> {
+async function overheadSample (c: Cluster, node: ClusterNode, dir: string, roundNo: number, mode: 'off' | 'on', keys: number, n: () => number, benchSeconds: number, calibrate: (ip: string) => Promise<void>): Promise<OverheadSample> {
   const name = `kv-${mode}-${roundNo}`
   const ip = node.host.ip
   await run(c, node, name, dir, mode === 'on' ? 1 : 0)
@@ -476,7 +519,7 @@ async function overheadSample (c: Cluster, node: ClusterNode, dir: string, round
     }
     const dumpLogs = mode === 'on' ? keepDumpLogs(c, node, name) : null
     let b: BenchRun
-    let criu: { rounds: number, errors: string[] } | undefined
+    let criu: { rounds: number; errors: string[] } | undefined
     try {
       b = await redisBenchmark(ip, OVERHEAD_PORT, n(), keys, Math.max(120_000, benchSeconds * 10_000))
     } finally {
@@ -488,14 +531,19 @@ async function overheadSample (c: Cluster, node: ClusterNode, dir: string, round
       const evs = (await events(node)).filter((e) => e.seq > seq0 && e.container === name)
       const failed = evs.filter((e) => e.type === 'dump-failed' || e.type === 'generation-failed')
       Object.assign(s, {
-        generationBefore: before?.generation, ackedBefore: before?.ackedGeneration, generationAfter: after?.generation, ackedAfter: after?.ackedGeneration,
+        generationBefore: before?.generation,
+        ackedBefore: before?.ackedGeneration,
+        generationAfter: after?.generation,
+        ackedAfter: after?.ackedGeneration,
         ackedDuring: evs.filter((e) => e.type === 'generation').length,
         generationEvents: evs.filter((e) => e.type === 'generation').length,
-        dumps: criu?.rounds, criuErrors: criu?.errors,
+        dumps: criu?.rounds,
+        criuErrors: criu?.errors,
         dumpFailed: evs.filter((e) => e.type === 'dump-failed').length,
         generationFailed: evs.filter((e) => e.type === 'generation-failed').length,
         failReasons: [...new Set(failed.map((e) => String(e.reason).slice(0, 300)))].slice(0, 3),
-        freezeMs: after?.freezeMs, intervalMs: after?.intervalMs
+        freezeMs: after?.freezeMs,
+        intervalMs: after?.intervalMs
       })
       // Does replication go on once the clients are gone?
       const t0 = Date.now()
@@ -503,7 +551,10 @@ async function overheadSample (c: Cluster, node: ClusterNode, dir: string, round
       const wait = (after?.intervalMs ?? 1000) + 75_000
       s.resumedAfterMs = null
       while (Date.now() - t0 < wait) {
-        if (((await inspect(node, name))?.replication?.ackedGeneration ?? 0) > (after?.ackedGeneration ?? 0)) { s.resumedAfterMs = Date.now() - t0; break }
+        if (((await inspect(node, name))?.replication?.ackedGeneration ?? 0) > (after?.ackedGeneration ?? 0)) {
+          s.resumedAfterMs = Date.now() - t0
+          break
+        }
         await sleep(200)
       }
     }
@@ -517,7 +568,15 @@ async function overheadSample (c: Cluster, node: ClusterNode, dir: string, round
 // ---------------------------------------------------------------------------------
 // 3. bytes per round under a write load
 
-interface GenerationRow { generation: number, wireBytes: number, imageBytes: number, freezeMs: number, full: boolean, time: string, phase: string }
+interface GenerationRow {
+  generation: number
+  wireBytes: number
+  imageBytes: number
+  freezeMs: number
+  full: boolean
+  time: string
+  phase: string
+}
 
 interface LoadPhase {
   /** spread: the brief's load (a batch every 100 ms); burst: the same keys per round in one go right after each acknowledgement. */
@@ -551,7 +610,7 @@ interface BytesResult {
 }
 
 /** Failure events of `name` on `node` after seq `seq0`. */
-async function failures (node: ClusterNode, name: string, seq0: number): Promise<{ dumpFailed: number, generationFailed: number, failReasons: string[] }> {
+async function failures (node: ClusterNode, name: string, seq0: number): Promise<{ dumpFailed: number; generationFailed: number; failReasons: string[] }> {
   const evs = (await events(node)).filter((e) => e.seq > seq0 && e.container === name && (e.type === 'dump-failed' || e.type === 'generation-failed'))
   return {
     dumpFailed: evs.filter((e) => e.type === 'dump-failed').length,
@@ -632,7 +691,7 @@ async function bytesPart (c: Cluster, keys: number): Promise<BytesResult> {
     const dumpLogs = keepDumpLogs(c, node, name)
     const t0 = Date.now()
     let writes = 0
-    log('bytes: burst load, one interval\'s writes right after each acknowledgement; waiting for 2 more generations')
+    log("bytes: burst load, one interval's writes right after each acknowledgement; waiting for 2 more generations")
     try {
       for (let got = 0; got < 2; got++) {
         const have = (await acks(node, name)).length
@@ -652,15 +711,29 @@ async function bytesPart (c: Cluster, keys: number): Promise<BytesResult> {
   }
   const rep = (await inspect(node, name))?.replication
   const gens: GenerationRow[] = (await acks(node, name)).map((e) => ({
-    generation: Number(e.generation), wireBytes: Number(e.wireBytes), imageBytes: Number(e.imageBytes), freezeMs: Number(e.freezeMs),
-    full: e.full === true, time: e.time, phase: phaseOf.get(Number(e.generation)) ?? '?'
+    generation: Number(e.generation),
+    wireBytes: Number(e.wireBytes),
+    imageBytes: Number(e.imageBytes),
+    freezeMs: Number(e.freezeMs),
+    full: e.full === true,
+    time: e.time,
+    phase: phaseOf.get(Number(e.generation)) ?? '?'
   }))
   await verifyRedis(ip, BYTES_PORT, keys, keys, `${name} after the write load`, (_k, v) => /^[wb]\d+$/.test(v))
   await api(node).remove(name, true)
   return {
-    keys, dumpIntervalS: DUMP_S_BYTES, writesPerBatch: perBatch, writePctPerInterval: spreadPct, phases, spreadWorked,
-    generations: gens, bytesPerRound: rep?.bytesPerRound ?? null, imageBytes: rep?.imageBytes ?? null, freezeMs: rep?.freezeMs ?? null,
-    intervalMs: rep?.intervalMs ?? interval, fullWireBytes: gens.find((g) => g.full)?.wireBytes ?? null
+    keys,
+    dumpIntervalS: DUMP_S_BYTES,
+    writesPerBatch: perBatch,
+    writePctPerInterval: spreadPct,
+    phases,
+    spreadWorked,
+    generations: gens,
+    bytesPerRound: rep?.bytesPerRound ?? null,
+    imageBytes: rep?.imageBytes ?? null,
+    freezeMs: rep?.freezeMs ?? null,
+    intervalMs: rep?.intervalMs ?? interval,
+    fullWireBytes: gens.find((g) => g.full)?.wireBytes ?? null
   }
 }
 
@@ -689,13 +762,18 @@ async function main (): Promise<void> {
     })()
     await cleaning
   }
-  const onSignal = (sig: string): void => { log(`${sig}`); cleanup().finally(() => process.exit(130)) }
+  const onSignal = (sig: string): void => {
+    log(`${sig}`)
+    cleanup().finally(() => process.exit(130))
+  }
   // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
 
   const out: string[] = []
-  const print = (s: string): void => { out.push(s) }
+  const print = (s: string): void => {
+    out.push(s)
+  }
   const results: Record<string, unknown> = { benchmark: 'failover', machine, options: o, nodeArgs: PART_ARGS }
   try {
     log('starting a testbed with three nodes')
@@ -721,30 +799,57 @@ async function main (): Promise<void> {
       }
       const summary = {
         trials: samples.length,
-        rtoMs: median(samples.map((s) => s.rtoMs)), rtoMaxMs: Math.max(...samples.map((s) => s.rtoMs)),
+        rtoMs: median(samples.map((s) => s.rtoMs)),
+        rtoMaxMs: Math.max(...samples.map((s) => s.rtoMs)),
         rtoTargetMs: median(samples.map((s) => s.rtoTargetMs)),
-        rtoRatio: median(samples.map((s) => ratio(s.rtoMs, s.rtoTargetMs))), rtoRatioMax: Math.max(...samples.map((s) => ratio(s.rtoMs, s.rtoTargetMs))),
-        rpoMs: median(samples.map((s) => s.rpoMs)), rpoMaxMs: Math.max(...samples.map((s) => s.rpoMs)),
+        rtoRatio: median(samples.map((s) => ratio(s.rtoMs, s.rtoTargetMs))),
+        rtoRatioMax: Math.max(...samples.map((s) => ratio(s.rtoMs, s.rtoTargetMs))),
+        rpoMs: median(samples.map((s) => s.rpoMs)),
+        rpoMaxMs: Math.max(...samples.map((s) => s.rpoMs)),
         rpoTargetMs: median(samples.map((s) => s.rpoTargetMs)),
-        rpoRatio: median(samples.map((s) => ratio(s.rpoMs, s.rpoTargetMs))), rpoRatioMax: Math.max(...samples.map((s) => ratio(s.rpoMs, s.rpoTargetMs))),
-        restoreMs: median(samples.map((s) => s.restoreMs)), toRestoreStartMs: median(samples.map((s) => s.toRestoreStartMs)),
+        rpoRatio: median(samples.map((s) => ratio(s.rpoMs, s.rpoTargetMs))),
+        rpoRatioMax: Math.max(...samples.map((s) => ratio(s.rpoMs, s.rpoTargetMs))),
+        restoreMs: median(samples.map((s) => s.restoreMs)),
+        toRestoreStartMs: median(samples.map((s) => s.toRestoreStartMs)),
         toOutputMs: median(samples.map((s) => s.toOutputMs)),
-        freezeMs: median(samples.flatMap((s) => s.freezesMs)), freezeMaxMs: Math.max(...samples.flatMap((s) => s.freezesMs)),
-        intervalMs: median(samples.map((s) => s.intervalMs)), roundMs: median(samples.map((s) => s.roundMs))
+        freezeMs: median(samples.flatMap((s) => s.freezesMs)),
+        freezeMaxMs: Math.max(...samples.flatMap((s) => s.freezesMs)),
+        intervalMs: median(samples.map((s) => s.intervalMs)),
+        roundMs: median(samples.map((s) => s.roundMs))
       }
       results.rto = { leaseMs, dumpIntervalS: DUMP_S_RTO, counterMs: COUNTER_MS, summary, samples, setupFailures }
       print(`\n1. RTO / RPO: counter printing every ${COUNTER_MS} ms, --replicas 1, 3 nodes, lease ${leaseMs} ms, DUMP_INTERVAL ${DUMP_S_RTO} s; owner power-cut (testbed kill) at a random point of an interval\n`)
       print('   RTO target = lease + restore (failover event ms) + 1 s; RPO target = effective interval + one round (dump -> ack); ratio = measured / target (<= 1 meets it)\n')
       print(table(samples.map((s) => ({
-        trial: s.trial, move: `${s.owner}->${s.restoredOn}`, gen: s.generation, 'interval ms': s.intervalMs, 'freeze ms': s.freezeMs, 'round ms': s.roundMs,
-        'RTO ms': s.rtoMs, 'RTO target': s.rtoTargetMs, 'RTO ratio': ratio(s.rtoMs, s.rtoTargetMs),
-        'kill->restore ms': s.toRestoreStartMs, 'restore ms': s.restoreMs, 'restored->output ms': s.toOutputMs,
-        'RPO ms': s.rpoMs, 'RPO target': s.rpoTargetMs, 'RPO ratio': ratio(s.rpoMs, s.rpoTargetMs), 'node rpoMs at kill': s.nodeRpoMs
+        trial: s.trial,
+        move: `${s.owner}->${s.restoredOn}`,
+        gen: s.generation,
+        'interval ms': s.intervalMs,
+        'freeze ms': s.freezeMs,
+        'round ms': s.roundMs,
+        'RTO ms': s.rtoMs,
+        'RTO target': s.rtoTargetMs,
+        'RTO ratio': ratio(s.rtoMs, s.rtoTargetMs),
+        'kill->restore ms': s.toRestoreStartMs,
+        'restore ms': s.restoreMs,
+        'restored->output ms': s.toOutputMs,
+        'RPO ms': s.rpoMs,
+        'RPO target': s.rpoTargetMs,
+        'RPO ratio': ratio(s.rpoMs, s.rpoTargetMs),
+        'node rpoMs at kill': s.nodeRpoMs
       }))))
       print(table([{
-        '': 'median', 'RTO ms': summary.rtoMs, 'RTO ratio': summary.rtoRatio, 'RTO ratio max': summary.rtoRatioMax,
-        'RPO ms': summary.rpoMs, 'RPO ratio': summary.rpoRatio, 'RPO ratio max': summary.rpoRatioMax,
-        'freeze ms (all gens)': summary.freezeMs, 'freeze max': summary.freezeMaxMs, 'interval ms': summary.intervalMs, 'round ms': summary.roundMs
+        '': 'median',
+        'RTO ms': summary.rtoMs,
+        'RTO ratio': summary.rtoRatio,
+        'RTO ratio max': summary.rtoRatioMax,
+        'RPO ms': summary.rpoMs,
+        'RPO ratio': summary.rpoRatio,
+        'RPO ratio max': summary.rpoRatioMax,
+        'freeze ms (all gens)': summary.freezeMs,
+        'freeze max': summary.freezeMaxMs,
+        'interval ms': summary.intervalMs,
+        'round ms': summary.roundMs
       }]))
       if (setupFailures.length > 0) print(`   ${setupFailures.length} trial set-up(s) failed before the kill and were run again:\n${setupFailures.map((f) => `     ${f}\n`).join('')}`)
     }
@@ -776,28 +881,48 @@ async function main (): Promise<void> {
       const med = (m: 'off' | 'on', k: 'rps' | 'setRps' | 'getRps'): number => r0(median(by(m).map((s) => s[k])))
       const on = by('on')
       const summary = {
-        offRps: med('off', 'rps'), onRps: med('on', 'rps'), ratio: ratio(med('on', 'rps'), med('off', 'rps')),
-        setRatio: ratio(med('on', 'setRps'), med('off', 'setRps')), getRatio: ratio(med('on', 'getRps'), med('off', 'getRps')),
+        offRps: med('off', 'rps'),
+        onRps: med('on', 'rps'),
+        ratio: ratio(med('on', 'rps'), med('off', 'rps')),
+        setRatio: ratio(med('on', 'setRps'), med('off', 'setRps')),
+        getRatio: ratio(med('on', 'getRps'), med('off', 'getRps')),
         ackedDuringOn: on.reduce((a, s) => a + (s.ackedDuring ?? 0), 0),
-        dumpFailed: on.reduce((a, s) => a + (s.dumpFailed ?? 0), 0), generationFailed: on.reduce((a, s) => a + (s.generationFailed ?? 0), 0),
+        dumpFailed: on.reduce((a, s) => a + (s.dumpFailed ?? 0), 0),
+        generationFailed: on.reduce((a, s) => a + (s.generationFailed ?? 0), 0),
         onSeconds: r1(on.reduce((a, s) => a + s.seconds, 0)),
         resumedAfterLoad: on.filter((s) => s.resumedAfterMs != null).length,
         failReasons: [...new Set(on.flatMap((s) => s.failReasons ?? []))].slice(0, 3)
       }
       const stalled = summary.ackedDuringOn === 0
       results.overhead = { keys: o.keys, requestsPerTest: n, clients: 50, benchSeconds: o.benchSeconds, rounds: OVERHEAD_ROUNDS, summary, replicationStalledUnderLoad: stalled, samples }
-      print(`\n2. overhead: redis with ${o.keys} keys, redis-benchmark -t set,get -n ${n} -r ${o.keys} (50 clients kept connected) from the root namespace, ~${o.benchSeconds} s a run; replication off (--replicas 0) / on (--replicas 1), alternating, ${OVERHEAD_ROUNDS} rounds; DUMP_INTERVAL ${DUMP_S_RTO} s, lease ${PING_TIMEOUT_S_LOAD} s\n`)
+      print(
+        `\n2. overhead: redis with ${o.keys} keys, redis-benchmark -t set,get -n ${n} -r ${o.keys} (50 clients kept connected) from the root namespace, ~${o.benchSeconds} s a run; replication off (--replicas 0) / on (--replicas 1), alternating, ${OVERHEAD_ROUNDS} rounds; DUMP_INTERVAL ${DUMP_S_RTO} s, lease ${PING_TIMEOUT_S_LOAD} s\n`
+      )
       print(table(samples.map((s) => ({
-        round: s.round, mode: s.mode, 'req/s': s.rps, 'SET/s': s.setRps, 'GET/s': s.getRps, s: s.seconds,
+        round: s.round,
+        mode: s.mode,
+        'req/s': s.rps,
+        'SET/s': s.setRps,
+        'GET/s': s.getRps,
+        s: s.seconds,
         'gen before->after': s.mode === 'on' ? `${s.generationBefore}->${s.generationAfter}` : null,
         'acked before->after': s.mode === 'on' ? `${s.ackedBefore}->${s.ackedAfter}` : null,
-        'gen events': s.generationEvents, 'dump-failed': s.dumpFailed, 'generation-failed': s.generationFailed,
-        'interval ms': s.intervalMs, 'freeze ms': s.freezeMs, 'next ack after load ms': s.mode === 'on' ? (s.resumedAfterMs ?? 'none') : null
+        'gen events': s.generationEvents,
+        'dump-failed': s.dumpFailed,
+        'generation-failed': s.generationFailed,
+        'interval ms': s.intervalMs,
+        'freeze ms': s.freezeMs,
+        'next ack after load ms': s.mode === 'on' ? (s.resumedAfterMs ?? 'none') : null
       }))))
       print(table([{
-        'off req/s': summary.offRps, 'on req/s': summary.onRps, 'ratio on/off (target >= 0.95)': summary.ratio,
-        'SET on/off': summary.setRatio, 'GET on/off': summary.getRatio,
-        'generations acked during ON runs': summary.ackedDuringOn, 'dump-failed': summary.dumpFailed, 'generation-failed': summary.generationFailed
+        'off req/s': summary.offRps,
+        'on req/s': summary.onRps,
+        'ratio on/off (target >= 0.95)': summary.ratio,
+        'SET on/off': summary.setRatio,
+        'GET on/off': summary.getRatio,
+        'generations acked during ON runs': summary.ackedDuringOn,
+        'dump-failed': summary.dumpFailed,
+        'generation-failed': summary.generationFailed
       }]))
       if (stalled) {
         print(`   REPLICATION STALLED UNDER LOAD: no generation was acknowledged during ${summary.onSeconds} s of ON runs while redis-benchmark held its connections ` +
@@ -816,20 +941,36 @@ async function main (): Promise<void> {
         `   then 1% of the keys per DUMP_INTERVAL: ${b.writesPerBatch} SETs every 100 ms over fresh connections (${b.writePctPerInterval}% per ${b.dumpIntervalS} s achieved)` +
         (b.spreadWorked ? '\n' : `;\n   that load STALLED replication, so the round was measured with the writes of one effective interval (same rate) made in one burst right after each acknowledgement\n`))
       print(table(b.phases.map((ph) => ({
-        load: ph.mode, s: ph.seconds, writes: ph.writes, 'gens acked': ph.acked, 'rounds dumped': ph.dumps, 'dump-failed': ph.dumpFailed, 'generation-failed': ph.generationFailed
+        load: ph.mode,
+        s: ph.seconds,
+        writes: ph.writes,
+        'gens acked': ph.acked,
+        'rounds dumped': ph.dumps,
+        'dump-failed': ph.dumpFailed,
+        'generation-failed': ph.generationFailed
       }))))
       for (const ph of b.phases) {
         if (ph.failReasons.length > 0) print(`   ${ph.mode}: ${ph.failReasons.join(' | ')}\n`)
         if (ph.criuErrors.length > 0) print(`   ${ph.mode}, CRIU: ${ph.criuErrors.join(' | ')}\n`)
       }
       print(table(b.generations.map((g) => ({
-        generation: g.generation, load: g.phase, full: g.full ? 'yes' : 'no', 'wire MB': round(g.wireBytes / 1e6, 2), 'image MB': round(g.imageBytes / 1e6, 2),
-        'wire/image': ratio(g.wireBytes, g.imageBytes), 'freeze ms': g.freezeMs, time: g.time.slice(11, 23)
+        generation: g.generation,
+        load: g.phase,
+        full: g.full ? 'yes' : 'no',
+        'wire MB': round(g.wireBytes / 1e6, 2),
+        'image MB': round(g.imageBytes / 1e6, 2),
+        'wire/image': ratio(g.wireBytes, g.imageBytes),
+        'freeze ms': g.freezeMs,
+        time: g.time.slice(11, 23)
       }))))
       print(table([{
-        'last round MB (bytesPerRound)': b.bytesPerRound == null ? null : round(b.bytesPerRound / 1e6, 2), 'image MB (imageBytes)': b.imageBytes == null ? null : round(b.imageBytes / 1e6, 2),
-        'round / image': ratio(b.bytesPerRound, b.imageBytes), 'full gen wire MB (baseline)': b.fullWireBytes == null ? null : round(b.fullWireBytes / 1e6, 2),
-        'round / full gen': ratio(b.bytesPerRound, b.fullWireBytes), 'freeze ms': b.freezeMs, 'interval ms': b.intervalMs
+        'last round MB (bytesPerRound)': b.bytesPerRound == null ? null : round(b.bytesPerRound / 1e6, 2),
+        'image MB (imageBytes)': b.imageBytes == null ? null : round(b.imageBytes / 1e6, 2),
+        'round / image': ratio(b.bytesPerRound, b.imageBytes),
+        'full gen wire MB (baseline)': b.fullWireBytes == null ? null : round(b.fullWireBytes / 1e6, 2),
+        'round / full gen': ratio(b.bytesPerRound, b.fullWireBytes),
+        'freeze ms': b.freezeMs,
+        'interval ms': b.intervalMs
       }]))
     }
 

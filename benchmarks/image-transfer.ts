@@ -69,30 +69,36 @@ const USAGE = `usage: node benchmarks/image-transfer.ts [--runs N] [--big-mib N]
 // ---------------------------------------------------------------------------------
 // messages between the sender (parent) and a receiver (child)
 
-type ToChild = { type: 'start', method: Method, dest: string }
+type ToChild = { type: 'start'; method: Method; dest: string }
 type FromChild =
-  | { type: 'ready', addr: string, rssKiB: number }
-  | { type: 'done', files: number, bytes: number, digest: string, maxRssKiB: number, cpuMs: number }
-  | { type: 'error', message: string }
+  | { type: 'ready'; addr: string; rssKiB: number }
+  | { type: 'done'; files: number; bytes: number; digest: string; maxRssKiB: number; cpuMs: number }
+  | { type: 'error'; message: string }
 
 // ---------------------------------------------------------------------------------
 // the minimal tree format of the baselines:
 //   entry = kind u8 (1 dir, 2 file) | path length u16 | path utf-8 | (file) size u64 | bytes
 //   end   = kind 0;   ack (receiver -> sender) = one byte 1
 
-interface Walked { rel: string, kind: 'dir' | 'file' }
+interface Walked {
+  rel: string
+  kind: 'dir' | 'file'
+}
 
 /** Pre-order walk, names sorted: the same order on both sides. */
-async function * walk (root: string, rel = ''): AsyncGenerator<Walked> {
+async function* walk (root: string, rel = ''): AsyncGenerator<Walked> {
   const ents = await fs.readdir(rel === '' ? root : path.join(root, rel), { withFileTypes: true })
   ents.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
   for (const e of ents) {
     const r = rel === '' ? e.name : `${rel}/${e.name}`
-    if (e.isDirectory()) { yield { rel: r, kind: 'dir' }; yield * walk(root, r) } else if (e.isFile()) yield { rel: r, kind: 'file' }
+    if (e.isDirectory()) {
+      yield { rel: r, kind: 'dir' }
+      yield* walk(root, r)
+    } else if (e.isFile()) yield { rel: r, kind: 'file' }
   }
 }
 
-function entryHeader (kind: number, rel: string, size: number | null, extra = 0): { buf: Uint8Array, at: number } {
+function entryHeader (kind: number, rel: string, size: number | null, extra = 0): { buf: Uint8Array; at: number } {
   const p = Buffer.from(rel)
   const len = 3 + p.length + (size == null ? 0 : 8)
   const buf = Buffer.allocUnsafe(len + extra)
@@ -106,7 +112,10 @@ function entryHeader (kind: number, rel: string, size: number | null, extra = 0)
 /** Sends the tree in the minimal format; `write` applies the transport's backpressure. */
 async function writeBaselineTree (root: string, write: (b: Uint8Array) => Promise<void>): Promise<void> {
   for await (const e of walk(root)) {
-    if (e.kind === 'dir') { await write(entryHeader(1, e.rel, null).buf); continue }
+    if (e.kind === 'dir') {
+      await write(entryHeader(1, e.rel, null).buf)
+      continue
+    }
     const fh = await fs.open(path.join(root, e.rel), C.O_RDONLY)
     try {
       const size = (await fh.stat()).size
@@ -206,7 +215,10 @@ class Reader {
   private consume (k: number): void {
     this.head += k
     this.buffered -= k
-    if (this.head === this.chunks[0]!.byteLength) { this.chunks.shift(); this.head = 0 }
+    if (this.head === this.chunks[0]!.byteLength) {
+      this.chunks.shift()
+      this.head = 0
+    }
     this.maybeResume()
   }
 
@@ -215,7 +227,9 @@ class Reader {
       if (this.error != null) throw this.error
       if (this.ended) throw new Error('the stream ended early')
       this.maybeResume()
-      await new Promise<void>((resolve) => { this.wake = resolve })
+      await new Promise<void>((resolve) => {
+        this.wake = resolve
+      })
     }
   }
 
@@ -228,20 +242,27 @@ class Reader {
   private maybePause (): void {
     if (this.paused || this.buffered <= READ_HIGH_WATER) return
     this.paused = true
-    try { this.pauseSource() } catch {}
+    try {
+      this.pauseSource()
+    } catch {}
   }
 
   private maybeResume (): void {
     if (!this.paused || this.buffered >= READ_HIGH_WATER / 2) return
     this.paused = false
     this.resuming = true
-    try { this.resumeSource() } catch {} finally { this.resuming = false }
+    try {
+      this.resumeSource()
+    } catch {
+    } finally {
+      this.resuming = false
+    }
     this.maybePause()
   }
 }
 
 /** Receives the minimal format into `dest` (created here); returns the file count and bytes. */
-async function readBaselineTree (r: Reader, dest: string): Promise<{ files: number, bytes: number }> {
+async function readBaselineTree (r: Reader, dest: string): Promise<{ files: number; bytes: number }> {
   await fs.mkdir(dest)
   let files = 0
   let bytes = 0
@@ -253,7 +274,10 @@ async function readBaselineTree (r: Reader, dest: string): Promise<{ files: numb
     const rel = Buffer.from(await r.exact(plen)).toString('utf8')
     const p = path.join(dest, rel)
     files++
-    if (kind === 1) { await fs.mkdir(p); continue }
+    if (kind === 1) {
+      await fs.mkdir(p)
+      continue
+    }
     if (kind !== 2) throw new Error(`bad entry kind ${kind}`)
     const s = await r.exact(8)
     const size = Number(Buffer.from(s.buffer, s.byteOffset, 8).readBigUInt64BE(0))
@@ -332,7 +356,11 @@ async function bareNode (): Promise<Libp2p> {
 async function mscNode (): Promise<MscLibp2p> {
   const node = await createLibp2pHost({
     privateKey: await generateKeyPair('Ed25519'),
-    listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, mdnsIntervalMs: 1000,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    announce: [],
+    bootstrap: [],
+    mdns: false,
+    mdnsIntervalMs: 1000,
     maxPubsubMessageBytes: 1 << 20
   })
   await node.start()
@@ -343,12 +371,15 @@ async function mscNode (): Promise<MscLibp2p> {
 // receiver (child process)
 
 async function receiverMain (): Promise<void> {
-  const send = (m: FromChild): Promise<void> => new Promise((resolve) => { process.send!(m, () => resolve()) })
+  const send = (m: FromChild): Promise<void> =>
+    new Promise((resolve) => {
+      process.send!(m, () => resolve())
+    })
   const [msg] = await once(process, 'message') as [ToChild]
   const tree = path.join(msg.dest, 'tree')
   let stop: () => Promise<void> = async () => {}
   try {
-    const done = Promise.withResolvers<{ files: number, bytes: number }>()
+    const done = Promise.withResolvers<{ files: number; bytes: number }>()
     let addr: string
     if (msg.method === 'raw-tcp') {
       const server = net.createServer((sock) => {
@@ -356,12 +387,20 @@ async function receiverMain (): Promise<void> {
         sock.on('data', (c: Buffer) => r.push(c))
         sock.on('end', () => r.end())
         sock.on('error', (err) => r.end(err))
-        readBaselineTree(r, tree).then((got) => { sock.end(Uint8Array.of(1)); done.resolve(got) }, (err) => { sock.destroy(); done.reject(err) })
+        readBaselineTree(r, tree).then((got) => {
+          sock.end(Uint8Array.of(1))
+          done.resolve(got)
+        }, (err) => {
+          sock.destroy()
+          done.reject(err)
+        })
       })
       server.listen(0, '127.0.0.1')
       await once(server, 'listening')
       addr = String((server.address() as net.AddressInfo).port)
-      stop = async () => { server.close() }
+      stop = async () => {
+        server.close()
+      }
     } else if (msg.method === 'bare-libp2p') {
       const node = await bareNode()
       await node.handle(BARE_PROTOCOL, (stream) => {
@@ -370,10 +409,15 @@ async function receiverMain (): Promise<void> {
           stream.send(Uint8Array.of(1))
           await stream.close()
           done.resolve(got)
-        }, (err) => { stream.abort(err as Error); done.reject(err) })
+        }, (err) => {
+          stream.abort(err as Error)
+          done.reject(err)
+        })
       })
       addr = node.getMultiaddrs()[0]!.toString()
-      stop = async () => { await node.stop() }
+      stop = async () => {
+        await node.stop()
+      }
     } else {
       const node = await mscNode()
       const tmpRoot = path.join(msg.dest, 'tmp')
@@ -381,14 +425,21 @@ async function receiverMain (): Promise<void> {
       await node.handle(IMAGE_PROTOCOL, async (stream) => {
         try {
           const r = await receiveTree(stream, {
-            tmpRoot, destDir: tree, mode: 'replace', idleTimeoutMs: 30_000,
+            tmpRoot,
+            destDir: tree,
+            mode: 'replace',
+            idleTimeoutMs: 30_000,
             limits: { maxTotalBytes: 1024 ** 4, maxFileBytes: 1024 ** 4, maxFiles: 10_000_000 }
           })
           done.resolve({ files: r.files, bytes: r.bytes })
-        } catch (err) { done.reject(err) }
+        } catch (err) {
+          done.reject(err)
+        }
       })
       addr = node.getMultiaddrs()[0]!.toString()
-      stop = async () => { await node.stop() }
+      stop = async () => {
+        await node.stop()
+      }
     }
     const cpu0 = process.cpuUsage()
     await send({ type: 'ready', addr, rssKiB: Math.round(process.memoryUsage().rss / 1024) })
@@ -421,7 +472,9 @@ async function sendWith (method: Method, addr: string, src: string, label: strin
       const ack = once(sock, 'data')
       ack.catch(() => {})
       const t0 = performance.now()
-      await writeBaselineTree(src, async (b) => { if (!sock.write(b)) await once(sock, 'drain') })
+      await writeBaselineTree(src, async (b) => {
+        if (!sock.write(b)) await once(sock, 'drain')
+      })
       const [a] = await ack as [Buffer]
       const ms = performance.now() - t0
       if (a[0] !== 1) throw new Error('bad ack')
@@ -438,7 +491,9 @@ async function sendWith (method: Method, addr: string, src: string, label: strin
       const t0 = performance.now()
       const stream = await node.dialProtocol(ma, BARE_PROTOCOL)
       const r = streamReader(stream)
-      await writeBaselineTree(src, async (b) => { await bareSend(stream, b) })
+      await writeBaselineTree(src, async (b) => {
+        await bareSend(stream, b)
+      })
       const a = await r.exact(1)
       const ms = performance.now() - t0
       if (a[0] !== 1) throw new Error('bad ack')
@@ -474,7 +529,14 @@ interface Sample {
   receiverCpuMs: number
 }
 
-interface Tree { name: string, dir: string, files: number, bytes: number, digest: string, describe: string }
+interface Tree {
+  name: string
+  dir: string
+  files: number
+  bytes: number
+  digest: string
+  describe: string
+}
 
 const children = new Set<ChildProcess>()
 
@@ -486,13 +548,19 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
   exited.catch(() => {})
   const inbox: FromChild[] = []
   let wake: (() => void) | undefined
-  child.on('message', (m: FromChild) => { inbox.push(m); wake?.() })
+  child.on('message', (m: FromChild) => {
+    inbox.push(m)
+    wake?.()
+  })
   const next = async (what: string, timeoutMs: number): Promise<FromChild> => {
     const deadline = Date.now() + timeoutMs
     while (inbox.length === 0) {
       if (child.exitCode != null || child.signalCode != null) throw new Error(`receiver exited (${child.exitCode ?? child.signalCode}) before ${what}`)
       if (Date.now() > deadline) throw new Error(`no ${what} from the receiver within ${timeoutMs} ms`)
-      await new Promise<void>((resolve) => { wake = resolve; setTimeout(resolve, 250) })
+      await new Promise<void>((resolve) => {
+        wake = resolve
+        setTimeout(resolve, 250)
+      })
     }
     const m = inbox.shift()!
     if (m.type === 'error') throw new Error(`receiver failed: ${m.message}`)
@@ -507,7 +575,9 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
     let timer: NodeJS.Timeout | undefined
     const failed = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(new Error(`${method}: no answer within ${SAMPLE_TIMEOUT_MS} ms`)), SAMPLE_TIMEOUT_MS)
-      exited.then(([code, sig]) => { if (code !== 0) reject(new Error(`${method}: the receiver exited (${code ?? sig}) during the transfer: ${inbox.map((m) => m.type === 'error' ? m.message : '').join('')}`)) }, () => {})
+      exited.then(([code, sig]) => {
+        if (code !== 0) reject(new Error(`${method}: the receiver exited (${code ?? sig}) during the transfer: ${inbox.map((m) => m.type === 'error' ? m.message : '').join('')}`))
+      }, () => {})
     })
     failed.catch(() => {})
     const ms = await Promise.race([sendWith(method, ready.addr, tree.dir, tree.name), failed]).finally(() => clearTimeout(timer))
@@ -519,7 +589,10 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
     }
     await exited
     return {
-      tree: tree.name, method, round, ms: round1(ms),
+      tree: tree.name,
+      method,
+      round,
+      ms: round1(ms),
       MBps: round1(tree.bytes / 1e6 / (ms / 1000)),
       filesPerS: Math.round(tree.files / (ms / 1000)),
       receiverRssReadyMiB: round1(ready.rssKiB / 1024),
@@ -528,13 +601,18 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
       receiverCpuMs: done.cpuMs
     }
   } finally {
-    if (child.exitCode == null && child.signalCode == null) { child.kill('SIGKILL'); await exited }
+    if (child.exitCode == null && child.signalCode == null) {
+      child.kill('SIGKILL')
+      await exited
+    }
     children.delete(child)
     await fs.rm(dest, { recursive: true, force: true })
   }
 }
 
-function round1 (x: number): number { return round(x, 1) }
+function round1 (x: number): number {
+  return round(x, 1)
+}
 
 async function writeRandom (file: string, bytes: number): Promise<void> {
   const fh = await fs.open(file, 'w')
@@ -550,7 +628,10 @@ async function treeDigest (root: string): Promise<string> {
   const h = crypto.createHash('sha256')
   const buf = Buffer.allocUnsafe(MiB)
   for await (const e of walk(root)) {
-    if (e.kind === 'dir') { h.update(`d ${e.rel}\n`); continue }
+    if (e.kind === 'dir') {
+      h.update(`d ${e.rel}\n`)
+      continue
+    }
     const fh = await fs.open(path.join(root, e.rel), 'r')
     try {
       const size = (await fh.stat()).size
@@ -568,7 +649,7 @@ async function treeDigest (root: string): Promise<string> {
   return h.digest('hex')
 }
 
-async function makeTrees (sandbox: string, o: { bigMib: number, smallFiles: number, smallKib: number }, which: string[]): Promise<Tree[]> {
+async function makeTrees (sandbox: string, o: { bigMib: number; smallFiles: number; smallKib: number }, which: string[]): Promise<Tree[]> {
   const trees: Tree[] = []
   for (const name of which) {
     const dir = path.join(sandbox, `src-${name}`)
@@ -601,7 +682,13 @@ async function makeTrees (sandbox: string, o: { bigMib: number, smallFiles: numb
 
 async function main (): Promise<void> {
   const o = parseFlags(process.argv.slice(2), {
-    runs: 3, bigMib: 256, smallFiles: 2000, smallKib: 4, trees: 'big,small', methods: METHODS.join(','), warmup: true
+    runs: 3,
+    bigMib: 256,
+    smallFiles: 2000,
+    smallKib: 4,
+    trees: 'big,small',
+    methods: METHODS.join(','),
+    warmup: true
   }, USAGE)
   const methods = o.methods.split(',').map((m) => m.trim()) as Method[]
   for (const m of methods) if (!METHODS.includes(m)) throw new Error(`unknown method ${m} (${METHODS.join(', ')})`)
@@ -611,7 +698,10 @@ async function main (): Promise<void> {
     for (const c of children) c.kill('SIGKILL')
     await fs.rm(sandbox, { recursive: true, force: true })
   }
-  const onSignal = (sig: string): void => { log(`${sig}: cleaning up`); cleanup().finally(() => process.exit(130)) }
+  const onSignal = (sig: string): void => {
+    log(`${sig}: cleaning up`)
+    cleanup().finally(() => process.exit(130))
+  }
   // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
@@ -637,17 +727,26 @@ async function main (): Promise<void> {
     }
     machine.loadEnd = os.loadavg().map((x) => round(x, 2))
 
-    const summary = trees.flatMap((t) => methods.map((m) => {
-      const ss = samples.filter((s) => s.tree === t.name && s.method === m)
-      const med = (k: keyof Sample): number => median(ss.map((s) => s[k] as number))
-      return {
-        tree: t.name, method: m, runs: ss.length,
-        MBps: round1(med('MBps')), MBpsMin: round1(Math.min(...ss.map((s) => s.MBps))), MBpsMax: round1(Math.max(...ss.map((s) => s.MBps))),
-        ms: round1(med('ms')), filesPerS: Math.round(med('filesPerS')),
-        receiverRssReadyMiB: round1(med('receiverRssReadyMiB')), receiverRssPeakMiB: round1(med('receiverRssPeakMiB')),
-        senderCpuMs: Math.round(med('senderCpuMs')), receiverCpuMs: Math.round(med('receiverCpuMs'))
-      }
-    }))
+    const summary = trees.flatMap((t) =>
+      methods.map((m) => {
+        const ss = samples.filter((s) => s.tree === t.name && s.method === m)
+        const med = (k: keyof Sample): number => median(ss.map((s) => s[k] as number))
+        return {
+          tree: t.name,
+          method: m,
+          runs: ss.length,
+          MBps: round1(med('MBps')),
+          MBpsMin: round1(Math.min(...ss.map((s) => s.MBps))),
+          MBpsMax: round1(Math.max(...ss.map((s) => s.MBps))),
+          ms: round1(med('ms')),
+          filesPerS: Math.round(med('filesPerS')),
+          receiverRssReadyMiB: round1(med('receiverRssReadyMiB')),
+          receiverRssPeakMiB: round1(med('receiverRssPeakMiB')),
+          senderCpuMs: Math.round(med('senderCpuMs')),
+          receiverCpuMs: Math.round(med('receiverCpuMs'))
+        }
+      })
+    )
     const get = (t: string, m: Method): typeof summary[number] | undefined => summary.find((s) => s.tree === t && s.method === m)
     const ratios = trees.map((t) => ({
       tree: t.name,
@@ -659,9 +758,13 @@ async function main (): Promise<void> {
     }))
 
     const file = await writeResults('image-transfer', {
-      benchmark: 'image-transfer', machine, options: o,
+      benchmark: 'image-transfer',
+      machine,
+      options: o,
       trees: trees.map((t) => ({ name: t.name, describe: t.describe, entries: t.files, bytes: t.bytes })),
-      ratios, summary, samples
+      ratios,
+      summary,
+      samples
     })
     process.stdout.write(`\nimage transfer over 127.0.0.1, medians of ${o.runs} rounds (${machine.cpus} cpus, load ${machine.loadStart.join('/')} -> ${machine.loadEnd.join('/')})\n`)
     for (const t of trees) process.stdout.write(`  ${t.name}: ${t.describe} (${round1(t.bytes / 1e6)} MB)\n`)
@@ -669,10 +772,17 @@ async function main (): Promise<void> {
     process.stdout.write(table(ratios))
     process.stdout.write('\nper method:\n')
     process.stdout.write(table(summary.map((s) => ({
-      tree: s.tree, method: s.method, 'MB/s': s.MBps, 'min-max': `${s.MBpsMin}-${s.MBpsMax}`, ms: s.ms,
+      tree: s.tree,
+      method: s.method,
+      'MB/s': s.MBps,
+      'min-max': `${s.MBpsMin}-${s.MBpsMax}`,
+      ms: s.ms,
       // Files per second only says something for the many-files tree.
       'files/s': (trees.find((t) => t.name === s.tree)?.files ?? 0) >= 100 ? s.filesPerS : null,
-      'rx RSS ready MiB': s.receiverRssReadyMiB, 'rx RSS peak MiB': s.receiverRssPeakMiB, 'tx cpu ms': s.senderCpuMs, 'rx cpu ms': s.receiverCpuMs
+      'rx RSS ready MiB': s.receiverRssReadyMiB,
+      'rx RSS peak MiB': s.receiverRssPeakMiB,
+      'tx cpu ms': s.senderCpuMs,
+      'rx cpu ms': s.receiverCpuMs
     }))))
     process.stdout.write(`\nresults: ${file}\n`)
     await plotAfterRun(file)

@@ -86,7 +86,10 @@ export function parseFlags<T extends Record<string, string | number | boolean>> 
   const out: Record<string, string | number | boolean> = { ...defaults }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!
-    if (a === '--help' || a === '-h') { process.stdout.write(usage); process.exit(0) }
+    if (a === '--help' || a === '-h') {
+      process.stdout.write(usage)
+      process.exit(0)
+    }
     const m = /^--(no-)?([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(a)
     if (m == null) throw new Error(`unexpected argument ${a}\n${usage}`)
     const key = m[2]!.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
@@ -122,10 +125,17 @@ export async function redisPing (ip: string, port: number, timeoutMs = 300): Pro
   return await new Promise<boolean>((resolve) => {
     const s = net.connect({ host: ip, port })
     let buf = ''
-    const done = (ok: boolean): void => { clearTimeout(t); s.destroy(); resolve(ok) }
+    const done = (ok: boolean): void => {
+      clearTimeout(t)
+      s.destroy()
+      resolve(ok)
+    }
     const t = setTimeout(() => done(false), timeoutMs)
     s.on('connect', () => s.write('PING\r\n'))
-    s.on('data', (d) => { buf += d.toString(); if (buf.includes('\r\n')) done(buf.startsWith('+PONG')) })
+    s.on('data', (d) => {
+      buf += d.toString()
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'))
+    })
     s.on('error', () => done(false))
     s.on('close', () => done(false))
   })

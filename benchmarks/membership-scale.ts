@@ -56,13 +56,20 @@ interface ScaleRow {
   cpuChildrenPct: number
   inBytesPerS: number
   flaps: number
-  perNode: Array<{ name: string, cpuNodePct: number, cpuChildrenPct: number, inBytesPerS: number }>
+  perNode: Array<{ name: string; cpuNodePct: number; cpuChildrenPct: number; inBytesPerS: number }>
 }
 
-interface RecordsRow { records: number, outBytesPerS: number, claimsSeen: number, windowS: number, cpuNodePct: number, cpuChildrenPct: number }
+interface RecordsRow {
+  records: number
+  outBytesPerS: number
+  claimsSeen: number
+  windowS: number
+  cpuNodePct: number
+  cpuChildrenPct: number
+}
 
 /** utime + stime and cutime + cstime of a process, in seconds. */
-async function cpuOf (pid: number): Promise<{ self: number, children: number }> {
+async function cpuOf (pid: number): Promise<{ self: number; children: number }> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8')
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   // Fields after the name start at state (field 3): utime is field 14, cstime 17.
@@ -70,7 +77,7 @@ async function cpuOf (pid: number): Promise<{ self: number, children: number }> 
   return { self: (n(14) + n(15)) / CLK_TCK, children: (n(16) + n(17)) / CLK_TCK }
 }
 
-async function vethBytes (node: ClusterNode): Promise<{ intoNs: number, outOfNs: number }> {
+async function vethBytes (node: ClusterNode): Promise<{ intoNs: number; outOfNs: number }> {
   const dir = `/sys/class/net/${node.host.vethHost}/statistics`
   // The host-side end: what it transmits goes into the namespace.
   const read = async (f: string): Promise<number> => Number((await fs.readFile(path.join(dir, f), 'utf8')).trim())
@@ -84,7 +91,7 @@ async function flapsIn (node: ClusterNode, from: number, to: number): Promise<nu
   for (const line of text.split('\n')) {
     if (!line.includes('"peer suspect"') && !line.includes('"peer dead"')) continue
     try {
-      const o = JSON.parse(line) as { time?: number, msg?: string }
+      const o = JSON.parse(line) as { time?: number; msg?: string }
       if ((o.msg === 'peer suspect' || o.msg === 'peer dead') && o.time != null && o.time >= from && o.time <= to) n++
     } catch {}
   }
@@ -180,8 +187,12 @@ async function measureRecords (counts: number[], windowS: number): Promise<Recor
       const secs = (Date.now() - t0) / 1000
       seen = (await c.peersApi(n2)).find((p) => p.peerId === n1.peerId)?.containers.length ?? 0
       rows.push({
-        records, outBytesPerS: round((b1.outOfNs - b0.outOfNs) / secs, 0), claimsSeen: seen, windowS: round(secs, 1),
-        cpuNodePct: round((cpu1.self - cpu0.self) / secs * 100, 2), cpuChildrenPct: round((cpu1.children - cpu0.children) / secs * 100, 2)
+        records,
+        outBytesPerS: round((b1.outOfNs - b0.outOfNs) / secs, 0),
+        claimsSeen: seen,
+        windowS: round(secs, 1),
+        cpuNodePct: round((cpu1.self - cpu0.self) / secs * 100, 2),
+        cpuChildrenPct: round((cpu1.children - cpu0.children) / secs * 100, 2)
       })
       log(`records=${records}: n1 sends ${rows.at(-1)!.outBytesPerS} B/s; n2 lists ${seen} claims`)
     }
@@ -201,15 +212,19 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
   try {
     const { writeChart } = await import('./plot.ts')
     const notes = [`${scale.map((r) => r.nodes).join(', ')} idle nodes, each in its own network namespace of one 2-core machine; --psk, default intervals`, `results: benchmarks/results/${path.basename(file)}`]
-    const point = (r: ScaleRow, pick: (p: ScaleRow['perNode'][number]) => number, value: number): { x: number, value: number, min: number, max: number } =>
-      ({ x: r.nodes, value, min: Math.min(...r.perNode.map(pick)), max: Math.max(...r.perNode.map(pick)) })
-    const target = (v: number): Array<{ value: number, label: string }> => [{ value: round(v * TARGET_RATIO, 2), label: `${TARGET_RATIO}x N=2 (issue #12 target)` }]
+    const point = (r: ScaleRow, pick: (p: ScaleRow['perNode'][number]) => number, value: number): { x: number; value: number; min: number; max: number } => ({ x: r.nodes, value, min: Math.min(...r.perNode.map(pick)),
+      max: Math.max(...r.perNode.map(pick)) })
+    const target = (v: number): Array<{ value: number; label: string }> => [{ value: round(v * TARGET_RATIO, 2), label: `${TARGET_RATIO}x N=2 (issue #12 target)` }]
     const charts = [
       {
         name: 'membership-scale-cpu',
         spec: {
           kind: 'line' as const,
-          title: 'Idle membership: CPU per node against cluster size', machine, notes, xLabel: 'nodes', yLabel: 'CPU, % of one core',
+          title: 'Idle membership: CPU per node against cluster size',
+          machine,
+          notes,
+          xLabel: 'nodes',
+          yLabel: 'CPU, % of one core',
           series: [
             { name: 'node process', points: scale.map((r) => point(r, (p) => p.cpuNodePct, r.cpuNodePct)) },
             { name: 'its children (runc list)', points: scale.map((r) => point(r, (p) => p.cpuChildrenPct, r.cpuChildrenPct)) }
@@ -222,8 +237,12 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
         name: 'membership-scale-traffic',
         spec: {
           kind: 'line' as const,
-          title: 'Idle membership: traffic into each node against cluster size', machine, notes, xLabel: 'nodes', yLabel: 'bytes in, KB/s',
-          series: [{ name: 'into the node\'s namespace', points: scale.map((r) => point(r, (p) => p.inBytesPerS / 1000, r.inBytesPerS / 1000)) }],
+          title: 'Idle membership: traffic into each node against cluster size',
+          machine,
+          notes,
+          xLabel: 'nodes',
+          yLabel: 'bytes in, KB/s',
+          series: [{ name: "into the node's namespace", points: scale.map((r) => point(r, (p) => p.inBytesPerS / 1000, r.inBytesPerS / 1000)) }],
           lines: target(base.inBytesPerS / 1000)
         },
         figures: scale.map((r) => ({ nodes: r.nodes, inBytesPerS: r.inBytesPerS, ratio: ratio(r.inBytesPerS, base.inBytesPerS) }))
@@ -232,8 +251,11 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
         name: 'membership-scale-alive',
         spec: {
           kind: 'line' as const,
-          title: 'Start-up: until every node sees every other alive', machine, notes: [...notes, 'from the last node\'s API answering; flaps are counted in the idle window after'],
-          xLabel: 'nodes', yLabel: 'ms',
+          title: 'Start-up: until every node sees every other alive',
+          machine,
+          notes: [...notes, "from the last node's API answering; flaps are counted in the idle window after"],
+          xLabel: 'nodes',
+          yLabel: 'ms',
           series: [{ name: 'all alive', points: scale.filter((r) => r.aliveMs != null).map((r) => ({ x: r.nodes, value: r.aliveMs as number })) }]
         },
         figures: scale.map((r) => ({ nodes: r.nodes, aliveMs: r.aliveMs, flaps: r.flaps }))
@@ -252,7 +274,7 @@ await runBenchmark('membership-scale', async () => {
   const counts = [...new Set([2, ...o.counts.split(',').map(Number)])].sort((a, b) => a - b)
   const machine = machineInfo()
   const scale: ScaleRow[] = []
-  if (parts.includes('scale')) for (const n of counts) scale.push(await measureScale(n, o.window))
+  if (parts.includes('scale')) { for (const n of counts) scale.push(await measureScale(n, o.window)) }
   const records = parts.includes('records') ? await measureRecords([o.small, o.large], o.recordsWindow) : []
   machine.loadEnd = os.loadavg().map((x) => round(x, 2))
 
@@ -270,8 +292,13 @@ await runBenchmark('membership-scale', async () => {
   }))
   const small = records.find((r) => r.records === o.small)
   const recordsTable = records.map((r) => ({
-    records: r.records, 'n1 out B/s': r.outBytesPerS, 'claims seen by n2': r.claimsSeen, 'x out': ratio(r.outBytesPerS, small?.outBytesPerS),
-    'n1 cpu %': r.cpuNodePct, 'n1 children cpu %': r.cpuChildrenPct, 'x cpu': ratio(r.cpuNodePct, small?.cpuNodePct)
+    records: r.records,
+    'n1 out B/s': r.outBytesPerS,
+    'claims seen by n2': r.claimsSeen,
+    'x out': ratio(r.outBytesPerS, small?.outBytesPerS),
+    'n1 cpu %': r.cpuNodePct,
+    'n1 children cpu %': r.cpuChildrenPct,
+    'x cpu': ratio(r.cpuNodePct, small?.cpuNodePct)
   }))
   if (scale.length > 0) process.stdout.write(`\nidle membership, per node (medians), ratios against N = 2:\n${table(scaleTable)}`)
   if (records.length > 0) process.stdout.write(`\none node's claims: its bytes out per second, ratio against ${o.small} records:\n${table(recordsTable)}`)
@@ -279,7 +306,8 @@ await runBenchmark('membership-scale', async () => {
   const csv = file.replace(/\.json$/, '.csv')
   await fs.writeFile(csv, 'part,n,alive_ms,cpu_node_pct,cpu_children_pct,in_bytes_per_s,flaps,out_bytes_per_s,claims_seen\n' +
     [...scale.map((r) => `scale,${r.nodes},${r.aliveMs ?? ''},${r.cpuNodePct},${r.cpuChildrenPct},${r.inBytesPerS},${r.flaps},,`),
-      ...records.map((r) => `records,${r.records},,${r.cpuNodePct},${r.cpuChildrenPct},,,${r.outBytesPerS},${r.claimsSeen}`)].join('\n') + '\n')
+      ...records.map((r) => `records,${r.records},,${r.cpuNodePct},${r.cpuChildrenPct},,,${r.outBytesPerS},${r.claimsSeen}`)].join('\n') +
+    '\n')
   process.stdout.write(`\nwritten: ${file}\n         ${csv}\n`)
   await plot(scale, machine, file)
 })

@@ -89,7 +89,6 @@ interface HopSample {
 // ---------------------------------------------------------------------------------
 // redis over the testbed's addresses
 
-
 /** DBSIZE is `keys`; GET of key 1, key `keys` and 50 random keys gives the key back. */
 async function verifyRedis (ip: string, port: number, keys: number, what: string): Promise<void> {
   const size = await execa(REDIS_CLI, ['-h', ip, '-p', String(port), 'DBSIZE'], { reject: false, timeout: 20_000 })
@@ -143,7 +142,9 @@ class RawRunc {
     this.pidFile = path.join(c.root, 'raw', 'pid')
   }
 
-  private g (): string[] { return ['--root', this.root, '--criu', this.criu] }
+  private g (): string[] {
+    return ['--root', this.root, '--criu', this.criu]
+  }
 
   /**
    * A detaching runc command (run -d / restore -d) inside h1. The container's stdout and
@@ -156,9 +157,7 @@ class RawRunc {
     const runcLog = path.join(this.c.root, 'raw', 'runc-log.json')
     await fs.rm(runcLog, { force: true })
     const script = '{ "$@" 3>&-; echo "$?" >&3; } 2>&1 </dev/null | cat >/dev/null 3>&-'
-    const child: ChildProcess = await this.c.tb.spawn(this.host, '/bin/sh',
-      ['-c', script, 'raw-runc', this.runc, '--log', runcLog, '--log-format', 'json', ...this.g(), ...args],
-      { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
+    const child: ChildProcess = await this.c.tb.spawn(this.host, '/bin/sh', ['-c', script, 'raw-runc', this.runc, '--log', runcLog, '--log-format', 'json', ...this.g(), ...args], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
     this.shells.push(child)
     const status = child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }
     let out = ''
@@ -166,9 +165,15 @@ class RawRunc {
       const timer = setTimeout(() => reject(new Error(`runc ${args[0]} did not return within 120 s`)), 120_000)
       status.on('data', (d: Buffer) => {
         out += d.toString()
-        if (out.includes('\n')) { clearTimeout(timer); resolve(Number.parseInt(out.trim(), 10)) }
+        if (out.includes('\n')) {
+          clearTimeout(timer)
+          resolve(Number.parseInt(out.trim(), 10))
+        }
       })
-      status.on('end', () => { clearTimeout(timer); reject(new Error(`runc ${args[0]} ended without an exit status`)) })
+      status.on('end', () => {
+        clearTimeout(timer)
+        reject(new Error(`runc ${args[0]} ended without an exit status`))
+      })
     })
     status.destroy()
     if (code !== 0) {
@@ -181,7 +186,7 @@ class RawRunc {
     const b = await execa(MSC, ['bundle', 'redis', this.bundle, '--port', String(RAW_PORT), '--bind', '0.0.0.0'], { reject: false })
     if (b.exitCode !== 0) throw new Error(`msc bundle redis: ${String(b.stderr)}`)
     const cfgFile = path.join(this.bundle, 'config.json')
-    const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8')) as { linux?: Record<string, unknown>, process?: Record<string, unknown> }
+    const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8')) as { linux?: Record<string, unknown>; process?: Record<string, unknown> }
     cfg.linux = { ...cfg.linux, cgroupsPath: `/${this.cgroupParent}/${RAW_ID}` }
     cfg.process = { ...cfg.process, terminal: false }
     await fs.writeFile(cfgFile, JSON.stringify(cfg, null, 2))
@@ -217,8 +222,13 @@ class RawRunc {
     await fs.rm(img, { recursive: true, force: true })
     await execa('rm', ['-rf', '--one-file-system', work], { reject: false })
     return {
-      method: 'raw-runc', round, checkpointMs: r1(t1 - t0), restoreMs: r1(t3 - t2), totalMs: r1(t1 - t0 + t3 - t2),
-      toPongMs: r1(t1 - t0 + t3 - t2 + pong), imageBytes
+      method: 'raw-runc',
+      round,
+      checkpointMs: r1(t1 - t0),
+      restoreMs: r1(t3 - t2),
+      totalMs: r1(t1 - t0 + t3 - t2),
+      toPongMs: r1(t1 - t0 + t3 - t2 + pong),
+      imageBytes
     }
   }
 
@@ -239,7 +249,9 @@ function tail (file: string, lines = 10): string {
     const all = readFileSync(file, 'utf8').trimEnd().split('\n')
     const errors = all.filter((l) => /Error|Warn/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(-10)
     return [`${file}:`, ...errors, '...', ...all.slice(-lines)].join('\n')
-  } catch { return '' }
+  } catch {
+    return ''
+  }
 }
 
 async function unmountUnder (dir: string): Promise<void> {
@@ -248,7 +260,9 @@ async function unmountUnder (dir: string): Promise<void> {
   for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
 }
 
-function r1 (x: number): number { return round(x, 1) }
+function r1 (x: number): number {
+  return round(x, 1)
+}
 
 // ---------------------------------------------------------------------------------
 // msc: local checkpoint/restore and migrations
@@ -263,8 +277,14 @@ async function mscLocalApi (node: ClusterNode, round: number, keys: number): Pro
   const pong = await untilPong(node.host.ip, REDIS_PORT)
   await verifyRedis(node.host.ip, REDIS_PORT, keys, `msc local checkpoint/restore (API), round ${round}`)
   return {
-    method: 'msc-local', round, checkpointMs: r1(t1 - t0), restoreMs: r1(t2 - t1), totalMs: r1(t2 - t0),
-    toPongMs: r1(t2 - t0 + pong), imageBytes: ck.sizeBytes, nodeCheckpointMs: ck.durationMs
+    method: 'msc-local',
+    round,
+    checkpointMs: r1(t1 - t0),
+    restoreMs: r1(t2 - t1),
+    totalMs: r1(t2 - t0),
+    toPongMs: r1(t2 - t0 + pong),
+    imageBytes: ck.sizeBytes,
+    nodeCheckpointMs: ck.durationMs
   }
 }
 
@@ -280,8 +300,14 @@ async function mscLocalCli (c: Cluster, node: ClusterNode, round: number, keys: 
   await verifyRedis(node.host.ip, REDIS_PORT, keys, `msc local checkpoint/restore (CLI), round ${round}`)
   const info = JSON.parse(ck.stdout) as CheckpointInfo
   return {
-    method: 'msc-local-cli', round, checkpointMs: r1(t1 - t0), restoreMs: r1(t2 - t1), totalMs: r1(t2 - t0),
-    toPongMs: r1(t2 - t0 + pong), imageBytes: info.sizeBytes, nodeCheckpointMs: info.durationMs
+    method: 'msc-local-cli',
+    round,
+    checkpointMs: r1(t1 - t0),
+    restoreMs: r1(t2 - t1),
+    totalMs: r1(t2 - t0),
+    toPongMs: r1(t2 - t0 + pong),
+    imageBytes: info.sizeBytes,
+    nodeCheckpointMs: info.durationMs
   }
 }
 
@@ -308,8 +334,16 @@ async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, strategy: st
   // The next hop starts from the target: wait until its node lists redis running.
   await waitFor(async () => (await new ControlClient(path.join(to.dataDir, 'msc.sock')).inspect('redis').catch(() => null))?.state === 'running', 15_000, `${to.name} to list redis running`)
   return {
-    strategy, round, hop: `${from.name}->${to.name}`, downtimeMs: res.downtimeMs, totalMs: res.totalMs, bytes: res.bytes,
-    goodputMBps: res.goodputMBps, phases: res.phases, cliMs: r1(cliMs), pongAfterMs: r1(pongAfterMs)
+    strategy,
+    round,
+    hop: `${from.name}->${to.name}`,
+    downtimeMs: res.downtimeMs,
+    totalMs: res.totalMs,
+    bytes: res.bytes,
+    goodputMBps: res.goodputMBps,
+    phases: res.phases,
+    cliMs: r1(cliMs),
+    pongAfterMs: r1(pongAfterMs)
   }
 }
 
@@ -338,7 +372,10 @@ async function main (): Promise<void> {
     })()
     await cleaning
   }
-  const onSignal = (sig: string): void => { log(`${sig}`); cleanup().finally(() => process.exit(130)) }
+  const onSignal = (sig: string): void => {
+    log(`${sig}`)
+    cleanup().finally(() => process.exit(130))
+  }
   // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
@@ -407,9 +444,12 @@ async function main (): Promise<void> {
       const ss = locals.filter((s) => s.method === m)
       if (ss.length === 0) return null
       return {
-        method: m, samples: ss.length,
-        checkpointMs: r1(median(ss.map((s) => s.checkpointMs))), restoreMs: r1(median(ss.map((s) => s.restoreMs))),
-        totalMs: r1(median(ss.map((s) => s.totalMs))), toPongMs: r1(median(ss.map((s) => s.toPongMs))),
+        method: m,
+        samples: ss.length,
+        checkpointMs: r1(median(ss.map((s) => s.checkpointMs))),
+        restoreMs: r1(median(ss.map((s) => s.restoreMs))),
+        totalMs: r1(median(ss.map((s) => s.totalMs))),
+        toPongMs: r1(median(ss.map((s) => s.toPongMs))),
         imageMB: r1(median(ss.map((s) => s.imageBytes)) / 1e6)
       }
     }).filter((x) => x != null)
@@ -418,10 +458,15 @@ async function main (): Promise<void> {
       const ss = hops.filter((h) => h.strategy === st)
       const phaseNames = [...new Set(ss.flatMap((h) => Object.keys(h.phases)))]
       return {
-        strategy: st, samples: ss.length,
-        downtimeMs: r1(median(ss.map((h) => h.downtimeMs))), downtimeMinMs: Math.min(...ss.map((h) => h.downtimeMs)), downtimeMaxMs: Math.max(...ss.map((h) => h.downtimeMs)),
-        totalMs: r1(median(ss.map((h) => h.totalMs))), MB: r1(median(ss.map((h) => h.bytes)) / 1e6),
-        cliMs: r1(median(ss.map((h) => h.cliMs))), pongAfterMs: r1(median(ss.map((h) => h.pongAfterMs))),
+        strategy: st,
+        samples: ss.length,
+        downtimeMs: r1(median(ss.map((h) => h.downtimeMs))),
+        downtimeMinMs: Math.min(...ss.map((h) => h.downtimeMs)),
+        downtimeMaxMs: Math.max(...ss.map((h) => h.downtimeMs)),
+        totalMs: r1(median(ss.map((h) => h.totalMs))),
+        MB: r1(median(ss.map((h) => h.bytes)) / 1e6),
+        cliMs: r1(median(ss.map((h) => h.cliMs))),
+        pongAfterMs: r1(median(ss.map((h) => h.pongAfterMs))),
         phasesMs: Object.fromEntries(phaseNames.map((p) => [p, r1(median(ss.map((h) => h.phases[p] ?? 0)))]))
       }
     })
@@ -434,8 +479,14 @@ async function main (): Promise<void> {
     }))
 
     const file = await writeResults('migration', {
-      benchmark: 'migration', machine, options: o, status: { runc: status.runc, criu: status.criu, version: status.version },
-      ratios, local: localSummary, migrations: hopSummary, samples: { local: locals, hops }
+      benchmark: 'migration',
+      machine,
+      options: o,
+      status: { runc: status.runc, criu: status.criu, version: status.version },
+      ratios,
+      local: localSummary,
+      migrations: hopSummary,
+      samples: { local: locals, hops }
     })
     process.stdout.write(`\nredis with ${o.keys} keys, medians of ${o.runs} rounds (migrations: ${o.runs} x 2 hops per strategy); ` +
       `${machine.cpus} cpus, load ${machine.loadStart.join('/')} -> ${machine.loadEnd.join('/')}\n`)
@@ -443,12 +494,22 @@ async function main (): Promise<void> {
     process.stdout.write(table(ratios))
     process.stdout.write('\nlocal checkpoint + restore on one node (baselines):\n')
     process.stdout.write(table(localSummary.map((s) => ({
-      method: s.method, 'checkpoint ms': s.checkpointMs, 'restore ms': s.restoreMs, 'ck+rs ms': s.totalMs, 'to PONG ms': s.toPongMs, 'image MB': s.imageMB
+      method: s.method,
+      'checkpoint ms': s.checkpointMs,
+      'restore ms': s.restoreMs,
+      'ck+rs ms': s.totalMs,
+      'to PONG ms': s.toPongMs,
+      'image MB': s.imageMB
     }))))
     process.stdout.write('\nmigrations n1 <-> n2 (as reported by the source node):\n')
     process.stdout.write(table(hopSummary.map((h) => ({
-      strategy: h.strategy, hops: h.samples, 'downtime ms': h.downtimeMs, 'min-max': `${h.downtimeMinMs}-${h.downtimeMaxMs}`,
-      'total ms': h.totalMs, MB: h.MB, 'CLI wall ms': h.cliMs,
+      strategy: h.strategy,
+      hops: h.samples,
+      'downtime ms': h.downtimeMs,
+      'min-max': `${h.downtimeMinMs}-${h.downtimeMaxMs}`,
+      'total ms': h.totalMs,
+      MB: h.MB,
+      'CLI wall ms': h.cliMs,
       phases: Object.entries(h.phasesMs).map(([k, v]) => `${k} ${v}`).join(', ')
     }))))
     process.stdout.write(`\nresults: ${file}\n`)

@@ -17,59 +17,79 @@ const BASELINE_GREY = '#999999'
 /** A results file as JSON.parse gives it; each benchmark's function reads it as its own shape. */
 type Results = Record<string, unknown>
 
-interface Run { machine: MachineInfo, options: Record<string, number | string | boolean> }
+interface Run {
+  machine: MachineInfo
+  options: Record<string, number | string | boolean>
+}
 
 interface CliStartupResults extends Run {
   msc?: string
-  results: Array<{ case: string, 'median ms': number, 'p90 ms': number, 'x node -e 0': number }>
+  results: Array<{ case: string; 'median ms': number; 'p90 ms': number; 'x node -e 0': number }>
 }
 
 interface ImageTransferResults extends Run {
-  trees: Array<{ name: string, describe: string, bytes: number }>
-  summary: Array<{ tree: string, method: string, MBps: number, MBpsMin: number, MBpsMax: number, receiverRssReadyMiB: number, receiverRssPeakMiB: number }>
-  samples: Array<{ tree: string, method: string, receiverRssPeakMiB: number }>
+  trees: Array<{ name: string; describe: string; bytes: number }>
+  summary: Array<{ tree: string; method: string; MBps: number; MBpsMin: number; MBpsMax: number; receiverRssReadyMiB: number; receiverRssPeakMiB: number }>
+  samples: Array<{ tree: string; method: string; receiverRssPeakMiB: number }>
   ratios: unknown
 }
 
 interface MigrationResults extends Run {
-  local: Array<{ method: string, checkpointMs: number, restoreMs: number, totalMs: number, imageMB: number }>
-  migrations: Array<{ strategy: string, downtimeMs: number, downtimeMinMs: number, downtimeMaxMs: number, totalMs: number, MB: number, phasesMs: Record<string, number> }>
-  samples: { local: Array<{ method: string, totalMs: number }>, hops: Array<{ strategy: string, downtimeMs: number, totalMs: number }> }
+  local: Array<{ method: string; checkpointMs: number; restoreMs: number; totalMs: number; imageMB: number }>
+  migrations: Array<{ strategy: string; downtimeMs: number; downtimeMinMs: number; downtimeMaxMs: number; totalMs: number; MB: number; phasesMs: Record<string, number> }>
+  samples: { local: Array<{ method: string; totalMs: number }>; hops: Array<{ strategy: string; downtimeMs: number; totalMs: number }> }
   ratios: unknown
 }
 
 interface FailoverResults extends Run {
   rto?: {
-    leaseMs: number, dumpIntervalS: number, counterMs: number
-    summary: { trials: number, rtoMs: number, rtoTargetMs: number, rpoMs: number, rpoTargetMs: number }
-    samples: Array<{ rtoMs: number, rtoTargetMs: number, rpoMs: number, rpoTargetMs: number }>
+    leaseMs: number
+    dumpIntervalS: number
+    counterMs: number
+    summary: { trials: number; rtoMs: number; rtoTargetMs: number; rpoMs: number; rpoTargetMs: number }
+    samples: Array<{ rtoMs: number; rtoTargetMs: number; rpoMs: number; rpoTargetMs: number }>
   }
   overhead?: {
-    keys: number, clients: number, benchSeconds: number, rounds: number, replicationStalledUnderLoad: boolean
-    summary: { offRps: number, onRps: number, ratio: number, setRatio: number, getRatio: number, ackedDuringOn: number }
-    samples: Array<{ round: number, mode: 'on' | 'off', rps: number, setRps: number, getRps: number }>
+    keys: number
+    clients: number
+    benchSeconds: number
+    rounds: number
+    replicationStalledUnderLoad: boolean
+    summary: { offRps: number; onRps: number; ratio: number; setRatio: number; getRatio: number; ackedDuringOn: number }
+    samples: Array<{ round: number; mode: 'on' | 'off'; rps: number; setRps: number; getRps: number }>
   }
   bytes?: {
-    keys: number, dumpIntervalS: number, spreadWorked: boolean, bytesPerRound: number | null, imageBytes: number | null
-    fullWireBytes: number | null, freezeMs: number, intervalMs: number
-    generations: Array<{ generation: number, wireBytes: number, imageBytes: number, freezeMs: number, full: boolean, phase: string, time: string }>
-    phases: Array<{ mode: string, seconds: number, writes: number, acked: number, dumps: number, dumpFailed: number, generationFailed: number }>
+    keys: number
+    dumpIntervalS: number
+    spreadWorked: boolean
+    bytesPerRound: number | null
+    imageBytes: number | null
+    fullWireBytes: number | null
+    freezeMs: number
+    intervalMs: number
+    generations: Array<{ generation: number; wireBytes: number; imageBytes: number; freezeMs: number; full: boolean; phase: string; time: string }>
+    phases: Array<{ mode: string; seconds: number; writes: number; acked: number; dumps: number; dumpFailed: number; generationFailed: number }>
   }
 }
 
 const r2 = (x: number): number => Math.round(x * 100) / 100
 const ms = (x: number): string => `${Math.round(x).toLocaleString('en-US')} ms`
-const spread = (xs: number[]): { min: number, max: number } => ({ min: Math.min(...xs), max: Math.max(...xs) })
+const spread = (xs: number[]): { min: number; max: number } => ({ min: Math.min(...xs), max: Math.max(...xs) })
 const source = (file: string): string => `results: benchmarks/results/${file}`
 
 /** The charts of one results file of benchmark `bench` (empty for a benchmark without charts). */
 export function chartsFor (bench: string, data: Results, file: string): Chart[] {
   switch (bench) {
-    case 'cli-startup': return cliStartup(data as unknown as CliStartupResults, file)
-    case 'image-transfer': return imageTransfer(data as unknown as ImageTransferResults, file)
-    case 'migration': return migration(data as unknown as MigrationResults, file)
-    case 'failover': return failover(data as unknown as FailoverResults, file)
-    default: return []
+    case 'cli-startup':
+      return cliStartup(data as unknown as CliStartupResults, file)
+    case 'image-transfer':
+      return imageTransfer(data as unknown as ImageTransferResults, file)
+    case 'migration':
+      return migration(data as unknown as MigrationResults, file)
+    case 'failover':
+      return failover(data as unknown as FailoverResults, file)
+    default:
+      return []
   }
 }
 
@@ -201,20 +221,20 @@ function migration (d: MigrationResults, file: string): Chart[] {
   }, ...(nb === 0
     ? []
     : [{
-        name: 'migration-ratio',
-        spec: {
-          kind: 'bar' as const,
-          title: 'Migration downtime as a ratio of a local checkpoint + restore',
-          subtitle: `${what}. Below 1: the migration is down for less time than checkpointing and restoring on the same host.`,
-          machine: d.machine,
-          yLabel: 'downtime / local ck+rs (medians)',
-          groups: hops.map((h) => h.strategy),
-          series: ratioSeries,
-          lines: [{ value: 1, label: 'as long as the baseline' }],
-          notes: [`whiskers: shortest and longest downtime over the baseline's median; ${source(file)}`]
-        },
-        figures
-      }])]
+      name: 'migration-ratio',
+      spec: {
+        kind: 'bar' as const,
+        title: 'Migration downtime as a ratio of a local checkpoint + restore',
+        subtitle: `${what}. Below 1: the migration is down for less time than checkpointing and restoring on the same host.`,
+        machine: d.machine,
+        yLabel: 'downtime / local ck+rs (medians)',
+        groups: hops.map((h) => h.strategy),
+        series: ratioSeries,
+        lines: [{ value: 1, label: 'as long as the baseline' }],
+        notes: [`whiskers: shortest and longest downtime over the baseline's median; ${source(file)}`]
+      },
+      figures
+    }])]
 }
 
 function failover (d: FailoverResults, file: string): Chart[] {
@@ -230,7 +250,8 @@ function failover (d: FailoverResults, file: string): Chart[] {
       spec: {
         kind: 'ratio',
         title: 'Failover: recovery time and data loss against their targets',
-        subtitle: `A counter printing every ${d.rto.counterMs} ms, --replicas 1, 3 nodes, lease ${d.rto.leaseMs / 1000} s, DUMP_INTERVAL ${d.rto.dumpIntervalS} s; the owner's host power-cut at a random point of an interval, ${s.trials} trials. ` +
+        subtitle:
+          `A counter printing every ${d.rto.counterMs} ms, --replicas 1, 3 nodes, lease ${d.rto.leaseMs / 1000} s, DUMP_INTERVAL ${d.rto.dumpIntervalS} s; the owner's host power-cut at a random point of an interval, ${s.trials} trials. ` +
           `RTO target = lease + restore + 1 s (median ${ms(s.rtoTargetMs)}); RPO target = effective interval + one round (median ${ms(s.rpoTargetMs)}).`,
         machine,
         yLabel: 'measured / target (median)',
@@ -248,11 +269,12 @@ function failover (d: FailoverResults, file: string): Chart[] {
     const o = d.overhead
     const samples = o.samples
     const rounds = [...new Set(samples.map((x) => x.round))]
-    const perRound = (k: 'rps' | 'setRps' | 'getRps'): number[] => rounds.flatMap((r) => {
-      const on = samples.find((x) => x.round === r && x.mode === 'on')
-      const off = samples.find((x) => x.round === r && x.mode === 'off')
-      return on == null || off == null ? [] : [r2(on[k] / off[k])]
-    })
+    const perRound = (k: 'rps' | 'setRps' | 'getRps'): number[] =>
+      rounds.flatMap((r) => {
+        const on = samples.find((x) => x.round === r && x.mode === 'on')
+        const off = samples.find((x) => x.round === r && x.mode === 'off')
+        return on == null || off == null ? [] : [r2(on[k] / off[k])]
+      })
     const bar = (name: string, k: 'rps' | 'setRps' | 'getRps', value: number): Value & { name: string } => ({ name, value, ...spread(perRound(k)) })
     const stalled = o.replicationStalledUnderLoad === true ? ' REPLICATION STALLED UNDER LOAD: no generation was acknowledged during the ON runs.' : ''
     charts.push({
@@ -295,9 +317,17 @@ function failover (d: FailoverResults, file: string): Chart[] {
         notes: [`generations missing from the x axis were not acknowledged (dump or round failed); ${source(file)}`]
       },
       figures: {
-        keys: b.keys, dumpIntervalS: b.dumpIntervalS, spreadWorked: b.spreadWorked,
-        bytesPerRound: b.bytesPerRound, imageBytes: b.imageBytes, fullWireBytes: b.fullWireBytes,
-        roundOverImage, roundOverFull, freezeMs: b.freezeMs, intervalMs: b.intervalMs, generations: gens,
+        keys: b.keys,
+        dumpIntervalS: b.dumpIntervalS,
+        spreadWorked: b.spreadWorked,
+        bytesPerRound: b.bytesPerRound,
+        imageBytes: b.imageBytes,
+        fullWireBytes: b.fullWireBytes,
+        roundOverImage,
+        roundOverFull,
+        freezeMs: b.freezeMs,
+        intervalMs: b.intervalMs,
+        generations: gens,
         phases: b.phases.map((p) => ({ mode: p.mode, seconds: p.seconds, writes: p.writes, acked: p.acked, dumps: p.dumps, dumpFailed: p.dumpFailed, generationFailed: p.generationFailed }))
       }
     })

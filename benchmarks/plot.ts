@@ -113,9 +113,17 @@ export function runDate (iso: string): string {
 // chart specifications (plain data: they are also what docs/benchmarks/NAME.json keeps)
 
 /** One bar or point: the median, and optionally the spread (min/max) of its samples. */
-export interface Value { value: number, min?: number, max?: number, label?: string }
+export interface Value {
+  value: number
+  min?: number
+  max?: number
+  label?: string
+}
 
-export interface Line { value: number, label: string }
+export interface Line {
+  value: number
+  label: string
+}
 
 interface Common {
   title: string
@@ -131,7 +139,7 @@ export interface BarSpec extends Common {
   yLabel: string
   groups: string[]
   /** values[i] belongs to groups[i]; a null leaves no gap (the group's other bars close up). */
-  series: Array<{ name: string, values: Array<Value | null>, color?: string }>
+  series: Array<{ name: string; values: Array<Value | null>; color?: string }>
   /** Dashed horizontal lines (a baseline at 1, a target). */
   lines?: Line[]
 }
@@ -140,7 +148,7 @@ export interface LineSpec extends Common {
   kind: 'line'
   xLabel: string
   yLabel: string
-  series: Array<{ name: string, points: Array<Value & { x: number }>, color?: string }>
+  series: Array<{ name: string; points: Array<Value & { x: number }>; color?: string }>
   lines?: Line[]
   /** Start the y axis at 0 (default true: costs and sizes). */
   yFromZero?: boolean
@@ -195,7 +203,9 @@ function n (x: number): string {
   return String(Math.round(x * 10) / 10)
 }
 
-interface Attrs { [k: string]: string | number | undefined }
+interface Attrs {
+  [k: string]: string | number | undefined
+}
 
 function attrs (a: Attrs): string {
   return Object.entries(a).filter(([, v]) => v !== undefined).map(([k, v]) => ` ${k}="${typeof v === 'number' ? n(v) : escapeXml(v!)}"`).join('')
@@ -210,7 +220,12 @@ function valueLabel (x: number, y: number, s: string, a: Attrs = {}): string {
   return text(x, y, s, { 'font-size': 11, fill: '#222', stroke: '#ffffff', 'stroke-width': 3, 'paint-order': 'stroke', 'stroke-linejoin': 'round', ...a })
 }
 
-interface LegendItem { name: string, color: string, dashed?: boolean, series?: number }
+interface LegendItem {
+  name: string
+  color: string
+  dashed?: boolean
+  series?: number
+}
 
 /** Line patterns and marker shapes per series, so lines that coincide stay told apart. */
 const DASHES = [undefined, '7 4', '2 3', '10 3 2 3']
@@ -219,22 +234,29 @@ function marker (series: number, cx: number, cy: number, color: string, title?: 
   const t = title == null ? '' : `<title>${escapeXml(title)}</title>`
   const a = { fill: color, stroke: '#ffffff', 'stroke-width': 1 }
   switch (series % 4) {
-    case 1: return `<rect${attrs({ x: cx - 4, y: cy - 4, width: 8, height: 8, ...a })}>${t}</rect>`
-    case 2: return `<path${attrs({ d: `M${n(cx)} ${n(cy - 5)}L${n(cx + 5)} ${n(cy + 4)}H${n(cx - 5)}Z`, ...a })}>${t}</path>`
-    case 3: return `<path${attrs({ d: `M${n(cx)} ${n(cy - 5)}L${n(cx + 5)} ${n(cy)}L${n(cx)} ${n(cy + 5)}L${n(cx - 5)} ${n(cy)}Z`, ...a })}>${t}</path>`
-    default: return `<circle${attrs({ cx, cy, r: 4.5, ...a })}>${t}</circle>`
+    case 1:
+      return `<rect${attrs({ x: cx - 4, y: cy - 4, width: 8, height: 8, ...a })}>${t}</rect>`
+    case 2:
+      return `<path${attrs({ d: `M${n(cx)} ${n(cy - 5)}L${n(cx + 5)} ${n(cy + 4)}H${n(cx - 5)}Z`, ...a })}>${t}</path>`
+    case 3:
+      return `<path${attrs({ d: `M${n(cx)} ${n(cy - 5)}L${n(cx + 5)} ${n(cy)}L${n(cx)} ${n(cy + 5)}L${n(cx - 5)} ${n(cy)}Z`, ...a })}>${t}</path>`
+    default:
+      return `<circle${attrs({ cx, cy, r: 4.5, ...a })}>${t}</circle>`
   }
 }
 
 /** The legend as rows of swatches and names, wrapped to the width; returns the SVG and its height. */
-function legend (items: LegendItem[], top: number): { svg: string, height: number } {
+function legend (items: LegendItem[], top: number): { svg: string; height: number } {
   if (items.length === 0) return { svg: '', height: 0 }
   const parts: string[] = []
   let x = LEFT
   let y = top
   for (const it of items) {
     const w = 18 + textWidth(it.name) + 18
-    if (x + w > WIDTH - RIGHT && x > LEFT) { x = LEFT; y += 18 }
+    if (x + w > WIDTH - RIGHT && x > LEFT) {
+      x = LEFT
+      y += 18
+    }
     if (it.series != null) {
       parts.push(`<line${attrs({ x1: x - 3, y1: y + 6, x2: x + 15, y2: y + 6, stroke: it.color, 'stroke-width': 2, 'stroke-dasharray': DASHES[it.series % DASHES.length] })}/>`)
       parts.push(marker(it.series, x + 6, y + 6, it.color))
@@ -269,7 +291,7 @@ function header (spec: Common, items: LegendItem[]): Frame {
 }
 
 /** Footnote lines: the machine line, the date of the run, the notes; returns the SVG and its height. */
-function footer (spec: Common, top: number): { svg: string, height: number } {
+function footer (spec: Common, top: number): { svg: string; height: number } {
   const lines = [
     ...wrapText(`${machineLine(spec.machine)}; run ${runDate(spec.machine.date)}`, WIDTH - 2 * 12, 11),
     ...(spec.notes ?? []).flatMap((nt) => wrapText(nt, WIDTH - 2 * 12, 11))
@@ -292,10 +314,12 @@ function svgDocument (spec: Common, height: number, body: string[]): string {
 /** Horizontal grid lines, tick labels and the rotated y label for ticks over [top, bottom]. */
 function yAxis (ticks: number[], y: (v: number) => number, label: string, top: number, bottom: number): string {
   const step = ticks.length > 1 ? ticks[1]! - ticks[0]! : 1
-  const parts = ticks.map((t) => [
-    `<line${attrs({ x1: LEFT, y1: y(t), x2: WIDTH - RIGHT, y2: y(t), stroke: t === 0 ? '#888' : '#e3e3e3', 'stroke-width': 1 })}/>`,
-    text(LEFT - 6, y(t) + 4, formatTick(t, step), { 'text-anchor': 'end', fill: '#333' })
-  ].join('\n'))
+  const parts = ticks.map((t) =>
+    [
+      `<line${attrs({ x1: LEFT, y1: y(t), x2: WIDTH - RIGHT, y2: y(t), stroke: t === 0 ? '#888' : '#e3e3e3', 'stroke-width': 1 })}/>`,
+      text(LEFT - 6, y(t) + 4, formatTick(t, step), { 'text-anchor': 'end', fill: '#333' })
+    ].join('\n')
+  )
   const mid = (top + bottom) / 2
   parts.push(text(18, mid, label, { transform: `rotate(-90 18 ${n(mid)})`, 'text-anchor': 'middle', fill: '#222' }))
   return parts.join('\n')
@@ -319,7 +343,11 @@ function barTicks (values: Value[], lines: Line[]): number[] {
   return niceTicks(lo, hi === lo ? 1 : hi + (hi - lo) * 0.08, 5)
 }
 
-interface Bar { group: number, value: Value, color: string }
+interface Bar {
+  group: number
+  value: Value
+  color: string
+}
 
 /** Bars in groups along x: the shared drawing of barChart and ratioChart. */
 function drawBars (spec: Common & { yLabel: string }, groups: string[], bars: Bar[], lines: Line[], items: LegendItem[]): string {
@@ -360,10 +388,12 @@ function drawBars (spec: Common & { yLabel: string }, groups: string[], bars: Ba
 /** Grouped bars: per group, one bar per series that has a value there; whiskers from min/max. */
 export function barChart (spec: Omit<BarSpec, 'kind'>): string {
   const colors = spec.series.map((s, i) => s.color ?? PALETTE[i % PALETTE.length]!)
-  const bars: Bar[] = spec.groups.flatMap((_, gi) => spec.series.flatMap((s, si) => {
-    const v = s.values[gi]
-    return v == null || !Number.isFinite(v.value) ? [] : [{ group: gi, value: v, color: colors[si]! }]
-  }))
+  const bars: Bar[] = spec.groups.flatMap((_, gi) =>
+    spec.series.flatMap((s, si) => {
+      const v = s.values[gi]
+      return v == null || !Number.isFinite(v.value) ? [] : [{ group: gi, value: v, color: colors[si]! }]
+    })
+  )
   const items: LegendItem[] = [
     ...spec.series.map((s, i) => ({ name: s.name, color: colors[i]! })),
     ...(spec.lines ?? []).map((l) => ({ name: l.label, color: '#333', dashed: true }))
@@ -432,9 +462,12 @@ export function lineChart (spec: Omit<LineSpec, 'kind'>): string {
 /** The SVG of any chart spec (what a docs/benchmarks/NAME.json holds). */
 export function renderChart (spec: ChartSpec): string {
   switch (spec.kind) {
-    case 'bar': return barChart(spec)
-    case 'line': return lineChart(spec)
-    case 'ratio': return ratioChart(spec)
+    case 'bar':
+      return barChart(spec)
+    case 'line':
+      return lineChart(spec)
+    case 'ratio':
+      return ratioChart(spec)
   }
 }
 
@@ -495,7 +528,7 @@ export async function plotAfterRun (file: string): Promise<void> {
 }
 
 /** The results files the CLI draws by default: per chart, the newest file that has what it needs. */
-async function newestResults (): Promise<Array<{ file: string, only: string[] }>> {
+async function newestResults (): Promise<Array<{ file: string; only: string[] }>> {
   const { CHARTED, chartNames } = await import('./plot-charts.ts')
   const names = (await fs.readdir(RESULTS_DIR).catch(() => [] as string[])).filter((f) => f.endsWith('.json')).sort().reverse()
   const picks = new Map<string, string[]>()

@@ -75,19 +75,40 @@ async function launchWithNodeShim (shimFile: string, opts: LaunchOptions): Promi
   const status = child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }
   return await new Promise<number>((resolve, reject) => {
     let out = ''
-    const timer = setTimeout(() => { status.destroy(); reject(new Error(`runc did not return within ${opts.timeoutMs} ms`)) }, opts.timeoutMs)
+    const timer = setTimeout(() => {
+      status.destroy()
+      reject(new Error(`runc did not return within ${opts.timeoutMs} ms`))
+    }, opts.timeoutMs)
     status.on('data', (d: Buffer) => {
       out += d.toString()
-      if (out.includes('\n')) { clearTimeout(timer); status.destroy(); resolve(Number.parseInt(out.trim(), 10)) }
+      if (out.includes('\n')) {
+        clearTimeout(timer)
+        status.destroy()
+        resolve(Number.parseInt(out.trim(), 10))
+      }
     })
-    status.on('end', () => { clearTimeout(timer); reject(new Error('runc ended without an exit status')) })
-    child.on('error', (err) => { clearTimeout(timer); reject(err) })
+    status.on('end', () => {
+      clearTimeout(timer)
+      reject(new Error('runc ended without an exit status'))
+    })
+    child.on('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
   })
 }
 
-interface Side { name: 'old' | 'new', launch: (opts: LaunchOptions) => Promise<number> }
+interface Side {
+  name: 'old' | 'new'
+  launch: (opts: LaunchOptions) => Promise<number>
+}
 
-interface Usage { processes: number, rssKiB: number, pssKiB: number, kinds: Record<string, number> }
+interface Usage {
+  processes: number
+  rssKiB: number
+  pssKiB: number
+  kinds: Record<string, number>
+}
 
 /** Processes whose environment has MSC_SHIM_LOG under `dir`: what msc keeps per container. */
 async function shimProcesses (dir: string): Promise<number[]> {
@@ -138,7 +159,11 @@ async function removeAll (root: string, dir: string): Promise<void> {
   for (const id of String(r.stdout).split('\n').filter(Boolean)) await runc(root, 'delete', '--force', id)
   // A shim ends once its container's pipe closes; one that does not is killed.
   await waitFor('the shims to exit', async () => (await shimProcesses(dir)).length === 0, 5_000).catch(() => {})
-  for (const pid of await shimProcesses(dir)) try { process.kill(pid, 'SIGKILL') } catch {}
+  for (const pid of await shimProcesses(dir)) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
 }
 
 async function main (): Promise<void> {
@@ -180,7 +205,9 @@ async function main (): Promise<void> {
           const logFile = path.join(c, 'container.log')
           const code = await side.launch({
             argv: ['runc', '--root', root, 'run', '--detach', '--bundle', c, '--pid-file', path.join(c, 'container.pid'), id],
-            logFile, logMaxBytes: LOG_MAX, timeoutMs: 60_000
+            logFile,
+            logMaxBytes: LOG_MAX,
+            timeoutMs: 60_000
           })
           if (code !== 0) throw new Error(`${side.name}: runc run ${id} exited ${code}: ${await fs.readFile(logFile, 'utf8').catch(() => '')}`)
           await waitFor(`${id}'s line in its log`, async () => (await fs.readFile(logFile, 'utf8').catch(() => '')) === 'ready\n')
@@ -221,7 +248,11 @@ async function main (): Promise<void> {
     name: 'shim-memory',
     figures: { perContainerMiB: rows, ratios },
     spec: {
-      kind: 'bar', title: 'Memory msc keeps per idle container for its output', machine, yLabel: 'MiB per container', groups: ['RSS', 'PSS'],
+      kind: 'bar',
+      title: 'Memory msc keeps per idle container for its output',
+      machine,
+      yLabel: 'MiB per container',
+      groups: ['RSS', 'PSS'],
       series: rows.map((r) => ({ name: r.shim, values: [{ value: r['RSS MiB/container'] }, { value: r['PSS MiB/container'] }] })),
       notes: [`${n} idle containers per side; new / old: RSS ${ratios.rss}, PSS ${ratios.pss}; results: benchmarks/results/${path.basename(file)}`]
     }

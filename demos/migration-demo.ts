@@ -19,13 +19,15 @@ import { Testbed } from '../test/testbed/testbed.ts'
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)))
 const MSC = path.join(ROOT, 'bin', 'msc')
 const bold = (s: string): string => process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s
-const say = (s: string): void => { process.stdout.write(`\n${bold('== ' + s)}\n`) }
+const say = (s: string): void => {
+  process.stdout.write(`\n${bold('== ' + s)}\n`)
+}
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
 const work = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-demo-'))
 await Testbed.destroyStale()
 const tb = await Testbed.create({ hosts: 3, name: `demo-${process.pid}` })
-const nodes: Array<{ name: string, dir: string, proc: ChildProcess }> = []
+const nodes: Array<{ name: string; dir: string; proc: ChildProcess }> = []
 let cleaning = false
 async function cleanup (): Promise<void> {
   if (cleaning) return
@@ -38,7 +40,9 @@ async function cleanup (): Promise<void> {
   if (process.env.MSC_DEMO_KEEP === '1') process.stdout.write(`(kept: ${work})\n`)
   else await execa('rm', ['-rf', '--one-file-system', work], { reject: false })
 }
-process.on('SIGINT', () => { void cleanup().then(() => process.exit(130)) })
+process.on('SIGINT', () => {
+  void cleanup().then(() => process.exit(130))
+})
 
 const msc = async (node: string, ...args: string[]): Promise<string> => {
   const r = await execa(MSC, [...args, '--data-dir', path.join(work, node)], { reject: false })

@@ -25,12 +25,12 @@ interface FormatConfig {
   excludes: string[]
 }
 
-async function * tsFiles (dir: string, excludes: string[]): AsyncGenerator<string> {
+async function* tsFiles (dir: string, excludes: string[]): AsyncGenerator<string> {
   for (const e of await fs.readdir(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name)
     const rel = path.relative(ROOT, p)
     if (excludes.some((x) => rel === x || rel.startsWith(`${x}/`)) || e.name === 'node_modules') continue
-    if (e.isDirectory()) yield * tsFiles(p, excludes)
+    if (e.isDirectory()) yield* tsFiles(p, excludes)
     else if (e.isFile() && e.name.endsWith('.ts')) yield p
   }
 }

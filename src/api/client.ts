@@ -31,7 +31,9 @@ export class ControlClient {
         // whether the host name is an IPv6 address, and compiling that regular
         // expression alone costs ~10 ms, at every command.
         createConnection: () => net.createConnection({ path: this.socketPath }),
-        method, path, signal,
+        method,
+        path,
+        signal,
         headers: body == null ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
       }, resolve)
       req.on('error', (err: NodeJS.ErrnoException) => {
@@ -46,19 +48,35 @@ export class ControlClient {
     })
   }
 
-  status (): Promise<NodeStatus> { return this.request('GET', '/v1/status') }
-  list (): Promise<ContainerInfo[]> { return this.request('GET', '/v1/containers') }
-  inspect (name: string): Promise<ContainerInfo> { return this.request('GET', `/v1/containers/${enc(name)}`) }
+  status (): Promise<NodeStatus> {
+    return this.request('GET', '/v1/status')
+  }
+  list (): Promise<ContainerInfo[]> {
+    return this.request('GET', '/v1/containers')
+  }
+  inspect (name: string): Promise<ContainerInfo> {
+    return this.request('GET', `/v1/containers/${enc(name)}`)
+  }
   /** `replicas` absent: the node's --default-replicas applies. */
   run (name: string, bundle: string, replicas?: number): Promise<ContainerInfo> {
     const req: RunRequest = replicas == null ? { name, bundle } : { name, bundle, replicas }
     return this.request('POST', '/v1/containers', req)
   }
-  stop (name: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/stop`, {}) }
-  remove (name: string, force = false): Promise<{ removed: string }> { return this.request('DELETE', `/v1/containers/${enc(name)}${force ? '?force=1' : ''}`) }
-  checkpoint (name: string, stop = false): Promise<CheckpointInfo> { return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop }) }
-  checkpoints (name: string): Promise<CheckpointInfo[]> { return this.request('GET', `/v1/containers/${enc(name)}/checkpoints`) }
-  restore (name: string, from?: string): Promise<ContainerInfo> { return this.request('POST', `/v1/containers/${enc(name)}/restore`, from == null ? {} : { from }) }
+  stop (name: string): Promise<ContainerInfo> {
+    return this.request('POST', `/v1/containers/${enc(name)}/stop`, {})
+  }
+  remove (name: string, force = false): Promise<{ removed: string }> {
+    return this.request('DELETE', `/v1/containers/${enc(name)}${force ? '?force=1' : ''}`)
+  }
+  checkpoint (name: string, stop = false): Promise<CheckpointInfo> {
+    return this.request('POST', `/v1/containers/${enc(name)}/checkpoint`, { stop })
+  }
+  checkpoints (name: string): Promise<CheckpointInfo[]> {
+    return this.request('GET', `/v1/containers/${enc(name)}/checkpoints`)
+  }
+  restore (name: string, from?: string): Promise<ContainerInfo> {
+    return this.request('POST', `/v1/containers/${enc(name)}/restore`, from == null ? {} : { from })
+  }
 
   /** Starts a migration; `onEvent` sees each progress line; resolves with the result. */
   async migrate (name: string, body: MigrateRequestBody, onEvent: (e: MigrateEvent) => void, signal?: AbortSignal): Promise<MigrationResultInfo> {
@@ -74,11 +92,21 @@ export class ControlClient {
     return result
   }
 
-  peers (): Promise<PeerInfo[]> { return this.request('GET', '/v1/peers') }
-  join (addr: string): Promise<JoinResult> { return this.request('POST', '/v1/peers/join', { addr }) }
-  removePeer (idOrName: string): Promise<RemovedPeer> { return this.request('POST', `/v1/peers/${enc(idOrName)}/remove`) }
-  cluster (): Promise<ClusterInfo> { return this.request('GET', '/v1/cluster') }
-  clusterToken (ttlMs: number): Promise<ClusterToken> { return this.request('POST', '/v1/cluster/token', { ttlMs }) }
+  peers (): Promise<PeerInfo[]> {
+    return this.request('GET', '/v1/peers')
+  }
+  join (addr: string): Promise<JoinResult> {
+    return this.request('POST', '/v1/peers/join', { addr })
+  }
+  removePeer (idOrName: string): Promise<RemovedPeer> {
+    return this.request('POST', `/v1/peers/${enc(idOrName)}/remove`)
+  }
+  cluster (): Promise<ClusterInfo> {
+    return this.request('GET', '/v1/cluster')
+  }
+  clusterToken (ttlMs: number): Promise<ClusterToken> {
+    return this.request('POST', '/v1/cluster/token', { ttlMs })
+  }
 
   async logs (name: string, follow: boolean, signal?: AbortSignal): Promise<IncomingMessage> {
     const res = await this.raw('GET', `/v1/containers/${enc(name)}/logs${follow ? '?follow=1' : ''}`, undefined, signal)
@@ -98,7 +126,9 @@ export class ControlClient {
   }
 }
 
-function enc (s: string): string { return encodeURIComponent(s) }
+function enc (s: string): string {
+  return encodeURIComponent(s)
+}
 
 async function readJsonBody (res: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = []
@@ -121,7 +151,7 @@ async function throwIfError (res: IncomingMessage): Promise<void> {
  * The complete, non-blank lines of an NDJSON stream, without their newline. A last line
  * without one (the sender died mid-line) is dropped: it is not a whole JSON value.
  */
-export async function * ndjsonLines (stream: AsyncIterable<unknown>): AsyncGenerator<string> {
+export async function* ndjsonLines (stream: AsyncIterable<unknown>): AsyncGenerator<string> {
   const dec = new StringDecoder('utf8') // a character split across chunks stays whole
   let buf = ''
   for await (const c of stream) {

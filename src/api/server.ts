@@ -3,7 +3,8 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import type { Logger } from '../util/logger.ts'
 import { MscError, toMscError, type MscErrorCode } from '../util/errors.ts'
-import type { NodeEvent, CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo, ClusterInfo, ClusterToken, RemovedPeer } from './types.ts'
+import type { NodeEvent, CheckpointInfo, ContainerInfo, NodeStatus, RunRequest, CheckpointRequest, RestoreRequest, PeerInfo, JoinRequest, JoinResult, MigrateRequestBody, MigrateEvent, MigrationResultInfo, ClusterInfo, ClusterToken,
+  RemovedPeer } from './types.ts'
 
 /** What the API serves; the node implements it. Keeps api/ free of node internals. */
 export interface ControlHandlers {
@@ -27,13 +28,22 @@ export interface ControlHandlers {
   /** Replication, lease and failover events: those kept so far, then each as it happens, until the returned function is called. */
   events: (fn: (e: NodeEvent) => void) => () => void
   /** Where a container that left this node went, if it did. */
-  movedTo: (name: string) => Promise<{ to: string, toName: string, at: string } | null>
+  movedTo: (name: string) => Promise<{ to: string; toName: string; at: string } | null>
 }
 
 const STATUS: Record<MscErrorCode, number> = {
-  INVALID_ARGUMENT: 400, INVALID_BUNDLE: 400, NOT_FOUND: 404, ALREADY_EXISTS: 409, INVALID_STATE: 409,
-  RUNTIME_ERROR: 500, CRIU_ERROR: 500, CRIU_MISSING: 500, RUNC_MISSING: 500, NO_SPACE: 507,
-  DAEMON_UNREACHABLE: 503, INTERNAL: 500
+  INVALID_ARGUMENT: 400,
+  INVALID_BUNDLE: 400,
+  NOT_FOUND: 404,
+  ALREADY_EXISTS: 409,
+  INVALID_STATE: 409,
+  RUNTIME_ERROR: 500,
+  CRIU_ERROR: 500,
+  CRIU_MISSING: 500,
+  RUNC_MISSING: 500,
+  NO_SPACE: 507,
+  DAEMON_UNREACHABLE: 503,
+  INTERNAL: 500
 }
 
 const MAX_BODY = 64 * 1024
@@ -51,7 +61,9 @@ export class ControlServer {
   constructor (handlers: ControlHandlers, logger: Logger) {
     this.handlers = handlers
     this.log = logger
-    this.server = http.createServer((req, res) => { void this.handle(req, res) })
+    this.server = http.createServer((req, res) => {
+      void this.handle(req, res)
+    })
     this.server.requestTimeout = 0 // checkpoints of big containers and `logs -f` take long
   }
 
@@ -60,7 +72,10 @@ export class ControlServer {
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject)
       // umask-independent 0600: create, then chmod before anyone is told we listen.
-      this.server.listen(socketPath, () => { this.server.off('error', reject); resolve() })
+      this.server.listen(socketPath, () => {
+        this.server.off('error', reject)
+        resolve()
+      })
     })
     await fsp.chmod(socketPath, 0o600)
   }
@@ -73,7 +88,9 @@ export class ControlServer {
 
   private async handle (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const ac = new AbortController()
-    res.on('close', () => { if (!res.writableFinished) ac.abort() })
+    res.on('close', () => {
+      if (!res.writableFinished) ac.abort()
+    })
     const method = req.method ?? 'GET'
     try {
       // Inside the try: a malformed %-escape must be an error answer, not a crashed node.
@@ -111,7 +128,10 @@ export class ControlServer {
         if (method === 'POST') return send(res, 201, await h.run(await body<RunRequest>(req), ac.signal))
       } else if (op == null) {
         if (method === 'GET') return send(res, 200, await h.inspect(name))
-        if (method === 'DELETE') { await h.remove(name, url.searchParams.get('force') === '1'); return send(res, 200, { removed: name }) }
+        if (method === 'DELETE') {
+          await h.remove(name, url.searchParams.get('force') === '1')
+          return send(res, 200, { removed: name })
+        }
       } else if (method === 'POST' && op === 'stop') {
         return send(res, 200, await h.stop(name))
       } else if (method === 'POST' && op === 'checkpoint') {
@@ -155,11 +175,21 @@ export class ControlServer {
     res.writeHead(200, { 'content-type': 'application/x-ndjson' })
     const unsubscribe = this.handlers.events((e) => {
       if (res.writableEnded) return
-      if (res.writableLength > 4 * 1024 * 1024) { stop(); return }
+      if (res.writableLength > 4 * 1024 * 1024) {
+        stop()
+        return
+      }
       res.write(JSON.stringify(e) + '\n')
     })
-    const stop = (): void => { unsubscribe(); this.followers.delete(stop); if (!res.writableEnded) res.end() }
-    if (!follow) { stop(); return }
+    const stop = (): void => {
+      unsubscribe()
+      this.followers.delete(stop)
+      if (!res.writableEnded) res.end()
+    }
+    if (!follow) {
+      stop()
+      return
+    }
     this.followers.add(stop)
     res.on('close', stop)
   }
@@ -172,9 +202,14 @@ export class ControlServer {
     const [rotated, current] = await this.handlers.logFiles(name)
     res.writeHead(200, { 'content-type': 'application/octet-stream' })
     for (const f of [rotated!, current!]) {
-      try { await pipeFile(f, 0, res) } catch {}
+      try {
+        await pipeFile(f, 0, res)
+      } catch {}
     }
-    if (!follow) { res.end(); return }
+    if (!follow) {
+      res.end()
+      return
+    }
     let pos = (await fsp.stat(current!).catch(() => ({ size: 0 }))).size
     let busy = false
     const tick = async (): Promise<void> => {
@@ -193,10 +228,18 @@ export class ControlServer {
         }
         if (st.size < pos) pos = 0 // rotated: start the new file from its beginning
         if (st.size > pos) pos = await pipeFile(current!, pos, res)
-      } finally { busy = false }
+      } finally {
+        busy = false
+      }
     }
-    const timer = setInterval(() => { void tick() }, 200)
-    const stop = (): void => { clearInterval(timer); this.followers.delete(stop); res.end() }
+    const timer = setInterval(() => {
+      void tick()
+    }, 200)
+    const stop = (): void => {
+      clearInterval(timer)
+      this.followers.delete(stop)
+      res.end()
+    }
     this.followers.add(stop)
     res.on('close', stop)
   }
@@ -206,7 +249,10 @@ async function pipeFile (file: string, start: number, res: http.ServerResponse):
   return await new Promise<number>((resolve, reject) => {
     const rs = fs.createReadStream(file, { start })
     let pos = start
-    rs.on('data', (d) => { pos += d.length; res.write(d) })
+    rs.on('data', (d) => {
+      pos += d.length
+      res.write(d)
+    })
     rs.on('end', () => resolve(pos))
     rs.on('error', reject)
   })

@@ -47,13 +47,13 @@ export interface ContainerInfo {
   /** Replication as its owner sees it (only on the node that runs it). */
   replication?: ReplicationInfo
   /** Set when this node killed it because it could not renew its lease (self-fencing). */
-  leaseLost?: { epoch: number, at: string }
+  leaseLost?: { epoch: number; at: string }
 }
 
 /** `msc inspect NAME --json`: a replicated container's standbys and the age of its newest safe copy. */
 export interface ReplicationInfo {
   replicas: number
-  standbys: Array<{ peerId: string, name: string, generation: number | null, ackedAt: string | null }>
+  standbys: Array<{ peerId: string; name: string; generation: number | null; ackedAt: string | null }>
   /** Generations dumped so far (this run of the node). */
   generation: number
   /** The newest generation a standby acknowledged. */
@@ -84,8 +84,8 @@ export interface PeerInfo {
   version: string
   role: string
   rttMs: number | null
-  containers: Array<{ name: string, epoch: number, state: string }>
-  resources: { memFreeBytes: number, memTotalBytes: number, diskFreeBytes: number }
+  containers: Array<{ name: string; epoch: number; state: string }>
+  resources: { memFreeBytes: number; memTotalBytes: number; diskFreeBytes: number }
 }
 
 export interface OwnershipInfo {
@@ -102,7 +102,7 @@ export interface NodeStatus {
   addrs: string[]
   peersAlive: number
   peersKnown: number
-  membership: { accepted: number, dropped: Record<string, number> }
+  membership: { accepted: number; dropped: Record<string, number> }
   version: string
   pid: number
   dataDir: string
@@ -140,9 +140,9 @@ export interface FailoverSummary {
   failover: string
   /** Leases this node holds for its own containers. */
   held: number
-  replicas: Array<{ container: string, owner: string, epoch: number, generation: number | null, dumpedAt: string }>
+  replicas: Array<{ container: string; owner: string; epoch: number; generation: number | null; dumpedAt: string }>
   /** Containers whose node died with every standby that could bring them back (or without a majority up): nothing runs them. */
-  lost: Array<{ container: string, owner: string, epoch: number, since: string }>
+  lost: Array<{ container: string; owner: string; epoch: number; since: string }>
 }
 
 /** The cluster this node belongs to (`msc status`). */
@@ -154,36 +154,58 @@ export interface ClusterSummary {
   /** How another node joins, in one line. */
   joinHint: string
   /** Dials and connections refused (not members), streams refused, records whose proof failed. */
-  refused: { connections: number, streams: number, records: number }
+  refused: { connections: number; streams: number; records: number }
 }
 
 /** `msc cluster ls --json`: the persisted member list. */
 export interface ClusterInfo extends Omit<ClusterSummary, 'members'> {
-  members: Array<{ peerId: string, name: string, addrs: string[], admittedAt: string, admittedBy: string, self: boolean, state: string }>
+  members: Array<{ peerId: string; name: string; addrs: string[]; admittedAt: string; admittedBy: string; self: boolean; state: string }>
   /** Peers admitted under a name an earlier member holds: not members. */
-  conflicts: Array<{ peerId: string, name: string, heldBy: string }>
+  conflicts: Array<{ peerId: string; name: string; heldBy: string }>
 }
 
-export interface ClusterToken { token: string, cluster: string, expiresAt: string }
-export interface RemovedPeer { peerId: string, name: string }
+export interface ClusterToken {
+  token: string
+  cluster: string
+  expiresAt: string
+}
+export interface RemovedPeer {
+  peerId: string
+  name: string
+}
 
-export interface RunRequest { name: string, bundle: string, replicas?: number }
-export interface CheckpointRequest { stop?: boolean }
-export interface RestoreRequest { from?: string }
+export interface RunRequest {
+  name: string
+  bundle: string
+  replicas?: number
+}
+export interface CheckpointRequest {
+  stop?: boolean
+}
+export interface RestoreRequest {
+  from?: string
+}
 
-export interface JoinRequest { addr: string }
-export interface JoinResult { peerId: string }
+export interface JoinRequest {
+  addr: string
+}
+export interface JoinResult {
+  peerId: string
+}
 
 export interface ApiErrorBody {
-  error: { code: string, message: string, details: string[] }
+  error: { code: string; message: string; details: string[] }
 }
 
-export interface MigrateRequestBody { to?: string, strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy' }
+export interface MigrateRequestBody {
+  to?: string
+  strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy'
+}
 
 /** One line of the NDJSON answer to a migrate request. */
 export type MigrateEvent =
-  | { type: 'progress', phase: string, bytes: number, totalBytes: number }
-  | { type: 'result', result: MigrationResultInfo }
+  | { type: 'progress'; phase: string; bytes: number; totalBytes: number }
+  | { type: 'result'; result: MigrationResultInfo }
 
 /** `msc peer migrate --json` (docs/cli.md). */
 export interface MigrationResultInfo {
@@ -199,6 +221,6 @@ export interface MigrationResultInfo {
   bytes: number
   goodputMBps: number | null
   phases: Record<string, number>
-  error?: { code: string, message: string, details: string[] }
+  error?: { code: string; message: string; details: string[] }
   runningOn?: string
 }

@@ -61,15 +61,25 @@ export async function writeBeaconBundle (dir: string, opts: BeaconBundleOptions,
   await fs.copyFile(binary, path.join(rootfs, BEACON_PATH))
   await fs.chmod(path.join(rootfs, BEACON_PATH), 0o755)
   const args = [
-    BEACON_PATH, 'send', '--to', opts.target, '--mib', String(memoryMiB), '--interval-ms', String(intervalMs),
-    '--seed', String(seed), '--dirty-pages', String(dirtyPages)
+    BEACON_PATH,
+    'send',
+    '--to',
+    opts.target,
+    '--mib',
+    String(memoryMiB),
+    '--interval-ms',
+    String(intervalMs),
+    '--seed',
+    String(seed),
+    '--dirty-pages',
+    String(dirtyPages)
   ]
   // 'beacon' is not (yet) one of index.ts's BundleKinds; the cast goes once it is.
   return finishBundle(dir, 'beacon', defaultSpec({ args, hostname: 'beacon' }))
 }
 
 /** `IPV4:PORT`, checked here so that a typo fails before a container starts. */
-export function parseTarget (target: string): { host: string, port: number } {
+export function parseTarget (target: string): { host: string; port: number } {
   const i = target.lastIndexOf(':')
   const host = target.slice(0, i)
   const port = Number(target.slice(i + 1))

@@ -11,9 +11,9 @@ export type OciMount = {
   options?: string[]
 }
 
-export type OciNamespace = { type: 'pid' | 'network' | 'ipc' | 'uts' | 'mount' | 'user' | 'cgroup', path?: string }
+export type OciNamespace = { type: 'pid' | 'network' | 'ipc' | 'uts' | 'mount' | 'user' | 'cgroup'; path?: string }
 
-export type OciRlimit = { type: string, hard: number, soft: number }
+export type OciRlimit = { type: string; hard: number; soft: number }
 
 export type OciCapabilities = {
   bounding: string[]
@@ -24,7 +24,7 @@ export type OciCapabilities = {
 
 export type OciProcess = {
   terminal: boolean
-  user: { uid: number, gid: number }
+  user: { uid: number; gid: number }
   args: string[]
   env: string[]
   cwd: string
@@ -36,13 +36,13 @@ export type OciProcess = {
 export type OciSpec = {
   ociVersion: string
   process: OciProcess
-  root: { path: string, readonly: boolean }
+  root: { path: string; readonly: boolean }
   hostname: string
   mounts: OciMount[]
   linux: {
     /** Set per node by msc (each node its own prefix); never by the bundle writers. */
     cgroupsPath?: string
-    resources?: { devices?: Array<{ allow: boolean, access: string, type?: string, major?: number, minor?: number }> }
+    resources?: { devices?: Array<{ allow: boolean; access: string; type?: string; major?: number; minor?: number }> }
     namespaces: OciNamespace[]
     maskedPaths: string[]
     readonlyPaths: string[]
@@ -109,8 +109,16 @@ export function defaultSpec (opts: DefaultSpecOptions): OciSpec {
       // runc spec's own lists: a node refuses a received bundle that drops any of them
       // (src/runtime/bundle-policy.ts), and so would refuse these bundles after a migration.
       maskedPaths: [
-        '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
-        '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/sys/firmware', '/proc/scsi'
+        '/proc/acpi',
+        '/proc/asound',
+        '/proc/kcore',
+        '/proc/keys',
+        '/proc/latency_stats',
+        '/proc/timer_list',
+        '/proc/timer_stats',
+        '/proc/sched_debug',
+        '/sys/firmware',
+        '/proc/scsi'
       ],
       readonlyPaths: ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger']
     }

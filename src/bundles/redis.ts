@@ -53,9 +53,20 @@ export async function writeRedisBundle (dir: string, opts: RedisBundleOptions = 
   await fs.mkdir(path.join(rootfs, 'data'))
 
   const args = [
-    REDIS_SERVER, '--port', String(port), '--bind', bind,
+    REDIS_SERVER,
+    '--port',
+    String(port),
+    '--bind',
+    bind,
     // No RDB/AOF: the state lives in memory only, which is what a checkpoint carries.
-    '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', '/data'
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--protected-mode',
+    'no',
+    '--dir',
+    '/data'
   ]
   return finishBundle(dir, 'redis', defaultSpec({ args, hostname: 'redis' }))
 }

@@ -92,18 +92,22 @@ function standbysCell (r: ReplicationInfo | undefined): string {
 }
 
 export function containersTable (list: ContainerInfo[]): string {
-  return table(['NAME', 'STATE', 'PID', 'STARTED', 'REPLICAS', 'STANDBYS', 'RPO', 'BUNDLE'],
-    list.map((c) => [c.name, stateText(c), c.pid == null ? '-' : String(c.pid), ago(c.started),
-      c.replicas == null || c.replicas === 0 ? '-' : String(c.replicas), standbysCell(c.replication),
-      c.replication?.rpoMs == null ? '-' : dur(c.replication.rpoMs), c.bundle]))
+  return table(['NAME', 'STATE', 'PID', 'STARTED', 'REPLICAS', 'STANDBYS', 'RPO', 'BUNDLE'], list.map((
+    c
+  ) => [c.name, stateText(c), c.pid == null ? '-' : String(c.pid), ago(c.started), c.replicas == null || c.replicas === 0 ? '-' : String(c.replicas), standbysCell(c.replication),
+    c.replication?.rpoMs == null ? '-' : dur(c.replication.rpoMs), c.bundle]
+  ))
 }
 
 /** `msc inspect NAME`: one container, field by field, with its replication. */
 export function containerText (c: ContainerInfo, now = Date.now()): string {
   const rows: string[][] = [
-    ['name', c.name], ['state', stateText(c)], ['pid', c.pid == null ? '-' : String(c.pid)],
+    ['name', c.name],
+    ['state', stateText(c)],
+    ['pid', c.pid == null ? '-' : String(c.pid)],
     ['started', c.started == null ? '-' : `${c.started} (${ago(c.started, now)})`],
-    ['created', c.createdAt], ['bundle', c.bundle],
+    ['created', c.createdAt],
+    ['bundle', c.bundle],
     ['checkpoints', `${c.checkpoints}${c.lastCheckpoint == null ? '' : ` (newest ${c.lastCheckpoint})`}`],
     ['epoch', c.epoch == null ? '-' : String(c.epoch)],
     ['replicas', c.replicas == null ? '-' : c.replicas === 0 ? '0 (not replicated: no failover)' : String(c.replicas)]
@@ -135,33 +139,38 @@ export function containerText (c: ContainerInfo, now = Date.now()): string {
 }
 
 export function checkpointsTable (list: CheckpointInfo[]): string {
-  return table(['ID', 'CREATED', 'SIZE', 'TOOK', 'AFTERWARDS'],
-    list.map((c) => [c.id, ago(c.createdAt), bytes(c.sizeBytes), `${c.durationMs} ms`, c.leftRunning ? 'kept running' : 'stopped']))
+  return table(['ID', 'CREATED', 'SIZE', 'TOOK', 'AFTERWARDS'], list.map((c) => [c.id, ago(c.createdAt), bytes(c.sizeBytes), `${c.durationMs} ms`, c.leftRunning ? 'kept running' : 'stopped']))
 }
 
 export function peersTable (list: PeerInfo[]): string {
   return table(['NAME', 'STATE', 'LAST HEARD', 'RTT', 'CONTAINERS', 'PEER ID', 'ADDRESSES'],
-    list.map((p) => [p.name, p.state, ago(p.lastHeard), p.rttMs == null ? '-' : `${p.rttMs} ms`,
-      p.containers.map((c) => `${c.name}@${c.epoch}`).join(',') || '-', p.peerId, p.addrs.join(' ')]))
+    list.map((p) => [p.name, p.state, ago(p.lastHeard), p.rttMs == null ? '-' : `${p.rttMs} ms`, p.containers.map((c) => `${c.name}@${c.epoch}`).join(',') || '-', p.peerId, p.addrs.join(' ')]))
 }
 
 /** `names`: peer id to member name, to name the owners of the replicas this node keeps. */
 export function statusText (s: NodeStatus, names?: ReadonlyMap<string, string>): string {
   const dropped = Object.entries(s.membership.dropped).filter(([, n]) => n > 0).map(([k, n]) => `${k}=${n}`).join(' ')
   const main = table(['FIELD', 'VALUE'], [
-    ['peer id', s.peerId], ['name', s.name], ['addresses', s.addrs.join(' ') || '-'],
+    ['peer id', s.peerId],
+    ['name', s.name],
+    ['addresses', s.addrs.join(' ') || '-'],
     ['peers alive', `${s.peersAlive} of ${s.peersKnown} known`],
     ['heartbeats', `${s.membership.accepted} accepted${dropped === '' ? '' : `, dropped: ${dropped}`}`],
-    ['version', s.version], ['pid', String(s.pid)], ['data dir', s.dataDir], ['node id', s.nodeId],
-    ['cgroup parent', s.cgroupParent], ['runc', s.runc], ['criu', s.criu], ['containers', String(s.containers)],
+    ['version', s.version],
+    ['pid', String(s.pid)],
+    ['data dir', s.dataDir],
+    ['node id', s.nodeId],
+    ['cgroup parent', s.cgroupParent],
+    ['runc', s.runc],
+    ['criu', s.criu],
+    ['containers', String(s.containers)],
     ['started', `${s.startedAt} (${ago(s.startedAt)})`],
     ...clusterRows(s),
     ...failoverRows(s)
   ])
   const f = s.failover as NodeStatus['failover'] | undefined // absent from a node of an older version
   if (f == null || f.replicas.length === 0) return main
-  return main + '\n\n' + table(['REPLICA OF', 'OWNER', 'EPOCH', 'GENERATION', 'DUMPED'],
-    f.replicas.map((r) => [r.container, peerLabel(r.owner, names), String(r.epoch), r.generation == null ? '-' : String(r.generation), ago(r.dumpedAt)]))
+  return main + '\n\n' + table(['REPLICA OF', 'OWNER', 'EPOCH', 'GENERATION', 'DUMPED'], f.replicas.map((r) => [r.container, peerLabel(r.owner, names), String(r.epoch), r.generation == null ? '-' : String(r.generation), ago(r.dumpedAt)]))
 }
 
 function failoverRows (s: NodeStatus): string[][] {

@@ -20,7 +20,11 @@ const FileSchema = z.object({
   records: z.array(RecordSchema).max(MAX_RECORDS)
 }).strict()
 
-export interface ClusterFile { cluster: string, mode: ClusterMode, records: ClusterRecord[] }
+export interface ClusterFile {
+  cluster: string
+  mode: ClusterMode
+  records: ClusterRecord[]
+}
 
 export async function readClusterFile (file: string): Promise<ClusterFile | null> {
   let text: string
@@ -45,7 +49,7 @@ export async function writeClusterFile (file: string, list: MemberList, mode: Cl
 }
 
 /** Loads the records whose proofs hold into a member list; says how many did not. */
-export async function memberListFrom (f: ClusterFile, admitKey?: Buffer): Promise<{ list: MemberList, rejected: number }> {
+export async function memberListFrom (f: ClusterFile, admitKey?: Buffer): Promise<{ list: MemberList; rejected: number }> {
   const list = new MemberList(f.cluster)
   let rejected = 0
   for (const r of f.records) {

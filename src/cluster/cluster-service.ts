@@ -42,10 +42,13 @@ export interface ClusterStatus {
   members: number
   /** How another node joins, in one line. */
   joinHint: string
-  refused: { connections: number, streams: number, records: number }
+  refused: { connections: number; streams: number; records: number }
 }
 
-export interface MembersChange { added: string[], removed: string[] }
+export interface MembersChange {
+  added: string[]
+  removed: string[]
+}
 
 /** How long a connected non-member may stay without becoming a member. */
 const NON_MEMBER_GRACE_MS = 15_000
@@ -93,7 +96,8 @@ export class ClusterService {
     const keyId = init.clusterKey != null ? keyClusterId(init.clusterKey) : undefined
     if (saved != null) {
       if (keyId != null && (saved.mode !== 'key' || saved.cluster !== keyId)) {
-        throw new MscError('INVALID_ARGUMENT', `this data dir belongs to cluster ${saved.cluster}, which the key file --psk does not open: start the node with that cluster's key${saved.mode === 'token' ? ' (none: it was made without one)' : ''}`)
+        throw new MscError('INVALID_ARGUMENT',
+          `this data dir belongs to cluster ${saved.cluster}, which the key file --psk does not open: start the node with that cluster's key${saved.mode === 'token' ? ' (none: it was made without one)' : ''}`)
       }
       if (keyId == null && saved.mode === 'key') throw new MscError('INVALID_ARGUMENT', `this node belongs to cluster ${saved.cluster}, formed by a key file: start it with --psk FILE`)
       if (token != null && token.c !== saved.cluster) throw new MscError('INVALID_ARGUMENT', `this node already belongs to cluster ${saved.cluster}; the token is for ${token.c}. A node is in one cluster: use another data dir`)
@@ -101,7 +105,7 @@ export class ClusterService {
       if (rejected > 0) s.log.warn({ rejected }, 'records of the cluster file whose proof does not hold were ignored')
       s.list = list
       s.mode = saved.mode
-      if (token != null) s.log.info({ cluster: saved.cluster }, 'already a member of the token\'s cluster: the token is not needed any more and was not used')
+      if (token != null) s.log.info({ cluster: saved.cluster }, "already a member of the token's cluster: the token is not needed any more and was not used")
       const me = list.get(init.selfId)
       if (me == null && !s.list.all().some((r) => r.peerId === init.selfId)) {
         throw new MscError('INVALID_STATE', `this node is not in the member list of its cluster ${saved.cluster}; move ${s.file} away to start afresh`)
@@ -137,21 +141,37 @@ export class ClusterService {
     return s
   }
 
-  private now (): number { return (this.init.now ?? Date.now)() }
+  private now (): number {
+    return (this.init.now ?? Date.now)()
+  }
 
-  get clusterId (): string { return this.list.clusterId }
+  get clusterId (): string {
+    return this.list.clusterId
+  }
 
-  isMember (peerId: string): boolean { return peerId === this.init.selfId || this.list.isMember(peerId) }
-  isRemoved (peerId: string): boolean { return this.list.isRemoved(peerId) }
-  members (): ClusterMember[] { return this.list.members() }
-  conflicts (): Array<ClusterMember & { heldBy: string }> { return this.list.conflicts() }
-  member (peerId: string): ClusterMember | undefined { return this.list.get(peerId) }
+  isMember (peerId: string): boolean {
+    return peerId === this.init.selfId || this.list.isMember(peerId)
+  }
+  isRemoved (peerId: string): boolean {
+    return this.list.isRemoved(peerId)
+  }
+  members (): ClusterMember[] {
+    return this.list.members()
+  }
+  conflicts (): Array<ClusterMember & { heldBy: string }> {
+    return this.list.conflicts()
+  }
+  member (peerId: string): ClusterMember | undefined {
+    return this.list.get(peerId)
+  }
 
   /**
    * Called when members were added (by anyone: their heartbeats count from now on) or
    * removed (their connections and claims go).
    */
-  onChange (fn: (change: MembersChange) => void): void { this.listeners.add(fn) }
+  onChange (fn: (change: MembersChange) => void): void {
+    this.listeners.add(fn)
+  }
 
   status (): ClusterStatus {
     return {
@@ -159,7 +179,7 @@ export class ClusterService {
       mode: this.mode,
       members: this.list.members().length,
       joinHint: this.mode === 'key'
-        ? 'start other nodes with a copy of this cluster\'s key file: msc node start --psk FILE'
+        ? "start other nodes with a copy of this cluster's key file: msc node start --psk FILE"
         : 'run `msc cluster token` here and start the new node with `msc node start --join TOKEN`',
       refused: { ...this.refused }
     }
@@ -190,9 +210,15 @@ export class ClusterService {
   /** Serves join and sync, finishes a pending `--join`, and syncs with whoever connects. */
   async start (net: ClusterNet, signal?: AbortSignal): Promise<void> {
     this.net = net
-    await net.handleOpen(JOIN_PROTOCOL, async (stream, peer) => { await this.serveJoin(stream, peer) }, 4)
-    await net.handleOpen(SYNC_PROTOCOL, async (stream, peer) => { await this.serveSync(stream, peer) }, 8)
-    this.offConnect = net.onConnect((peer) => { this.connected(peer) })
+    await net.handleOpen(JOIN_PROTOCOL, async (stream, peer) => {
+      await this.serveJoin(stream, peer)
+    }, 4)
+    await net.handleOpen(SYNC_PROTOCOL, async (stream, peer) => {
+      await this.serveSync(stream, peer)
+    }, 8)
+    this.offConnect = net.onConnect((peer) => {
+      this.connected(peer)
+    })
     if (this.pendingJoin != null) await this.join(this.pendingJoin, signal)
     for (const p of net.connectedPeers()) this.connected(p)
   }
@@ -206,7 +232,10 @@ export class ClusterService {
 
   /** A connection came up: exchange member lists; a non-member gets a grace period. */
   private connected (peer: string): void {
-    if (this.list.isRemoved(peer)) { void this.net?.disconnect(peer, 'removed from the cluster'); return }
+    if (this.list.isRemoved(peer)) {
+      void this.net?.disconnect(peer, 'removed from the cluster')
+      return
+    }
     void this.syncWith(peer)
     if (!this.isMember(peer)) {
       const t = setTimeout(() => {
@@ -223,7 +252,7 @@ export class ClusterService {
   }
 
   /** `msc cluster token`: a one-time join token for this member, valid `ttlMs`. */
-  async issueToken (ttlMs: number): Promise<{ token: string, cluster: string, expiresAt: string }> {
+  async issueToken (ttlMs: number): Promise<{ token: string; cluster: string; expiresAt: string }> {
     if (this.pendingJoin != null) throw new MscError('INVALID_STATE', 'this node has not joined its cluster yet')
     const addrs = (this.net?.addresses() ?? []).filter((a) => a.includes('/p2p/')).slice(0, 16)
     if (addrs.length === 0) throw new MscError('INVALID_STATE', 'this node has no address others can dial (see --listen / --announce)')
@@ -274,7 +303,8 @@ export class ClusterService {
         errors.push(`${addr}: ${describe(err)}`)
       }
     }
-    throw new MscError('RUNTIME_ERROR', 'could not join through the member that issued the token: it is unreachable, or it refused the connection because it has no valid token out (a used or expired token closes the door: make a new one with `msc cluster token`)', errors)
+    throw new MscError('RUNTIME_ERROR',
+      'could not join through the member that issued the token: it is unreachable, or it refused the connection because it has no valid token out (a used or expired token closes the door: make a new one with `msc cluster token`)', errors)
   }
 
   private async serveJoin (stream: Stream, peer: string): Promise<void> {
@@ -318,7 +348,10 @@ export class ClusterService {
       await f.writeJson({ type: 'sync', v: CLUSTER_VERSION, cluster: this.clusterId, records: this.list.all() })
       const answer = await f.readJson(SyncAnswerSchema, AbortSignal.timeout(10_000))
       await f.closeWrite().catch(() => {})
-      if (answer.type === 'refuse') { this.log.debug({ peer, code: answer.code, reason: answer.reason }, 'sync refused'); return }
+      if (answer.type === 'refuse') {
+        this.log.debug({ peer, code: answer.code, reason: answer.reason }, 'sync refused')
+        return
+      }
       if (answer.cluster !== this.clusterId) return
       await this.merge(answer.records, peer)
     } catch (err) {
@@ -346,7 +379,10 @@ export class ClusterService {
     let added = 0
     for (const r of records) {
       if (r.cluster !== this.clusterId || this.list.has(r)) continue
-      if (!await verifyRecordProof(r, this.admitKey)) { this.refused.records++; continue }
+      if (!await verifyRecordProof(r, this.admitKey)) {
+        this.refused.records++
+        continue
+      }
       if (this.list.add(r)) added++
     }
     if (added === 0) return 0
@@ -357,7 +393,7 @@ export class ClusterService {
     if (nowRemoved.length > 0 || nowMembers.length > 0) this.announce({ added: nowMembers.map((m) => m.peerId), removed: nowRemoved })
     if (this.list.isRemoved(this.init.selfId)) this.log.error('this node was removed from the cluster: its peers will refuse it')
     const taken = this.list.conflicts().find((c) => c.peerId === this.init.selfId)
-    if (taken != null) this.log.error({ name: taken.name, heldBy: taken.heldBy }, 'this node\'s name is held by an earlier member: the cluster refuses this node until it is started with another --name (and a fresh data dir)')
+    if (taken != null) this.log.error({ name: taken.name, heldBy: taken.heldBy }, "this node's name is held by an earlier member: the cluster refuses this node until it is started with another --name (and a fresh data dir)")
     this.pushAll(from)
     return added
   }
@@ -373,7 +409,9 @@ export class ClusterService {
   }
 
   private async save (): Promise<void> {
-    const next = this.saving.then(async () => { await writeClusterFile(this.file, this.list, this.mode) })
+    const next = this.saving.then(async () => {
+      await writeClusterFile(this.file, this.list, this.mode)
+    })
     this.saving = next.catch(() => {})
     await next
   }

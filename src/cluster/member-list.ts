@@ -29,7 +29,7 @@ export const MAX_RECORDS = 4096
 export class MemberList {
   readonly clusterId: string
   private readonly records = new Map<string, ClusterRecord>()
-  private computed?: { members: Map<string, ClusterMember>, removed: Set<string>, conflicts: Array<ClusterMember & { heldBy: string }> }
+  private computed?: { members: Map<string, ClusterMember>; removed: Set<string>; conflicts: Array<ClusterMember & { heldBy: string }> }
 
   constructor (clusterId: string) {
     this.clusterId = clusterId
@@ -45,24 +45,38 @@ export class MemberList {
     return true
   }
 
-  get full (): boolean { return this.records.size >= MAX_RECORDS }
+  get full (): boolean {
+    return this.records.size >= MAX_RECORDS
+  }
 
   all (): ClusterRecord[] {
     return [...this.records.values()].sort((a, b) => recordKey(a).localeCompare(recordKey(b)))
   }
 
-  has (r: ClusterRecord): boolean { return this.records.has(recordKey(r)) }
+  has (r: ClusterRecord): boolean {
+    return this.records.has(recordKey(r))
+  }
 
   members (): ClusterMember[] {
     return [...this.compute().members.values()].sort((a, b) => a.name.localeCompare(b.name))
   }
 
-  get (peerId: string): ClusterMember | undefined { return this.compute().members.get(peerId) }
-  isMember (peerId: string): boolean { return this.compute().members.has(peerId) }
-  isRemoved (peerId: string): boolean { return this.compute().removed.has(peerId) }
-  byName (name: string): ClusterMember | undefined { return this.members().find((m) => m.name === name) }
+  get (peerId: string): ClusterMember | undefined {
+    return this.compute().members.get(peerId)
+  }
+  isMember (peerId: string): boolean {
+    return this.compute().members.has(peerId)
+  }
+  isRemoved (peerId: string): boolean {
+    return this.compute().removed.has(peerId)
+  }
+  byName (name: string): ClusterMember | undefined {
+    return this.members().find((m) => m.name === name)
+  }
   /** Peers validly admitted whose name an earlier member holds: refused until renamed. */
-  conflicts (): Array<ClusterMember & { heldBy: string }> { return this.compute().conflicts }
+  conflicts (): Array<ClusterMember & { heldBy: string }> {
+    return this.compute().conflicts
+  }
 
   private compute (): NonNullable<MemberList['computed']> {
     if (this.computed != null) return this.computed
@@ -78,7 +92,10 @@ export class MemberList {
       for (const a of admits) {
         if (valid.has(a.peerId)) continue
         const selfProven = a.admittedBy === 'key' || (a.nonce != null && a.admittedBy === a.peerId)
-        if (selfProven || valid.has(a.admittedBy)) { valid.set(a.peerId, a); grew = true }
+        if (selfProven || valid.has(a.admittedBy)) {
+          valid.set(a.peerId, a)
+          grew = true
+        }
       }
     }
     const removed = new Set(removes.filter((r) => valid.has(r.removedBy)).map((r) => r.peerId))
@@ -90,7 +107,10 @@ export class MemberList {
       if (removed.has(a.peerId)) continue
       const m: ClusterMember = { peerId: a.peerId, name: a.name, addrs: a.addrs, admittedAt: a.admittedAt, admittedBy: a.admittedBy }
       const holder = nameHolder.get(a.name)
-      if (holder != null) { conflicts.push({ ...m, heldBy: holder }); continue }
+      if (holder != null) {
+        conflicts.push({ ...m, heldBy: holder })
+        continue
+      }
       nameHolder.set(a.name, a.peerId)
       members.set(a.peerId, m)
     }

@@ -49,7 +49,7 @@ const StoreSchema = z.object({
 export class TokenStore {
   private readonly file: string
   private readonly now: () => number
-  private tokens: Array<{ hash: string, expiresAt: number, createdAt: number }> = []
+  private tokens: Array<{ hash: string; expiresAt: number; createdAt: number }> = []
 
   constructor (file: string, now: () => number = Date.now) {
     this.file = file

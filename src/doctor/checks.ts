@@ -12,9 +12,9 @@ import { builtLogShim } from '../runtime/shim/binary.ts'
 export type DoctorStatus = 'ok' | 'warn' | 'fail'
 export type Strategy = 'pre-copy' | 'post-copy' | 'stop-copy'
 
-export type DoctorCheck = { id: string, title: string, status: DoctorStatus, value: string, fix?: string }
+export type DoctorCheck = { id: string; title: string; status: DoctorStatus; value: string; fix?: string }
 
-export type DoctorFeatures = { preCopy: boolean, postCopy: boolean, tcpRepair: boolean }
+export type DoctorFeatures = { preCopy: boolean; postCopy: boolean; tcpRepair: boolean }
 
 export type DoctorReport = {
   ok: boolean
@@ -24,7 +24,7 @@ export type DoctorReport = {
   strategies: Strategy[]
 }
 
-export type DoctorOptions = { runcPath: string, criuPath: string, signal?: AbortSignal }
+export type DoctorOptions = { runcPath: string; criuPath: string; signal?: AbortSignal }
 
 /** 3.17 dies on the vDSO layout of recent kernels; 4.1 cannot dump TCP sockets on >= 6.16. */
 export const MIN_CRIU_VERSION: readonly [number, number] = [4, 2]
@@ -36,11 +36,14 @@ const CAP_SYS_RESOURCE = 24n
 const SETUP_FIX = 'run `npm run setup`'
 const CRIU_FIX = `${SETUP_FIX} (installs CRIU >= 4.2 at /opt/msc/bin/criu), or set MSC_CRIU=/path or --criu`
 
-type RunResult = { exitCode: number | undefined, stdout: string, stderr: string, message: string }
+type RunResult = { exitCode: number | undefined; stdout: string; stderr: string; message: string }
 
 async function run (file: string, args: string[], signal?: AbortSignal): Promise<RunResult> {
   const r = await execa(file, args, {
-    reject: false, timeout: TIMEOUT_MS, stdin: 'ignore', ...(signal ? { cancelSignal: signal } : {})
+    reject: false,
+    timeout: TIMEOUT_MS,
+    stdin: 'ignore',
+    ...(signal ? { cancelSignal: signal } : {})
   })
   // exitCode is undefined when the binary could not be started (ENOENT, EACCES) or was killed.
   return {
@@ -151,9 +154,9 @@ async function checkLogShim (signal?: AbortSignal): Promise<DoctorCheck> {
   return check('log-shim', 'ok', binary)
 }
 
-type CriuInfo = { path: string | undefined, version: [number, number, number] | undefined }
+type CriuInfo = { path: string | undefined; version: [number, number, number] | undefined }
 
-async function criuInfo (criuPath: string, signal?: AbortSignal): Promise<{ info: CriuInfo, row: DoctorCheck }> {
+async function criuInfo (criuPath: string, signal?: AbortSignal): Promise<{ info: CriuInfo; row: DoctorCheck }> {
   const resolved = await resolveExecutable(criuPath)
   if (!resolved) return { info: { path: undefined, version: undefined }, row: check('criu', 'fail', `not found or not executable: ${criuPath}`, CRIU_FIX) }
   const r = await run(resolved, ['--version'], signal)
@@ -164,9 +167,7 @@ async function criuInfo (criuPath: string, signal?: AbortSignal): Promise<{ info
   if (!versionAtLeast(version, MIN_CRIU_VERSION)) {
     return {
       info,
-      row: check('criu', 'fail',
-        `${v} at ${resolved} (need >= ${MIN_CRIU_VERSION.join('.')}: 3.17 cannot start on recent kernels, 4.1 cannot dump TCP sockets on Linux >= 6.16)`,
-        CRIU_FIX)
+      row: check('criu', 'fail', `${v} at ${resolved} (need >= ${MIN_CRIU_VERSION.join('.')}: 3.17 cannot start on recent kernels, 4.1 cannot dump TCP sockets on Linux >= 6.16)`, CRIU_FIX)
     }
   }
   return { info, row: check('criu', 'ok', `${v} at ${resolved}`) }
@@ -215,8 +216,7 @@ async function checkUffd (info: CriuInfo, criuCheck: DoctorCheck, signal?: Abort
   const r = await criuFeature(info.path!, 'uffd-noncoop', signal)
   return r.exitCode === 0
     ? check('uffd', 'ok', 'yes (non-cooperative)')
-    : check('uffd', 'warn', 'no (post-copy unavailable; stop-copy works)',
-      'a kernel with CONFIG_USERFAULTFD (non-cooperative events need Linux >= 4.11)')
+    : check('uffd', 'warn', 'no (post-copy unavailable; stop-copy works)', 'a kernel with CONFIG_USERFAULTFD (non-cooperative events need Linux >= 4.11)')
 }
 
 /*
@@ -255,13 +255,11 @@ async function checkPipeMaxSize (): Promise<DoctorCheck> {
   if (size >= PIPE_MAX_SIZE_NEEDED) return check('pipe-max-size', 'ok', raw)
   // With CAP_SYS_RESOURCE CRIU may exceed the limit, so the sysctl does not matter.
   if (await hasCapSysResource()) return check('pipe-max-size', 'ok', `${raw} (CAP_SYS_RESOURCE lets CRIU exceed it)`)
-  return check('pipe-max-size', 'warn',
-    `${raw} (< ${PIPE_MAX_SIZE_NEEDED}: the lazy-pages page server fails without CAP_SYS_RESOURCE)`,
-    `sysctl -w fs.pipe-max-size=${PIPE_MAX_SIZE_NEEDED}`)
+  return check('pipe-max-size', 'warn', `${raw} (< ${PIPE_MAX_SIZE_NEEDED}: the lazy-pages page server fails without CAP_SYS_RESOURCE)`, `sysctl -w fs.pipe-max-size=${PIPE_MAX_SIZE_NEEDED}`)
 }
 
 /** Pure: classifies the cgroup layout from the text of /proc/mounts. */
-export function cgroupLayout (mounts: string): { kind: 'v1' | 'v2' | 'hybrid' | 'none', v2At: string[] } {
+export function cgroupLayout (mounts: string): { kind: 'v1' | 'v2' | 'hybrid' | 'none'; v2At: string[] } {
   let v1 = false
   const v2At: string[] = []
   for (const line of mounts.split('\n')) {
@@ -286,7 +284,7 @@ async function checkCgroups (): Promise<DoctorCheck> {
 }
 
 /** Pure: which strategies the rows allow, most preferred first. */
-export function deriveStrategies (checks: DoctorCheck[]): { features: DoctorFeatures, strategies: Strategy[] } {
+export function deriveStrategies (checks: DoctorCheck[]): { features: DoctorFeatures; strategies: Strategy[] } {
   const ok = (id: string): boolean => checks.find(c => c.id === id)?.status === 'ok'
   const stopCopy = ok('criu-check')
   const features: DoctorFeatures = {

@@ -23,7 +23,7 @@ export class LeaseRefusedError extends MscError {
   readonly needed: number
   readonly refusals: GrantorRefusal[]
 
-  constructor (init: { container: string, epoch: number, granted: number, needed: number, refusals: GrantorRefusal[] }) {
+  constructor (init: { container: string; epoch: number; granted: number; needed: number; refusals: GrantorRefusal[] }) {
     const reasons = [...new Set(init.refusals.map((r) => r.reason))].join(', ')
     super(
       'INVALID_STATE',

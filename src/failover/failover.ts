@@ -18,7 +18,7 @@ export interface FailoverPort {
   selfId: string
   replicas: () => Promise<ReplicaMeta[]>
   /** The owner and epoch the membership view holds for the name (tombstone: owner null). */
-  ownerOf: (name: string) => { owner: string | null, epoch: number } | undefined
+  ownerOf: (name: string) => { owner: string | null; epoch: number } | undefined
   peerState: (peer: string) => 'alive' | 'suspect' | 'dead' | 'left' | undefined
   /** Still in the persisted member list (not removed with `msc peer rm`). */
   isMember: (peer: string) => boolean
@@ -43,18 +43,17 @@ export interface FailoverInit {
 }
 
 export type FailoverEvent =
-  | { type: 'owner-lost', container: string, owner: string, reason: string }
-  | { type: 'lease-requested', container: string, epoch: number }
-  | { type: 'lease-refused', container: string, epoch: number, reason: string }
-  | { type: 'failover', container: string, epoch: number, generation: number, from: string, ms: number, dumpedAt: number }
-  | { type: 'failover-failed', container: string, epoch: number, reason: string }
-  | { type: 'replica-dropped', container: string, reason: string }
+  | { type: 'owner-lost'; container: string; owner: string; reason: string }
+  | { type: 'lease-requested'; container: string; epoch: number }
+  | { type: 'lease-refused'; container: string; epoch: number; reason: string }
+  | { type: 'failover'; container: string; epoch: number; generation: number; from: string; ms: number; dumpedAt: number }
+  | { type: 'failover-failed'; container: string; epoch: number; reason: string }
+  | { type: 'replica-dropped'; container: string; reason: string }
 
 const LIVE_STATES = new Set(['running', 'paused', 'created'])
 
 /** Why the replica's owner no longer runs it, or null while it does (or may). Pure. */
-export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null, epoch: number } | undefined,
-  state: string | undefined, claim: string | undefined, member = true): string | null {
+export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null; epoch: number } | undefined, state: string | undefined, claim: string | undefined, member = true): string | null {
   // Removing a member releases its names in the view; its containers are still only in its replicas.
   if (!member && (own == null || (own.epoch === meta.epoch && (own.owner == null || own.owner === meta.owner)))) return 'its node was removed from the cluster'
   // No claim of it at all in this view: the owner died before this node started (the
@@ -69,7 +68,7 @@ export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { ow
 }
 
 /** Whether a replica is someone else's business now (moved, failed over, a newer epoch). Pure. */
-export function replicaStale (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null, epoch: number } | undefined): string | null {
+export function replicaStale (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null; epoch: number } | undefined): string | null {
   if (own == null) return null
   if (own.epoch > meta.epoch) return `the cluster holds it at epoch ${own.epoch}`
   if (own.owner != null && own.owner !== meta.owner) return `another node (${own.owner}) owns it`
@@ -82,7 +81,7 @@ export class FailoverController {
   private readonly log: Logger
   private readonly now: () => number
   /** container -> when its owner was first seen gone, when we last asked, and for which epoch. */
-  private readonly gone = new Map<string, { since: number, lastTry: number, epoch: number }>()
+  private readonly gone = new Map<string, { since: number; lastTry: number; epoch: number }>()
   private readonly busy = new Set<string>()
   private timer?: NodeJS.Timeout
   private readonly stopping = new AbortController()
@@ -98,7 +97,9 @@ export class FailoverController {
   }
 
   start (): void {
-    this.timer = setInterval(() => { void this.tick() }, 250)
+    this.timer = setInterval(() => {
+      void this.tick()
+    }, 250)
   }
 
   async stop (): Promise<void> {
@@ -129,7 +130,10 @@ export class FailoverController {
       // was forgotten): as good as dead once the others would have been heard.
       const state = this.port.peerState(meta.owner) ?? (this.now() - this.startedAt > 3 * this.init.leaseMs ? 'dead' : undefined)
       const why = ownerGone(meta, own, state, this.port.claimState(meta.owner, name), this.port.isMember(meta.owner))
-      if (why == null) { this.gone.delete(name); continue }
+      if (why == null) {
+        this.gone.delete(name)
+        continue
+      }
       const t = this.now()
       let g = this.gone.get(name)
       if (g == null) {
@@ -147,7 +151,10 @@ export class FailoverController {
       if (t - g.since < delay || t - g.lastTry < Math.max(500, this.init.leaseMs / 2)) continue
       g.lastTry = t
       this.busy.add(name)
-      const p = this.takeOver(meta, g).finally(() => { this.busy.delete(name); this.inflight.delete(p) })
+      const p = this.takeOver(meta, g).finally(() => {
+        this.busy.delete(name)
+        this.inflight.delete(p)
+      })
       this.inflight.add(p)
     }
   }
@@ -165,7 +172,7 @@ export class FailoverController {
       const reason = errText(err)
       // Another standby took this epoch and gave it up (its restore failed): the next
       // try asks for the epoch above it, which the grantors judge like any takeover.
-      const above = (err as { refusals?: Array<{ currentEpoch?: number, currentHolder?: string }> }).refusals
+      const above = (err as { refusals?: Array<{ currentEpoch?: number; currentHolder?: string }> }).refusals
         // Bounded: one grantor's word (it could lie) moves the epoch a few steps at most.
         ?.filter((r) => r.currentHolder != null && r.currentHolder !== this.port.selfId && r.currentHolder !== meta.owner && (r.currentEpoch ?? 0) >= epoch && (r.currentEpoch ?? 0) <= epoch + 8)
         .map((r) => r.currentEpoch!) ?? []

@@ -137,7 +137,7 @@ export function verifyGrant (g: LeaseGrant): boolean {
  * holder, each verifying. Extra grants that do not count are ignored (not an error).
  * Never throws.
  */
-export function verifyLeaseProof (proof: LeaseProof, want: { container: string, epoch: number, holder: string, members: ReadonlySet<string> }): boolean {
+export function verifyLeaseProof (proof: LeaseProof, want: { container: string; epoch: number; holder: string; members: ReadonlySet<string> }): boolean {
   try {
     const parsed = LeaseProofSchema.safeParse(proof)
     if (!parsed.success || parsed.data.epoch !== want.epoch) return false

@@ -57,8 +57,8 @@ export type GrantorRefusalReason =
   | 'not-owner' // a new lease (or epoch) for a name the membership view says another peer owns
 
 export type LeaseDecision =
-  | { granted: true, expiresInMs: number }
-  | { granted: false, reason: GrantorRefusalReason, detail: string, epoch?: number, holder?: string }
+  | { granted: true; expiresInMs: number }
+  | { granted: false; reason: GrantorRefusalReason; detail: string; epoch?: number; holder?: string }
 
 export interface LeaseRequestItem {
   container: string
@@ -92,7 +92,9 @@ export const MAX_EPOCH_STEP = 2 ** 20
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 
-interface LiveRecord extends GrantorRecord { expiresAt: number }
+interface LiveRecord extends GrantorRecord {
+  expiresAt: number
+}
 
 export class LeaseGrantor {
   readonly leaseMs: number
@@ -158,7 +160,7 @@ export class LeaseGrantor {
   }
 
   /** Every record, with the time its lease has left here (0 once expired), for status. */
-  records (): Array<{ container: string, epoch: number, holder: string, msLeft: number }> {
+  records (): Array<{ container: string; epoch: number; holder: string; msLeft: number }> {
     const now = this.now()
     return [...this.map].map(([container, r]) => ({ container, epoch: r.epoch, holder: r.holder, msLeft: Math.max(0, Math.ceil(r.expiresAt - now)) }))
   }
@@ -259,7 +261,7 @@ function refuse (reason: GrantorRefusalReason, detail: string, current?: Grantor
   return current == null ? { granted: false, reason, detail } : { granted: false, reason, detail, epoch: current.epoch, holder: current.holder }
 }
 
-function handoverMismatch (h: Handover, want: { container: string, epoch: number, from: string, to: string }): string | undefined {
+function handoverMismatch (h: Handover, want: { container: string; epoch: number; from: string; to: string }): string | undefined {
   if (!verifyHandover(h)) return 'the handover does not verify'
   if (h.container !== want.container) return `the handover is of ${h.container}, not ${want.container}`
   if (h.epoch !== want.epoch) return `the handover is for epoch ${h.epoch}, not ${want.epoch}`
@@ -293,7 +295,9 @@ export function fileGrantorStore (file: string): GrantorStore {
       try {
         parsed = StoreFileSchema.parse(JSON.parse(text))
       } catch (err) {
-        throw new MscError('INVALID_STATE', `the lease records ${file} are corrupt: this node will not vote on leases from an empty memory, which could give a container a second owner. Restore the file; remove it only once every container of the cluster has been stopped or renewed by a quorum without this node`, [(err as Error).message.slice(0, 500)], { cause: err })
+        throw new MscError('INVALID_STATE',
+          `the lease records ${file} are corrupt: this node will not vote on leases from an empty memory, which could give a container a second owner. Restore the file; remove it only once every container of the cluster has been stopped or renewed by a quorum without this node`,
+          [(err as Error).message.slice(0, 500)], { cause: err })
       }
       const n = Object.keys(parsed.records).length
       if (n > MAX_GRANTOR_RECORDS) throw new MscError('INVALID_STATE', `the lease records ${file} hold ${n} containers, over the limit of ${MAX_GRANTOR_RECORDS}`)

@@ -62,7 +62,9 @@ export class LeaseGuard {
   }
 
   /** The guard process's pid, once started (or found running). */
-  get pid (): number | undefined { return this.guardPid }
+  get pid (): number | undefined {
+    return this.guardPid
+  }
 
   /**
    * Starts the guard, unless the one a previous daemon started is still running on

@@ -97,15 +97,15 @@ export class LeaseKeeper {
   }
 
   /** The leases whose renewal is due: leaseMs/4 or more since the last send. */
-  due (now: number = this.now()): Array<{ container: string, epoch: number }> {
-    const out: Array<{ container: string, epoch: number }> = []
+  due (now: number = this.now()): Array<{ container: string; epoch: number }> {
+    const out: Array<{ container: string; epoch: number }> = []
     for (const l of this.leases.values()) if (now - l.lastSend >= this.renewEveryMs) out.push({ container: l.container, epoch: l.epoch })
     return out
   }
 
   /** The leases past their deadline: their containers must be killed now. */
-  expired (now: number = this.now()): Array<{ container: string, epoch: number }> {
-    const out: Array<{ container: string, epoch: number }> = []
+  expired (now: number = this.now()): Array<{ container: string; epoch: number }> {
+    const out: Array<{ container: string; epoch: number }> = []
     for (const l of this.leases.values()) if (now >= l.deadline) out.push({ container: l.container, epoch: l.epoch })
     return out
   }

@@ -11,8 +11,18 @@ import type { LeaseGuard } from './lease-guard.ts'
 import { fileGrantorStore, LeaseGrantor, type GrantorStore, type LeaseRequestItem, type ReleaseMode } from './lease-grantor.ts'
 import { LeaseKeeper } from './lease-keeper.ts'
 import {
-  GrantsResponseSchema, LEASE_PROTOCOL, LEASE_VERSION, MAX_LEASE_FRAME, MAX_LEASE_ITEMS, ReleasedResponseSchema,
-  RequestSchema, sanitizeDetail, type GrantsResponse, type LeaseProtocolRequest, type RefusedItem, type ReleasedResponse
+  GrantsResponseSchema,
+  LEASE_PROTOCOL,
+  LEASE_VERSION,
+  MAX_LEASE_FRAME,
+  MAX_LEASE_ITEMS,
+  ReleasedResponseSchema,
+  RequestSchema,
+  sanitizeDetail,
+  type GrantsResponse,
+  type LeaseProtocolRequest,
+  type RefusedItem,
+  type ReleasedResponse
 } from './lease-messages.ts'
 
 /**
@@ -72,18 +82,18 @@ export interface LeaseStatus {
   quorum: number
   members: number
   /** Leases this node holds; msLeft until its self-fencing deadline. */
-  held: Array<{ container: string, epoch: number, msLeft: number }>
+  held: Array<{ container: string; epoch: number; msLeft: number }>
   /** This node's votes; msLeft until the lease runs out here (0: expired). */
-  granted: Array<{ container: string, epoch: number, holder: string, msLeft: number }>
+  granted: Array<{ container: string; epoch: number; holder: string; msLeft: number }>
 }
 
 /** Where the lease state of a data dir lives. */
-export function leasePaths (dataDir: string): { records: string, guardDir: string } {
+export function leasePaths (dataDir: string): { records: string; guardDir: string } {
   return { records: path.join(dataDir, 'leases.json'), guardDir: path.join(dataDir, 'leases', 'guard') }
 }
 
 type ItemAnswer =
-  | { granted: true, grant: LeaseGrant }
+  | { granted: true; grant: LeaseGrant }
   | ({ granted: false } & Omit<GrantorRefusal, 'grantor'>)
 
 const MAX_LOGGED = 10_000
@@ -132,10 +142,14 @@ export class LeaseService {
     this.stopping = new AbortController()
     await this.grantor.start()
     await this.init.guard?.start()
-    await this.init.handle(LEASE_PROTOCOL, async (stream, peer) => { await this.onStream(stream, peer) }, 32)
+    await this.init.handle(LEASE_PROTOCOL, async (stream, peer) => {
+      await this.onStream(stream, peer)
+    }, 32)
     this.running = true
     if (this.init.timers !== false) {
-      this.timer = setInterval(() => { void this.tick() }, this.tickMs)
+      this.timer = setInterval(() => {
+        void this.tick()
+      }, this.tickMs)
       this.timer.unref()
     }
     this.log.info({ leaseMs: this.leaseMs, members: this.members().length, grants: this.grantor.records().length }, 'lease service started')
@@ -146,7 +160,7 @@ export class LeaseService {
    * container's deadline, for containers left running while the daemon is away; false
    * only once no container runs under a lease here (everything disarmed, guard stopped).
    */
-  async stop (opts: { keepArmed?: boolean, park?: boolean } = {}): Promise<void> {
+  async stop (opts: { keepArmed?: boolean; park?: boolean } = {}): Promise<void> {
     this.running = false
     clearInterval(this.timer)
     clearTimeout(this.deadlineTimer)
@@ -191,13 +205,13 @@ export class LeaseService {
    * lease from the holder that signed it. Acquiring the epoch already held renews it
    * (a restarted daemon takes its leases back this way).
    */
-  async acquire (container: string, epoch: number, opts: { handover?: Handover, takeover?: boolean, signal?: AbortSignal } = {}): Promise<LeaseProof> {
+  async acquire (container: string, epoch: number, opts: { handover?: Handover; takeover?: boolean; signal?: AbortSignal } = {}): Promise<LeaseProof> {
     if (!containerName.safeParse(container).success) throw new MscError('INVALID_ARGUMENT', `invalid container name ${JSON.stringify(container)}`)
     if (!epochNumber.safeParse(epoch).success) throw new MscError('INVALID_ARGUMENT', `invalid epoch ${epoch}`)
     return await this.acquiring.run(container, async () => await this.acquireNow(container, epoch, opts))
   }
 
-  private async acquireNow (container: string, epoch: number, opts: { handover?: Handover, takeover?: boolean, signal?: AbortSignal }): Promise<LeaseProof> {
+  private async acquireNow (container: string, epoch: number, opts: { handover?: Handover; takeover?: boolean; signal?: AbortSignal }): Promise<LeaseProof> {
     if (!this.running) throw new MscError('INVALID_STATE', 'lease service not started')
     opts.signal?.throwIfAborted()
     const members = this.members()
@@ -214,7 +228,12 @@ export class LeaseService {
     const { promise, resolve, reject } = Promise.withResolvers<LeaseProof>()
     let settled = false
     const refused = (): LeaseRefusedError => new LeaseRefusedError({ container, epoch, granted: grants.size, needed: need, refusals })
-    const onAbort = (): void => { if (!settled) { settled = true; reject(signal.reason) } }
+    const onAbort = (): void => {
+      if (!settled) {
+        settled = true
+        reject(signal.reason)
+      }
+    }
     signal.addEventListener('abort', onAbort, { once: true })
     for (const peer of members) {
       void this.ask(peer, [item], signal).then(([a]) => {
@@ -230,7 +249,10 @@ export class LeaseService {
         }
       })
     }
-    if (members.length < need) { settled = true; reject(refused()) }
+    if (members.length < need) {
+      settled = true
+      reject(refused())
+    }
     let proof: LeaseProof
     try {
       proof = await promise
@@ -335,7 +357,7 @@ export class LeaseService {
     void p.finally(() => this.fencing.delete(p))
   }
 
-  private async renew (items: Array<{ container: string, epoch: number }>): Promise<void> {
+  private async renew (items: Array<{ container: string; epoch: number }>): Promise<void> {
     const sentAt = this.now()
     for (const i of items) this.keeper.sent(i.container, sentAt)
     const members = this.members()
@@ -344,7 +366,7 @@ export class LeaseService {
     await Promise.all(members.map(async (peer) => {
       const answers = await this.ask(peer, items, this.stopping.signal)
       for (let k = 0; k < items.length; k++) {
-        const { container, epoch } = items[k] as { container: string, epoch: number }
+        const { container, epoch } = items[k] as { container: string; epoch: number }
         const a = answers[k]
         if (a == null) continue
         if (!a.granted) {
@@ -410,7 +432,9 @@ export class LeaseService {
     clearTimeout(this.deadlineTimer)
     const next = this.keeper.nextDeadline()
     if (next == null) return
-    this.deadlineTimer = setTimeout(() => { void this.tick() }, Math.max(0, Math.ceil(next - this.now())))
+    this.deadlineTimer = setTimeout(() => {
+      void this.tick()
+    }, Math.max(0, Math.ceil(next - this.now())))
     this.deadlineTimer.unref()
   }
 
@@ -443,20 +467,23 @@ export class LeaseService {
   private check (peer: string, want: LeaseRequestItem, got: GrantsResponse['items'][number] | undefined, sameLength: boolean): ItemAnswer {
     const invalid = (detail: string): ItemAnswer => ({ granted: false, reason: 'invalid-answer', detail })
     if (!sameLength || got == null) return invalid('the answer does not have one item per request item')
-    if (got.container !== want.container || got.epoch !== want.epoch) return invalid('the answer items are not in the request\'s order')
+    if (got.container !== want.container || got.epoch !== want.epoch) return invalid("the answer items are not in the request's order")
     if (!got.granted) {
       return { granted: false, reason: got.reason, detail: got.detail, ...current({ currentEpoch: got.currentEpoch, currentHolder: got.currentHolder }) }
     }
     const g = got.grant
     if (g.grantor !== peer || g.holder !== this.init.selfId || g.container !== want.container || g.epoch !== want.epoch) {
-      return invalid('the grant is not this grantor\'s grant of this lease to this node')
+      return invalid("the grant is not this grantor's grant of this lease to this node")
     }
-    if (!verifyGrant(g)) return invalid('the grant\'s signature does not verify')
+    if (!verifyGrant(g)) return invalid("the grant's signature does not verify")
     return { granted: true, grant: g }
   }
 
   private async exchange<S extends typeof GrantsResponseSchema | typeof ReleasedResponseSchema> (
-    peer: string, req: LeaseProtocolRequest, schema: S, outer: AbortSignal
+    peer: string,
+    req: LeaseProtocolRequest,
+    schema: S,
+    outer: AbortSignal
   ): Promise<ReturnType<S['parse']>> {
     const signal = AbortSignal.any([outer, AbortSignal.timeout(this.requestTimeoutMs)])
     const t0 = performance.now()
@@ -525,7 +552,7 @@ export class LeaseService {
 
   /** Tells `peers` (this node: its grantor) that these leases are given up. Best effort, never throws. */
   /** Tells each peer; returns, per container, how many confirmed. */
-  private async releaseAt (peers: string[], items: Array<{ container: string, epoch: number }>, mode: ReleaseMode, signal: AbortSignal): Promise<Map<string, number>> {
+  private async releaseAt (peers: string[], items: Array<{ container: string; epoch: number }>, mode: ReleaseMode, signal: AbortSignal): Promise<Map<string, number>> {
     const confirmed = new Map<string, number>()
     await Promise.allSettled(peers.map(async (peer) => {
       for (let i = 0; i < items.length; i += MAX_LEASE_ITEMS) {
@@ -535,7 +562,9 @@ export class LeaseService {
           ? await this.serve(peer, req) as ReleasedResponse
           : await this.exchange(peer, req, ReleasedResponseSchema, signal)
         // Only what the grantor really held for us counts (a park confirmed by others is no park).
-        chunk.forEach((x, k) => { if (res.done?.[k] === true) confirmed.set(x.container, (confirmed.get(x.container) ?? 0) + 1) })
+        chunk.forEach((x, k) => {
+          if (res.done?.[k] === true) confirmed.set(x.container, (confirmed.get(x.container) ?? 0) + 1)
+        })
       }
     }))
     return confirmed
@@ -560,8 +589,8 @@ export class LeaseService {
   }
 }
 
-function current (a: { currentEpoch?: number, currentHolder?: string }): { currentEpoch?: number, currentHolder?: string } {
-  const out: { currentEpoch?: number, currentHolder?: string } = {}
+function current (a: { currentEpoch?: number; currentHolder?: string }): { currentEpoch?: number; currentHolder?: string } {
+  const out: { currentEpoch?: number; currentHolder?: string } = {}
   if (a.currentEpoch != null) out.currentEpoch = a.currentEpoch
   if (a.currentHolder != null) out.currentHolder = a.currentHolder
   return out

@@ -66,8 +66,12 @@ export class MetricsService implements Startable {
   async start (): Promise<void> {
     // What happened before start (the log keeps the last 1000), then what comes.
     for (const e of this.init.events.history()) this.msc.apply(updatesOfEvent(e))
-    this.unsubscribe = this.init.events.subscribe((e) => { this.msc.apply(updatesOfEvent(e)) })
-    const server = http.createServer((req, res) => { void this.serve(req, res) })
+    this.unsubscribe = this.init.events.subscribe((e) => {
+      this.msc.apply(updatesOfEvent(e))
+    })
+    const server = http.createServer((req, res) => {
+      void this.serve(req, res)
+    })
     server.requestTimeout = SCRAPE_TIMEOUT_MS * 2
     server.headersTimeout = SCRAPE_TIMEOUT_MS
     const where = formatListenAddress(this.init.listen)
@@ -81,7 +85,9 @@ export class MetricsService implements Startable {
         resolve()
       })
     })
-    server.on('error', (err) => { this.log.warn({ err: err.message }, 'metrics server error') })
+    server.on('error', (err) => {
+      this.log.warn({ err: err.message }, 'metrics server error')
+    })
     this.server = server
     this.log.info({ url: `http://${formatListenAddress(this.address() ?? this.init.listen)}/metrics` }, 'serving metrics')
   }
@@ -99,7 +105,11 @@ export class MetricsService implements Startable {
     this.server = undefined
     if (s == null) return
     s.closeAllConnections()
-    await new Promise<void>((resolve) => { s.close(() => { resolve() }) })
+    await new Promise<void>((resolve) => {
+      s.close(() => {
+        resolve()
+      })
+    })
   }
 
   private async serve (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -130,7 +140,11 @@ export class MetricsService implements Startable {
       try {
         const snapshot = await Promise.race([
           readSnapshot(this.init.node),
-          new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`reading the node took over ${SCRAPE_TIMEOUT_MS} ms`)) }, SCRAPE_TIMEOUT_MS) })
+          new Promise<never>((_resolve, reject) => {
+            timer = setTimeout(() => {
+              reject(new Error(`reading the node took over ${SCRAPE_TIMEOUT_MS} ms`))
+            }, SCRAPE_TIMEOUT_MS)
+          })
         ])
         this.msc.setSnapshot(snapshot)
       } finally {
@@ -149,10 +163,16 @@ export function createMetricsService (init: Omit<MetricsServiceInit, 'listen'> &
 
 function bindReason (err: NodeJS.ErrnoException): string {
   switch (err.code) {
-    case 'EADDRINUSE': return 'the address is in use (another process listens on that port)'
-    case 'EADDRNOTAVAIL': return 'no interface of this host has that address'
-    case 'EACCES': return 'permission denied (ports below 1024 need privileges)'
-    case 'ENOTFOUND': case 'EAI_AGAIN': return 'the host name does not resolve'
-    default: return err.message
+    case 'EADDRINUSE':
+      return 'the address is in use (another process listens on that port)'
+    case 'EADDRNOTAVAIL':
+      return 'no interface of this host has that address'
+    case 'EACCES':
+      return 'permission denied (ports below 1024 need privileges)'
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'the host name does not resolve'
+    default:
+      return err.message
   }
 }

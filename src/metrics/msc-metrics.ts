@@ -14,9 +14,9 @@ export interface NodeSnapshot {
   /** The cluster's other members by their state in this node's membership view. */
   peers: Record<string, number>
   /** Replicated containers this node owns: the age of the newest acknowledged generation (null: none yet) and the last round's bytes. */
-  replication: Array<{ container: string, rpoMs: number | null, bytesPerRound: number | null }>
+  replication: Array<{ container: string; rpoMs: number | null; bytesPerRound: number | null }>
   /** Ownership leases this node holds, and its votes (grants) that have not run out. */
-  leases: { held: number, granted: number }
+  leases: { held: number; granted: number }
 }
 
 /** Seconds: a migration's downtime is ~0.5-1.5 s here; a slow one or a big image takes tens. */
@@ -46,20 +46,25 @@ export class MscMetrics {
     }
     this.histograms = {
       migration_downtime_seconds: new Histogram({
-        name: 'msc_migration_downtime_seconds', help: 'Downtime of outgoing migrations: from the freeze on this node to the container running on the target.',
-        labelNames: ['strategy'], buckets: DOWNTIME_BUCKETS, registers
+        name: 'msc_migration_downtime_seconds',
+        help: 'Downtime of outgoing migrations: from the freeze on this node to the container running on the target.',
+        labelNames: ['strategy'],
+        buckets: DOWNTIME_BUCKETS,
+        registers
       }),
       failover_restore_seconds: new Histogram({
-        name: 'msc_failover_restore_seconds', help: 'Time a failover on this node took from the lease granted to the container running (the restore).',
-        buckets: DOWNTIME_BUCKETS, registers
+        name: 'msc_failover_restore_seconds',
+        help: 'Time a failover on this node took from the lease granted to the container running (the restore).',
+        buckets: DOWNTIME_BUCKETS,
+        registers
       })
     }
     const gauge = (name: string, help: string, labelNames: string[] = []): Gauge<string> => new Gauge({ name, help, labelNames, registers })
     this.containers = gauge('msc_containers', 'Containers of this node by state.', ['state'])
-    this.peers = gauge('msc_peers', 'Other members of the cluster by state in this node\'s membership view.', ['state'])
+    this.peers = gauge('msc_peers', "Other members of the cluster by state in this node's membership view.", ['state'])
     this.replicationAge = gauge('msc_replication_age_seconds', 'Age of the newest generation a standby acknowledged (the current RPO), per replicated container this node owns.', ['container'])
     this.replicationRoundBytes = gauge('msc_replication_round_bytes', 'Bytes the last replication round put on the wire (all standbys), per replicated container this node owns.', ['container'])
-    this.leases = gauge('msc_leases', 'Ownership leases: held (this node\'s own containers) and granted (this node\'s votes not yet run out).', ['role'])
+    this.leases = gauge('msc_leases', "Ownership leases: held (this node's own containers) and granted (this node's votes not yet run out).", ['role'])
     this.setSnapshot({ containers: {}, peers: {}, replication: [], leases: { held: 0, granted: 0 } })
   }
 

@@ -9,15 +9,15 @@ import { CONTAINER_STATES, PEER_STATES, containerState, countByState } from './u
 
 export interface NodeReader {
   /** runc's list, shared with the node's other periodic readers (ContainerManager.runcStates). */
-  runcStates: () => Promise<Array<{ id: string, status: string }>>
+  runcStates: () => Promise<Array<{ id: string; status: string }>>
   /** Names of the containers msc has a record of. */
   containerNames: () => Promise<string[]>
-  containerRecord: (name: string) => Promise<{ fenced?: unknown, pendingMigration?: boolean, failoverPending?: boolean, checkpointed: boolean } | null>
+  containerRecord: (name: string) => Promise<{ fenced?: unknown; pendingMigration?: boolean; failoverPending?: boolean; checkpointed: boolean } | null>
   /** The cluster's other members in the membership view, with their state. */
   peers: () => Array<{ state: string }>
   /** Replication of a container this node owns and replicates, if it does. */
-  replication: (name: string) => { rpoMs: number | null, bytesPerRound: number | null } | undefined
-  leases: () => { held: number, granted: number }
+  replication: (name: string) => { rpoMs: number | null; bytesPerRound: number | null } | undefined
+  leases: () => { held: number; granted: number }
 }
 
 export async function readSnapshot (node: NodeReader): Promise<NodeSnapshot> {

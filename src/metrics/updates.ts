@@ -7,17 +7,14 @@
 import { runStateOf } from '../runtime/run-state.ts'
 
 /** The counters msc keeps (names without the `msc_` prefix and `_total` suffix). */
-export type CounterName =
-  | 'migrations' | 'migration_bytes'
-  | 'replication_transfers' | 'replication_bytes' | 'replication_dump_failures'
-  | 'lease_events' | 'failovers' | 'containers_lost'
+export type CounterName = 'migrations' | 'migration_bytes' | 'replication_transfers' | 'replication_bytes' | 'replication_dump_failures' | 'lease_events' | 'failovers' | 'containers_lost'
 
 /** The histograms msc keeps (seconds). */
 export type HistogramName = 'migration_downtime_seconds' | 'failover_restore_seconds'
 
 export type MetricUpdate =
-  | { kind: 'inc', counter: CounterName, labels: Record<string, string>, by: number }
-  | { kind: 'observe', histogram: HistogramName, labels: Record<string, string>, value: number }
+  | { kind: 'inc'; counter: CounterName; labels: Record<string, string>; by: number }
+  | { kind: 'observe'; histogram: HistogramName; labels: Record<string, string>; value: number }
 
 /** An event of the node's event log (src/node/events.ts), as far as metrics read it. */
 export interface EventLike {
@@ -82,9 +79,12 @@ export function updatesOfEvent (e: EventLike): MetricUpdate[] {
           if (bytes != null && bytes > 0) out.push(inc('replication_bytes', {}, bytes))
           return out
         }
-        case 'generation-failed': return [inc('replication_transfers', { outcome: 'failed' })]
-        case 'dump-failed': return [inc('replication_dump_failures')]
-        default: return []
+        case 'generation-failed':
+          return [inc('replication_transfers', { outcome: 'failed' })]
+        case 'dump-failed':
+          return [inc('replication_dump_failures')]
+        default:
+          return []
       }
     case 'lease':
       return LEASE_TYPES.has(e.type) ? [inc('lease_events', { type: e.type })] : []
@@ -96,9 +96,12 @@ export function updatesOfEvent (e: EventLike): MetricUpdate[] {
           if (ms != null) out.push({ kind: 'observe', histogram: 'failover_restore_seconds', labels: {}, value: ms / 1000 })
           return out
         }
-        case 'failover-failed': return [inc('failovers', { outcome: 'failed' })]
-        case 'lost': return [inc('containers_lost')]
-        default: return []
+        case 'failover-failed':
+          return [inc('failovers', { outcome: 'failed' })]
+        case 'lost':
+          return [inc('containers_lost')]
+        default:
+          return []
       }
     default:
       return []
@@ -117,7 +120,7 @@ export const PEER_STATES = ['alive', 'suspect', 'dead', 'left'] as const
  * one shared `runc list`); `pending` is a container restored here by a migration or a
  * failover that is not this node's yet.
  */
-export function containerState (record: { fenced?: unknown, pendingMigration?: boolean, failoverPending?: boolean, checkpointed: boolean }, runcStatus: string | undefined): ContainerStateLabel {
+export function containerState (record: { fenced?: unknown; pendingMigration?: boolean; failoverPending?: boolean; checkpointed: boolean }, runcStatus: string | undefined): ContainerStateLabel {
   if (record.fenced != null) return 'fenced'
   if (record.pendingMigration === true || record.failoverPending === true) return 'pending'
   return runStateOf(runcStatus, record.checkpointed)

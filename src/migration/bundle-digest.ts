@@ -8,7 +8,7 @@ import path from 'node:path'
  * mode, owner, size, content or link target). Two nodes with the same digest hold the same
  * bundle, so a target that has it is not sent it again.
  */
-export async function bundleDigest (config: unknown, rootfs: string): Promise<{ digest: string, files: number, bytes: number }> {
+export async function bundleDigest (config: unknown, rootfs: string): Promise<{ digest: string; files: number; bytes: number }> {
   const h = crypto.createHash('sha256')
   h.update(JSON.stringify(config))
   let files = 0

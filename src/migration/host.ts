@@ -48,7 +48,7 @@ export interface ContainerHost {
   /** Rollback: brings the container back here from the images of its final dump. */
   resume: (name: string, imageDir: string, signal: AbortSignal) => Promise<void>
   /** After commit: forget the container here, remember where it went. */
-  release: (name: string, movedTo: { peerId: string, name: string }) => Promise<void>
+  release: (name: string, movedTo: { peerId: string; name: string }) => Promise<void>
 
   // ---- target side ----
   /** A new directory for one incoming migration, inside the data dir. */
@@ -66,11 +66,11 @@ export interface ContainerHost {
    * disk before it runs: a node restarted before the decision settles it with that
    * (settle.ts), and commit needs no new disk space.
    */
-  adopt: (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, replicas?: number, signal: AbortSignal }) => Promise<{ pid: number }>
+  adopt: (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; signal: AbortSignal }) => Promise<{ pid: number }>
   /** Commit: the container is ours at `epoch` (proven by `handover`), and the membership says so at once. */
   commit: (name: string, epoch: number, handover: Handover) => Promise<void>
   /** Containers restored here by incoming migrations that are not committed yet. */
-  pendingIncoming: () => Promise<Array<{ name: string, running: boolean, handover: Handover | null }>>
+  pendingIncoming: () => Promise<Array<{ name: string; running: boolean; handover: Handover | null }>>
   /** Abort: kills and removes an adopted, uncommitted container. */
   discard: (name: string) => Promise<void>
   /**
@@ -94,10 +94,10 @@ export interface ClusterPort {
   pickPeer: (needBytes: number) => string
   peerName: (peerId: string) => string
   /** Who owns the container, per the membership view. */
-  ownerOf: (container: string) => { owner: string | null, epoch: number } | undefined
+  ownerOf: (container: string) => { owner: string | null; epoch: number } | undefined
   peerState: (peerId: string) => string | undefined
   /** What the peer's latest heartbeat says of the container, if it claims it. */
-  claimOf: (peerId: string, container: string) => { epoch: number, state: string } | undefined
+  claimOf: (peerId: string, container: string) => { epoch: number; state: string } | undefined
   /** Resolves once the view shows `owner` at `epoch` (or rejects on timeout). */
   waitForOwner: (container: string, owner: string, epoch: number, timeoutMs: number) => Promise<void>
 }

@@ -14,7 +14,7 @@ export interface Progress {
 export class PhaseClock {
   readonly started = Date.now()
   readonly phases: Partial<Record<Phase, number>> = {}
-  private current: { phase: Phase, at: number } | null = null
+  private current: { phase: Phase; at: number } | null = null
   private readonly log: Logger
   private readonly onProgress?: (p: Progress) => void
   private bytes = 0
@@ -40,16 +40,30 @@ export class PhaseClock {
     this.current = null
   }
 
-  get phase (): Phase | null { return this.current?.phase ?? null }
+  get phase (): Phase | null {
+    return this.current?.phase ?? null
+  }
 
-  addTotal (n: number): void { this.totalBytes += n; this.report() }
-  progress (bytesInPhase: number, base: number): void { this.bytes = base + bytesInPhase; this.report() }
-  get transferred (): number { return this.bytes }
-  setTransferred (n: number): void { this.bytes = n }
+  addTotal (n: number): void {
+    this.totalBytes += n
+    this.report()
+  }
+  progress (bytesInPhase: number, base: number): void {
+    this.bytes = base + bytesInPhase
+    this.report()
+  }
+  get transferred (): number {
+    return this.bytes
+  }
+  setTransferred (n: number): void {
+    this.bytes = n
+  }
 
   private report (): void {
     if (this.current != null) this.onProgress?.({ phase: this.current.phase, bytes: this.bytes, totalBytes: this.totalBytes })
   }
 
-  totalMs (): number { return Date.now() - this.started }
+  totalMs (): number {
+    return Date.now() - this.started
+  }
 }

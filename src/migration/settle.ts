@@ -28,7 +28,7 @@ import { verifyHandover, type Handover } from '../cluster/handover.ts'
  */
 export type Verdict = 'commit' | 'abort' | 'wait'
 
-export function settleVerdict (sourceState: string | undefined, claim: { epoch: number, state: string } | undefined, epoch: number): Verdict {
+export function settleVerdict (sourceState: string | undefined, claim: { epoch: number; state: string } | undefined, epoch: number): Verdict {
   if (sourceState !== 'alive' && sourceState !== 'left') return 'wait'
   if (claim == null) return 'commit'
   if (claim.epoch < epoch) return 'commit' // an older claim is not about this migration
@@ -93,7 +93,7 @@ export async function commitWithRetry (r: {
   signal?: AbortSignal
 }): Promise<boolean> {
   const retryMs = r.retryMs ?? 2_000
-  for (let attempt = 1; ; attempt++) {
+  for (let attempt = 1;; attempt++) {
     try {
       await r.commit()
       if (attempt > 1) r.logger.warn({ attempt }, 'commit succeeded after retrying')
@@ -101,8 +101,7 @@ export async function commitWithRetry (r: {
     } catch (err) {
       const e = toMscError(err)
       const code = (err as NodeJS.ErrnoException).code ?? e.code
-      r.logger.error({ err: e.message, code, attempt, retryMs },
-        'commit failed: the restored container keeps running here, unowned, and the commit is retried (the source has released it: it is the only copy)')
+      r.logger.error({ err: e.message, code, attempt, retryMs }, 'commit failed: the restored container keeps running here, unowned, and the commit is retried (the source has released it: it is the only copy)')
     }
     await sleep(retryMs, r.signal)
     if (r.signal?.aborted === true) return false
@@ -136,7 +135,7 @@ export async function settleLeftIncoming (d: {
   retryMs?: number
   pollMs?: number
   signal?: AbortSignal
-}): Promise<Array<{ name: string, outcome: 'commit' | 'abort' | 'unknown' | 'no-proof' | 'not-running' }>> {
+}): Promise<Array<{ name: string; outcome: 'commit' | 'abort' | 'unknown' | 'no-proof' | 'not-running' }>> {
   const left = await d.host.pendingIncoming()
   return await Promise.all(left.map(async (p) => {
     const log = d.logger.child({ container: p.name })
@@ -154,13 +153,22 @@ export async function settleLeftIncoming (d: {
     const stillPending = async (): Promise<boolean> => (await d.host.pendingIncoming()).some((x) => x.name === p.name)
     if (verdict === 'commit') {
       const ok = await commitWithRetry({
-        commit: async () => { await d.host.exclusive(p.name, async () => { if (await stillPending()) await d.host.commit(p.name, h.epoch, h) }) },
-        still: stillPending, logger: log, retryMs: d.retryMs, signal: d.signal
+        commit: async () => {
+          await d.host.exclusive(p.name, async () => {
+            if (await stillPending()) await d.host.commit(p.name, h.epoch, h)
+          })
+        },
+        still: stillPending,
+        logger: log,
+        retryMs: d.retryMs,
+        signal: d.signal
       })
       if (ok) log.info({ epoch: h.epoch, settleMs: Date.now() - started }, 'incoming migration settled after restart: committed, the container is owned here')
       return { name: p.name, outcome: ok ? 'commit' as const : 'unknown' as const }
     }
-    await d.host.exclusive(p.name, async () => { if (await stillPending()) await d.host.discard(p.name) })
+    await d.host.exclusive(p.name, async () => {
+      if (await stillPending()) await d.host.discard(p.name)
+    })
     log.warn({ settleMs: Date.now() - started }, 'incoming migration settled after restart: the source runs the container; the restored copy was removed')
     return { name: p.name, outcome: 'abort' as const }
   }))
@@ -170,7 +178,11 @@ async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted === true) return
   await new Promise<void>((resolve) => {
     const t = setTimeout(done, ms)
-    function done (): void { clearTimeout(t); signal?.removeEventListener('abort', done); resolve() }
+    function done (): void {
+      clearTimeout(t)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
     signal?.addEventListener('abort', done, { once: true })
   })
 }

@@ -37,7 +37,7 @@ export interface MigrationResult {
   goodputMBps: number | null
   phases: Partial<Record<Phase, number>>
   /** On failure: what happened, and where the container runs now. */
-  error?: { code: string, message: string, details: string[] }
+  error?: { code: string; message: string; details: string[] }
   runningOn?: string
 }
 
@@ -46,7 +46,7 @@ export interface SourceDeps {
   cluster: ClusterPort
   dial: (peerId: string, protocol: string, signal: AbortSignal) => Promise<Stream>
   /** Page servers of running post-copy migrations, by transfer id (/msc/pages looks here). */
-  pageServers: Map<string, { host: string, port: number }>
+  pageServers: Map<string, { host: string; port: number }>
   freePort: () => Promise<number>
   stagingRoot: (migrationId: string) => Promise<string>
   removeStaging: (dir: string) => Promise<void>
@@ -77,8 +77,18 @@ export class MigrationSource {
     const log = d.logger.child({ migration: migrationId, container: req.container })
     const clock = new PhaseClock(log, req.onProgress)
     const result: MigrationResult = {
-      ok: false, container: req.container, from: d.cluster.selfId, fromName: d.cluster.selfName, to: '', toName: '',
-      strategy: req.strategy, downtimeMs: null, totalMs: 0, bytes: 0, goodputMBps: null, phases: clock.phases
+      ok: false,
+      container: req.container,
+      from: d.cluster.selfId,
+      fromName: d.cluster.selfName,
+      to: '',
+      toName: '',
+      strategy: req.strategy,
+      downtimeMs: null,
+      totalMs: 0,
+      bytes: 0,
+      goodputMBps: null,
+      phases: clock.phases
     }
     const outer = req.signal ?? new AbortController().signal
     return await d.host.exclusive(req.container, async () => {
@@ -104,9 +114,20 @@ export class MigrationSource {
         result.to = target
         result.toName = d.cluster.peerName(target)
         const offer: Offer = {
-          type: 'offer', v: MIGRATE_VERSION, migrationId, container: c.name, strategy: req.strategy, config, epoch: c.epoch, replicas: c.replicas,
-          bundle: digest, estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024, features,
-          source: { peerId: d.cluster.selfId, name: d.cluster.selfName }, target, transfers
+          type: 'offer',
+          v: MIGRATE_VERSION,
+          migrationId,
+          container: c.name,
+          strategy: req.strategy,
+          config,
+          epoch: c.epoch,
+          replicas: c.replicas,
+          bundle: digest,
+          estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024,
+          features,
+          source: { peerId: d.cluster.selfId, name: d.cluster.selfName },
+          target,
+          transfers
         }
         control = new FramedStream(await d.dial(target, MIGRATE_PROTOCOL, AbortSignal.any([outer, AbortSignal.timeout(15_000)])), { maxFrameBytes: MAX_CONTROL_FRAME, idleTimeoutMs: 0 })
         await control.writeJson(offer, outer)
@@ -232,7 +253,9 @@ export class MigrationSource {
         log.warn({ err: e.message, restored }, 'migration failed')
         result.error = { code: e.code, message: e.message, details: e.details }
         if (!restored) {
-          try { await control?.writeJson({ type: 'abort', reason: e.message }, AbortSignal.timeout(2_000)) } catch {}
+          try {
+            await control?.writeJson({ type: 'abort', reason: e.message }, AbortSignal.timeout(2_000))
+          } catch {}
           control?.abort(new Error('migration aborted'))
           lazy?.cancel()
           if (dumped && staging != null) {
@@ -255,7 +278,9 @@ export class MigrationSource {
         clock.end()
       } finally {
         d.pageServers.delete(transfers.pages)
-        try { await control?.closeWrite() } catch {}
+        try {
+          await control?.closeWrite()
+        } catch {}
         if (staging != null) await d.removeStaging(staging).catch(() => {})
         result.totalMs = clock.totalMs()
         const mb = result.bytes / 1e6
@@ -273,8 +298,7 @@ export class MigrationSource {
    * target removes its copy as soon as its own lazy-pages daemon ends, which the same
    * failure causes. Returns where the container runs: here, or nowhere.
    */
-  private async resumeAfterPagesFailed (name: string, control: FramedStream, toName: string, staging: string | undefined, log: Logger,
-    note: (detail: string) => void): Promise<string | undefined> {
+  private async resumeAfterPagesFailed (name: string, control: FramedStream, toName: string, staging: string | undefined, log: Logger, note: (detail: string) => void): Promise<string | undefined> {
     try {
       await control.readJson(DiscardedSchema, AbortSignal.timeout(DISCARD_WAIT_MS))
       log.info('the target removed its copy; resuming ours')
@@ -293,16 +317,22 @@ export class MigrationSource {
   }
 
   /** One tree over /msc/image, given up when it makes no progress for a while. */
-  private async sendTree (peer: string, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal,
-    include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
+  private async sendTree (peer: string, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
     const dog = new Watchdog(this.d.stallTimeoutMs, `the ${label} transfer stalled`)
     const signal = AbortSignal.any([outer, dog.signal])
     const base = clock.transferred
     try {
       const stream = await this.d.dial(peer, IMAGE_PROTOCOL, signal)
       const r = await sendTree(stream, dir, {
-        transferId, label, include, deletes, signal,
-        onProgress: (n: number) => { dog.kick(); clock.progress(n, base) }
+        transferId,
+        label,
+        include,
+        deletes,
+        signal,
+        onProgress: (n: number) => {
+          dog.kick()
+          clock.progress(n, base)
+        }
       })
       clock.setTransferred(base + r.bytes)
       return r.bytes

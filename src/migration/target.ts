@@ -17,7 +17,7 @@ export interface TargetDeps {
   host: ContainerHost
   cluster: ClusterPort
   /** Opens the post-copy page tunnel to the source; resolves to the local port CRIU dials. */
-  openPages: (sourcePeer: string, transferId: string, signal: AbortSignal) => Promise<{ port: number, close: () => void }>
+  openPages: (sourcePeer: string, transferId: string, signal: AbortSignal) => Promise<{ port: number; close: () => void }>
   logger: Logger
   /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
   bundlePolicy: BundlePolicy
@@ -63,9 +63,14 @@ export class MigrationTarget {
     const e = this.expected.get(header.transferId)
     if (e == null) return null
     return {
-      destDir: e.destDir, mode: e.mode, symlinks: e.symlinks,
+      destDir: e.destDir,
+      mode: e.mode,
+      symlinks: e.symlinks,
       limits: { maxTotalBytes: e.maxTotalBytes, maxFileBytes: e.maxTotalBytes, maxFiles: 500_000 },
-      onDone: (err?: Error) => { if (err == null) e.done.resolve(); else e.done.reject(err) }
+      onDone: (err?: Error) => {
+        if (err == null) e.done.resolve()
+        else e.done.reject(err)
+      }
     }
   }
 
@@ -117,7 +122,7 @@ export class MigrationTarget {
     const bundleDir = path.join(staging, 'bundle')
     const ids: string[] = []
     let adopted = false
-    let pages: { port: number, close: () => void } | undefined
+    let pages: { port: number; close: () => void } | undefined
     // Lives as long as this migration: the page tunnel must outlast the restore.
     const lifetime = new AbortController()
     try {
@@ -173,13 +178,20 @@ export class MigrationTarget {
       // CRIU finds earlier rounds through `parent` links, which the trees leave out.
       for (let r = 2; r <= pre.length; r++) await fs.symlink(`../pre-${r - 1}`, path.join(staging, `pre-${r}`, 'parent'))
       if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
-      let restored: { type: 'restored', pid: number, restoreMs: number }
+      let restored: { type: 'restored'; pid: number; restoreMs: number }
       try {
         if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal)
         const started = Date.now()
         const r = await this.d.host.adopt({
-          name: offer.container, bundleDir, imageDir: path.join(staging, 'images'), workDir: path.join(staging, 'work'),
-          logDir: path.join(staging, 'log'), lazyPagesPort: pages?.port, handover: req.handover, replicas: offer.replicas, signal: AbortSignal.timeout(300_000)
+          name: offer.container,
+          bundleDir,
+          imageDir: path.join(staging, 'images'),
+          workDir: path.join(staging, 'work'),
+          logDir: path.join(staging, 'log'),
+          lazyPagesPort: pages?.port,
+          handover: req.handover,
+          replicas: offer.replicas,
+          signal: AbortSignal.timeout(300_000)
         })
         adopted = true
         restored = { type: 'restored', pid: r.pid, restoreMs: Date.now() - started }
@@ -217,8 +229,13 @@ export class MigrationTarget {
         if (!this.stopping.signal.aborted) {
           log.warn({ err: (err as Error).message }, 'no decision from the source; settling it from membership')
           decision = await settle({
-            cluster: this.d.cluster, source: remotePeer, container: offer.container, epoch: offer.epoch,
-            timeoutMs: this.d.settleTimeoutMs, logger: log, signal: this.stopping.signal
+            cluster: this.d.cluster,
+            source: remotePeer,
+            container: offer.container,
+            epoch: offer.epoch,
+            timeoutMs: this.d.settleTimeoutMs,
+            logger: log,
+            signal: this.stopping.signal
           })
         }
       }
@@ -230,9 +247,12 @@ export class MigrationTarget {
         // Never discarded from here: the source has released it (or will).
         adopted = false
         const ok = await commitWithRetry({
-          commit: async () => { await this.d.host.commit(offer.container, offer.epoch + 1, req.handover) },
+          commit: async () => {
+            await this.d.host.commit(offer.container, offer.epoch + 1, req.handover)
+          },
           still: async () => (await this.d.host.pendingIncoming()).some((x) => x.name === offer.container),
-          logger: log, signal: this.stopping.signal
+          logger: log,
+          signal: this.stopping.signal
         })
         if (ok) {
           await control.writeJson({ type: 'committed', epoch: offer.epoch + 1 }).catch(() => {})

@@ -31,7 +31,11 @@ export async function testPause (point: PausePoint, log: Logger, signal?: AbortS
   log.warn({ point, ms }, `MSC_TEST_PAUSE_AT: pausing at ${point} for ${ms} ms`)
   await new Promise<void>((resolve) => {
     const t = setTimeout(done, Number.isFinite(ms) && ms > 0 ? ms : 20_000)
-    function done (): void { clearTimeout(t); signal?.removeEventListener('abort', done); resolve() }
+    function done (): void {
+      clearTimeout(t)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
     signal?.addEventListener('abort', done, { once: true })
   })
   log.warn({ point }, `MSC_TEST_PAUSE_AT: resuming after ${point}`)

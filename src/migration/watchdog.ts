@@ -11,12 +11,16 @@ export class Watchdog {
     this.timer = setTimeout(() => this.ac.abort(new Error(reason)), ms)
   }
 
-  get signal (): AbortSignal { return this.ac.signal }
+  get signal (): AbortSignal {
+    return this.ac.signal
+  }
 
   kick (): void {
     clearTimeout(this.timer)
     if (!this.ac.signal.aborted) this.timer = setTimeout(() => this.ac.abort(new Error(this.reason)), this.ms)
   }
 
-  stop (): void { clearTimeout(this.timer) }
+  stop (): void {
+    clearTimeout(this.timer)
+  }
 }

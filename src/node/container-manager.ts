@@ -42,7 +42,7 @@ export interface ContainerRecord {
    * another node may own it now. Kept, stopped, until that is settled (a takeover fences
    * it for good) or an operator restores it.
    */
-  leaseLost?: { epoch: number, at: string }
+  leaseLost?: { epoch: number; at: string }
   /** Being restored here by a failover, not yet running: not claimed (replica-ops.ts). */
   failoverPending?: boolean
 }
@@ -92,15 +92,19 @@ export class ContainerManager {
   private readonly init: ContainerManagerInit
   private readonly log: Logger
   private readonly lock = new KeyedMutex()
-  private listed: { at: number, states: Promise<RuncState[]> } | null = null
+  private listed: { at: number; states: Promise<RuncState[]> } | null = null
 
   constructor (init: ContainerManagerInit) {
     this.init = init
     this.log = init.logger
   }
 
-  private get dd (): DataDir { return this.init.dataDir }
-  private get runc (): Runc { return this.init.runc }
+  private get dd (): DataDir {
+    return this.init.dataDir
+  }
+  private get runc (): Runc {
+    return this.init.runc
+  }
 
   async names (): Promise<string[]> {
     return await recordNames(this.dd)
@@ -149,7 +153,9 @@ export class ContainerManager {
     if (this.listed === null || now - this.listed.at > RUNC_LIST_TTL_MS) {
       const states = this.runc.list()
       this.listed = { at: now, states }
-      states.catch(() => { if (this.listed?.states === states) this.listed = null })
+      states.catch(() => {
+        if (this.listed?.states === states) this.listed = null
+      })
     }
     return await this.listed.states
   }
@@ -163,7 +169,7 @@ export class ContainerManager {
     }
   }
 
-  get settings (): { logMaxBytes: number, stopTimeoutMs: number, tcpEstablished: boolean } {
+  get settings (): { logMaxBytes: number; stopTimeoutMs: number; tcpEstablished: boolean } {
     return { logMaxBytes: this.init.logMaxBytes, stopTimeoutMs: this.init.stopTimeoutMs, tcpEstablished: this.init.tcpEstablished }
   }
 
@@ -229,7 +235,10 @@ export class ContainerManager {
         await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
         await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
-          logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
+          logFile: this.dd.logFile(name),
+          logMaxBytes: this.init.logMaxBytes,
+          pidFile: this.dd.pidFileOf(name),
+          signal
         })
         await this.writeRecord(rec)
         this.log.info({ name, pid: st.pid, bundle: bundle.dir }, 'container started')
@@ -292,7 +301,7 @@ export class ContainerManager {
    * Writes a checkpoint. The container keeps running unless `stop`; with `stop` it is
    * gone from runc afterwards and only the images remain (state 'checkpointed').
    */
-  async checkpoint (name: string, opts: { stop?: boolean, signal?: AbortSignal } = {}): Promise<CheckpointInfo> {
+  async checkpoint (name: string, opts: { stop?: boolean; signal?: AbortSignal } = {}): Promise<CheckpointInfo> {
     return await this.locked(name, async () => {
       const r = await this.mustRecord(name)
       const st = await this.runc.state(name)
@@ -315,8 +324,12 @@ export class ContainerManager {
         throw err
       }
       const info: CheckpointInfo = {
-        id, container: name, createdAt: created.toISOString(), leftRunning: opts.stop !== true,
-        sizeBytes: await dirSize(imageDir), durationMs: Date.now() - started
+        id,
+        container: name,
+        createdAt: created.toISOString(),
+        leftRunning: opts.stop !== true,
+        sizeBytes: await dirSize(imageDir),
+        durationMs: Date.now() - started
       }
       // meta.json marks the checkpoint complete: CRIU's images must be on disk before it.
       await fsyncTree(imageDir)
@@ -333,12 +346,13 @@ export class ContainerManager {
   }
 
   /** Brings a stopped container back from a checkpoint (the latest unless `from`). */
-  async restore (name: string, opts: { from?: string, signal?: AbortSignal } = {}): Promise<ContainerInfo> {
+  async restore (name: string, opts: { from?: string; signal?: AbortSignal } = {}): Promise<ContainerInfo> {
     return await this.locked(name, async () => {
       const r = await this.mustRecord(name)
       if (r.fenced != null) {
         const f = r.fenced
-        throw new MscError('INVALID_STATE', `container ${name} was fenced: another node (${f.ownerName ?? f.owner}, peer ${f.owner}) owns it at epoch ${f.epoch} since ${f.at}; this copy never runs again (its checkpoints and log stay here until \`msc rm ${name}\`)`)
+        throw new MscError('INVALID_STATE',
+          `container ${name} was fenced: another node (${f.ownerName ?? f.owner}, peer ${f.owner}) owns it at epoch ${f.epoch} since ${f.at}; this copy never runs again (its checkpoints and log stay here until \`msc rm ${name}\`)`)
       }
       const st = await this.runc.state(name)
       if (st != null && st.status !== 'stopped') {
@@ -361,8 +375,13 @@ export class ContainerManager {
       await fs.mkdir(workDir, { recursive: true })
       const started = Date.now()
       const state = await this.runc.restore(name, this.dd.runtimeBundle(name), {
-        imageDir: this.dd.checkpointDir(name, cp.id), workDir, tcpEstablished: this.init.tcpEstablished,
-        logFile: this.dd.logFile(name), logMaxBytes: this.init.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal: opts.signal
+        imageDir: this.dd.checkpointDir(name, cp.id),
+        workDir,
+        tcpEstablished: this.init.tcpEstablished,
+        logFile: this.dd.logFile(name),
+        logMaxBytes: this.init.logMaxBytes,
+        pidFile: this.dd.pidFileOf(name),
+        signal: opts.signal
       })
       r.startedAt = new Date().toISOString()
       r.checkpointed = false
@@ -381,8 +400,8 @@ export class ContainerManager {
   }
 
   /** What this node owns, for its membership heartbeat. */
-  async claims (): Promise<Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }>> {
-    const out: Array<{ name: string, epoch: number, state: ClaimState, handover?: Handover, grant?: LeaseProof }> = []
+  async claims (): Promise<Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof }>> {
+    const out: Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof }> = []
     // One shared `runc list` for all (this runs at every heartbeat), not one `runc state` each.
     const states = new Map((await this.runcStates().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
@@ -398,7 +417,9 @@ export class ContainerManager {
       // The certificate that made it ours, so that views that knew the previous owner accept the claim.
       const proof = r.handover != null && r.handover.epoch === r.epoch
         ? { handover: r.handover }
-        : r.lease != null && r.lease.epoch === r.epoch ? { grant: r.lease } : {}
+        : r.lease != null && r.lease.epoch === r.epoch
+        ? { grant: r.lease }
+        : {}
       out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof })
     }
     return out
@@ -462,7 +483,10 @@ async function recordNames (dd: DataDir): Promise<string[]> {
   const out: string[] = []
   for (const e of entries) {
     if (e.isDirectory() && NAME_RE.test(e.name)) {
-      try { await fs.access(dd.recordFile(e.name)); out.push(e.name) } catch {}
+      try {
+        await fs.access(dd.recordFile(e.name))
+        out.push(e.name)
+      } catch {}
     }
   }
   return out.sort()
@@ -493,8 +517,14 @@ function toInfo (r: ContainerRecord, st: RuncState | null, cps: CheckpointInfo[]
 
 function baseInfo (r: ContainerRecord, cps: CheckpointInfo[]): Omit<ContainerInfo, 'state' | 'pid' | 'started'> {
   return {
-    name: r.name, createdAt: r.createdAt, bundle: r.bundle, checkpoints: cps.length, lastCheckpoint: cps.at(-1)?.id ?? null,
-    epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, ...(r.leaseLost != null ? { leaseLost: r.leaseLost } : {})
+    name: r.name,
+    createdAt: r.createdAt,
+    bundle: r.bundle,
+    checkpoints: cps.length,
+    lastCheckpoint: cps.at(-1)?.id ?? null,
+    epoch: r.epoch ?? 1,
+    replicas: r.replicas ?? 0,
+    ...(r.leaseLost != null ? { leaseLost: r.leaseLost } : {})
   }
 }
 
@@ -534,8 +564,11 @@ export function interruptedDumpProblem (files: string[], dumpLog: string | null)
 export function cgroupImageNames (img: Uint8Array, cgroupPath: string): boolean {
   const str = Buffer.from(cgroupPath)
   const len: number[] = []
-  for (let n = str.length; ; n >>>= 7) {
-    if (n < 0x80) { len.push(n); break }
+  for (let n = str.length;; n >>>= 7) {
+    if (n < 0x80) {
+      len.push(n)
+      break
+    }
     len.push((n & 0x7f) | 0x80)
   }
   return Buffer.from(img).includes(Buffer.concat([Buffer.from([0x12, ...len]), str]))
@@ -548,7 +581,7 @@ export interface DumpRecoveryEnv {
   cgroupsPath: (name: string) => string
 }
 
-export type DumpRecovery = { container: string, checkpoint: CheckpointInfo } | { reason: string }
+export type DumpRecovery = { container: string; checkpoint: CheckpointInfo } | { reason: string }
 
 /**
  * A source node that died after its final dump left the only copy of the container's
@@ -594,7 +627,12 @@ export async function recoverInterruptedDump (env: DumpRecoveryEnv, staging: str
   }
   const inv = await fs.stat(path.join(images, 'inventory.img'))
   const info: CheckpointInfo = {
-    id: ckId, container: name, createdAt: inv.mtime.toISOString(), leftRunning: false, sizeBytes: await dirSize(images), durationMs: 0
+    id: ckId,
+    container: name,
+    createdAt: inv.mtime.toISOString(),
+    leftRunning: false,
+    sizeBytes: await dirSize(images),
+    durationMs: 0
   }
   await fsyncTree(images)
   await writeFileAtomic(path.join(images, 'meta.json'), JSON.stringify(info, null, 2), { mode: 0o600 })

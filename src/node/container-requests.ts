@@ -17,7 +17,7 @@ import type { Logger } from '../util/logger.ts'
 
 const RELAY = fileURLToPath(new URL('../runtime/ipc/dgram-relay.py', import.meta.url))
 
-export type ContainerRequest = { kind: 'checkpoint' } | { kind: 'migrate', peer?: string }
+export type ContainerRequest = { kind: 'checkpoint' } | { kind: 'migrate'; peer?: string }
 
 export interface ContainerRequestServerInit {
   /** Where the socket is bound: DATA_DIR/ipc.sock. */
@@ -149,12 +149,14 @@ export class ContainerRequestServer {
     this.log = init.logger
   }
 
-  stats (): { accepted: number, ignored: number } {
+  stats (): { accepted: number; ignored: number } {
     return { accepted: this.accepted, ignored: this.ignored }
   }
 
   /** Pid of the relay process once its socket is bound; 0 when none runs. */
-  get pid (): number { return this.relayPid }
+  get pid (): number {
+    return this.relayPid
+  }
 
   /** Starts the relay; resolves once the socket is bound (mode 0666). */
   async start (): Promise<void> {
@@ -169,7 +171,10 @@ export class ContainerRequestServer {
    */
   async stop (): Promise<void> {
     this.stopping = true
-    if (this.restartTimer != null) { clearTimeout(this.restartTimer); this.restartTimer = null }
+    if (this.restartTimer != null) {
+      clearTimeout(this.restartTimer)
+      this.restartTimer = null
+    }
     const child = this.child
     if (child != null) await this.killRelay(child)
     await this.removeSocket()
@@ -180,7 +185,9 @@ export class ContainerRequestServer {
     await this.chain
     if (this.running.size > 0) {
       let timer: NodeJS.Timeout | undefined
-      const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, DRAIN_TIMEOUT_MS) })
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, DRAIN_TIMEOUT_MS)
+      })
       await Promise.race([Promise.allSettled([...this.running]), timeout])
       clearTimeout(timer)
       if (this.running.size > 0) this.log.warn({ running: this.running.size }, 'container requests still running at stop')
@@ -201,7 +208,12 @@ export class ContainerRequestServer {
 
     let isReady = false
     let onReady: () => void = () => {}
-    const ready = new Promise<void>((resolve) => { onReady = () => { isReady = true; resolve() } })
+    const ready = new Promise<void>((resolve) => {
+      onReady = () => {
+        isReady = true
+        resolve()
+      }
+    })
     rl.on('line', (line) => {
       let msg: RelayLine
       try {
@@ -211,20 +223,25 @@ export class ContainerRequestServer {
         return
       }
       if (msg == null || typeof msg !== 'object') return
-      if (msg.ready === true) { onReady(); return }
+      if (msg.ready === true) {
+        onReady()
+        return
+      }
       this.chain = this.chain.then(async () => await this.onDatagram(msg)).catch((err: unknown) => {
         this.log.error({ err }, 'container request handling failed')
       })
     })
 
-    const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null, error?: Error }>((resolve) => {
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
       child.once('error', (error) => resolve({ code: null, signal: null, error }))
       child.once('exit', (code, signal) => resolve({ code, signal }))
     })
     void exited.then((r) => this.onRelayExit(child, isReady, r))
 
     let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), START_TIMEOUT_MS) })
+    const timeout = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), START_TIMEOUT_MS)
+    })
     const first = await Promise.race([ready.then(() => 'ready' as const), exited.then(() => 'exited' as const), timeout])
     clearTimeout(timer)
     if (first !== 'ready') {
@@ -243,7 +260,7 @@ export class ContainerRequestServer {
     this.log.info({ socket: this.init.socketPath, relayPid: this.relayPid }, 'container request socket ready')
   }
 
-  private onRelayExit (child: ChildProcess, wasReady: boolean, r: { code: number | null, signal: NodeJS.Signals | null, error?: Error }): void {
+  private onRelayExit (child: ChildProcess, wasReady: boolean, r: { code: number | null; signal: NodeJS.Signals | null; error?: Error }): void {
     if (this.child !== child) return
     this.child = null
     this.relayPid = 0
@@ -271,12 +288,18 @@ export class ContainerRequestServer {
     if (pid == null || child.exitCode !== null || child.signalCode !== null) return
     const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
     child.stdin?.end()
-    try { process.kill(pid, 'SIGTERM') } catch {}
+    try {
+      process.kill(pid, 'SIGTERM')
+    } catch {}
     let timer: NodeJS.Timeout | undefined
-    const late = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), STOP_TIMEOUT_MS) })
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), STOP_TIMEOUT_MS)
+    })
     if (await Promise.race([gone, late]) === 'late') {
       this.log.warn({ pid }, 'ipc relay ignored SIGTERM; killing it')
-      try { process.kill(pid, 'SIGKILL') } catch {}
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {}
       await gone
     }
     clearTimeout(timer)
@@ -294,27 +317,45 @@ export class ContainerRequestServer {
 
   private async onDatagram (msg: RelayLine): Promise<void> {
     const pid = typeof msg.pid === 'number' ? msg.pid : null
-    if (msg.truncated === true) { this.ignore('longer than 4096 bytes', { pid }); return }
-    if (typeof msg.data !== 'string') { this.ignore('relay line without data', { pid }); return }
+    if (msg.truncated === true) {
+      this.ignore('longer than 4096 bytes', { pid })
+      return
+    }
+    if (typeof msg.data !== 'string') {
+      this.ignore('relay line without data', { pid })
+      return
+    }
     const bytes = Buffer.from(msg.data, 'base64')
     const req = bytes.some((b) => b > 0x7e) ? null : parseRequest(bytes.toString('latin1'))
     if (req == null) {
       this.ignore('not a request', { pid, bytes: bytes.length, head: JSON.stringify(bytes.subarray(0, 32).toString('latin1')) })
       return
     }
-    if (pid == null) { this.ignore('sender unknown (no credentials)', { kind: req.kind }); return }
+    if (pid == null) {
+      this.ignore('sender unknown (no credentials)', { kind: req.kind })
+      return
+    }
     // The relay read /proc/PID/cgroup on receipt; a sender that exited since is gone.
     const name = typeof msg.cgroup === 'string'
       ? containerOfCgroupText(msg.cgroup, this.init.cgroupParent)
       : await containerOfPid(pid, this.init.cgroupParent)
-    if (name == null) { this.ignore('sender is no container of this node', { pid, kind: req.kind }); return }
-    if (this.stopping) { this.ignore('stopping', { pid, container: name, kind: req.kind }); return }
+    if (name == null) {
+      this.ignore('sender is no container of this node', { pid, kind: req.kind })
+      return
+    }
+    if (this.stopping) {
+      this.ignore('stopping', { pid, container: name, kind: req.kind })
+      return
+    }
     this.enqueue(name, req)
   }
 
   private enqueue (name: string, req: ContainerRequest): void {
     let lane = this.lanes.get(name)
-    if (lane == null) { lane = { running: false, queue: [] }; this.lanes.set(name, lane) }
+    if (lane == null) {
+      lane = { running: false, queue: [] }
+      this.lanes.set(name, lane)
+    }
     if (lane.running && lane.queue.length >= MAX_QUEUED_PER_CONTAINER) {
       this.ignore('queue full', { container: name, kind: req.kind, queued: lane.queue.length })
       return

@@ -81,7 +81,9 @@ export class MscNode {
     this.nodeId = await this.dataDir.nodeId()
     this.cgroupParent = this.config.cgroupParent !== '' ? this.config.cgroupParent : `msc-${this.nodeId}`
     this.runc = new Runc({
-      runcPath: this.config.runcPath, criuPath: this.config.criuPath, root: this.dataDir.runcRoot,
+      runcPath: this.config.runcPath,
+      criuPath: this.config.criuPath,
+      root: this.dataDir.runcRoot,
       logger: this.rootLog.child({ component: 'runc' })
     })
     // runc is required to run anything; CRIU only to checkpoint, so its absence is a
@@ -91,8 +93,11 @@ export class MscNode {
     // `npm run setup` did not, or start-up fails here naming it, not at the first run.
     await logShimBinary()
     this.containers = new ContainerManager({
-      dataDir: this.dataDir, runc: this.runc, cgroupParent: this.cgroupParent,
-      logMaxBytes: this.config.containerLogMaxBytes, stopTimeoutMs: this.config.stopTimeoutMs,
+      dataDir: this.dataDir,
+      runc: this.runc,
+      cgroupParent: this.cgroupParent,
+      logMaxBytes: this.config.containerLogMaxBytes,
+      stopTimeoutMs: this.config.stopTimeoutMs,
       tcpEstablished: this.config.tcpEstablished,
       logger: this.rootLog.child({ component: 'containers' }),
       claimName: async (name) => this.claimName(name)
@@ -104,38 +109,63 @@ export class MscNode {
     const privateKey = await loadOrCreatePeerKey(path.join(cfg.dataDir, 'peer.key'))
     const psk = cfg.pskFile !== '' ? await readPskFile(cfg.pskFile) : undefined
     const cluster = this.cluster = await ClusterService.load({
-      dataDir: cfg.dataDir, privateKey, selfId: peerIdFromPrivateKey(privateKey).toString(), name: cfg.name,
-      clusterKey: psk != null ? pskKeyBytes(psk) : undefined, joinToken: cfg.joinToken,
+      dataDir: cfg.dataDir,
+      privateKey,
+      selfId: peerIdFromPrivateKey(privateKey).toString(),
+      name: cfg.name,
+      clusterKey: psk != null ? pskKeyBytes(psk) : undefined,
+      joinToken: cfg.joinToken,
       logger: this.rootLog.child({ component: 'cluster' })
     })
     // Before the overlay: libp2p's metrics go to the same registry, from its creation on.
     const metrics = this.metrics = createMetricsService({
       listen: cfg.metricsListen !== '' ? parseListenAddress(cfg.metricsListen) : null,
-      node: this.metricsReader(), events: this.events, statfsLocation: cfg.dataDir,
+      node: this.metricsReader(),
+      events: this.events,
+      statfsLocation: cfg.dataDir,
       logger: this.rootLog.child({ component: 'metrics' })
     })
     this.overlay = await Overlay.create({
-      privateKey, psk, dataDir: cfg.dataDir, name: cfg.name, version: VERSION,
-      listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns, mdnsIntervalMs: cfg.mdnsIntervalMs,
-      pingIntervalMs: cfg.pingIntervalMs, pingTimeoutMs: cfg.pingTimeoutMs, suspectTimeoutMs: cfg.suspectTimeoutMs,
+      privateKey,
+      psk,
+      dataDir: cfg.dataDir,
+      name: cfg.name,
+      version: VERSION,
+      listen: cfg.listen,
+      announce: cfg.announce,
+      bootstrap: cfg.bootstrap,
+      mdns: cfg.mdns,
+      mdnsIntervalMs: cfg.mdnsIntervalMs,
+      pingIntervalMs: cfg.pingIntervalMs,
+      pingTimeoutMs: cfg.pingTimeoutMs,
+      suspectTimeoutMs: cfg.suspectTimeoutMs,
       role: cfg.witness ? 'observer' : 'node'
     }, {
-      claims: async () => await c.claims(), logger: this.rootLog.child({ component: 'overlay' }),
+      claims: async () => await c.claims(),
+      logger: this.rootLog.child({ component: 'overlay' }),
       gate: { gater: cluster.gater, isMember: (peer) => cluster.isMember(peer) },
       // A failover's claim: a majority of the persisted member list granted the claimant
       // the lease at this epoch (protocols/lease.md).
-      verifyGrant: (claim, claimant) => claim.grant != null && verifyLeaseProof(claim.grant, {
-        container: claim.name, epoch: claim.epoch, holder: claimant, members: new Set(cluster.members().map((m) => m.peerId))
-      }),
+      verifyGrant: (claim, claimant) =>
+        claim.grant != null && verifyLeaseProof(claim.grant, {
+          container: claim.name,
+          epoch: claim.epoch,
+          holder: claimant,
+          members: new Set(cluster.members().map((m) => m.peerId))
+        }),
       metrics: metrics?.libp2pMetrics()
     })
     // Early: a bad --metrics-listen stops the node before it takes part in the cluster.
     await metrics?.start()
     // Before any container starts or restores: bundles may bind-mount this socket.
     this.requests = new ContainerRequestServer({
-      socketPath: this.dataDir.requestSocket, cgroupParent: this.cgroupParent,
+      socketPath: this.dataDir.requestSocket,
+      cgroupParent: this.cgroupParent,
       logger: this.rootLog.child({ component: 'requests' }),
-      onCheckpoint: async (name) => { await this.requireCriu(); return await this.containers!.checkpoint(name) },
+      onCheckpoint: async (name) => {
+        await this.requireCriu()
+        return await this.containers!.checkpoint(name)
+      },
       onMigrate: async (name, peer) => {
         const r = await this.migrate({ container: name, to: peer, strategy: 'auto' })
         if (!r.ok) throw new MscError('RUNTIME_ERROR', r.error?.message ?? 'migration failed')
@@ -152,10 +182,21 @@ export class MscNode {
       if (from === this.overlay?.peerId && to != null && to !== from) void this.fence(container, to, epoch)
     })
     const failover = this.failover = new FailoverService({
-      dumpIntervalMs: cfg.dumpIntervalMs, leaseMs: cfg.leaseTimeoutMs, witness: cfg.witness, allowPrivilegedBundles: cfg.allowPrivilegedBundles,
-      overlay: this.overlay, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, events: this.events,
+      dumpIntervalMs: cfg.dumpIntervalMs,
+      leaseMs: cfg.leaseTimeoutMs,
+      witness: cfg.witness,
+      allowPrivilegedBundles: cfg.allowPrivilegedBundles,
+      overlay: this.overlay,
+      cluster,
+      privateKey,
+      manager: c,
+      runc: this.runc,
+      dataDir: this.dataDir,
+      events: this.events,
       logger: this.rootLog.child({ component: 'failover' }),
-      fence: async (name, owner, epoch) => { await this.fence(name, owner, epoch) }
+      fence: async (name, owner, epoch) => {
+        await this.fence(name, owner, epoch)
+      }
     })
     await failover.startVoting()
     await this.overlay.start()
@@ -167,15 +208,26 @@ export class MscNode {
     })
     await cluster.start({
       addresses: () => dialableAddrs(o.addresses()),
-      handleOpen: async (protocol, handler, max) => { await o.handleOpen(protocol, handler, max) },
+      handleOpen: async (protocol, handler, max) => {
+        await o.handleOpen(protocol, handler, max)
+      },
       dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
       dialAddr: async (addr, protocol, signal) => await o.dialAddr(addr, protocol, signal),
       connectedPeers: () => o.connectedPeers(),
-      disconnect: async (peer, why) => { await o.disconnect(peer, why) },
+      disconnect: async (peer, why) => {
+        await o.disconnect(peer, why)
+      },
       onConnect: (fn) => o.onConnect(fn)
     })
     const migration = new MigrationService({
-      overlay: o, cluster, privateKey, manager: c, runc: this.runc, dataDir: this.dataDir, selfName: cfg.name, pingTimeoutMs: cfg.pingTimeoutMs,
+      overlay: o,
+      cluster,
+      privateKey,
+      manager: c,
+      runc: this.runc,
+      dataDir: this.dataDir,
+      selfName: cfg.name,
+      pingTimeoutMs: cfg.pingTimeoutMs,
       allowPrivilegedBundles: cfg.allowPrivilegedBundles,
       // A rollback must not resume a container whose lease ran out while it was frozen.
       mayRun: (name) => this.failover?.mayRun(name) ?? true,
@@ -206,8 +258,14 @@ export class MscNode {
         await c.remove(name, { force })
         if (epoch != null) await failover.forget(name, epoch)
       },
-      checkpoint: async (name, req, signal) => { await this.requireCriu(); return await c.checkpoint(name, { stop: req.stop === true, signal }) },
-      checkpoints: async (name) => { await c.inspect(name); return await c.checkpoints(name) },
+      checkpoint: async (name, req, signal) => {
+        await this.requireCriu()
+        return await c.checkpoint(name, { stop: req.stop === true, signal })
+      },
+      checkpoints: async (name) => {
+        await c.inspect(name)
+        return await c.checkpoints(name)
+      },
       restore: async (name, req, signal) => {
         await this.requireCriu()
         const done = await failover.beforeRestore(name)
@@ -244,7 +302,10 @@ export class MscNode {
         if (!['auto', 'stop-copy', 'post-copy', 'pre-copy'].includes(strategy)) throw new MscError('INVALID_ARGUMENT', `unknown strategy ${String(strategy)}: auto, stop-copy, post-copy or pre-copy`)
         await this.requireCriu()
         return await this.migrate({
-          container: name, to: req.to, strategy, signal,
+          container: name,
+          to: req.to,
+          strategy,
+          signal,
           onProgress: (p) => onEvent({ type: 'progress', phase: p.phase, bytes: p.bytes, totalBytes: p.totalBytes })
         }) as MigrationResultInfo
       },
@@ -257,8 +318,12 @@ export class MscNode {
     await this.api.listen(this.config.apiSocket)
     this.startedAt = new Date().toISOString()
     this.log.info({
-      dataDir: this.config.dataDir, api: this.config.apiSocket, nodeId: this.nodeId, runc: runcVersion,
-      criu: this.config.criuPath, adopted: adopted.filter((x) => x.state === 'running').map((x) => x.name)
+      dataDir: this.config.dataDir,
+      api: this.config.apiSocket,
+      nodeId: this.nodeId,
+      runc: runcVersion,
+      criu: this.config.criuPath,
+      adopted: adopted.filter((x) => x.state === 'running').map((x) => x.name)
     }, 'msc node started')
   }
 
@@ -316,13 +381,22 @@ export class MscNode {
     const members = o.members()
     const cluster = this.cluster!.status()
     return {
-      peerId: o.peerId, name: this.config.name, addrs: o.addresses(),
-      peersAlive: members.filter((m) => m.state === 'alive').length, peersKnown: members.length,
+      peerId: o.peerId,
+      name: this.config.name,
+      addrs: o.addresses(),
+      peersAlive: members.filter((m) => m.state === 'alive').length,
+      peersKnown: members.length,
       membership: o.view.stats(),
       cluster: { ...cluster, refused: { ...cluster.refused, streams: cluster.refused.streams + o.refusedStreamCount } },
-      version: VERSION, pid: process.pid, dataDir: this.config.dataDir, nodeId: this.nodeId,
-      cgroupParent: this.cgroupParent, runc: this.config.runcPath, criu: this.config.criuPath,
-      containers: list.length, startedAt: this.startedAt,
+      version: VERSION,
+      pid: process.pid,
+      dataDir: this.config.dataDir,
+      nodeId: this.nodeId,
+      cgroupParent: this.cgroupParent,
+      runc: this.config.runcPath,
+      criu: this.config.criuPath,
+      containers: list.length,
+      startedAt: this.startedAt,
       failover: await this.failover!.summary()
     }
   }
@@ -424,11 +498,10 @@ export class MscNode {
         this.log.warn({ container: r.released, to: r.to, toName: r.toName, phase: r.phase },
           `an outgoing migration of ${r.released} was interrupted by the node's end after ${r.toName} had restored it: past the point of no return, so it was released to ${r.toName} (which keeps and owns it) and its dump here deleted`)
       } else if ('container' in r) {
-        this.log.warn({ container: r.container, checkpoint: r.checkpoint.id },
-          `an outgoing migration of ${r.container} was interrupted by the node's end after its final dump: the dump is now its checkpoint ${r.checkpoint.id}. ` +
+        this.log.warn({ container: r.container, checkpoint: r.checkpoint.id }, `an outgoing migration of ${r.container} was interrupted by the node's end after its final dump: the dump is now its checkpoint ${r.checkpoint.id}. ` +
           `Nothing restores it automatically: if no other node runs ${r.container} (the target may have taken it over; see \`msc peer ls\`), \`msc restore ${r.container}\` brings it back here`)
       } else {
-        this.log.warn({ dir, reason: r.reason }, 'an outgoing migration was interrupted by the node\'s end; its staging dir is kept (remove it once it is not needed)')
+        this.log.warn({ dir, reason: r.reason }, "an outgoing migration was interrupted by the node's end; its staging dir is kept (remove it once it is not needed)")
       }
     }
   }
@@ -456,15 +529,28 @@ function withReplication (info: ContainerInfo, f: FailoverService): ContainerInf
 }
 
 function isAlive (pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM' }
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
 
 /** `memberName`: the name the cluster admitted it under (its heartbeat's is self-reported). */
 function toPeerInfo (m: Member, connected: boolean, memberName?: string): PeerInfo {
   return {
-    peerId: m.peerId, name: memberName ?? m.name, addrs: m.addrs, state: m.state,
-    lastHeard: new Date(m.lastHeard).toISOString(), stateSince: new Date(m.stateSince).toISOString(),
-    connected, version: m.version, role: m.role, rttMs: m.rttMs,
-    containers: m.containers.map((c) => ({ name: c.name, epoch: c.epoch, state: c.state })), resources: m.resources
+    peerId: m.peerId,
+    name: memberName ?? m.name,
+    addrs: m.addrs,
+    state: m.state,
+    lastHeard: new Date(m.lastHeard).toISOString(),
+    stateSince: new Date(m.stateSince).toISOString(),
+    connected,
+    version: m.version,
+    role: m.role,
+    rttMs: m.rttMs,
+    containers: m.containers.map((c) => ({ name: c.name, epoch: c.epoch, state: c.state })),
+    resources: m.resources
   }
 }

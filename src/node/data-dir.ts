@@ -24,7 +24,12 @@ import { writeFileAtomic } from '../util/atomic-file.ts'
  *   DIR/tmp/                     partial downloads, renamed into place when whole
  *   DIR/msc-data-dir             marker: this is an msc data dir, and its format version
  */
-export interface MovedNote { container: string, to: string, toName: string, at: string }
+export interface MovedNote {
+  container: string
+  to: string
+  toName: string
+  at: string
+}
 
 export class DataDir {
   readonly root: string
@@ -33,29 +38,61 @@ export class DataDir {
     this.root = root
   }
 
-  get runcRoot (): string { return path.join(this.root, 'runc') }
+  get runcRoot (): string {
+    return path.join(this.root, 'runc')
+  }
   /** Datagram socket containers send CHECKPOINT / MIGRATE to (bind-mounted at /run/msc.sock). */
-  get requestSocket (): string { return path.join(this.root, 'ipc.sock') }
+  get requestSocket (): string {
+    return path.join(this.root, 'ipc.sock')
+  }
   /** The CRIU configuration runc hands CRIU for containers in the host's network (CRIU_CONFIG_ANNOTATION). */
-  get criuConfigFile (): string { return path.join(this.root, 'criu-host-network.conf') }
-  get pidFile (): string { return path.join(this.root, 'node.pid') }
-  get tmp (): string { return path.join(this.root, 'tmp') }
-  get containersDir (): string { return path.join(this.root, 'containers') }
-  containerDir (name: string): string { return path.join(this.containersDir, name) }
+  get criuConfigFile (): string {
+    return path.join(this.root, 'criu-host-network.conf')
+  }
+  get pidFile (): string {
+    return path.join(this.root, 'node.pid')
+  }
+  get tmp (): string {
+    return path.join(this.root, 'tmp')
+  }
+  get containersDir (): string {
+    return path.join(this.root, 'containers')
+  }
+  containerDir (name: string): string {
+    return path.join(this.containersDir, name)
+  }
   /** Fenced copies set aside when this node restored the same name from a replica (replica-ops.ts). */
-  get fencedDir (): string { return path.join(this.containersDir, '.fenced') }
-  recordFile (name: string): string { return path.join(this.containerDir(name), 'container.json') }
-  runtimeBundle (name: string): string { return path.join(this.containerDir(name), 'bundle') }
-  logFile (name: string): string { return path.join(this.containerDir(name), 'container.log') }
-  pidFileOf (name: string): string { return path.join(this.containerDir(name), 'container.pid') }
-  checkpointsDir (name: string): string { return path.join(this.containerDir(name), 'checkpoints') }
-  checkpointDir (name: string, id: string): string { return path.join(this.checkpointsDir(name), id) }
-  workDir (name: string, what: string): string { return path.join(this.containerDir(name), 'work', what) }
+  get fencedDir (): string {
+    return path.join(this.containersDir, '.fenced')
+  }
+  recordFile (name: string): string {
+    return path.join(this.containerDir(name), 'container.json')
+  }
+  runtimeBundle (name: string): string {
+    return path.join(this.containerDir(name), 'bundle')
+  }
+  logFile (name: string): string {
+    return path.join(this.containerDir(name), 'container.log')
+  }
+  pidFileOf (name: string): string {
+    return path.join(this.containerDir(name), 'container.pid')
+  }
+  checkpointsDir (name: string): string {
+    return path.join(this.containerDir(name), 'checkpoints')
+  }
+  checkpointDir (name: string, id: string): string {
+    return path.join(this.checkpointsDir(name), id)
+  }
+  workDir (name: string, what: string): string {
+    return path.join(this.containerDir(name), 'work', what)
+  }
 
-  movedFile (name: string): string { return path.join(this.root, 'moved', `${name}.json`) }
+  movedFile (name: string): string {
+    return path.join(this.root, 'moved', `${name}.json`)
+  }
 
   /** Remembers where a container that left this node went (msc logs says so). */
-  async writeMoved (name: string, to: { peerId: string, name: string }, extra: Record<string, unknown> = {}): Promise<void> {
+  async writeMoved (name: string, to: { peerId: string; name: string }, extra: Record<string, unknown> = {}): Promise<void> {
     await fs.mkdir(path.dirname(this.movedFile(name)), { recursive: true })
     await writeFileAtomic(this.movedFile(name), JSON.stringify({ container: name, to: to.peerId, toName: to.name, at: new Date().toISOString(), ...extra }) + '\n')
   }
@@ -72,7 +109,9 @@ export class DataDir {
     await fs.rm(this.movedFile(name), { force: true })
   }
 
-  get markerFile (): string { return path.join(this.root, MARKER) }
+  get markerFile (): string {
+    return path.join(this.root, MARKER)
+  }
 
   /**
    * Makes the data dir ready, after checking that it may be used: the node chmods it
@@ -122,8 +161,7 @@ const MARKER = 'msc-data-dir'
  * Directories that are never a data dir themselves (their subdirectories may be:
  * /var/lib/msc, /tmp/x). Taking one would chmod it 0700 and fill it with msc's files.
  */
-export const SYSTEM_DIRS: ReadonlySet<string> = new Set(['/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64',
-  '/opt', '/proc', '/root', '/run', '/sbin', '/srv', '/sys', '/tmp', '/usr', '/var'])
+export const SYSTEM_DIRS: ReadonlySet<string> = new Set(['/', '/bin', '/boot', '/dev', '/etc', '/home', '/lib', '/lib64', '/opt', '/proc', '/root', '/run', '/sbin', '/srv', '/sys', '/tmp', '/usr', '/var'])
 
 /** What an msc data dir made before the marker existed always has one of. */
 const LEGACY_ENTRIES = ['node-id', 'peer.key', 'containers']
@@ -144,7 +182,9 @@ export function systemDirReason (dir: string): string | null {
 export function classifyDataDir (dir: string, entries: string[] | null, marker: string | null): 'msc' | 'legacy' | 'new' {
   if (marker != null) {
     let format: unknown
-    try { format = (JSON.parse(marker) as { format?: unknown }).format } catch {}
+    try {
+      format = (JSON.parse(marker) as { format?: unknown }).format
+    } catch {}
     if (typeof format !== 'number' || !Number.isInteger(format) || format < 1) {
       throw new MscError('INVALID_ARGUMENT', `data dir ${dir}: its ${MARKER} marker is unreadable; check the directory, then remove the marker to use it again`)
     }

@@ -14,20 +14,26 @@ export class EventLog {
   private readonly listeners = new Set<(e: NodeEvent) => void>()
   private seq = 0
 
-  emit (kind: NodeEvent['kind'], e: { type: string, container?: string, [k: string]: unknown }): void {
+  emit (kind: NodeEvent['kind'], e: { type: string; container?: string; [k: string]: unknown }): void {
     const ev: NodeEvent = { ...e, seq: ++this.seq, time: new Date().toISOString(), kind, type: e.type }
     this.recent.push(ev)
     if (this.recent.length > MAX_EVENTS) this.recent.shift()
     for (const fn of this.listeners) {
-      try { fn(ev) } catch {}
+      try {
+        fn(ev)
+      } catch {}
     }
   }
 
   /** Events kept so far, oldest first. */
-  history (): NodeEvent[] { return [...this.recent] }
+  history (): NodeEvent[] {
+    return [...this.recent]
+  }
 
   subscribe (fn: (e: NodeEvent) => void): () => void {
     this.listeners.add(fn)
-    return () => { this.listeners.delete(fn) }
+    return () => {
+      this.listeners.delete(fn)
+    }
   }
 }

@@ -81,15 +81,23 @@ export class FailoverService {
     this.store = new ReplicaStore(path.join(dd.root, 'replicas'))
     this.ops = new ReplicaOps({ manager: init.manager, runc: init.runc, dataDir: dd, logger: init.logger })
     this.guard = new LeaseGuard({
-      dir: leasePaths(dd.root).guardDir, runcPath: init.runc.config.runcPath, runcRoot: init.runc.config.root,
-      scriptPath: LEASE_GUARD_SCRIPT, logger: init.logger.child({ component: 'lease-guard' })
+      dir: leasePaths(dd.root).guardDir,
+      runcPath: init.runc.config.runcPath,
+      runcRoot: init.runc.config.root,
+      scriptPath: LEASE_GUARD_SCRIPT,
+      logger: init.logger.child({ component: 'lease-guard' })
     })
     const emit = init.events
     this.lease = new LeaseService({
-      selfId: o.peerId, privateKey: init.privateKey, leaseMs: init.leaseMs, dataDir: dd.root,
+      selfId: o.peerId,
+      privateKey: init.privateKey,
+      leaseMs: init.leaseMs,
+      dataDir: dd.root,
       members: () => cluster.members().map((m) => m.peerId),
       isMember: (p) => cluster.isMember(p),
-      handle: async (protocol, handler, max) => { await o.handle(protocol, handler, max) },
+      handle: async (protocol, handler, max) => {
+        await o.handle(protocol, handler, max)
+      },
       dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
       // A failover never takes a container from an owner this node sees running it,
       // nor from one that left on purpose (its containers outlive its daemon).
@@ -112,7 +120,10 @@ export class FailoverService {
         // unleased: keepLeases must not ask for the lease it is being killed for.
         this.fencing.add(container)
         try {
-          if (await this.ops.selfFence(container, epoch).catch((err) => { this.log.error({ container, err: errText(err) }, 'self-fencing failed'); return false })) {
+          if (await this.ops.selfFence(container, epoch).catch((err) => {
+            this.log.error({ container, err: errText(err) }, 'self-fencing failed')
+            return false
+          })) {
             this.log.error({ container, epoch }, 'lease not renewed in time: the container was killed (self-fencing); a standby may bring it back elsewhere')
             emit.emit('lease', { type: 'self-fenced', container, epoch })
             o.announce()
@@ -129,7 +140,10 @@ export class FailoverService {
       witness: init.witness,
       hasContainer: async (name) => await init.manager.holdsUnfenced(name),
       ownerOf: (name) => view.ownerOf(name),
-      freeBytes: async () => { const s = await (await import('node:fs/promises')).statfs(dd.root); return s.bavail * s.bsize },
+      freeBytes: async () => {
+        const s = await (await import('node:fs/promises')).statfs(dd.root)
+        return s.bavail * s.bsize
+      },
       bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
       diskReserveBytes: 256 * 1024 * 1024,
       onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) })
@@ -148,8 +162,14 @@ export class FailoverService {
         if (r.leaseLost != null || r.fenced != null || r.failoverPending === true) return false
         return !(await this.running()).has(name) // stopped (by its user, or it exited): not to be brought back
       },
-      staging: async (id) => { const d = path.join(dd.tmp, id); await (await import('node:fs/promises')).mkdir(d, { recursive: true, mode: 0o700 }); return d },
-      removeStaging: async (d) => { if (d.startsWith(dd.tmp + '/')) await (await import('../runtime/mounts.ts')).removeTree(d) }
+      staging: async (id) => {
+        const d = path.join(dd.tmp, id)
+        await (await import('node:fs/promises')).mkdir(d, { recursive: true, mode: 0o700 })
+        return d
+      },
+      removeStaging: async (d) => {
+        if (d.startsWith(dd.tmp + '/')) await (await import('../runtime/mounts.ts')).removeTree(d)
+      }
     }, {
       dumpIntervalMs: init.dumpIntervalMs,
       logger: init.logger.child({ component: 'replication' }),
@@ -163,12 +183,16 @@ export class FailoverService {
       isMember: (p) => cluster.isMember(p),
       claimState: (p, name) => view.get(p)?.containers.find((c) => c.name === name)?.state,
       acquire: async (name, epoch, signal) => await this.lease.acquire(name, epoch, { takeover: true, signal }),
-      release: async (name) => { await this.lease.release(name) },
+      release: async (name) => {
+        await this.lease.release(name)
+      },
       restore: async (meta, generation, epoch, proof, signal) => {
         await this.ops.adoptReplica(meta, this.store.genDir(meta.container, generation), epoch, proof as LeaseProof, signal)
         o.announce()
       },
-      drop: async (name) => { await this.store.drop(name) },
+      drop: async (name) => {
+        await this.store.drop(name)
+      },
       hasContainer: async (name) => await init.manager.holdsUnfenced(name)
     }, {
       leaseMs: init.leaseMs,
@@ -216,8 +240,12 @@ export class FailoverService {
         this.log.warn({ container: name }, 'removed a failover restore that the previous run did not finish')
       }
     }
-    await this.i.overlay.handle(REPLICATE_PROTOCOL, async (stream, peer) => { await this.receiver.handle(stream, peer) }, 16)
-    this.ownTimer = setInterval(() => { void this.keepLeases() }, Math.max(200, Math.min(1000, this.i.leaseMs / 4)))
+    await this.i.overlay.handle(REPLICATE_PROTOCOL, async (stream, peer) => {
+      await this.receiver.handle(stream, peer)
+    }, 16)
+    this.ownTimer = setInterval(() => {
+      void this.keepLeases()
+    }, Math.max(200, Math.min(1000, this.i.leaseMs / 4)))
     this.replicator?.start()
     this.failover?.start()
   }
@@ -261,7 +289,9 @@ export class FailoverService {
     r.epoch = epoch
     r.lease = proof
     await m.writeRecord(r)
-    return () => { this.restoring.delete(name) }
+    return () => {
+      this.restoring.delete(name)
+    }
   }
 
   private readonly restoring = new Set<string>()
@@ -292,14 +322,19 @@ export class FailoverService {
       : `possible while ${q} of ${n} members are up`
     const st = this.lease.status()
     return {
-      witness: this.i.witness, leaseMs: this.i.leaseMs, members: n, quorum: q, failover, held: st.held.length,
+      witness: this.i.witness,
+      leaseMs: this.i.leaseMs,
+      members: n,
+      quorum: q,
+      failover,
+      held: st.held.length,
       lost: [...this.lostSince].filter(([, l]) => l.reported).map(([container, l]) => ({ container, owner: l.owner, epoch: l.epoch, since: new Date(l.since).toISOString() })),
       replicas: (await this.store.list()).map((m) => ({ container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) ?? null, dumpedAt: new Date(m.dumpedAt).toISOString() }))
     }
   }
 
   /** The containers to replicate now: ours, running, replicated, with the lease held. */
-  private async replicated (): Promise<Array<{ name: string, epoch: number, replicas: number, rootfs: string, config: Record<string, unknown> }>> {
+  private async replicated (): Promise<Array<{ name: string; epoch: number; replicas: number; rootfs: string; config: Record<string, unknown> }>> {
     const out = []
     for (const r of await this.records()) {
       if (!this.lease.holds(r.name)) continue
@@ -331,7 +366,7 @@ export class FailoverService {
   }
 
   /** container -> since when (ms) its holder is dead, its lease over here, and nobody took it over. */
-  private readonly lostSince = new Map<string, { owner: string, epoch: number, since: number, reported: boolean }>()
+  private readonly lostSince = new Map<string, { owner: string; epoch: number; since: number; reported: boolean }>()
 
   /**
    * A container nobody can bring back is reported, by every member that voted on its
@@ -388,7 +423,10 @@ export class FailoverService {
     for (const r of await this.records().catch(() => [])) {
       live.add(r.name)
       if (this.fencing.has(r.name)) continue
-      if (this.lease.holds(r.name) || this.acquiring.has(r.name)) { if (this.lease.holds(r.name)) this.unleased.delete(r.name); continue }
+      if (this.lease.holds(r.name) || this.acquiring.has(r.name)) {
+        if (this.lease.holds(r.name)) this.unleased.delete(r.name)
+        continue
+      }
       const epoch = r.epoch ?? 1
       if (!this.unleased.has(r.name)) this.unleased.set(r.name, Date.now())
       this.acquiring.add(r.name)
@@ -404,7 +442,7 @@ export class FailoverService {
           // (sweepFences), or killed below when no majority grants us the lease.
           const since = this.unleased.get(r.name) ?? Date.now()
           if (Date.now() - since > this.i.leaseMs && Date.now() - this.startedAt > this.i.leaseMs) {
-            this.log.error({ container: r.name, epoch, err: errText(err) }, 'no majority granted this container\'s lease for a whole lease time: killing it (self-fencing)')
+            this.log.error({ container: r.name, epoch, err: errText(err) }, "no majority granted this container's lease for a whole lease time: killing it (self-fencing)")
             if (await this.ops.selfFence(r.name, epoch).catch(() => false)) this.i.events.emit('lease', { type: 'self-fenced', container: r.name, epoch, reason: errText(err) })
             this.unleased.delete(r.name)
           } else {

@@ -29,11 +29,11 @@ export class NodeMigrationHost implements ContainerHost {
   private readonly log: Logger
   private readonly announce: () => void
   private featureCache?: Promise<Features>
-  private readonly lazyDaemons = new Map<string, { kill: () => void, exited: Promise<void> }>()
+  private readonly lazyDaemons = new Map<string, { kill: () => void; exited: Promise<void> }>()
 
   private readonly mayRun: (name: string) => boolean
 
-  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger, announce: () => void, mayRun?: (name: string) => boolean }) {
+  constructor (init: { manager: ContainerManager; runc: Runc; dataDir: DataDir; logger: Logger; announce: () => void; mayRun?: (name: string) => boolean }) {
     this.mayRun = init.mayRun ?? (() => true)
     this.m = init.manager
     this.runc = init.runc
@@ -66,7 +66,10 @@ export class NodeMigrationHost implements ContainerHost {
     const log = this.dd.logFile(name)
     const logFiles: string[] = []
     for (const f of [log + '.1', log]) if (await exists(f)) logFiles.push(f)
-    if (logFiles.length === 0) { await fs.writeFile(log, ''); logFiles.push(log) }
+    if (logFiles.length === 0) {
+      await fs.writeFile(log, '')
+      logFiles.push(log)
+    }
     return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
   }
 
@@ -101,7 +104,9 @@ export class NodeMigrationHost implements ContainerHost {
       await this.resumeAfterFailedDump(name)
       throw err
     }
-    const done = d.done.then(async () => { await this.runc.delete(name, { force: true }) })
+    const done = d.done.then(async () => {
+      await this.runc.delete(name, { force: true })
+    })
     done.catch(() => {})
     return { imagesReady: d.imagesReady, done, cancel: d.cancel }
   }
@@ -121,18 +126,26 @@ export class NodeMigrationHost implements ContainerHost {
     }
     const st = await this.runc.state(name)
     if (st?.status === 'running') return // the dump never stopped it (post-copy cancelled before the freeze)
-    if (st?.status === 'paused') { await this.runc.resume(name); return }
+    if (st?.status === 'paused') {
+      await this.runc.resume(name)
+      return
+    }
     if (st != null) await this.runc.delete(name, { force: true })
     const workDir = this.dd.workDir(name, `resume-${Date.now()}`)
     await fs.mkdir(workDir, { recursive: true })
     await this.runc.restore(name, this.dd.runtimeBundle(name), {
-      imageDir, workDir, tcpEstablished: this.m.settings.tcpEstablished,
-      logFile: this.dd.logFile(name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
+      imageDir,
+      workDir,
+      tcpEstablished: this.m.settings.tcpEstablished,
+      logFile: this.dd.logFile(name),
+      logMaxBytes: this.m.settings.logMaxBytes,
+      pidFile: this.dd.pidFileOf(name),
+      signal
     })
     this.log.info({ name }, 'container resumed on the source after a failed migration')
   }
 
-  async release (name: string, movedTo: { peerId: string, name: string }): Promise<void> {
+  async release (name: string, movedTo: { peerId: string; name: string }): Promise<void> {
     await this.runc.delete(name, { force: true }).catch(() => {})
     await this.dd.writeMoved(name, movedTo)
     await removeTree(this.dd.containerDir(name))
@@ -193,9 +206,11 @@ export class NodeMigrationHost implements ContainerHost {
    * container with the handover kept there, and commit is its rename over
    * container.json, which needs no new data blocks: it lands on a disk too full for a new write.
    */
-  private committedFile (name: string): string { return path.join(this.dd.containerDir(name), 'commit.json') }
+  private committedFile (name: string): string {
+    return path.join(this.dd.containerDir(name), 'commit.json')
+  }
 
-  async adopt (req: { name: string, bundleDir: string, imageDir: string, workDir: string, logDir: string, lazyPagesPort?: number, handover: Handover, replicas?: number, signal: AbortSignal }): Promise<{ pid: number }> {
+  async adopt (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; signal: AbortSignal }): Promise<{ pid: number }> {
     // Checked before anything moves: the log shim appends to these as root, and a link
     // would have it write to a host file.
     const logs: string[] = []
@@ -217,21 +232,29 @@ export class NodeMigrationHost implements ContainerHost {
     await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })
     await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
     await fs.mkdir(req.workDir, { recursive: true })
-    let daemon: { exited: Promise<void>, kill: () => void } | undefined
+    let daemon: { exited: Promise<void>; kill: () => void } | undefined
     if (req.lazyPagesPort != null) {
       // No signal: the daemon must live until every page arrived (it exits by itself);
       // discard() kills it with the container.
       const dmn = await startLazyPagesDaemon(this.runc.config.criuPath, { imageDir: req.imageDir, workDir: req.workDir, address: '127.0.0.1', port: req.lazyPagesPort })
       this.lazyDaemons.set(req.name, dmn)
-      dmn.exited.finally(() => { if (this.lazyDaemons.get(req.name) === dmn) this.lazyDaemons.delete(req.name) }).catch(() => {})
+      dmn.exited.finally(() => {
+        if (this.lazyDaemons.get(req.name) === dmn) this.lazyDaemons.delete(req.name)
+      }).catch(() => {})
       daemon = dmn
       dmn.exited.catch((err) => this.log.warn({ err: (err as Error).message, name: req.name }, 'lazy-pages daemon failed'))
       await dmn.ready
     }
     try {
       const st = await this.runc.restore(req.name, this.dd.runtimeBundle(req.name), {
-        imageDir: req.imageDir, workDir: req.workDir, lazyPages: req.lazyPagesPort != null, tcpEstablished: this.m.settings.tcpEstablished,
-        logFile: this.dd.logFile(req.name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(req.name), signal: req.signal
+        imageDir: req.imageDir,
+        workDir: req.workDir,
+        lazyPages: req.lazyPagesPort != null,
+        tcpEstablished: this.m.settings.tcpEstablished,
+        logFile: this.dd.logFile(req.name),
+        logMaxBytes: this.m.settings.logMaxBytes,
+        pidFile: this.dd.pidFileOf(req.name),
+        signal: req.signal
       })
       return { pid: st.pid }
     } catch (err) {
@@ -259,8 +282,8 @@ export class NodeMigrationHost implements ContainerHost {
     this.announce()
   }
 
-  async pendingIncoming (): Promise<Array<{ name: string, running: boolean, handover: Handover | null }>> {
-    const out: Array<{ name: string, running: boolean, handover: Handover | null }> = []
+  async pendingIncoming (): Promise<Array<{ name: string; running: boolean; handover: Handover | null }>> {
+    const out: Array<{ name: string; running: boolean; handover: Handover | null }> = []
     for (const name of await this.m.names()) {
       if ((await this.m.readRecord(name))?.pendingMigration !== true) continue
       const st = await this.runc.state(name).catch(() => null)
@@ -279,7 +302,9 @@ export class NodeMigrationHost implements ContainerHost {
   async discard (name: string): Promise<void> {
     // The container first, then its lazy-pages daemon (a container without its daemon
     // would fault on pages that never come).
-    await this.runc.stop(name, 1_000).catch(async () => { await this.runc.delete(name, { force: true }).catch(() => {}) })
+    await this.runc.stop(name, 1_000).catch(async () => {
+      await this.runc.delete(name, { force: true }).catch(() => {})
+    })
     this.lazyDaemons.get(name)?.kill()
     this.lazyDaemons.delete(name)
     await removeTree(this.dd.containerDir(name))
@@ -297,7 +322,7 @@ export class NodeMigrationHost implements ContainerHost {
  * - otherwise (dumped, or no journal): the dump is the container; it becomes the
  *   checkpoint `migration-ID` (recoverInterruptedDump), never restored automatically.
  */
-export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery | { released: string, to: string, toName: string, phase: string }> {
+export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery | { released: string; to: string; toName: string; phase: string }> {
   const j = await readOutgoingJournal(staging)
   if (j != null && sourceReleased(j)) {
     const dd = env.dataDir
@@ -322,9 +347,18 @@ export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): P
 }
 
 async function readJsonFile (file: string): Promise<unknown> {
-  try { return JSON.parse(await fs.readFile(file, 'utf8')) } catch { return null }
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8'))
+  } catch {
+    return null
+  }
 }
 
 async function exists (p: string): Promise<boolean> {
-  try { await fs.access(p); return true } catch { return false }
+  try {
+    await fs.access(p)
+    return true
+  } catch {
+    return false
+  }
 }

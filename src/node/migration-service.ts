@@ -36,7 +36,7 @@ export class MigrationService {
   private readonly overlay: Overlay
   private readonly dd: DataDir
   private readonly log: Logger
-  private readonly pageServers = new Map<string, { host: string, port: number }>()
+  private readonly pageServers = new Map<string, { host: string; port: number }>()
   private readonly host: NodeMigrationHost
   private readonly cluster: ClusterPort
   private readonly settleTimeoutMs: number
@@ -47,7 +47,10 @@ export class MigrationService {
   /** The settling of incoming migrations left pending by the previous run (start()). */
   leftovers: Promise<unknown> = Promise.resolve()
 
-  constructor (init: { overlay: Overlay, cluster: ClusterService, privateKey: PrivateKey, manager: ContainerManager, runc: Runc, dataDir: DataDir, selfName: string, timeouts: MigrationTimeouts, pingTimeoutMs: number, allowPrivilegedBundles: boolean, logger: Logger, mayRun?: (name: string) => boolean }) {
+  constructor (
+    init: { overlay: Overlay; cluster: ClusterService; privateKey: PrivateKey; manager: ContainerManager; runc: Runc; dataDir: DataDir; selfName: string; timeouts: MigrationTimeouts; pingTimeoutMs: number; allowPrivilegedBundles: boolean;
+      logger: Logger; mayRun?: (name: string) => boolean }
+  ) {
     this.overlay = init.overlay
     this.dd = init.dataDir
     this.log = init.logger
@@ -55,19 +58,32 @@ export class MigrationService {
     const cluster = this.cluster = clusterPort(init.overlay, init.cluster, init.privateKey, init.selfName)
     this.settleTimeoutMs = init.timeouts.settleTimeoutMs
     this.source = new MigrationSource({
-      host, cluster, pageServers: this.pageServers, logger: init.logger,
+      host,
+      cluster,
+      pageServers: this.pageServers,
+      logger: init.logger,
       dial: async (peer, protocol, signal) => await init.overlay.dialProtocol(peer, protocol, signal),
-      freePort, stagingRoot: async (id) => await host.staging(`out-${id}`), removeStaging: async (d) => await host.removeStaging(d),
-      stallTimeoutMs: init.timeouts.stallTimeoutMs, restoreTimeoutMs: init.timeouts.restoreTimeoutMs, ownerWaitMs: 5_000
+      freePort,
+      stagingRoot: async (id) => await host.staging(`out-${id}`),
+      removeStaging: async (d) => await host.removeStaging(d),
+      stallTimeoutMs: init.timeouts.stallTimeoutMs,
+      restoreTimeoutMs: init.timeouts.restoreTimeoutMs,
+      ownerWaitMs: 5_000
     })
     this.target = new MigrationTarget({
-      host, cluster, logger: init.logger, diskReserveBytes: 256 * 1024 * 1024,
+      host,
+      cluster,
+      logger: init.logger,
+      diskReserveBytes: 256 * 1024 * 1024,
       bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
-      transferTimeoutMs: 30 * 60_000, decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
+      transferTimeoutMs: 30 * 60_000,
+      decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
       openPages: async (peer, transferId, signal) => {
         const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal })
-        return { port: t.port, close: () => { void t.close() } }
+        return { port: t.port, close: () => {
+          void t.close()
+        } }
       }
     })
   }
@@ -78,7 +94,11 @@ export class MigrationService {
     await this.overlay.handle(MIGRATE_PROTOCOL, async (stream, peer) => {
       const p = this.target.handle(stream, peer)
       this.inflight.add(p)
-      try { await p } finally { this.inflight.delete(p) }
+      try {
+        await p
+      } finally {
+        this.inflight.delete(p)
+      }
     }, 4)
     await this.overlay.handle(IMAGE_PROTOCOL, async (stream) => {
       await receiveTree(stream, {
@@ -102,7 +122,11 @@ export class MigrationService {
     // the same rule as a live one that lost its decision, in the background (the
     // membership view fills from the heartbeats that follow).
     this.leftovers = settleLeftIncoming({
-      host: this.host, cluster: this.cluster, logger: this.log, settleTimeoutMs: this.settleTimeoutMs, signal: this.stopping.signal
+      host: this.host,
+      cluster: this.cluster,
+      logger: this.log,
+      settleTimeoutMs: this.settleTimeoutMs,
+      signal: this.stopping.signal
     }).catch((err) => this.log.error({ err: (err as Error).message }, 'settling incoming migrations left by the previous run failed'))
   }
 
@@ -120,7 +144,9 @@ export class MigrationService {
   async drained (ms: number): Promise<void> {
     if (this.inflight.size === 0) return
     let t: NodeJS.Timeout | undefined
-    await Promise.race([Promise.allSettled([...this.inflight]), new Promise((resolve) => { t = setTimeout(resolve, ms) })])
+    await Promise.race([Promise.allSettled([...this.inflight]), new Promise((resolve) => {
+      t = setTimeout(resolve, ms)
+    })])
     clearTimeout(t)
   }
 
@@ -132,7 +158,9 @@ export class MigrationService {
     return await this.source.migrate(req)
   }
 
-  get tmpDir (): string { return path.join(this.dd.tmp) }
+  get tmpDir (): string {
+    return path.join(this.dd.tmp)
+  }
 }
 
 async function freePort (): Promise<number> {

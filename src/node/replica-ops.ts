@@ -23,7 +23,7 @@ export class ReplicaOps {
   private readonly dd: DataDir
   private readonly log: Logger
 
-  constructor (init: { manager: ContainerManager, runc: Runc, dataDir: DataDir, logger: Logger }) {
+  constructor (init: { manager: ContainerManager; runc: Runc; dataDir: DataDir; logger: Logger }) {
     this.m = init.manager
     this.runc = init.runc
     this.dd = init.dataDir
@@ -128,8 +128,13 @@ export class ReplicaOps {
         await fs.mkdir(workDir, { recursive: true })
         try {
           await this.runc.restore(name, this.dd.runtimeBundle(name), {
-            imageDir: path.join(genDir, 'images'), workDir, tcpEstablished: this.m.settings.tcpEstablished,
-            logFile: this.dd.logFile(name), logMaxBytes: this.m.settings.logMaxBytes, pidFile: this.dd.pidFileOf(name), signal
+            imageDir: path.join(genDir, 'images'),
+            workDir,
+            tcpEstablished: this.m.settings.tcpEstablished,
+            logFile: this.dd.logFile(name),
+            logMaxBytes: this.m.settings.logMaxBytes,
+            pidFile: this.dd.pidFileOf(name),
+            signal
           })
         } catch (err) {
           // CRIU's log outlives the container directory, for whoever debugs it.

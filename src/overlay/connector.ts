@@ -15,8 +15,8 @@ export class PeerConnector {
   private readonly libp2p: MscLibp2p
   private readonly log: Logger
   private readonly inFlight = new Map<string, Promise<void>>()
-  private readonly backoff = new Map<string, { next: number, delay: number }>()
-  private readonly onDiscovery = (evt: CustomEvent<{ id: PeerId, multiaddrs: Multiaddr[] }>): void => {
+  private readonly backoff = new Map<string, { next: number; delay: number }>()
+  private readonly onDiscovery = (evt: CustomEvent<{ id: PeerId; multiaddrs: Multiaddr[] }>): void => {
     void this.ensure(evt.detail.id.toString(), evt.detail.multiaddrs.map((m) => m.toString()))
   }
 
@@ -55,7 +55,13 @@ export class PeerConnector {
   private async dial (peerId: string, addrs: string[]): Promise<void> {
     const id = peerIdFromString(peerId)
     try {
-      const mas = addrs.flatMap((a) => { try { return [multiaddr(a)] } catch { return [] } })
+      const mas = addrs.flatMap((a) => {
+        try {
+          return [multiaddr(a)]
+        } catch {
+          return []
+        }
+      })
       if (mas.length > 0) await this.libp2p.peerStore.merge(id, { multiaddrs: mas.map((m) => stripPeer(m)) })
       await this.libp2p.dial(id, { signal: AbortSignal.timeout(5_000) })
       this.backoff.delete(peerId)
@@ -95,13 +101,13 @@ export class PeerConnector {
           admitted = true
         } catch {}
       }
-      if (!admitted) throw new Error('the peer closed the connection: it is not in this node\'s cluster, or refuses this node (removed, or not yet a member)')
+      if (!admitted) throw new Error("the peer closed the connection: it is not in this node's cluster, or refuses this node (removed, or not yet a member)")
       await this.libp2p.peerStore.merge(conn.remotePeer, { tags: { [KEEP_ALIVE]: { value: 1 } } })
       return conn.remotePeer.toString()
     } catch (err) {
       // Our own gater refused to dial: the peer is not in this node's cluster.
       const reason = /blocked by gater/i.test((err as Error).message)
-        ? 'it is not a member of this node\'s cluster (a node enters another cluster with `msc node start --join TOKEN` on a fresh data dir)'
+        ? "it is not a member of this node's cluster (a node enters another cluster with `msc node start --join TOKEN` on a fresh data dir)"
         : (err as Error).message
       throw new MscError('RUNTIME_ERROR', `cannot join ${addr}${peer == null ? ' (tip: end the address with /p2p/PEER_ID)' : ''}: ${reason}`)
     }
@@ -110,7 +116,9 @@ export class PeerConnector {
   /** Drops every connection to a peer (declared dead: a stalled TCP may linger; or refused). */
   async disconnect (peerId: string, why = 'peer declared dead'): Promise<void> {
     for (const c of this.libp2p.getConnections(peerIdFromString(peerId))) {
-      try { c.abort(new Error(why)) } catch {}
+      try {
+        c.abort(new Error(why))
+      } catch {}
     }
   }
 }

@@ -10,7 +10,7 @@ import { slicedPreSharedKey } from './pnet.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
 import type { ConnectionGater, PrivateKey, ComponentLogger } from '@libp2p/interface'
 
-export type MscServices = { identify: Identify, ping: Ping, pubsub: GossipSub }
+export type MscServices = { identify: Identify; ping: Ping; pubsub: GossipSub }
 export type MscLibp2p = Libp2p<MscServices>
 
 export interface Libp2pHostOptions {

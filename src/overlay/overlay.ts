@@ -66,14 +66,14 @@ export class Overlay {
   private libp2p?: MscLibp2p
   private connector?: PeerConnector
   private membership?: MembershipService
-  private readonly onState = (evt: CustomEvent<{ peerId: string, from: string | null, to: string }>): void => {
+  private readonly onState = (evt: CustomEvent<{ peerId: string; from: string | null; to: string }>): void => {
     const { peerId, from, to } = evt.detail
     const m = this.view.get(peerId)
     this.log.info({ peer: peerId, name: m?.name, from, to }, `peer ${to}`)
     if (to === 'dead' || to === 'left') void this.connector?.disconnect(peerId)
   }
 
-  private readonly onDrop = (evt: CustomEvent<{ peerId: string, reason: string, detail: string }>): void => {
+  private readonly onDrop = (evt: CustomEvent<{ peerId: string; reason: string; detail: string }>): void => {
     this.log.warn({ peer: evt.detail.peerId, reason: evt.detail.reason, detail: evt.detail.detail }, 'membership message dropped')
   }
 
@@ -97,14 +97,23 @@ export class Overlay {
   static async create (cfg: OverlayConfig, deps: OverlayDeps): Promise<Overlay> {
     const overlay = new Overlay(cfg, deps, peerIdFromPrivateKey(cfg.privateKey).toString())
     overlay.libp2p = await createLibp2pHost({
-      privateKey: cfg.privateKey, listen: cfg.listen, announce: cfg.announce, bootstrap: cfg.bootstrap, mdns: cfg.mdns,
-      mdnsIntervalMs: cfg.mdnsIntervalMs, psk: cfg.psk, maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES,
-      connectionGater: deps.gate?.gater, metrics: deps.metrics
+      privateKey: cfg.privateKey,
+      listen: cfg.listen,
+      announce: cfg.announce,
+      bootstrap: cfg.bootstrap,
+      mdns: cfg.mdns,
+      mdnsIntervalMs: cfg.mdnsIntervalMs,
+      psk: cfg.psk,
+      maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES,
+      connectionGater: deps.gate?.gater,
+      metrics: deps.metrics
     })
     return overlay
   }
 
-  get peerId (): string { return this.view.selfId }
+  get peerId (): string {
+    return this.view.selfId
+  }
 
   get host (): MscLibp2p {
     if (this.libp2p == null) throw new MscError('INTERNAL', 'overlay not created')
@@ -123,7 +132,11 @@ export class Overlay {
     this.view.addEventListener('member:state', this.onState)
     this.view.addEventListener('drop', this.onDrop)
     this.membership = new MembershipService({
-      libp2p, view: this.view, connector: this.connector, intervalMs: this.cfg.pingIntervalMs, isMember: this.isMember,
+      libp2p,
+      view: this.view,
+      connector: this.connector,
+      intervalMs: this.cfg.pingIntervalMs,
+      isMember: this.isMember,
       logger: this.log.child({ component: 'membership' }),
       local: { name: this.cfg.name, version: this.cfg.version, role: this.cfg.role ?? 'node', containers: this.claims, resources: async () => await this.resources() }
     })
@@ -131,7 +144,9 @@ export class Overlay {
     // @libp2p/bootstrap dials each address once, at start: a bootstrap peer that comes
     // up later would never be joined. Keep trying those we are not connected to.
     if (this.cfg.bootstrap.length > 0) {
-      this.bootstrapTimer = setInterval(() => { void this.redialBootstrap() }, 5_000)
+      this.bootstrapTimer = setInterval(() => {
+        void this.redialBootstrap()
+      }, 5_000)
     }
     this.log.info({ peerId: this.peerId, name: this.cfg.name, addrs: this.addresses() }, 'overlay started')
   }
@@ -168,10 +183,14 @@ export class Overlay {
     return await this.connector.join(addr, signal)
   }
 
-  members (): Member[] { return this.view.members() }
+  members (): Member[] {
+    return this.view.members()
+  }
 
   /** Publish our heartbeat now (an ownership change must not wait for the interval). */
-  announce (): void { this.membership?.publishNow() }
+  announce (): void {
+    this.membership?.publishNow()
+  }
 
   async dialProtocol (peerId: string, protocol: string, signal: AbortSignal): Promise<Stream> {
     return await this.host.dialProtocol(peerIdFromString(peerId), protocol, { signal })
@@ -201,13 +220,17 @@ export class Overlay {
     await this.host.handle(protocol, (stream, connection) => {
       handler(stream, connection.remotePeer.toString()).catch((err) => {
         this.log.warn({ protocol, peer: connection.remotePeer.toString(), err: (err as Error).message }, 'stream handler failed')
-        try { stream.abort(err as Error) } catch {}
+        try {
+          stream.abort(err as Error)
+        } catch {}
       })
     }, { maxInboundStreams })
   }
 
   /** Streams from non-members reset by handle(). */
-  get refusedStreamCount (): number { return this.refusedStreams }
+  get refusedStreamCount (): number {
+    return this.refusedStreams
+  }
 
   async dialAddr (addr: string, protocol: string, signal: AbortSignal): Promise<Stream> {
     return await this.host.dialProtocol(multiaddr(addr), protocol, { signal })
@@ -224,9 +247,13 @@ export class Overlay {
   }
 
   onConnect (fn: (peerId: string) => void): () => void {
-    const h = (evt: CustomEvent<PeerId>): void => { fn(evt.detail.toString()) }
+    const h = (evt: CustomEvent<PeerId>): void => {
+      fn(evt.detail.toString())
+    }
     this.host.addEventListener('peer:connect', h)
-    return () => { this.host.removeEventListener('peer:connect', h) }
+    return () => {
+      this.host.removeEventListener('peer:connect', h)
+    }
   }
 
   private async resources (): Promise<Heartbeat['resources']> {

@@ -32,7 +32,10 @@ export class ProtocolError extends MscError {
   }
 }
 
-export interface Frame { type: number, payload: Uint8Array }
+export interface Frame {
+  type: number
+  payload: Uint8Array
+}
 
 export interface FramedStreamOptions {
   /** Largest payload accepted by readFrame. Default 4 MiB. */
@@ -106,7 +109,10 @@ export class FramedStream {
       this.notify()
     })
     // 'end', not 'remoteCloseWrite': data still buffered in the stream would be lost.
-    stream.addEventListener('end', () => { this.ended = true; this.notify() })
+    stream.addEventListener('end', () => {
+      this.ended = true
+      this.notify()
+    })
     stream.addEventListener('close', (evt) => {
       if (evt.error != null) this.closeError = evt.error
       this.ended = true
@@ -130,7 +136,9 @@ export class FramedStream {
       // Sent when the batch fills, before a large frame, or once the caller yields.
       this.flushTimer ??= setImmediate(() => {
         this.flushTimer = undefined
-        try { this.flush() } catch { /* closed: the next write or read reports it */ }
+        try {
+          this.flush()
+        } catch { /* closed: the next write or read reports it */ }
       })
     } else {
       this.flush()
@@ -230,7 +238,10 @@ export class FramedStream {
     const n = c.byteLength
     if (n === 0) return
     this.buffered += n
-    if (n >= SMALL_CHUNK_BYTES) { this.chunks.push(c); return }
+    if (n >= SMALL_CHUNK_BYTES) {
+      this.chunks.push(c)
+      return
+    }
     if (this.tail == null || this.tailEnd + n > this.tail.byteLength) {
       this.tail = new Uint8Array(TAIL_BYTES)
       this.tailEnd = 0
@@ -260,7 +271,9 @@ export class FramedStream {
       // The whole frame must fit, so a large frame may need more than the pause limit.
       this.maybeResume(Math.max(this.readBufferBytes, n))
       try {
-        await this.waitFor((resolve) => { this.wake = resolve }, signal, idleTimeoutMs, 'no data from the peer')
+        await this.waitFor((resolve) => {
+          this.wake = resolve
+        }, signal, idleTimeoutMs, 'no data from the peer')
       } finally {
         this.wake = undefined
       }
@@ -277,7 +290,10 @@ export class FramedStream {
     } else if (first != null && first.byteLength - this.headOffset >= n) {
       out = first.subarray(this.headOffset, this.headOffset + n)
       this.headOffset += n
-      if (this.headOffset === first.byteLength) { this.chunks.shift(); this.headOffset = 0 }
+      if (this.headOffset === first.byteLength) {
+        this.chunks.shift()
+        this.headOffset = 0
+      }
     } else {
       out = new Uint8Array(n)
       let filled = 0
@@ -287,7 +303,10 @@ export class FramedStream {
         out.set(c.subarray(this.headOffset, this.headOffset + k), filled)
         filled += k
         this.headOffset += k
-        if (this.headOffset === c.byteLength) { this.chunks.shift(); this.headOffset = 0 }
+        if (this.headOffset === c.byteLength) {
+          this.chunks.shift()
+          this.headOffset = 0
+        }
       }
     }
     this.buffered -= n
@@ -298,7 +317,9 @@ export class FramedStream {
   private maybePause (): void {
     if (this.paused || this.buffered <= this.readBufferBytes) return
     this.paused = true
-    try { this.stream.pause() } catch { /* closing: nothing more will come anyway */ }
+    try {
+      this.stream.pause()
+    } catch { /* closing: nothing more will come anyway */ }
   }
 
   /**
@@ -314,7 +335,8 @@ export class FramedStream {
     this.resuming = true
     try {
       this.stream.resume()
-    } catch { /* resume() throws once closed; 'end'/'close' tell the rest */
+    } catch {
+      /* resume() throws once closed; 'end'/'close' tell the rest */
     } finally {
       this.resuming = false
     }

@@ -36,8 +36,15 @@ export const PE_PRESENT = 1 << 2
  */
 export const DEFAULT_MAX_PAGES = 1 << 22
 
-export interface PagemapEntry { vaddr: number, nrPages: number, flags: number }
-export interface Pagemap { pagesId: number, entries: PagemapEntry[] }
+export interface PagemapEntry {
+  vaddr: number
+  nrPages: number
+  flags: number
+}
+export interface Pagemap {
+  pagesId: number
+  entries: PagemapEntry[]
+}
 
 const PAGEMAP_RE = /^pagemap-(?:shmem-)?(?:0|[1-9][0-9]{0,19})\.img$/
 const PAGES_RE = /^pages-(?:0|[1-9][0-9]{0,9})\.img$/
@@ -83,21 +90,28 @@ class ProtoReader {
   /** Skips the value of a field of an unknown number. */
   skipValue (wireType: number): void {
     switch (wireType) {
-      case 0: this.varint(); break
-      case 1: this.skip(8); break
+      case 0:
+        this.varint()
+        break
+      case 1:
+        this.skip(8)
+        break
       case 2: {
         const len = this.varint()
         if (len > BigInt(this.buf.length - this.pos)) throw new Error(`${this.what}: field runs past the end of the entry`)
         this.skip(Number(len))
         break
       }
-      case 5: this.skip(4); break
-      default: throw new Error(`${this.what}: unsupported protobuf wire type ${wireType}`)
+      case 5:
+        this.skip(4)
+        break
+      default:
+        throw new Error(`${this.what}: unsupported protobuf wire type ${wireType}`)
     }
   }
 
   /** The next field's number and wire type. */
-  tag (): { field: number, wireType: number } {
+  tag (): { field: number; wireType: number } {
     const t = this.varint()
     const field = t >> 3n
     if (field === 0n || field > 0x1fffffffn) throw new Error(`${this.what}: invalid protobuf field number ${field}`)
@@ -141,12 +155,23 @@ function parseEntry (msg: Uint8Array, index: number): PagemapEntry {
   while (!r.done()) {
     const { field, wireType } = r.tag()
     switch (field) {
-      case 1: vaddr = u64Field(r, wireType, 'vaddr', what); break
-      case 2: compatNrPages = u32Field(r, wireType, 'compat_nr_pages', what); break
-      case 3: inParent = u64Field(r, wireType, 'in_parent', what) !== 0n; break
-      case 4: flags = u32Field(r, wireType, 'flags', what); break
-      case 5: nrPages = u64Field(r, wireType, 'nr_pages', what); break
-      default: r.skipValue(wireType)
+      case 1:
+        vaddr = u64Field(r, wireType, 'vaddr', what)
+        break
+      case 2:
+        compatNrPages = u32Field(r, wireType, 'compat_nr_pages', what)
+        break
+      case 3:
+        inParent = u64Field(r, wireType, 'in_parent', what) !== 0n
+        break
+      case 4:
+        flags = u32Field(r, wireType, 'flags', what)
+        break
+      case 5:
+        nrPages = u64Field(r, wireType, 'nr_pages', what)
+        break
+      default:
+        r.skipValue(wireType)
     }
   }
   // Both are `required` in pagemap.proto: protobuf-c refuses an entry without them.

@@ -114,8 +114,7 @@ async function buildChunk (pages: number, runs: number[], literal: Uint8Array, l
  * Pipelined over two sets of buffers: while the event loop hashes chunk c, chunk c+1 is
  * read and chunk c-1 compressed on the thread pool.
  */
-export async function * encodePages (pagesFile: string, keys: string[], acked: ReadonlyMap<string, string> | null,
-  hashes: Map<string, string>, opts: EncodeOptions = {}): AsyncGenerator<Uint8Array> {
+export async function* encodePages (pagesFile: string, keys: string[], acked: ReadonlyMap<string, string> | null, hashes: Map<string, string>, opts: EncodeOptions = {}): AsyncGenerator<Uint8Array> {
   const chunkPages = opts.chunkPages ?? DEFAULT_CHUNK_PAGES
   if (!Number.isInteger(chunkPages) || chunkPages < 1 || chunkPages > MAX_CHUNK_PAGES) {
     throw new Error(`chunkPages must be an integer in 1..${MAX_CHUNK_PAGES}, got ${chunkPages}`)
@@ -187,7 +186,12 @@ export async function * encodePages (pagesFile: string, keys: string[], acked: R
   }
 }
 
-export interface ChunkStats { pages: number, samePages: number, literalPages: number, wireBytes: number }
+export interface ChunkStats {
+  pages: number
+  samePages: number
+  literalPages: number
+  wireBytes: number
+}
 
 // A page's place in the previous generation, packed in one number: file index in the low
 // bits, page index above them (Map values stay small numbers, not objects).
@@ -225,7 +229,9 @@ export class PreviousPages {
         for (let i = 0; i < keys.length; i++) where.set(keys[i] as string, i * FILE_SLOTS + fileIndex)
       }
     } catch (err) {
-      await Promise.allSettled(files.map(async fh => { await fh.close() }))
+      await Promise.allSettled(files.map(async fh => {
+        await fh.close()
+      }))
       throw err
     }
     return new PreviousPages(files, names, where)
@@ -268,7 +274,9 @@ export class PreviousPages {
   }
 
   async close (): Promise<void> {
-    const results = await Promise.allSettled(this.files.map(async fh => { await fh.close() }))
+    const results = await Promise.allSettled(this.files.map(async fh => {
+      await fh.close()
+    }))
     this.files.length = 0
     for (const r of results) if (r.status === 'rejected') throw r.reason
   }
@@ -316,7 +324,7 @@ export class PagesFileWriter {
   }
 
   /** Throws if fewer pages than keys arrived; fsyncs the file; sha256 hex of the whole file. */
-  async finish (): Promise<{ pages: number, sha256: string }> {
+  async finish (): Promise<{ pages: number; sha256: string }> {
     return await this.exclusive(async () => {
       if (this.pages !== this.keys.length) throw new Error(`${this.what}: ${this.pages} of ${this.keys.length} pages arrived`)
       const fh = await this.ensureOpen()

@@ -18,8 +18,15 @@ import { checkBundlePolicy, type BundlePolicy } from '../runtime/bundle-policy.t
 import { isPagemapFile, isPagesFile, pageLayoutFromPagemaps } from './criu-images.ts'
 import { PagesFileWriter, PreviousPages } from './page-delta.ts'
 import {
-  BodySchema, FILE_CHUNK_BYTES, FRAME_FILE_DATA, FRAME_PAGES_CHUNK, MAX_IMAGE_FILES, MAX_REPLICATE_FRAME,
-  OpeningSchema, type Begin, type NackReason
+  BodySchema,
+  FILE_CHUNK_BYTES,
+  FRAME_FILE_DATA,
+  FRAME_PAGES_CHUNK,
+  MAX_IMAGE_FILES,
+  MAX_REPLICATE_FRAME,
+  OpeningSchema,
+  type Begin,
+  type NackReason
 } from './messages.ts'
 import type { ReplicaMeta, ReplicaStore } from './replica-store.ts'
 
@@ -33,7 +40,7 @@ export interface StandbyPort {
   /** This node holds a container of that name (it runs here: no replica of it). */
   hasContainer: (name: string) => Promise<boolean>
   /** The owner and epoch the membership view holds for the name. */
-  ownerOf: (name: string) => { owner: string | null, epoch: number } | undefined
+  ownerOf: (name: string) => { owner: string | null; epoch: number } | undefined
   freeBytes: () => Promise<number>
   bundlePolicy: BundlePolicy
   /** Kept free on the disk whatever a generation says it needs. */
@@ -76,7 +83,10 @@ export class ReplicationReceiver {
     e.finished = true
     return {
       ...e.dest,
-      onDone: (err?: Error) => { if (err == null) e.done.resolve(); else e.done.reject(err) }
+      onDone: (err?: Error) => {
+        if (err == null) e.done.resolve()
+        else e.done.reject(err)
+      }
     }
   }
 
@@ -94,7 +104,7 @@ export class ReplicationReceiver {
       const m = await this.store.read(opening.container)
       if (m != null && m.owner === peer && m.epoch <= opening.epoch) {
         await this.store.drop(opening.container)
-        this.log.info({ container: opening.container, owner: peer }, 'replica dropped at the owner\'s request')
+        this.log.info({ container: opening.container, owner: peer }, "replica dropped at the owner's request")
       }
       await framed.writeJson({ type: 'dropped' }).catch(() => {})
       await framed.closeWrite().catch(() => {})
@@ -137,7 +147,11 @@ export class ReplicationReceiver {
       if (begin.base == null && !end.sent.full) throw new Nack('malformed', 'a full generation without its rootfs')
       if ((await fs.stat(rootfs).catch(() => null))?.isDirectory() !== true) throw new Nack('verify-failed', 'the generation has no rootfs')
       const meta = await this.store.commit(begin.container, staging, {
-        generation: begin.generation, epoch: begin.epoch, owner: peer, dumpedAt: end.dumpedAt ?? begin.dumpedAt, receivedAt: Date.now()
+        generation: begin.generation,
+        epoch: begin.epoch,
+        owner: peer,
+        dumpedAt: end.dumpedAt ?? begin.dumpedAt,
+        receivedAt: Date.now()
       }, { container: begin.container, owner: peer, epoch: begin.epoch, config: begin.config, replicas: begin.replicas, standbys: begin.standbys })
       staging = undefined
       await framed.writeJson({ type: 'ack', generation: begin.generation })
@@ -182,7 +196,7 @@ export class ReplicationReceiver {
   }
 
   /** Image files and pages files, in order, until `end`; each verified against its hash. */
-  private async receiveImages (framed: FramedStream, begin: Begin, staging: string): Promise<{ count: number, end: { sent: { full: boolean, delta: boolean }, dumpedAt?: number } }> {
+  private async receiveImages (framed: FramedStream, begin: Begin, staging: string): Promise<{ count: number; end: { sent: { full: boolean; delta: boolean }; dumpedAt?: number } }> {
     const dir = path.join(staging, 'images')
     const pagemaps = new Map<string, Uint8Array>()
     const seen = new Set<string>()
@@ -293,7 +307,11 @@ export class ReplicationReceiver {
   private async nack (framed: FramedStream, err: unknown, log: Logger): Promise<void> {
     const reason: NackReason = err instanceof Nack
       ? err.reason
-      : err instanceof ProtocolError ? 'malformed' : (err as NodeJS.ErrnoException)?.code === 'ENOSPC' ? 'no-space' : 'io-error'
+      : err instanceof ProtocolError
+      ? 'malformed'
+      : (err as NodeJS.ErrnoException)?.code === 'ENOSPC'
+      ? 'no-space'
+      : 'io-error'
     const detail = (err as Error)?.message?.slice(0, 1000) ?? String(err)
     log.warn({ reason, detail }, 'generation refused')
     await framed.writeJson({ type: 'nack', reason, detail }).catch(() => {})

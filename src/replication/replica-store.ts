@@ -33,7 +33,13 @@ export interface ReplicaMeta {
   receivedAt: number
 }
 
-export interface GenerationInfo { generation: number, epoch: number, owner: string, dumpedAt: number, receivedAt: number }
+export interface GenerationInfo {
+  generation: number
+  epoch: number
+  owner: string
+  dumpedAt: number
+  receivedAt: number
+}
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 const KEEP = 2
@@ -45,9 +51,15 @@ export class ReplicaStore {
     this.root = root
   }
 
-  dir (name: string): string { return path.join(this.root, name) }
-  genDir (name: string, k: number): string { return path.join(this.dir(name), `gen-${k}`) }
-  private metaFile (name: string): string { return path.join(this.dir(name), 'replica.json') }
+  dir (name: string): string {
+    return path.join(this.root, name)
+  }
+  genDir (name: string, k: number): string {
+    return path.join(this.dir(name), `gen-${k}`)
+  }
+  private metaFile (name: string): string {
+    return path.join(this.dir(name), 'replica.json')
+  }
 
   async read (name: string): Promise<ReplicaMeta | null> {
     if (!NAME_RE.test(name)) return null
@@ -131,7 +143,10 @@ export class ReplicaStore {
     let n = 0
     for (const name of await fs.readdir(this.root).catch(() => [] as string[])) {
       for (const e of await fs.readdir(this.dir(name)).catch(() => [] as string[])) {
-        if (e.startsWith('.incoming-')) { await removeTree(path.join(this.dir(name), e)); n++ }
+        if (e.startsWith('.incoming-')) {
+          await removeTree(path.join(this.dir(name), e))
+          n++
+        }
       }
     }
     return n

@@ -70,11 +70,11 @@ export interface ReplicatorInit {
 }
 
 export type ReplicationEvent =
-  | { type: 'generation', container: string, generation: number, standby: string, standbyName: string, wireBytes: number, imageBytes: number, freezeMs: number, full: boolean }
-  | { type: 'generation-failed', container: string, generation: number, standby: string, standbyName: string, reason: string }
-  | { type: 'standby-chosen', container: string, standby: string, standbyName: string }
-  | { type: 'standby-dropped', container: string, standby: string, standbyName: string }
-  | { type: 'dump-failed', container: string, reason: string }
+  | { type: 'generation'; container: string; generation: number; standby: string; standbyName: string; wireBytes: number; imageBytes: number; freezeMs: number; full: boolean }
+  | { type: 'generation-failed'; container: string; generation: number; standby: string; standbyName: string; reason: string }
+  | { type: 'standby-chosen'; container: string; standby: string; standbyName: string }
+  | { type: 'standby-dropped'; container: string; standby: string; standbyName: string }
+  | { type: 'dump-failed'; container: string; reason: string }
 
 /** One standby of one container, as the owner knows it. */
 interface Link {
@@ -145,7 +145,9 @@ export class Replicator {
   }
 
   start (): void {
-    this.timer = setInterval(() => { void this.tick() }, 250)
+    this.timer = setInterval(() => {
+      void this.tick()
+    }, 250)
   }
 
   async stop (): Promise<void> {
@@ -195,7 +197,8 @@ export class Replicator {
         this.replicasOf.set(c.name, c.replicas)
         let s = this.states.get(c.name)
         if (s == null || s.epoch !== c.epoch) {
-          s = { name: c.name, epoch: c.epoch, generation: 0, links: new Map(), nextAt: now, running: false, lastFreezeMs: null, lastWireBytes: null, lastImageBytes: null, intervalMs: this.init.dumpIntervalMs, lastError: null, avoid: new Map() }
+          s = { name: c.name, epoch: c.epoch, generation: 0, links: new Map(), nextAt: now, running: false, lastFreezeMs: null, lastWireBytes: null, lastImageBytes: null, intervalMs: this.init.dumpIntervalMs, lastError: null,
+            avoid: new Map() }
           this.states.set(c.name, s)
         }
         if (s.running || now < s.nextAt) continue
@@ -254,7 +257,10 @@ export class Replicator {
       }
     }))
     const ok = sessions.filter((x) => x != null)
-    if (ok.length === 0) { s.lastError = 'no standby took the generation'; return }
+    if (ok.length === 0) {
+      s.lastError = 'no standby took the generation'
+      return
+    }
 
     // 2. freeze: rootfs changes copied aside, dump, resume
     const staging = await this.port.staging(`rep-${c.name}-${k}-${crypto.randomBytes(3).toString('hex')}`)
@@ -296,7 +302,9 @@ export class Replicator {
             deltaSent = true
           }
           const hashes = new Map<string, string>()
-          const sent = await sendImages(x.framed, images, x.link.acked, hashes, signal, async () => { if (k >= 2) await testPause('replicate-partial', this.log, signal) })
+          const sent = await sendImages(x.framed, images, x.link.acked, hashes, signal, async () => {
+            if (k >= 2) await testPause('replicate-partial', this.log, signal)
+          })
           await x.framed.writeJson({ type: 'end', files: images.files.length, sent: { full: x.fullSent, delta: deltaSent }, dumpedAt: frozenAt }, signal)
           const reply = await x.framed.readJson(ReplySchema, AbortSignal.any([signal, AbortSignal.timeout(this.init.stallTimeoutMs ?? 60_000)]))
           if (reply.type === 'nack') throw new StandbyRefusedError(reply.reason, reply.detail)
@@ -307,7 +315,8 @@ export class Replicator {
           x.link.acked = hashes
           x.link.manifest = now!
           wire += sent.wireBytes
-          this.init.onEvent?.({ type: 'generation', container: c.name, generation: k, standby: x.link.peer, standbyName: this.port.peerName(x.link.peer), wireBytes: sent.wireBytes, imageBytes: images.bytes, freezeMs, full: x.begin.base == null })
+          this.init.onEvent?.({ type: 'generation', container: c.name, generation: k, standby: x.link.peer, standbyName: this.port.peerName(x.link.peer), wireBytes: sent.wireBytes, imageBytes: images.bytes, freezeMs,
+            full: x.begin.base == null })
         } catch (err) {
           x.framed.abort(err as Error)
           this.failed(c, s, k, x.link, err)
@@ -338,12 +347,21 @@ export class Replicator {
   }
 
   /** Opens the generation with one standby: begin, ready, and the full rootfs when it has none. */
-  private async open (c: ReplicatedContainer, s: ContainerState, l: Link, k: number, standbys: string[], dumpedAt: number,
-    rootfsBytes: number, m0: TreeManifest | null, signal: AbortSignal): Promise<{ link: Link, framed: FramedStream, begin: Begin, base: TreeManifest, fullSent: boolean }> {
+  private async open (c: ReplicatedContainer, s: ContainerState, l: Link, k: number, standbys: string[], dumpedAt: number, rootfsBytes: number, m0: TreeManifest | null,
+    signal: AbortSignal): Promise<{ link: Link; framed: FramedStream; begin: Begin; base: TreeManifest; fullSent: boolean }>
+  {
     const full = l.manifest == null || l.ackedGeneration == null
     const begin: Begin = {
-      type: 'begin', v: REPLICATE_VERSION, container: c.name, epoch: c.epoch, generation: k, base: full ? null : l.ackedGeneration,
-      config: c.config, replicas: c.replicas, standbys, dumpedAt,
+      type: 'begin',
+      v: REPLICATE_VERSION,
+      container: c.name,
+      epoch: c.epoch,
+      generation: k,
+      base: full ? null : l.ackedGeneration,
+      config: c.config,
+      replicas: c.replicas,
+      standbys,
+      dumpedAt,
       transfers: { ...(full ? { full: tid() } : {}), delta: tid() },
       estimatedBytes: (s.lastImageBytes ?? 128 * 1024 * 1024) + (full ? rootfsBytes : 0)
     }

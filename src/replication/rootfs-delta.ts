@@ -15,7 +15,7 @@ export interface RootfsChanges {
 }
 
 /** What changed since each base, and the union to copy aside. */
-export function rootfsChanges (bases: TreeManifest[], now: TreeManifest): { perBase: RootfsChanges[], union: string[] } {
+export function rootfsChanges (bases: TreeManifest[], now: TreeManifest): { perBase: RootfsChanges[]; union: string[] } {
   const perBase = bases.map((b) => changedSince(b, now))
   const union = [...new Set(perBase.flatMap((c) => c.changed))].sort()
   return { perBase, union }
@@ -37,7 +37,9 @@ export async function copyEntries (rootfs: string, dest: string, rels: string[])
     dirsDone.add(rel)
     const st = await fs.lstat(path.join(rootfs, rel))
     if (!st.isDirectory()) throw new Error(`${rel} is not a directory in the rootfs any more`)
-    await fs.mkdir(path.join(dest, rel), { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'EEXIST') throw err })
+    await fs.mkdir(path.join(dest, rel), { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err
+    })
     dirs.push(rel)
   }
   for (const rel of rels) {

@@ -19,7 +19,7 @@ const zstdCompress = promisify(zlib.zstdCompress)
 export interface PreparedImages {
   dir: string
   /** In sending order: every other image first (pagemaps among them), pages files last. */
-  files: Array<{ name: string, size: number, sha256: string, pages?: string[] }>
+  files: Array<{ name: string; size: number; sha256: string; pages?: string[] }>
   bytes: number
 }
 
@@ -52,8 +52,9 @@ export async function prepareImages (dir: string): Promise<PreparedImages> {
  * acknowledged last (null: all pages go literally); the hashes of this generation's
  * pages land in `hashes`. Returns the bytes put on the wire.
  */
-export async function sendImages (framed: FramedStream, images: PreparedImages, acked: ReadonlyMap<string, string> | null,
-  hashes: Map<string, string>, signal: AbortSignal, beforePages?: () => Promise<void>): Promise<{ wireBytes: number, literalPages: number, samePages: number }> {
+export async function sendImages (framed: FramedStream, images: PreparedImages, acked: ReadonlyMap<string, string> | null, hashes: Map<string, string>, signal: AbortSignal,
+  beforePages?: () => Promise<void>): Promise<{ wireBytes: number; literalPages: number; samePages: number }>
+{
   let wireBytes = 0
   let literalPages = 0
   let samePages = 0
@@ -62,7 +63,10 @@ export async function sendImages (framed: FramedStream, images: PreparedImages, 
     signal.throwIfAborted()
     const p = path.join(images.dir, f.name)
     if (f.pages != null) {
-      if (!paged) { paged = true; await beforePages?.() }
+      if (!paged) {
+        paged = true
+        await beforePages?.()
+      }
       await framed.writeJson({ type: 'pages', name: f.name, pages: f.pages.length, sha256: f.sha256 }, signal)
       for await (const chunk of encodePages(p, f.pages, acked, hashes)) {
         await framed.writeFrame(FRAME_PAGES_CHUNK, chunk, signal)

@@ -17,14 +17,26 @@ export interface BundlePolicy {
   bindSources?: readonly string[]
 }
 
-export type PolicyVerdict = { ok: true } | { ok: false, violations: string[] }
+export type PolicyVerdict = { ok: true } | { ok: false; violations: string[] }
 
 const HOOKS = ['prestart', 'createRuntime', 'createContainer', 'startContainer', 'poststart', 'poststop']
 
 /** Docker's default capability set: nothing that administers the host. */
 export const DEFAULT_CAPABILITIES: ReadonlySet<string> = new Set([
-  'CHOWN', 'DAC_OVERRIDE', 'FSETID', 'FOWNER', 'MKNOD', 'NET_RAW', 'SETGID', 'SETUID', 'SETFCAP', 'SETPCAP',
-  'NET_BIND_SERVICE', 'SYS_CHROOT', 'KILL', 'AUDIT_WRITE'
+  'CHOWN',
+  'DAC_OVERRIDE',
+  'FSETID',
+  'FOWNER',
+  'MKNOD',
+  'NET_RAW',
+  'SETGID',
+  'SETUID',
+  'SETFCAP',
+  'SETPCAP',
+  'NET_BIND_SERVICE',
+  'SYS_CHROOT',
+  'KILL',
+  'AUDIT_WRITE'
 ].map((c) => `CAP_${c}`))
 
 const CAP_SETS = ['bounding', 'effective', 'inheritable', 'permitted', 'ambient']
@@ -40,8 +52,15 @@ const SAFE_MOUNT_TYPES = new Set(['proc', 'tmpfs', 'sysfs', 'devpts', 'mqueue', 
  * keyrings, timers, firmware. A config that drops one shows it to root in the container.
  */
 export const REQUIRED_MASKED_PATHS: readonly string[] = [
-  '/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
-  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware'
+  '/proc/acpi',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware'
 ]
 
 /**
@@ -51,7 +70,12 @@ export const REQUIRED_MASKED_PATHS: readonly string[] = [
  * takes or stops the host: proc has no namespace for them.
  */
 export const REQUIRED_READONLY_PATHS: readonly string[] = [
-  '/proc/asound', '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'
+  '/proc/asound',
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger'
 ]
 
 /**
@@ -65,12 +89,17 @@ const KERNEL_FS_HOME: Readonly<Record<string, string>> = { proc: '/proc', sysfs:
  * out): an allow rule within one of them widens nothing, so configs written by other
  * tools that spell them out still pass. Major/minor -1 is the wildcard.
  */
-const RUNC_DEFAULT_DEVICES: ReadonlyArray<{ type: 'c' | 'b', major: number, minor: number, access: string }> = [
-  { type: 'c', major: -1, minor: -1, access: 'm' }, { type: 'b', major: -1, minor: -1, access: 'm' },
-  { type: 'c', major: 1, minor: 3, access: 'rwm' }, { type: 'c', major: 1, minor: 5, access: 'rwm' },
-  { type: 'c', major: 1, minor: 7, access: 'rwm' }, { type: 'c', major: 1, minor: 8, access: 'rwm' },
-  { type: 'c', major: 1, minor: 9, access: 'rwm' }, { type: 'c', major: 5, minor: 0, access: 'rwm' },
-  { type: 'c', major: 5, minor: 1, access: 'rwm' }, { type: 'c', major: 5, minor: 2, access: 'rwm' },
+const RUNC_DEFAULT_DEVICES: ReadonlyArray<{ type: 'c' | 'b'; major: number; minor: number; access: string }> = [
+  { type: 'c', major: -1, minor: -1, access: 'm' },
+  { type: 'b', major: -1, minor: -1, access: 'm' },
+  { type: 'c', major: 1, minor: 3, access: 'rwm' },
+  { type: 'c', major: 1, minor: 5, access: 'rwm' },
+  { type: 'c', major: 1, minor: 7, access: 'rwm' },
+  { type: 'c', major: 1, minor: 8, access: 'rwm' },
+  { type: 'c', major: 1, minor: 9, access: 'rwm' },
+  { type: 'c', major: 5, minor: 0, access: 'rwm' },
+  { type: 'c', major: 5, minor: 1, access: 'rwm' },
+  { type: 'c', major: 5, minor: 2, access: 'rwm' },
   { type: 'c', major: 136, minor: -1, access: 'rwm' }
 ]
 
@@ -87,7 +116,10 @@ export function checkBundlePolicy (config: OciConfig, policy: BundlePolicy): Pol
 
 function checkHooks (hooks: unknown, v: string[]): void {
   if (hooks == null) return
-  if (!isObject(hooks)) { v.push('hooks: hooks are not allowed in a received bundle'); return }
+  if (!isObject(hooks)) {
+    v.push('hooks: hooks are not allowed in a received bundle')
+    return
+  }
   for (const [kind, list] of Object.entries(hooks)) {
     // An empty list runs nothing; anything else (an unknown kind too) is refused.
     if (Array.isArray(list) && list.length === 0) continue
@@ -98,9 +130,15 @@ function checkHooks (hooks: unknown, v: string[]): void {
 
 function checkMounts (mounts: unknown, bindSources: readonly string[], v: string[]): void {
   if (mounts == null) return
-  if (!Array.isArray(mounts)) { v.push('mounts: not a list'); return }
+  if (!Array.isArray(mounts)) {
+    v.push('mounts: not a list')
+    return
+  }
   mounts.forEach((m: unknown, i) => {
-    if (!isObject(m) || typeof m.destination !== 'string') { v.push(`mounts[${i}]: not a mount with a destination`); return }
+    if (!isObject(m) || typeof m.destination !== 'string') {
+      v.push(`mounts[${i}]: not a mount with a destination`)
+      return
+    }
     const where = `mounts[${i}] (${m.destination})`
     const options = Array.isArray(m.options) ? m.options : []
     const type = typeof m.type === 'string' ? m.type : ''
@@ -111,7 +149,10 @@ function checkMounts (mounts: unknown, bindSources: readonly string[], v: string
       if (!bindAllowed(source, bindSources)) v.push(`${where}: bind mount of host path ${JSON.stringify(source)} is not allowed in a received bundle`)
       return
     }
-    if (!SAFE_MOUNT_TYPES.has(type)) { v.push(`${where}: mount type ${JSON.stringify(type)} is not allowed in a received bundle (only ${[...SAFE_MOUNT_TYPES].join(', ')})`); return }
+    if (!SAFE_MOUNT_TYPES.has(type)) {
+      v.push(`${where}: mount type ${JSON.stringify(type)} is not allowed in a received bundle (only ${[...SAFE_MOUNT_TYPES].join(', ')})`)
+      return
+    }
     const home = KERNEL_FS_HOME[type]
     if (home != null && absolute(m.destination) !== home) {
       v.push(`${where}: a ${type} mount is allowed only at ${home} in a received bundle (elsewhere linux.maskedPaths and linux.readonlyPaths do not cover it)`)
@@ -144,18 +185,30 @@ function bindAllowed (source: string, allowed: readonly string[]): boolean {
 
 function checkCapabilities (caps: unknown, v: string[]): void {
   if (caps == null) return
-  if (!isObject(caps)) { v.push('process.capabilities: not an object'); return }
+  if (!isObject(caps)) {
+    v.push('process.capabilities: not an object')
+    return
+  }
   for (const [set, list] of Object.entries(caps)) {
-    if (!CAP_SETS.includes(set)) { v.push(`process.capabilities.${set}: unknown capability set`); continue }
+    if (!CAP_SETS.includes(set)) {
+      v.push(`process.capabilities.${set}: unknown capability set`)
+      continue
+    }
     if (list == null) continue
-    if (!Array.isArray(list)) { v.push(`process.capabilities.${set}: not a list`); continue }
+    if (!Array.isArray(list)) {
+      v.push(`process.capabilities.${set}: not a list`)
+      continue
+    }
     const extra = list.filter((c) => typeof c !== 'string' || !DEFAULT_CAPABILITIES.has(c.toUpperCase()))
     if (extra.length > 0) v.push(`process.capabilities.${set}: ${extra.map(String).join(', ')} beyond Docker's default set are not allowed in a received bundle`)
   }
 }
 
 function checkLinux (linux: unknown, v: string[]): void {
-  if (linux != null && !isObject(linux)) { v.push('linux: not an object'); return }
+  if (linux != null && !isObject(linux)) {
+    v.push('linux: not an object')
+    return
+  }
   const l: Record<string, unknown> = isObject(linux) ? linux : {}
   const ns = l.namespaces
   if (ns != null && !Array.isArray(ns)) {
@@ -196,7 +249,10 @@ function checkProtectedPaths (l: Record<string, unknown>, v: string[]): void {
   const list = (field: 'maskedPaths' | 'readonlyPaths'): string[] => {
     const x = l[field]
     if (x == null) return []
-    if (!Array.isArray(x)) { v.push(`linux.${field}: not a list`); return [] }
+    if (!Array.isArray(x)) {
+      v.push(`linux.${field}: not a list`)
+      return []
+    }
     return x.filter((p): p is string => typeof p === 'string').map(absolute)
   }
   const masked = list('maskedPaths')
@@ -214,9 +270,11 @@ function withinRuncDefaults (r: Record<string, unknown>): boolean {
   const major = r.major ?? -1
   const minor = r.minor ?? -1
   const access = accessOf(r)
-  return RUNC_DEFAULT_DEVICES.some((d) => d.type === type &&
+  return RUNC_DEFAULT_DEVICES.some((d) =>
+    d.type === type &&
     (d.major === -1 || d.major === major) && (d.minor === -1 || d.minor === minor) &&
-    [...access].every((a) => d.access.includes(a)))
+    [...access].every((a) => d.access.includes(a))
+  )
 }
 
 function describeRule (r: Record<string, unknown>): string {

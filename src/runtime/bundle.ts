@@ -6,10 +6,10 @@ import { writeFileAtomic } from '../util/atomic-file.ts'
 /** The parts of an OCI runtime config msc reads or rewrites; the rest passes through. */
 export interface OciConfig {
   ociVersion?: string
-  process?: { terminal?: boolean, args?: string[], cwd?: string, env?: string[], [k: string]: unknown }
-  root?: { path?: string, readonly?: boolean }
-  mounts?: Array<{ destination: string, type?: string, source?: string, options?: string[] }>
-  linux?: { cgroupsPath?: string, namespaces?: Array<{ type: string, path?: string }>, [k: string]: unknown }
+  process?: { terminal?: boolean; args?: string[]; cwd?: string; env?: string[]; [k: string]: unknown }
+  root?: { path?: string; readonly?: boolean }
+  mounts?: Array<{ destination: string; type?: string; source?: string; options?: string[] }>
+  linux?: { cgroupsPath?: string; namespaces?: Array<{ type: string; path?: string }>; [k: string]: unknown }
   [k: string]: unknown
 }
 
@@ -26,7 +26,11 @@ export interface LoadedBundle {
 export async function loadBundle (dir: string): Promise<LoadedBundle> {
   const abs = path.resolve(dir)
   let st
-  try { st = await fs.stat(abs) } catch { throw new MscError('INVALID_BUNDLE', `bundle directory ${abs} does not exist`) }
+  try {
+    st = await fs.stat(abs)
+  } catch {
+    throw new MscError('INVALID_BUNDLE', `bundle directory ${abs} does not exist`)
+  }
   if (!st.isDirectory()) throw new MscError('INVALID_BUNDLE', `bundle ${abs} is not a directory`)
   let text: string
   try {
@@ -57,7 +61,9 @@ export async function loadBundle (dir: string): Promise<LoadedBundle> {
   }
   const exe = args[0]!
   if (exe.startsWith('/')) {
-    try { await fs.lstat(path.join(rootfs, exe)) } catch {
+    try {
+      await fs.lstat(path.join(rootfs, exe))
+    } catch {
       throw new MscError('INVALID_BUNDLE', `bundle ${abs}: process ${exe} does not exist in the rootfs`)
     }
   }

@@ -15,8 +15,7 @@ export async function criuErrorLines (workDir: string, logName: string, max = 12
   } catch {
     return []
   }
-  const lines = text.split('\n').filter((l) =>
-    (/Error \(|FAILED|failed/.test(l)) && !HARMLESS.some((re) => re.test(l)))
+  const lines = text.split('\n').filter((l) => (/Error \(|FAILED|failed/.test(l)) && !HARMLESS.some((re) => re.test(l)))
   return lines.slice(-max).map((l) => l.trim())
 }
 
@@ -28,9 +27,11 @@ export function runcMessage (stderr: string): string {
     if (t === '') continue
     if (t.startsWith('{')) {
       try {
-        const j = JSON.parse(t) as { level?: string, msg?: string }
+        const j = JSON.parse(t) as { level?: string; msg?: string }
         if (j.level === 'error' || j.level === 'fatal') msgs.push((j.msg ?? t).replace(/\s*\n\s*/g, '; '))
-      } catch { msgs.push(t) }
+      } catch {
+        msgs.push(t)
+      }
       continue
     }
     const m = /msg="((?:[^"\\]|\\.)*)"/.exec(t)

@@ -67,17 +67,18 @@ export function checkpointLazy (runc: Runc, id: string, opts: LazyCheckpointOpti
   mkdirSync(opts.imageDir, { recursive: true })
   mkdirSync(workDir, { recursive: true })
   const { runcPath, criuPath, root } = runc.config
-  const argv = ['--root', root, '--criu', criuPath, 'checkpoint', '--lazy-pages', '--page-server', opts.pageServer,
-    '--status-fd', '3', '--image-path', opts.imageDir, '--work-path', workDir]
+  const argv = ['--root', root, '--criu', criuPath, 'checkpoint', '--lazy-pages', '--page-server', opts.pageServer, '--status-fd', '3', '--image-path', opts.imageDir, '--work-path', workDir]
   if (opts.tcpEstablished === true) argv.push('--tcp-established')
   argv.push(id)
   const p = launch(runcPath, argv, workDir, opts.signal)
 
-  const failure = async (code: number | null): Promise<MscError> => new MscError('CRIU_ERROR',
-    `lazy checkpoint of ${id} failed (exit ${code ?? 'by signal'}): ${runcMessage(p.output())}`,
-    await criuErrorLines(workDir, 'dump.log'))
-  const imagesReady = Promise.race([p.status, p.exited.then(async (code) => { throw await failure(code) })])
-  const done = p.exited.then(async (code) => { if (code !== 0) throw await failure(code) })
+  const failure = async (code: number | null): Promise<MscError> => new MscError('CRIU_ERROR', `lazy checkpoint of ${id} failed (exit ${code ?? 'by signal'}): ${runcMessage(p.output())}`, await criuErrorLines(workDir, 'dump.log'))
+  const imagesReady = Promise.race([p.status, p.exited.then(async (code) => {
+    throw await failure(code)
+  })])
+  const done = p.exited.then(async (code) => {
+    if (code !== 0) throw await failure(code)
+  })
   // Callers often await only one of the two: the other must not crash the process.
   imagesReady.catch(() => {})
   done.catch(() => {})
@@ -109,14 +110,16 @@ export interface LazyPagesDaemonOptions {
 /** `criu lazy-pages --page-server --address A --port P -D IMG -W WORK` in the foreground. */
 export function startLazyPagesDaemon (criuPath: string, opts: LazyPagesDaemonOptions): LazyPagesDaemon {
   mkdirSync(opts.workDir, { recursive: true })
-  const argv = ['lazy-pages', '--page-server', '--address', opts.address, '--port', String(opts.port),
-    '-D', opts.imageDir, '-W', opts.workDir, '-o', 'lazy-pages.log', opts.verbose === true ? '-v4' : '-v2', '--status-fd', '3']
+  const argv = ['lazy-pages', '--page-server', '--address', opts.address, '--port', String(opts.port), '-D', opts.imageDir, '-W', opts.workDir, '-o', 'lazy-pages.log', opts.verbose === true ? '-v4' : '-v2', '--status-fd', '3']
   const p = launch(criuPath, argv, opts.workDir, opts.signal)
-  const failure = async (code: number | null): Promise<MscError> => new MscError('CRIU_ERROR',
-    `criu lazy-pages failed (exit ${code ?? 'by signal'})${p.output().trim() !== '' ? `: ${p.output().trim()}` : ''}`,
-    await criuErrorLines(opts.workDir, 'lazy-pages.log'))
-  const ready = Promise.race([p.status, p.exited.then(async (code) => { throw await failure(code) })])
-  const exited = p.exited.then(async (code) => { if (code !== 0) throw await failure(code) })
+  const failure = async (code: number | null): Promise<MscError> =>
+    new MscError('CRIU_ERROR', `criu lazy-pages failed (exit ${code ?? 'by signal'})${p.output().trim() !== '' ? `: ${p.output().trim()}` : ''}`, await criuErrorLines(opts.workDir, 'lazy-pages.log'))
+  const ready = Promise.race([p.status, p.exited.then(async (code) => {
+    throw await failure(code)
+  })])
+  const exited = p.exited.then(async (code) => {
+    if (code !== 0) throw await failure(code)
+  })
   ready.catch(() => {})
   exited.catch(() => {})
   return { ready, exited, kill: p.kill, pid: p.pid }
@@ -149,29 +152,46 @@ function launch (cmd: string, argv: string[], dir: string, signal?: AbortSignal)
   try {
     rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
     wfd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)
-  } finally { fs.rmSync(fifo, { force: true }) }
+  } finally {
+    fs.rmSync(fifo, { force: true })
+  }
   let child: ChildProcess
   try {
     child = spawn(cmd, argv, { detached: true, stdio: ['ignore', 'pipe', 'pipe', wfd] })
-  } finally { fs.closeSync(wfd) } // only the child holds the write end: EOF when it is gone
+  } finally {
+    fs.closeSync(wfd)
+  } // only the child holds the write end: EOF when it is gone
   let out = ''
-  const keep = (d: Buffer): void => { out = (out + d.toString()).slice(-16_384) }
+  const keep = (d: Buffer): void => {
+    out = (out + d.toString()).slice(-16_384)
+  }
   child.stdout!.on('data', keep)
   child.stderr!.on('data', keep)
   let exitedFlag = false
   const exited = new Promise<number | null>((resolve) => {
-    child.once('error', (err) => { exitedFlag = true; out += `\n${err.message}`; resolve(null) })
-    child.once('exit', (code) => { exitedFlag = true; resolve(code) })
+    child.once('error', (err) => {
+      exitedFlag = true
+      out += `\n${err.message}`
+      resolve(null)
+    })
+    child.once('exit', (code) => {
+      exitedFlag = true
+      resolve(code)
+    })
   })
   const fd3 = new net.Socket({ fd: rfd, readable: true, writable: false })
   fd3.on('error', () => {})
-  const status = new Promise<void>((resolve) => { fd3.once('data', () => resolve()) })
+  const status = new Promise<void>((resolve) => {
+    fd3.once('data', () => resolve())
+  })
   // CRIU's children may inherit the write end: do not let it hold our event loop.
   void status.then(() => fd3.destroy())
   void exited.then(() => fd3.destroy())
   const kill = (): void => {
     if (exitedFlag || child.pid == null) return
-    try { process.kill(-child.pid, 'SIGKILL') } catch {}
+    try {
+      process.kill(-child.pid, 'SIGKILL')
+    } catch {}
   }
   if (signal != null) {
     if (signal.aborted) kill()

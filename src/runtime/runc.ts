@@ -83,7 +83,7 @@ export class Runc {
     return ['--root', this.config.root, '--criu', this.config.criuPath]
   }
 
-  private async exec (args: string[], opts: { timeoutMs?: number, signal?: AbortSignal } = {}): Promise<{ stdout: string, stderr: string, exitCode: number }> {
+  private async exec (args: string[], opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<{ stdout: string; stderr: string; exitCode: number }> {
     const argv = [...this.globalArgs(), ...args]
     this.log.debug({ argv }, 'runc')
     try {
@@ -94,7 +94,7 @@ export class Runc {
         stdin: 'ignore'
       })
       if (r.failed && r.exitCode == null) {
-        const e = r as unknown as { code?: string, timedOut?: boolean, isCanceled?: boolean, shortMessage?: string }
+        const e = r as unknown as { code?: string; timedOut?: boolean; isCanceled?: boolean; shortMessage?: string }
         if (e.code === 'ENOENT') throw new MscError('RUNC_MISSING', `runc not found at ${this.config.runcPath}: run \`npm run setup\` or set MSC_RUNC`)
         if (e.timedOut === true) throw new MscError('RUNTIME_ERROR', `runc ${args[0]} timed out`)
         if (e.isCanceled === true) throw new MscError('RUNTIME_ERROR', `runc ${args[0]} aborted`)
@@ -120,7 +120,7 @@ export class Runc {
       if (/does not exist/.test(r.stderr)) return null
       throw new MscError('RUNTIME_ERROR', `runc state ${id}: ${runcMessage(r.stderr)}`)
     }
-    const j = JSON.parse(r.stdout) as { id: string, pid: number, status: ContainerStatus, bundle: string, created: string }
+    const j = JSON.parse(r.stdout) as { id: string; pid: number; status: ContainerStatus; bundle: string; created: string }
     return { id: j.id, pid: j.pid, status: j.status, bundle: j.bundle, created: j.created }
   }
 
@@ -130,7 +130,7 @@ export class Runc {
    * fail with ENOENT, so that case is asked again, a few times.
    */
   async list (signal?: AbortSignal): Promise<RuncState[]> {
-    for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1;; attempt++) {
       const r = await this.exec(['list', '--format', 'json'], { timeoutMs: 15_000, signal })
       if (r.exitCode === 0) return (JSON.parse(r.stdout.trim() === '' ? 'null' : r.stdout) as RuncState[] | null) ?? []
       if (attempt >= LIST_ATTEMPTS || !/no such file or directory/i.test(r.stderr)) throw new MscError('RUNTIME_ERROR', `runc list: ${runcMessage(r.stderr)}`)
@@ -141,8 +141,7 @@ export class Runc {
   async run (id: string, bundleDir: string, opts: StartOptions): Promise<RuncState> {
     const runcLog = `${opts.pidFile}.runc.json`
     await fs.rm(runcLog, { force: true })
-    const argv = [this.config.runcPath, '--log', runcLog, '--log-format', 'json', ...this.globalArgs(),
-      'run', '--detach', '--bundle', bundleDir, '--pid-file', opts.pidFile, id]
+    const argv = [this.config.runcPath, '--log', runcLog, '--log-format', 'json', ...this.globalArgs(), 'run', '--detach', '--bundle', bundleDir, '--pid-file', opts.pidFile, id]
     const code = await launchWithLogShim({ argv, logFile: opts.logFile, logMaxBytes: opts.logMaxBytes, timeoutMs: opts.timeoutMs ?? 60_000, signal: opts.signal })
     if (code !== 0) {
       const msg = runcMessage(await fs.readFile(runcLog, 'utf8').catch(() => ''))
@@ -181,8 +180,7 @@ export class Runc {
     const workDir = opts.workDir ?? opts.imageDir
     const runcLog = `${opts.pidFile}.runc.json`
     await fs.rm(runcLog, { force: true })
-    const args = ['restore', '--detach', '--image-path', opts.imageDir, '--work-path', workDir,
-      '--bundle', bundleDir, '--pid-file', opts.pidFile]
+    const args = ['restore', '--detach', '--image-path', opts.imageDir, '--work-path', workDir, '--bundle', bundleDir, '--pid-file', opts.pidFile]
     if (opts.lazyPages === true) args.push('--lazy-pages')
     if (opts.tcpEstablished === true) args.push('--tcp-established')
     if (opts.fileLocks === true) args.push('--file-locks')

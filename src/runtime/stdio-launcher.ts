@@ -49,9 +49,19 @@ export async function launchWithLogShim (opts: LaunchOptions): Promise<number> {
     }
     // Giving up must not leave runc working on behind our back: kill its process group
     // (the shim and runc; the caller then deletes whatever runc created).
-    const killGroup = (): void => { try { if (child.pid != null) process.kill(-child.pid, 'SIGKILL') } catch {} }
-    const onAbort = (): void => { killGroup(); finish(new MscError('RUNTIME_ERROR', 'aborted while runc was starting the container')) }
-    const timer = setTimeout(() => { killGroup(); finish(new MscError('RUNTIME_ERROR', `runc did not return within ${opts.timeoutMs} ms`)) }, opts.timeoutMs)
+    const killGroup = (): void => {
+      try {
+        if (child.pid != null) process.kill(-child.pid, 'SIGKILL')
+      } catch {}
+    }
+    const onAbort = (): void => {
+      killGroup()
+      finish(new MscError('RUNTIME_ERROR', 'aborted while runc was starting the container'))
+    }
+    const timer = setTimeout(() => {
+      killGroup()
+      finish(new MscError('RUNTIME_ERROR', `runc did not return within ${opts.timeoutMs} ms`))
+    }, opts.timeoutMs)
     opts.signal?.addEventListener('abort', onAbort, { once: true })
     status.on('data', (d: Buffer) => {
       out += d.toString()

@@ -66,7 +66,11 @@ export async function fsyncTree (root: string): Promise<void> {
   for (const e of await fs.readdir(root, { withFileTypes: true, recursive: true })) {
     if (e.isFile()) {
       const fh = await fs.open(path.join(e.parentPath, e.name), 'r')
-      try { await fh.sync() } finally { await fh.close() }
+      try {
+        await fh.sync()
+      } finally {
+        await fh.close()
+      }
     } else if (e.isDirectory()) {
       await fsyncDir(path.join(e.parentPath, e.name))
     }

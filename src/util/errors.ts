@@ -28,7 +28,7 @@ export class MscError extends Error {
     this.details = details
   }
 
-  toJSON (): { code: MscErrorCode, message: string, details: string[] } {
+  toJSON (): { code: MscErrorCode; message: string; details: string[] } {
     return { code: this.code, message: this.message, details: this.details }
   }
 }

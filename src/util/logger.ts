@@ -7,7 +7,7 @@ export type { Logger }
  * handed to them, so every line says which component wrote it.
  * Human-readable (pino-pretty) on a TTY, JSON lines otherwise.
  */
-export function createLogger (level: LevelWithSilent = 'info', opts: { pretty?: boolean, destination?: number } = {}): Logger {
+export function createLogger (level: LevelWithSilent = 'info', opts: { pretty?: boolean; destination?: number } = {}): Logger {
   const pretty = opts.pretty ?? process.stderr.isTTY === true
   const dest = opts.destination ?? 2
   if (pretty) {

@@ -54,7 +54,11 @@ export async function staticBinary (name: string, source: string, options?: Abor
       throw new MscError('INTERNAL', `gcc failed to build ${source}${hint}`, lines.slice(-20))
     }
     const fh = await fs.open(tmp, 'r')
-    try { await fh.sync() } finally { await fh.close() }
+    try {
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
     await fs.rename(tmp, binary)
     await fsyncDir(dir)
   } finally {

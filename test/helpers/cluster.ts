@@ -75,10 +75,33 @@ export interface StartClusterOptions {
 
 /** Overlay and target settings the environment must not sneak into a test's nodes. */
 const SCRUBBED_ENV = [
-  'MSC_DATA_DIR', 'DUMP_PATH', 'MSC_API_SOCKET', 'RPC_ADDR', 'MSC_NODE_NAME', 'NODE_NAME', 'MSC_LISTEN', 'MSC_ANNOUNCE',
-  'MSC_BOOTSTRAP', 'BOOTSTRAP_PEERS', 'MSC_MDNS', 'MSC_MDNS_INTERVAL', 'MSC_PSK_FILE', 'PING_INTERVAL', 'MSC_PING_INTERVAL',
-  'PING_TIMEOUT', 'MSC_PING_TIMEOUT', 'MSC_SUSPECT_TIMEOUT', 'MSC_CGROUP_PARENT',
-  'ENABLE_CONTINUOUS_DUMPING', 'ENABLE_CONTINOUS_DUMPING', 'DUMP_INTERVAL', 'MSC_DUMP_INTERVAL', 'LEASE_TIMEOUT', 'MSC_LEASE_TIMEOUT', 'MSC_WITNESS', 'MSC_METRICS_LISTEN'
+  'MSC_DATA_DIR',
+  'DUMP_PATH',
+  'MSC_API_SOCKET',
+  'RPC_ADDR',
+  'MSC_NODE_NAME',
+  'NODE_NAME',
+  'MSC_LISTEN',
+  'MSC_ANNOUNCE',
+  'MSC_BOOTSTRAP',
+  'BOOTSTRAP_PEERS',
+  'MSC_MDNS',
+  'MSC_MDNS_INTERVAL',
+  'MSC_PSK_FILE',
+  'PING_INTERVAL',
+  'MSC_PING_INTERVAL',
+  'PING_TIMEOUT',
+  'MSC_PING_TIMEOUT',
+  'MSC_SUSPECT_TIMEOUT',
+  'MSC_CGROUP_PARENT',
+  'ENABLE_CONTINUOUS_DUMPING',
+  'ENABLE_CONTINOUS_DUMPING',
+  'DUMP_INTERVAL',
+  'MSC_DUMP_INTERVAL',
+  'LEASE_TIMEOUT',
+  'MSC_LEASE_TIMEOUT',
+  'MSC_WITNESS',
+  'MSC_METRICS_LISTEN'
 ]
 
 export class Cluster {
@@ -117,7 +140,8 @@ export class Cluster {
     const key = this.keyFile !== '' ? ['--psk', this.keyFile] : []
     try {
       node.proc = await this.tb.spawn(node.host, MSC, ['node', 'start', '--data-dir', node.dataDir, '--name', node.name, ...key, ...node.args], {
-        env: { ...this.env, ...node.env }, stdio: ['ignore', out.fd, out.fd]
+        env: { ...this.env, ...node.env },
+        stdio: ['ignore', out.fd, out.fd]
       })
     } finally {
       await out.close()
@@ -144,7 +168,9 @@ export class Cluster {
 
   /** Starts every node that is not running, all at once. */
   async startAll (): Promise<void> {
-    await Promise.all(this.nodes.filter((n) => !isRunning(n.proc)).map(async (n) => { await this.start(n) }))
+    await Promise.all(this.nodes.filter((n) => !isRunning(n.proc)).map(async (n) => {
+      await this.start(n)
+    }))
   }
 
   /**
@@ -156,14 +182,22 @@ export class Cluster {
     if (p == null || !isRunning(p)) return p?.exitCode ?? null
     const exited = once(p, 'exit')
     p.kill('SIGTERM')
-    const t = setTimeout(() => { if (isRunning(p)) p.kill('SIGKILL') }, timeoutMs)
-    try { await exited } finally { clearTimeout(t) }
+    const t = setTimeout(() => {
+      if (isRunning(p)) p.kill('SIGKILL')
+    }, timeoutMs)
+    try {
+      await exited
+    } finally {
+      clearTimeout(t)
+    }
     return p.exitCode
   }
 
   /** Every node stopped gracefully, in parallel. */
   async stopAll (timeoutMs = 10_000): Promise<void> {
-    await Promise.all(this.nodes.map(async (n) => { await this.stop(n, timeoutMs) }))
+    await Promise.all(this.nodes.map(async (n) => {
+      await this.stop(n, timeoutMs)
+    }))
   }
 
   /** Runs `msc ARGS --data-dir DIR` against the node, from the root namespace. */
@@ -178,7 +212,7 @@ export class Cluster {
   }
 
   /** What runc itself has under the node's root (`runc --root DIR/runc list`), whatever msc thinks. */
-  async runcList (node: ClusterNode): Promise<Array<{ id: string, status: string, pid: number }>> {
+  async runcList (node: ClusterNode): Promise<Array<{ id: string; status: string; pid: number }>> {
     const root = path.join(node.dataDir, 'runc')
     if (!existsSync(root)) return []
     // runc fails a whole list when a container is deleted while it lists: ask again.
@@ -187,7 +221,7 @@ export class Cluster {
       r = await execa('runc', ['--root', root, 'list', '--format', 'json'], { reject: false })
     }
     if (r.exitCode !== 0) throw new Error(`runc --root ${root} list failed: ${String(r.stderr)}`)
-    const list = JSON.parse(String(r.stdout).trim() || 'null') as Array<{ id: string, status: string, pid: number }> | null
+    const list = JSON.parse(String(r.stdout).trim() || 'null') as Array<{ id: string; status: string; pid: number }> | null
     return (list ?? []).map((x) => ({ id: x.id, status: x.status, pid: x.pid }))
   }
 
@@ -196,8 +230,8 @@ export class Cluster {
    * src/runtime/stdio-launcher.ts; found by the MSC_SHIM_LOG=DIR/containers/NAME/container.log in
    * their environment), with the container each one serves.
    */
-  async shims (node: ClusterNode): Promise<Array<{ pid: number, container: string }>> {
-    const out: Array<{ pid: number, container: string }> = []
+  async shims (node: ClusterNode): Promise<Array<{ pid: number; container: string }>> {
+    const out: Array<{ pid: number; container: string }> = []
     const prefix = `MSC_SHIM_LOG=${node.dataDir}/`
     for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
       if (!/^\d+$/.test(pid)) continue
@@ -307,7 +341,11 @@ export class Cluster {
 
   /** The last lines of the node's log (for failure messages). */
   logTail (node: ClusterNode, lines = 30): string {
-    try { return readFileSync(node.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') } catch { return '' }
+    try {
+      return readFileSync(node.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+    } catch {
+      return ''
+    }
   }
 
   /**
@@ -320,7 +358,13 @@ export class Cluster {
     if (this.#destroyed) return
     this.#destroyed = true
     const errors: unknown[] = []
-    const step = async (f: () => Promise<unknown>): Promise<void> => { try { await f() } catch (e) { errors.push(e) } }
+    const step = async (f: () => Promise<unknown>): Promise<void> => {
+      try {
+        await f()
+      } catch (e) {
+        errors.push(e)
+      }
+    }
     await step(() => this.stopAll(3_000))
     for (const n of this.nodes) {
       const runcRoot = path.join(n.dataDir, 'runc')
@@ -354,7 +398,9 @@ export class Cluster {
     if (errors.length > 0) throw new AggregateError(errors, `destroying cluster: ${errors.map(String).join('; ')}`)
   }
 
-  async [Symbol.asyncDispose] (): Promise<void> { await this.destroy() }
+  async [Symbol.asyncDispose] (): Promise<void> {
+    await this.destroy()
+  }
 }
 
 /**
@@ -431,7 +477,9 @@ export function logValues (node: ClusterNode, name: string): number[] {
   const dir = path.join(node.dataDir, 'containers', name)
   let text = ''
   for (const f of ['container.log.1', 'container.log']) {
-    try { text += readFileSync(path.join(dir, f), 'utf8') } catch {}
+    try {
+      text += readFileSync(path.join(dir, f), 'utf8')
+    } catch {}
   }
   return counterValues(text)
 }

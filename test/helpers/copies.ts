@@ -66,7 +66,7 @@ export class CopyTracker {
   readonly doubles: string[] = []
   private readonly reported = new Set<string>()
 
-  async observe (node: string, running: Array<{ id: string, pid: number }>): Promise<void> {
+  async observe (node: string, running: Array<{ id: string; pid: number }>): Promise<void> {
     for (const e of running) {
       const before = await uptime()
       const startedAt = await processStart(e.pid)

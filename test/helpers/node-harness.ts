@@ -15,7 +15,11 @@ import { execa } from 'execa'
 export const ROOT = path.resolve(fileURLToPath(new URL('../..', import.meta.url)))
 export const MSC = path.join(ROOT, 'bin', 'msc')
 
-export interface CliResult { exitCode: number, stdout: string, stderr: string }
+export interface CliResult {
+  exitCode: number
+  stdout: string
+  stderr: string
+}
 
 export interface TestNode {
   dataDir: string
@@ -43,7 +47,7 @@ export async function tempDir (prefix: string): Promise<string> {
   return d
 }
 
-export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[], dataDir?: string } = {}): Promise<TestNode> {
+export async function startNode (opts: { env?: NodeJS.ProcessEnv; args?: string[]; dataDir?: string } = {}): Promise<TestNode> {
   const dataDir = opts.dataDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-node-'))
   const socket = path.join(dataDir, 'msc.sock')
   // Outside a testbed a node stays on loopback with mDNS off: no multicast may leave
@@ -64,7 +68,9 @@ export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[
     await launch()
   } catch (err) {
     // A node that died while starting still made a data dir (and maybe cgroups).
-    try { proc?.kill('SIGKILL') } catch {}
+    try {
+      proc?.kill('SIGKILL')
+    } catch {}
     await unmountUnder(dataDir)
     await execa('rm', ['-rf', '--one-file-system', dataDir, logFile], { reject: false })
     throw err
@@ -72,7 +78,9 @@ export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[
   const node: TestNode = {
     dataDir,
     socket,
-    get proc () { return proc },
+    get proc () {
+      return proc
+    },
     env,
     msc: async (...args) => {
       const r = await execa(MSC, [...args], { reject: false, env: { ...env, MSC_DATA_DIR: dataDir }, timeout: 180_000 })
@@ -90,7 +98,13 @@ export async function startNode (opts: { env?: NodeJS.ProcessEnv, args?: string[
       return await exited
     },
     restartDaemon: launch,
-    nodeLog: () => { try { return readFileSync(logFile, 'utf8') } catch { return '' } }
+    nodeLog: () => {
+      try {
+        return readFileSync(logFile, 'utf8')
+      } catch {
+        return ''
+      }
+    }
   }
   live.add(node)
   return node
@@ -139,7 +153,9 @@ async function killShimsUnder (dir: string): Promise<void> {
     if (!/^\d+$/.test(pid)) continue
     const environ = await fs.readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
     if (environ.includes(`MSC_SHIM_LOG=${dir}/`)) {
-      try { process.kill(Number(pid), 'SIGKILL') } catch {}
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+      } catch {}
     }
   }
 }
@@ -196,7 +212,9 @@ export function isAlive (pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
-  } catch { return false }
+  } catch {
+    return false
+  }
 }
 
 /** A TCP port nothing listens on now (for redis in tests). */

@@ -55,9 +55,9 @@ export interface ObserverReport {
   /** Sequence numbers that arrived more than once: two copies ran, or one restarted. */
   repeated: number[]
   /** A sequence number lower than the one before it, or a new incarnation: the process started over. */
-  restarts: Array<{ atMs: number, fromSeq: number, toSeq: number, newIncarnation: boolean }>
+  restarts: Array<{ atMs: number; fromSeq: number; toSeq: number; newIncarnation: boolean }>
   /** The memory checksum changed: state was lost or corrupted. */
-  checksumChanges: Array<{ atMs: number, seq: number, from: string, to: string }>
+  checksumChanges: Array<{ atMs: number; seq: number; from: string; to: string }>
   checksums: string[]
   incarnations: string[]
   /** Sender addresses, in order of first arrival. */
@@ -90,7 +90,9 @@ export class Observer {
   }
 
   /** `IP:PORT` for the beacon's target. */
-  get target (): string { return `${this.host.ip}:${this.port}` }
+  get target (): string {
+    return `${this.host.ip}:${this.port}`
+  }
 
   /** Starts the listener on `host` and returns once its socket is bound. */
   static async start (tb: Testbed, host: TestHost, opts: ObserverOptions = {}): Promise<Observer> {
@@ -98,17 +100,28 @@ export class Observer {
     const proc = await tb.spawn(host, await beaconBinary(), ['listen', '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] })
     const obs = new Observer(host, port, proc)
     proc.stderr!.setEncoding('utf8')
-    proc.stderr!.on('data', (d: string) => { obs.#stderr += d })
+    proc.stderr!.on('data', (d: string) => {
+      obs.#stderr += d
+    })
     const lines = readline.createInterface({ input: proc.stdout! })
     const bound = new Promise<void>((resolve, reject) => {
-      proc.once('exit', (code, sig) => { reject(new Error(`observer on ${host.name} exited (${code ?? sig}) before listening: ${obs.#stderr}`)) })
+      proc.once('exit', (code, sig) => {
+        reject(new Error(`observer on ${host.name} exited (${code ?? sig}) before listening: ${obs.#stderr}`))
+      })
       lines.on('line', (line) => {
-        if (line.startsWith('listening ')) { resolve(); return }
+        if (line.startsWith('listening ')) {
+          resolve()
+          return
+        }
         obs.#record(line)
       })
     })
     try {
-      await Promise.race([bound, new Promise((_resolve, reject) => setTimeout(() => { reject(new Error(`observer on ${host.name} did not bind port ${port} within 5 s`)) }, 5000).unref())])
+      await Promise.race([bound, new Promise((_resolve, reject) =>
+        setTimeout(() => {
+          reject(new Error(`observer on ${host.name} did not bind port ${port} within 5 s`))
+        }, 5000).unref()
+      )])
     } catch (err) {
       await obs.stop()
       throw err
@@ -118,22 +131,29 @@ export class Observer {
 
   #record (line: string): void {
     const m = LINE.exec(line)
-    if (m == null) { this.malformed.push(line); return }
+    if (m == null) {
+      this.malformed.push(line)
+      return
+    }
     this.arrivals.push({ atMs: Number(m[1]) / 1e6, from: m[2]!, seq: Number(m[3]), checksum: m[4]!, pass: Number(m[5]), incarnation: m[6]! })
   }
 
   /** The last arrival, if any. */
-  last (): Arrival | undefined { return this.arrivals.at(-1) }
+  last (): Arrival | undefined {
+    return this.arrivals.at(-1)
+  }
 
   /** True while the listener runs. */
-  get running (): boolean { return this.#proc.exitCode == null && this.#proc.signalCode == null }
+  get running (): boolean {
+    return this.#proc.exitCode == null && this.#proc.signalCode == null
+  }
 
   /**
    * What the arrivals say. With a window, only arrivals at or after `fromMs` and up to
    * `toMs` count, plus the last one before the window and the first one after it: a gap
    * that spans the window's edge is the gap the window saw.
    */
-  report (window: { fromMs?: number, toMs?: number } = {}): ObserverReport {
+  report (window: { fromMs?: number; toMs?: number } = {}): ObserverReport {
     return analyse(windowed(this.arrivals, window.fromMs ?? -Infinity, window.toMs ?? Infinity))
   }
 
@@ -143,11 +163,19 @@ export class Observer {
     if (!this.running) return
     const exited = once(p, 'exit')
     p.kill('SIGTERM')
-    const t = setTimeout(() => { if (this.running) p.kill('SIGKILL') }, 2000)
-    try { await exited } finally { clearTimeout(t) }
+    const t = setTimeout(() => {
+      if (this.running) p.kill('SIGKILL')
+    }, 2000)
+    try {
+      await exited
+    } finally {
+      clearTimeout(t)
+    }
   }
 
-  async [Symbol.asyncDispose] (): Promise<void> { await this.stop() }
+  async [Symbol.asyncDispose] (): Promise<void> {
+    await this.stop()
+  }
 }
 
 function windowed (all: readonly Arrival[], fromMs: number, toMs: number): Arrival[] {

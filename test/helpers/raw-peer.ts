@@ -17,14 +17,23 @@ import { admissionKey, hmacAdmission, keyClusterId } from '../../src/cluster/rec
 import { JOIN_PROTOCOL, JoinAnswerSchema, MAX_CLUSTER_FRAME, SYNC_PROTOCOL, SyncAnswerSchema } from '../../src/cluster/messages.ts'
 import { decodeToken } from '../../src/cluster/tokens.ts'
 
-export interface RawPeer { host: MscLibp2p, key: PrivateKey, id: string }
+export interface RawPeer {
+  host: MscLibp2p
+  key: PrivateKey
+  id: string
+}
 
 const raws = new Set<MscLibp2p>()
 
-export async function rawPeer (opts: { psk?: Uint8Array, listen?: string } = {}): Promise<RawPeer> {
+export async function rawPeer (opts: { psk?: Uint8Array; listen?: string } = {}): Promise<RawPeer> {
   const key = await generateKeyPair('Ed25519')
   const host = await createLibp2pHost({
-    privateKey: key, listen: [opts.listen ?? '/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, mdnsIntervalMs: 1000,
+    privateKey: key,
+    listen: [opts.listen ?? '/ip4/127.0.0.1/tcp/0'],
+    announce: [],
+    bootstrap: [],
+    mdns: false,
+    mdnsIntervalMs: 1000,
     ...(opts.psk != null ? { psk: opts.psk } : {}),
     maxPubsubMessageBytes: 32 * 1024 * 1024
   })
@@ -35,7 +44,9 @@ export async function rawPeer (opts: { psk?: Uint8Array, listen?: string } = {})
 
 export async function stopRaw (h: MscLibp2p): Promise<void> {
   raws.delete(h)
-  try { await h.stop() } catch {}
+  try {
+    await h.stop()
+  } catch {}
 }
 
 export async function stopAllRaw (): Promise<void> {
@@ -74,10 +85,18 @@ export async function probeProtocol (r: RawPeer, peerId: string, protocol: strin
     return 'no-stream'
   }
   const outcome = new Promise<'refused' | 'answered'>((resolve) => {
-    stream.addEventListener('message', () => { resolve('answered') })
-    stream.addEventListener('close', () => { resolve('refused') })
-    stream.addEventListener('end', () => { resolve('refused') })
-    setTimeout(() => { resolve('refused') }, 5000).unref()
+    stream.addEventListener('message', () => {
+      resolve('answered')
+    })
+    stream.addEventListener('close', () => {
+      resolve('refused')
+    })
+    stream.addEventListener('end', () => {
+      resolve('refused')
+    })
+    setTimeout(() => {
+      resolve('refused')
+    }, 5000).unref()
   })
   try {
     const body = new TextEncoder().encode(JSON.stringify(payload))
@@ -88,7 +107,9 @@ export async function probeProtocol (r: RawPeer, peerId: string, protocol: strin
     stream.send(body)
   } catch {}
   const result = await outcome
-  try { stream.abort(new Error('probe done')) } catch {}
+  try {
+    stream.abort(new Error('probe done'))
+  } catch {}
   return result
 }
 

@@ -9,27 +9,41 @@ import net from 'node:net'
 export class RedisConnection {
   private readonly sock: net.Socket
   private buf = Buffer.alloc(0)
-  private waiting: { resolve: (v: string) => void, reject: (e: Error) => void } | null = null
+  private waiting: { resolve: (v: string) => void; reject: (e: Error) => void } | null = null
   private endedWith: Error | null = null
 
   private constructor (sock: net.Socket) {
     this.sock = sock
-    sock.on('data', (d) => { this.buf = Buffer.concat([this.buf, d]); this.deliver() })
+    sock.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d])
+      this.deliver()
+    })
     const end = (err: Error): void => {
       this.endedWith ??= err
       this.waiting?.reject(this.endedWith)
       this.waiting = null
     }
     sock.on('error', end)
-    sock.on('close', () => { end(new Error('connection closed')) })
+    sock.on('close', () => {
+      end(new Error('connection closed'))
+    })
   }
 
   static async connect (host: string, port: number, timeoutMs = 5_000): Promise<RedisConnection> {
     const sock = net.connect({ host, port })
     await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => { sock.destroy(); reject(new Error(`connect to ${host}:${port} timed out`)) }, timeoutMs)
-      sock.once('connect', () => { clearTimeout(t); resolve() })
-      sock.once('error', (err) => { clearTimeout(t); reject(err) })
+      const t = setTimeout(() => {
+        sock.destroy()
+        reject(new Error(`connect to ${host}:${port} timed out`))
+      }, timeoutMs)
+      sock.once('connect', () => {
+        clearTimeout(t)
+        resolve()
+      })
+      sock.once('error', (err) => {
+        clearTimeout(t)
+        reject(err)
+      })
     })
     return new RedisConnection(sock)
   }
@@ -38,7 +52,9 @@ export class RedisConnection {
   async command (...args: string[]): Promise<string> {
     if (this.endedWith !== null) throw this.endedWith
     if (this.waiting !== null) throw new Error('one command at a time')
-    const p = new Promise<string>((resolve, reject) => { this.waiting = { resolve, reject } })
+    const p = new Promise<string>((resolve, reject) => {
+      this.waiting = { resolve, reject }
+    })
     this.sock.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join(''))
     return await p
   }

@@ -21,7 +21,9 @@ function isRunning (pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch { return false }
+  } catch {
+    return false
+  }
 }
 
 /** Exit code, and exactly one stderr line `msc: ...` matching `pattern`. */
@@ -57,7 +59,7 @@ before(async () => {
   await fs.mkdir(path.join(bundles, 'badjson', 'rootfs'), { recursive: true })
   await fs.writeFile(path.join(bundles, 'badjson', 'config.json'), '{ "ociVersion": "1.0.2", ')
   // valid JSON, a real rootfs, but no process.args
-  const spec = JSON.parse(await fs.readFile(path.join(counter, 'config.json'), 'utf8')) as { process: Record<string, unknown>, root: { path: string } }
+  const spec = JSON.parse(await fs.readFile(path.join(counter, 'config.json'), 'utf8')) as { process: Record<string, unknown>; root: { path: string } }
   delete spec.process.args
   spec.root.path = path.join(counter, 'rootfs')
   await fs.mkdir(path.join(bundles, 'noargs'))

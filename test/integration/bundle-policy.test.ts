@@ -68,12 +68,14 @@ describe('a received bundle with a runc hook', () => {
   function logValues (node: ClusterNode): number[] {
     let text = ''
     for (const f of ['container.log.1', 'container.log']) {
-      try { text += readFileSync(path.join(node.dataDir, 'containers', 'hooked', f), 'utf8') } catch {}
+      try {
+        text += readFileSync(path.join(node.dataDir, 'containers', 'hooked', f), 'utf8')
+      } catch {}
     }
     return counterValues(text)
   }
 
-  async function migrate (from: ClusterNode, to: ClusterNode): Promise<{ exitCode: number, result: MigrationResultInfo, stderr: string }> {
+  async function migrate (from: ClusterNode, to: ClusterNode): Promise<{ exitCode: number; result: MigrationResultInfo; stderr: string }> {
     const r = await c.mscTimed(from, 180_000, 'migrate', 'hooked', '--to', to.name, '--strategy', 'stop-copy', '--json')
     try {
       return { exitCode: r.exitCode, result: JSON.parse(r.stdout) as MigrationResultInfo, stderr: r.stderr }
@@ -88,7 +90,7 @@ describe('a received bundle with a runc hook', () => {
     return ps?.state === 'running' && rl?.status === 'running'
   }
 
-  test('the operator\'s own run on n1 is trusted: the hook runs there', async () => {
+  test("the operator's own run on n1 is trusted: the hook runs there", async () => {
     const r = await c.msc(n('n1'), 'run', 'hooked', bundle)
     assert.equal(r.exitCode, 0, `msc run: ${r.stderr}\n${c.logTail(n('n1'))}`)
     assert.ok(existsSync(marker), 'runc ran the prestart hook on n1')
@@ -143,8 +145,13 @@ describe('/msc/image trees that take no symlinks (images, logs)', () => {
 
   async function host (): Promise<MscLibp2p> {
     const h = await createLibp2pHost({
-      privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [],
-      mdns: false, mdnsIntervalMs: 1000, maxPubsubMessageBytes: 1 << 20
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      announce: [],
+      bootstrap: [],
+      mdns: false,
+      mdnsIntervalMs: 1000,
+      maxPubsubMessageBytes: 1 << 20
     })
     await h.start()
     return h
@@ -159,7 +166,11 @@ describe('/msc/image trees that take no symlinks (images, logs)', () => {
       next = undefined
       try {
         await receiveTree(stream, {
-          tmpRoot: path.join(sandbox, 'tmp'), destDir, mode: 'replace', symlinks: 'none', idleTimeoutMs: 5000,
+          tmpRoot: path.join(sandbox, 'tmp'),
+          destDir,
+          mode: 'replace',
+          symlinks: 'none',
+          idleTimeoutMs: 5000,
           limits: { maxTotalBytes: 1 << 20, maxFileBytes: 1 << 20, maxFiles: 100 }
         })
         job?.resolve(null)

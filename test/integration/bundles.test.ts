@@ -67,8 +67,12 @@ async function runDetached (bundle: string, id: string): Promise<{ stdout: () =>
   pipes.push(child.stdout, child.stderr)
   let out = ''
   let err = ''
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d })
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d
+  })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    err += d
+  })
   const code = await new Promise<number | null>((resolve, reject) => {
     child.once('error', reject)
     child.once('exit', resolve)

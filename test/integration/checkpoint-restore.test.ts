@@ -58,8 +58,7 @@ describe('counter: checkpoint and restore on one node', () => {
     // The restored process is the checkpointed one: it continues from the value it had
     // when the dump froze it, between what was printed just before and just after.
     assert.notEqual(resumed[0], 1, 'restarted at 1 instead of resuming')
-    assert.ok(resumed[0]! >= before + 1 && resumed[0]! <= afterCk + 1,
-      `resumed at ${resumed[0]}, expected within ${before + 1}..${afterCk + 1}`)
+    assert.ok(resumed[0]! >= before + 1 && resumed[0]! <= afterCk + 1, `resumed at ${resumed[0]}, expected within ${before + 1}..${afterCk + 1}`)
   })
 
   test('checkpoint --stop then restore: one strictly increasing sequence, no restart', async () => {

@@ -35,7 +35,9 @@ async function claimsSeen (c: Cluster, observer: ClusterNode, subject: ClusterNo
   return (await c.peersApi(observer)).find((p) => p.peerId === subject.peerId)?.containers
 }
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe(`a node with ${RECORDS} container records`, () => {
   let c: Cluster
@@ -62,8 +64,10 @@ describe(`a node with ${RECORDS} container records`, () => {
   test('keeps all its claims visible to its peer', { timeout: 60_000 }, async () => {
     await c.waitAllAlive(20_000)
     let seen: PeerInfo['containers'] | undefined
-    await waitFor(async () => { seen = await claimsSeen(c, n2, n1); return seen?.length === RECORDS }, 30_000,
-      async () => `n2 to list ${RECORDS} claims of n1 (has ${seen?.length ?? 'none'})`)
+    await waitFor(async () => {
+      seen = await claimsSeen(c, n2, n1)
+      return seen?.length === RECORDS
+    }, 30_000, async () => `n2 to list ${RECORDS} claims of n1 (has ${seen?.length ?? 'none'})`)
     const names = seen!.map((x) => x.name).sort()
     assert.deepEqual(names, Array.from({ length: RECORDS }, (_, i) => nameOf(i)))
     for (const x of seen!) assert.deepEqual({ epoch: x.epoch, state: x.state }, { epoch: 1, state: 'stopped' }, x.name)

@@ -45,7 +45,7 @@ async function token (node: ClusterNode, ...extra: string[]): Promise<string> {
 }
 
 /** Runs `msc node start` in a host until it exits (for starts that must be refused). */
-async function startRefused (node: ClusterNode, dataDir: string, ...args: string[]): Promise<{ exitCode: number, stderr: string }> {
+async function startRefused (node: ClusterNode, dataDir: string, ...args: string[]): Promise<{ exitCode: number; stderr: string }> {
   const r = await c.tb.exec(node.host, MSC, ['node', 'start', '--data-dir', dataDir, '--log-format', 'json', ...ARGS, ...args], { timeout: 60_000, env: c.env })
   assert.equal(r.timedOut, false, `the node must exit, not run: ${r.stderr.slice(-500)}`)
   return { exitCode: r.exitCode, stderr: r.stderr }
@@ -55,9 +55,18 @@ async function startRefused (node: ClusterNode, dataDir: string, ...args: string
 const PROBES: Array<[string, unknown]> = [
   // A well-formed offer that speaks for another peer: a member is answered FORGED.
   [MIGRATE_PROTOCOL, {
-    type: 'offer', v: 1, migrationId: 'probe-probe', container: 'probe', strategy: 'stop-copy', config: {}, epoch: 1,
-    bundle: { digest: '0'.repeat(64), files: 0, bytes: 0 }, estimatedBytes: 0, features: { preCopy: false, postCopy: false },
-    source: { peerId: '12D3KooWNotTheSenderNotTheSenderNotTheSenderNotThe', name: 'x' }, target: 'x',
+    type: 'offer',
+    v: 1,
+    migrationId: 'probe-probe',
+    container: 'probe',
+    strategy: 'stop-copy',
+    config: {},
+    epoch: 1,
+    bundle: { digest: '0'.repeat(64), files: 0, bytes: 0 },
+    estimatedBytes: 0,
+    features: { preCopy: false, postCopy: false },
+    source: { peerId: '12D3KooWNotTheSenderNotTheSenderNotTheSenderNotThe', name: 'x' },
+    target: 'x',
     transfers: { bundle: 'probe-probe-1', delta: 'probe-probe-2', images: 'probe-probe-3', log: 'probe-probe-4', pages: 'probe-probe-5' }
   }],
   [IMAGE_PROTOCOL, { v: 1, transferId: 'probe-probe-probe' }],
@@ -149,14 +158,17 @@ async function startRefusedOrJoin (t: string): Promise<'joined' | 'refused'> {
     return 'refused'
   } finally {
     proc.kill('SIGTERM')
-    await new Promise((resolve) => { if (proc.exitCode != null) resolve(null); else proc.once('exit', resolve) })
+    await new Promise((resolve) => {
+      if (proc.exitCode != null) resolve(null)
+      else proc.once('exit', resolve)
+    })
   }
 }
 
 describe('non-members on the wire', { concurrency: 1 }, () => {
   let stranger: RawPeer
 
-  test('a raw peer\'s dial is refused while no token is out', async () => {
+  test("a raw peer's dial is refused while no token is out", async () => {
     stranger = await rawPeer()
     const before = (await c.status(n('n1'))).cluster.refused.connections
     // The dialler may see its side of the upgrade finish before n1's gater, after the
@@ -191,7 +203,6 @@ describe('non-members on the wire', { concurrency: 1 }, () => {
     assert.ok(after >= 10_000, `cut off after the grace period, not before (${after} ms)`)
   })
 
-
   test('control: the same probes from a peer admitted by token get answers', async () => {
     const member = await rawPeer()
     assert.equal(await joinWithToken(member, await token(n('n1')), 'raw-member'), 'admitted')
@@ -204,7 +215,7 @@ describe('non-members on the wire', { concurrency: 1 }, () => {
 })
 
 describe('a member by token migrates; a removed member stays out', { concurrency: 1 }, () => {
-  test('a member that claims n1\'s running container at epoch + 1 without n1\'s handover changes nothing', async () => {
+  test("a member that claims n1's running container at epoch + 1 without n1's handover changes nothing", async () => {
     const bundle = path.join(c.root, 'counter')
     assert.equal((await execa(MSC, ['bundle', 'counter', bundle], { reject: false })).exitCode, 0)
     assert.equal((await c.msc(n('n1'), 'run', 'ctr', bundle)).exitCode, 0)
@@ -212,13 +223,22 @@ describe('a member by token migrates; a removed member stays out', { concurrency
     assert.equal(await joinWithToken(thief, await token(n('n1')), 'thief'), 'admitted')
     await thief.host.dial(multiaddr(n('n1').addr), { signal: AbortSignal.timeout(5000) }).catch(() => {})
     thief.host.services.pubsub.subscribe(MEMBERSHIP_TOPIC)
-    await waitFor(() => thief.host.services.pubsub.getSubscribers(MEMBERSHIP_TOPIC).some((p) => p.toString() === n('n1').peerId), 10_000, 'n1 in the thief\'s topic mesh')
+    await waitFor(() => thief.host.services.pubsub.getSubscribers(MEMBERSHIP_TOPIC).some((p) => p.toString() === n('n1').peerId), 10_000, "n1 in the thief's topic mesh")
     const before = (await c.statusApi(n('n1'))).membership.dropped['unproven-handover'] ?? 0
     let seq = 0
     const claim = async (extra: Record<string, unknown>): Promise<void> => {
       const hb = {
-        v: HEARTBEAT_VERSION, type: 'heartbeat', peerId: thief.id, incarnation: 1, seq: ++seq, sentAt: Date.now(), name: 'thief', version: '0.1.0',
-        role: 'node', addrs: [], resources: { memFreeBytes: 1, memTotalBytes: 1, diskFreeBytes: 1 },
+        v: HEARTBEAT_VERSION,
+        type: 'heartbeat',
+        peerId: thief.id,
+        incarnation: 1,
+        seq: ++seq,
+        sentAt: Date.now(),
+        name: 'thief',
+        version: '0.1.0',
+        role: 'node',
+        addrs: [],
+        resources: { memFreeBytes: 1, memTotalBytes: 1, diskFreeBytes: 1 },
         containers: [{ name: 'ctr', epoch: 2, state: 'running', ...extra }]
       }
       await thief.host.services.pubsub.publish(MEMBERSHIP_TOPIC, new TextEncoder().encode(JSON.stringify(hb)))
@@ -233,10 +253,10 @@ describe('a member by token migrates; a removed member stays out', { concurrency
     }, 15_000, 'both claims refused as unproven-handover')
     await sleep(1000)
     assert.deepEqual((await c.runcList(n('n1'))).filter((x) => x.id === 'ctr').map((x) => x.status), ['running'], 'still running on n1')
-    const ps = await c.json<Array<{ name: string, state: string }>>(n('n1'), 'ps')
+    const ps = await c.json<Array<{ name: string; state: string }>>(n('n1'), 'ps')
     assert.equal(ps.find((x) => x.name === 'ctr')?.state, 'running')
     const thiefSeen = (await c.peersApi(n('n1'))).find((p) => p.peerId === thief.id)
-    assert.ok(!(thiefSeen?.containers ?? []).some((x) => x.name === 'ctr'), 'the thief owns nothing in n1\'s view')
+    assert.ok(!(thiefSeen?.containers ?? []).some((x) => x.name === 'ctr'), "the thief owns nothing in n1's view")
     assert.equal((await c.msc(n('n1'), 'peer', 'rm', 'thief')).exitCode, 0)
   })
 
@@ -259,7 +279,7 @@ describe('a member by token migrates; a removed member stays out', { concurrency
     assert.match(r.stdout, /removed n2/)
     const info = await c.json<ClusterInfo>(n('n1'), 'cluster', 'ls')
     assert.deepEqual(info.members.map((m) => m.name).filter((x) => x !== 'good-name'), ['n1'], 'n2 is no member')
-    await waitFor(async () => !(await c.peersApi(n('n1'))).some((p) => p.peerId === n('n2').peerId), 5000, 'n2 to leave n1\'s peer list')
+    await waitFor(async () => !(await c.peersApi(n('n1'))).some((p) => p.peerId === n('n2').peerId), 5000, "n2 to leave n1's peer list")
     const refusedBefore = (await c.status(n('n1'))).cluster.refused.connections
     const j = await c.msc(n('n2'), 'join', n('n1').addr)
     assert.notEqual(j.exitCode, 0, 'the removed member cannot connect')

@@ -37,7 +37,10 @@ sys.stdout.flush()
 sys.stdin.read()
 `
 
-interface Sender { pid: number, exit: () => Promise<void> }
+interface Sender {
+  pid: number
+  exit: () => Promise<void>
+}
 
 /**
  * Sends `datagrams` from a python3 process (in cgroup c1 when `inContainer`) that stays
@@ -51,27 +54,33 @@ async function send (datagrams: Array<string | Buffer>, inContainer: boolean): P
   })
   senders.add(child)
   let out = ''
-  child.stdout.on('data', (b: Buffer) => { out += b.toString() })
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString()
+  })
   await waitFor(() => out.includes('\n') || child.exitCode != null, 10_000, 'the sender')
   assert.match(out, /^sent \d+\n$/, 'the sender sent')
   const exited = once(child, 'exit')
   return {
     pid: child.pid!,
-    exit: async () => { child.stdin.end(); await exited; senders.delete(child) }
+    exit: async () => {
+      child.stdin.end()
+      await exited
+      senders.delete(child)
+    }
   }
 }
 
 let dir = ''
 let socketPath = ''
 const senders = new Set<ReturnType<typeof spawn>>()
-const calls: Array<{ op: 'checkpoint' | 'migrate', name: string, peer?: string }> = []
+const calls: Array<{ op: 'checkpoint' | 'migrate'; name: string; peer?: string }> = []
 const logs: Array<Record<string, unknown>> = []
 let gate: Promise<void> | null = null
 let inFlight = 0
 let maxInFlight = 0
 let server: ContainerRequestServer
 
-async function record (c: { op: 'checkpoint' | 'migrate', name: string, peer?: string }): Promise<string> {
+async function record (c: { op: 'checkpoint' | 'migrate'; name: string; peer?: string }): Promise<string> {
   inFlight++
   maxInFlight = Math.max(maxInFlight, inFlight)
   try {
@@ -79,7 +88,9 @@ async function record (c: { op: 'checkpoint' | 'migrate', name: string, peer?: s
     if (gate != null) await gate
     if (c.peer === 'boom') throw new Error('no such peer: boom')
     return 'ok'
-  } finally { inFlight-- }
+  } finally {
+    inFlight--
+  }
 }
 
 const skip = process.getuid?.() !== 0 ? 'needs root' : !existsSync(PIDS) ? 'needs the cgroup v1 pids hierarchy' : false
@@ -89,7 +100,9 @@ before(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-ipc-'))
   socketPath = path.join(dir, 'ipc.sock')
   await fs.mkdir(cgroup, { recursive: true })
-  const logger = pino({ level: 'debug' }, { write: (line: string) => { logs.push(JSON.parse(line) as Record<string, unknown>) } })
+  const logger = pino({ level: 'debug' }, { write: (line: string) => {
+    logs.push(JSON.parse(line) as Record<string, unknown>)
+  } })
   server = new ContainerRequestServer({
     socketPath,
     cgroupParent: parent,
@@ -102,7 +115,9 @@ before(async () => {
 
 after(async () => {
   for (const c of senders) c.kill('SIGKILL')
-  await Promise.all([...senders].map(async (c) => { if (c.exitCode == null && c.signalCode == null) await once(c, 'exit') }))
+  await Promise.all([...senders].map(async (c) => {
+    if (c.exitCode == null && c.signalCode == null) await once(c, 'exit')
+  }))
   if (server != null) await server.stop()
   await fs.rmdir(cgroup).catch(() => {})
   await fs.rmdir(path.join(PIDS, parent)).catch(() => {})
@@ -120,7 +135,13 @@ describe('container requests over the datagram socket', { skip }, () => {
   test('CHECKPOINT, MIGRATE n2 and MIGRATE from c1 reach the callbacks; garbage is ignored', async () => {
     const before = server.stats()
     const s = await send([
-      'CHECKPOINT\n', 'HELLO', 'MIGRATE n2', crypto.randomBytes(10 * 1024), 'MIGRATE a b', 'MIGRATE ../x', 'MIGRATE'
+      'CHECKPOINT\n',
+      'HELLO',
+      'MIGRATE n2',
+      crypto.randomBytes(10 * 1024),
+      'MIGRATE a b',
+      'MIGRATE ../x',
+      'MIGRATE'
     ], true)
     assert.equal(await containerOfPid(s.pid, parent), 'c1')
     await waitFor(() => calls.length === 3 && server.stats().ignored === before.ignored + 4, 10_000, '3 calls and 4 ignored')
@@ -160,7 +181,9 @@ describe('container requests over the datagram socket', { skip }, () => {
     maxInFlight = 0
     const before = server.stats()
     let open: () => void = () => {}
-    gate = new Promise<void>((resolve) => { open = resolve })
+    gate = new Promise<void>((resolve) => {
+      open = resolve
+    })
     // 1 runs (and fails), 4 wait, 2 are dropped
     const s = await send(['MIGRATE boom', 'CHECKPOINT', 'CHECKPOINT', 'CHECKPOINT', 'CHECKPOINT', 'CHECKPOINT', 'CHECKPOINT'], true)
     await waitFor(() => server.stats().accepted + server.stats().ignored === before.accepted + before.ignored + 7, 10_000, 'all 7 handled')

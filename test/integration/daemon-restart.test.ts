@@ -37,7 +37,9 @@ function isRunning (pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch { return false }
+  } catch {
+    return false
+  }
 }
 
 function assertConsecutive (values: number[], what: string): void {
@@ -69,7 +71,13 @@ describe('the daemon restarts under a running container', () => {
     logFile = path.join(node.dataDir, 'containers', 'counter', 'container.log')
   })
 
-  const logged = (): number[] => { try { return counterValues(readFileSync(logFile, 'utf8')) } catch { return [] } }
+  const logged = (): number[] => {
+    try {
+      return counterValues(readFileSync(logFile, 'utf8'))
+    } catch {
+      return []
+    }
+  }
 
   test('a running counter', async () => {
     const c = await node.json<ContainerInfo>('run', 'counter', counter)
@@ -82,7 +90,7 @@ describe('the daemon restarts under a running container', () => {
   test('SIGTERM stops the daemon cleanly; the container keeps running and logging', async () => {
     assert.equal(await node.stopDaemon(), 0, `node exit code; log:\n${node.nodeLog().slice(-2000)}`)
     assert.ok(isRunning(pid), 'the container outlived its node')
-    assert.ok((await cgroupsExist(`${cgroupParent}/counter`)).length > 0, 'the node left its running container\'s cgroups alone')
+    assert.ok((await cgroupsExist(`${cgroupParent}/counter`)).length > 0, "the node left its running container's cgroups alone")
     countAtStop = logged().length
     await waitFor(() => logged().length >= countAtStop + 5, 10_000, 'the log to keep growing with no node')
     assert.ok(isRunning(pid))
@@ -147,7 +155,7 @@ describe('--stop-containers-on-exit', () => {
     await waitFor(async () => (await shimsUnder(node.dataDir)).length === 0, 5_000, 'log shims of this node to exit')
   })
 
-  test('no container cgroup is left under the node\'s cgroup parent', async () => {
+  test("no container cgroup is left under the node's cgroup parent", async () => {
     for (const dir of await cgroupsExist(status.cgroupParent)) {
       const children = (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name)
       assert.deepEqual(children, [], `${dir} holds no container cgroups`)

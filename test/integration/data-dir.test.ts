@@ -21,13 +21,13 @@ after(destroyAllNodes)
 const ENV = { ...process.env, MSC_LISTEN: '/ip4/127.0.0.1/tcp/0', MSC_MDNS: 'false' }
 
 /** `msc node start --data-dir DIR`, expected to refuse and exit by itself. */
-async function startRefused (dir: string): Promise<{ exitCode: number, stderr: string }> {
+async function startRefused (dir: string): Promise<{ exitCode: number; stderr: string }> {
   const r = await execa(MSC, ['node', 'start', '--data-dir', dir], { reject: false, timeout: 20_000, env: ENV })
   assert.equal(r.timedOut, false, `the node must refuse ${dir} and exit, not run`)
   return { exitCode: r.exitCode ?? -1, stderr: String(r.stderr) }
 }
 
-async function snapshot (dir: string): Promise<{ mode: number, entries: string[] }> {
+async function snapshot (dir: string): Promise<{ mode: number; entries: string[] }> {
   return { mode: (await fs.stat(dir)).mode, entries: (await fs.readdir(dir)).sort() }
 }
 
@@ -131,8 +131,13 @@ function fakeRunc (states: Map<string, RuncState>, stopped: string[]): Runc {
   return {
     state: async (id: string) => states.get(id) ?? null,
     list: async () => [...states.values()],
-    stop: async (id: string) => { stopped.push(id); states.delete(id) },
-    delete: async (id: string) => { states.delete(id) }
+    stop: async (id: string) => {
+      stopped.push(id)
+      states.delete(id)
+    },
+    delete: async (id: string) => {
+      states.delete(id)
+    }
   } as unknown as Runc
 }
 

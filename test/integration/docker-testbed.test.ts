@@ -17,7 +17,7 @@ const TESTBED = path.join(ROOT, 'docker', 'testbed.sh')
 const NODES = ['node1', 'node2', 'node3']
 const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
-async function testbed (args: string[], timeoutMs: number): Promise<{ exitCode: number | undefined, all: string }> {
+async function testbed (args: string[], timeoutMs: number): Promise<{ exitCode: number | undefined; all: string }> {
   const r = await execa('bash', [TESTBED, ...args], { all: true, reject: false, timeout: timeoutMs, stdin: 'ignore' })
   return { exitCode: r.exitCode, all: String(r.all ?? '') }
 }
@@ -32,7 +32,7 @@ async function inNode (node: string, cmd: string[]): Promise<string> {
 /** What runc itself says runs in a node's container: container id -> status. */
 async function runcList (node: string): Promise<Map<string, string>> {
   const out = await inNode(node, ['runc', '--root', '/var/lib/msc/runc', 'list', '--format', 'json'])
-  const list = JSON.parse(out.trim() === '' ? 'null' : out) as Array<{ id: string, status: string }> | null
+  const list = JSON.parse(out.trim() === '' ? 'null' : out) as Array<{ id: string; status: string }> | null
   return new Map((list ?? []).map((c) => [c.id, c.status]))
 }
 

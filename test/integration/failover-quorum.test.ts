@@ -18,7 +18,9 @@ const LEASE_S = 5
 const ARGS = ['--mdns-interval', '1', '--ping-interval', '0.5', '--ping-timeout', '3', '--lease-timeout', String(LEASE_S), '--dump-interval', '1']
 
 let c: Cluster | undefined
-after(async () => { await c?.destroy() })
+after(async () => {
+  await c?.destroy()
+})
 
 async function runningOn (cl: Cluster, name: string, nodes: ClusterNode[] = cl.nodes): Promise<string[]> {
   const out: string[] = []
@@ -42,7 +44,6 @@ async function events (cl: Cluster, node: ClusterNode): Promise<NodeEvent[]> {
   assert.equal(r.exitCode, 0, r.stderr)
   return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as NodeEvent)
 }
-
 
 describe('two members and a witness', () => {
   test('two members without a witness: the survivor never restores, and says why', async () => {

@@ -27,13 +27,14 @@ before(async () => {
   c = await startCluster({ hosts: 3, args: ARGS })
   await c.waitAllAlive(30_000)
 })
-after(async () => { await c?.destroy() })
+after(async () => {
+  await c?.destroy()
+})
 
 async function cli (host: ClusterNode, ...args: string[]): Promise<string> {
   const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(PORT), ...args], { reject: false, timeout: 10_000 })
   return String(r.stdout).trim()
 }
-
 
 test('redis with 100,000 keys and writes going on: after a power cut every key acknowledged before the last generation is there', async (t) => {
   const n1 = c.node('n1')
@@ -45,7 +46,7 @@ test('redis with 100,000 keys and writes going on: after a power cut every key a
 
   // Writes go on over one connection that stays open, as an application's would: every
   // generation is dumped with it connected (its state is not kept: a restore closes it).
-  const acked: Array<{ i: number, at: number }> = []
+  const acked: Array<{ i: number; at: number }> = []
   let writing = true
   const conn = await RedisConnection.connect(n1.host.ip, PORT)
   let writeError = ''
@@ -53,12 +54,14 @@ test('redis with 100,000 keys and writes going on: after a power cut every key a
     for (let i = 1; writing; i++) {
       if (await conn.command('SET', `w:${i}`, String(i)) === 'OK') acked.push({ i, at: Date.now() })
     }
-  })().catch((err) => { if (writing) writeError = `${(err as Error).message} after ${acked.length} writes\n${c.logTail(n1, 40)}` })
+  })().catch((err) => {
+    if (writing) writeError = `${(err as Error).message} after ${acked.length} writes\n${c.logTail(n1, 40)}`
+  })
 
   let info: ContainerInfo | undefined
   await waitFor(async () => {
     info = await c.inspectApi(n1, 'kv').catch(() => undefined)
-    assert.equal(writeError, '', 'the writer\'s connection stays open through every generation\'s dump')
+    assert.equal(writeError, '', "the writer's connection stays open through every generation's dump")
     return (info?.replication?.ackedGeneration ?? 0) >= 2
   }, 180_000, () => `two generations acknowledged: ${JSON.stringify(info?.replication)}\n${c.logTail(n1, 20)}`)
   const standby = c.node(info!.replication!.standbys[0]!.name)
@@ -71,7 +74,7 @@ test('redis with 100,000 keys and writes going on: after a power cut every key a
   await c.tb.kill(n1.host)
   conn.close() // a write in flight to the dead host would wait for TCP to give up
   await writer
-  assert.equal(writeError, '', 'the writer\'s connection stayed open until the power cut')
+  assert.equal(writeError, '', "the writer's connection stayed open until the power cut")
   await waitFor(async () => await cli(standby, 'PING') === 'PONG', 90_000, () => `redis answering on ${standby.name}\n${c.logTail(standby, 15)}`)
 
   const size = Number(await cli(standby, 'DBSIZE'))

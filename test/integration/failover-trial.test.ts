@@ -25,7 +25,9 @@ before(async () => {
   c = await startCluster({ hosts: 3, args: ARGS })
   await c.waitAllAlive(30_000)
 })
-after(async () => { await c?.destroy() })
+after(async () => {
+  await c?.destroy()
+})
 
 /** mulberry32: a small seeded generator, so that a failing trial can be replayed. */
 function rng (seed: number): () => number {
@@ -54,7 +56,9 @@ async function where (name: string): Promise<ClusterNode[]> {
   return (await snapshot()).get(name) ?? []
 }
 
-function up (x: ClusterNode): boolean { return x.proc != null && x.proc.exitCode == null && x.proc.signalCode == null }
+function up (x: ClusterNode): boolean {
+  return x.proc != null && x.proc.exitCode == null && x.proc.signalCode == null
+}
 
 /** Every node back (healed, restarted), all alive, and each container replicated again. */
 async function settle (): Promise<void> {
@@ -69,7 +73,8 @@ async function settle (): Promise<void> {
       if (w.length !== 1) return false
       info = await c.inspectApi(w[0]!, name).catch(() => null)
       return (info?.replication?.ackedGeneration ?? 0) >= 1
-    }, 120_000, async () => `${name} running once and replicated again: runs on [${w.map((x) => x.name).join(', ')}], ` +
+    }, 120_000, async () =>
+      `${name} running once and replicated again: runs on [${w.map((x) => x.name).join(', ')}], ` +
       `replication ${JSON.stringify((info as ContainerInfo | null)?.replication)}\n` +
       (await Promise.all(c.nodes.map(async (x) => `${x.name}: ${JSON.stringify(await c.inspectApi(x, name).then((i) => ({ state: i.state, epoch: i.epoch }), (e: Error) => e.message))}`))).join('\n') +
       (w[0] == null ? '' : `\nview of ${w[0].name}: ${JSON.stringify((await c.peersApi(w[0]).catch(() => [])).map((p) => [p.name, p.state]))}` +
@@ -77,7 +82,6 @@ async function settle (): Promise<void> {
       `\n${c.nodes.map((x) => c.logTail(x, 12)).join('\n')}`)
   }
 }
-
 
 test(`a randomized trial of ${TRIALS} power cuts and partitions: never two copies, always one after`, async (t) => {
   t.diagnostic(`seed ${SEED} (MSC_TRIAL_SEED=${SEED} replays it)`)
@@ -118,7 +122,7 @@ test(`a randomized trial of ${TRIALS} power cuts and partitions: never two copie
   })()
 
   const kinds = ['power-cut owner', 'partition owner', 'power-cut other', 'partition other', 'flap owner'] as const
-  const figures: Array<{ trial: number, kind: string, container: string, rtoMs?: number, rpoMs?: number }> = []
+  const figures: Array<{ trial: number; kind: string; container: string; rtoMs?: number; rpoMs?: number }> = []
   try {
     for (let trial = 1; trial <= TRIALS; trial++) {
       const kind = kinds[Math.floor(random() * kinds.length)]!
@@ -131,12 +135,20 @@ test(`a randomized trial of ${TRIALS} power cuts and partitions: never two copie
       if (kind.startsWith('power-cut')) await c.tb.kill(victim.host)
       else if (kind.startsWith('partition')) await c.tb.cut(victim.host)
       else {
-        for (let i = 0; i < 3; i++) { await c.tb.cut(victim.host); await sleep(LEASE_S * 1000 / 3); await c.tb.heal(victim.host); await sleep(2_000) }
+        for (let i = 0; i < 3; i++) {
+          await c.tb.cut(victim.host)
+          await sleep(LEASE_S * 1000 / 3)
+          await c.tb.heal(victim.host)
+          await sleep(2_000)
+        }
       }
-      const f: { trial: number, kind: string, container: string, rtoMs?: number, rpoMs?: number } = { trial, kind: `${kind} (${victim.name})`, container: name }
+      const f: { trial: number; kind: string; container: string; rtoMs?: number; rpoMs?: number } = { trial, kind: `${kind} (${victim.name})`, container: name }
       if (kind === 'power-cut owner' || kind === 'partition owner') {
         let now: ClusterNode | undefined
-        await waitFor(async () => { now = (await where(name)).find((x) => x !== owner); return now != null }, 90_000, () => `trial ${trial}: ${name} back after ${kind} of ${victim.name}`)
+        await waitFor(async () => {
+          now = (await where(name)).find((x) => x !== owner)
+          return now != null
+        }, 90_000, () => `trial ${trial}: ${name} back after ${kind} of ${victim.name}`)
         f.rtoMs = Date.now() - at
         await waitFor(() => logValues(now!, name).length > 0, 10_000, 'output on the new node')
         f.rpoMs = Math.max(0, (last - logValues(now!, name)[0]!) * 100)

@@ -45,7 +45,10 @@ async function replicated (owner: ClusterNode, name: string, gens = 2): Promise<
   let info: ContainerInfo | undefined
   let error = ''
   await waitFor(async () => {
-    info = await inspect(owner, name).catch((err) => { error = (err as Error).message; return undefined })
+    info = await inspect(owner, name).catch((err) => {
+      error = (err as Error).message
+      return undefined
+    })
     return (info?.replication?.ackedGeneration ?? 0) >= gens
   }, 90_000, () => `${name} replicated (${gens} generations acknowledged): ${JSON.stringify(info?.replication)} ${error}\n${c.logTail(owner, 20)}`)
   return info!
@@ -64,7 +67,7 @@ async function exactlyOneFor (name: string, ms: number): Promise<string> {
 }
 
 /** Samples, every 100 ms until stopped, when `name` last ran on `owner` and first ran anywhere else. */
-function watchHandover (name: string, owner: ClusterNode): { stop: () => Promise<{ lastOwner: number, firstOther: number, others: string[] }> } {
+function watchHandover (name: string, owner: ClusterNode): { stop: () => Promise<{ lastOwner: number; firstOther: number; others: string[] }> } {
   let lastOwner = 0
   let firstOther = 0
   const others = new Set<string>()
@@ -76,12 +79,19 @@ function watchHandover (name: string, owner: ClusterNode): { stop: () => Promise
         const on = (await c.runcList(x)).some((e) => e.id === name && (e.status === 'running' || e.status === 'paused'))
         if (!on) continue
         if (x === owner) lastOwner = t
-        else { others.add(x.name); if (firstOther === 0) firstOther = t }
+        else {
+          others.add(x.name)
+          if (firstOther === 0) firstOther = t
+        }
       }
       await sleep(100)
     }
   })()
-  return { stop: async () => { running = false; await loop; return { lastOwner, firstOther, others: [...others] } } }
+  return { stop: async () => {
+    running = false
+    await loop
+    return { lastOwner, firstOther, others: [...others] }
+  } }
 }
 
 async function events (node: ClusterNode): Promise<NodeEvent[]> {
@@ -110,7 +120,9 @@ before(async () => {
   await c.waitAllAlive(30_000)
 })
 
-after(async () => { await c?.destroy() })
+after(async () => {
+  await c?.destroy()
+})
 
 describe('failover of a replicated counter', () => {
   test('its node is power-cut: it runs again on exactly one other node and counts on from its last generation', async (t) => {
@@ -125,14 +137,19 @@ describe('failover of a replicated counter', () => {
     await c.tb.kill(n('n1').host) // daemon, shims and container: a power cut
     const lastValue = logValues(n('n1'), 'ctr').at(-1) ?? before.at(-1)!
     let where: string[] = []
-    await waitFor(async () => { where = await runningOn('ctr', [n('n2'), n('n3')]); return where.length > 0 }, 60_000,
-      () => `ctr running again on n2 or n3\n${c.logTail(n('n2'), 15)}\n${c.logTail(n('n3'), 15)}`)
+    await waitFor(async () => {
+      where = await runningOn('ctr', [n('n2'), n('n3')])
+      return where.length > 0
+    }, 60_000, () => `ctr running again on n2 or n3\n${c.logTail(n('n2'), 15)}\n${c.logTail(n('n3'), 15)}`)
     const rtoMs = Date.now() - killedAt
     const on = await exactlyOneFor('ctr', 3_000)
     assert.equal(on, standby, 'restored on its standby')
     // It counts on from its last generation: no restart at 1, at most about one interval back.
     let after: number[] = []
-    await waitFor(async () => { after = logValues(n(on), 'ctr'); return after.length >= 5 }, 20_000, 'output on the new node')
+    await waitFor(async () => {
+      after = logValues(n(on), 'ctr')
+      return after.length >= 5
+    }, 20_000, 'output on the new node')
     const first = after[0]!
     // The RPO: one effective interval (DUMP_INTERVAL stretched to 20 x the freeze) and
     // the round that was under way.
@@ -153,8 +170,7 @@ describe('failover of a replicated counter', () => {
 
   // Once flaky in CI: the third member, back, can rank above n1 and take the replica (now
   // handled with `heir`); it runs in `npm test` again once this version has had calm runs.
-  test('a node holding a fenced copy keeps the new owner\'s replicas, and takes the container over in turn',
-    { skip: process.env.MSC_FAILOVER_SLOW === '1' ? false : 'MSC_FAILOVER_SLOW=1 runs it' }, async () => {
+  test("a node holding a fenced copy keeps the new owner's replicas, and takes the container over in turn", { skip: process.env.MSC_FAILOVER_SLOW === '1' ? false : 'MSC_FAILOVER_SLOW=1 runs it' }, async () => {
     const owner = n((await runningOn('ctr'))[0]!)
     const other = c.nodes.find((x) => x !== owner && x !== n('n1'))!
     // With the third member down, the node with the fenced copy is the only one left to keep a replica.
@@ -175,12 +191,11 @@ describe('failover of a replicated counter', () => {
     }, 90_000, () => `${heir.name} acknowledged a generation of ctr: ${JSON.stringify(info?.replication)}`)
     const last = logValues(owner, 'ctr').at(-1)!
     await c.tb.kill(owner.host)
-    await waitFor(async () => (await runningOn('ctr', [n('n1'), other])).length > 0, 60_000,
-      () => `ctr running again\n${c.logTail(n('n1'), 20)}\n${c.logTail(other, 10)}`)
+    await waitFor(async () => (await runningOn('ctr', [n('n1'), other])).length > 0, 60_000, () => `ctr running again\n${c.logTail(n('n1'), 20)}\n${c.logTail(other, 10)}`)
     assert.equal(await exactlyOneFor('ctr', 3_000), heir.name, `restored on ${heir.name}, from the replica it kept`)
     const back = await inspect(heir, 'ctr')
     assert.equal(back.state, 'running')
-    assert.equal(back.epoch, 3, 'owned at the epoch above the second owner\'s')
+    assert.equal(back.epoch, 3, "owned at the epoch above the second owner's")
     await waitFor(() => logValues(heir, 'ctr').length >= 3, 20_000, `output on ${heir.name}`)
     const first = logValues(heir, 'ctr')[0]!
     assert.ok(first > 1 && first <= last + 1, `counts on from the second owner's generation: first ${first}, last ${last}`)
@@ -261,7 +276,7 @@ describe('partitions', () => {
     await exactlyOneFor('gr', 2_000)
   })
 
-  test('a migration moves the lease and the replication along: when the new node dies, it fails over from the new node\'s generations', async () => {
+  test("a migration moves the lease and the replication along: when the new node dies, it fails over from the new node's generations", async () => {
     await allUp()
     assert.equal((await c.msc(n('n1'), 'run', 'mig', bundle, '--replicas', '1')).exitCode, 0)
     await replicated(n('n1'), 'mig', 1)

@@ -42,7 +42,7 @@ async function packageInstalled (name: string): Promise<boolean> {
 describe('npm run setup', () => {
   let redisListenersBefore = new Set<string>()
   let redisServerPackageBefore = false
-  let setup: { exitCode?: number, stderr: unknown }
+  let setup: { exitCode?: number; stderr: unknown }
 
   before(async () => {
     redisListenersBefore = await listenersOn(6379)
@@ -56,7 +56,7 @@ describe('npm run setup', () => {
 
   test('starts nothing on port 6379 and installs no redis service', async () => {
     assert.deepEqual([...await listenersOn(6379)].sort(), [...redisListenersBefore].sort(), 'the sockets listening on 6379 are the ones that listened before set-up')
-    if (!redisServerPackageBefore) assert.equal(await packageInstalled('redis-server'), false, 'Debian\'s redis-server package (a system service) was not installed')
+    if (!redisServerPackageBefore) assert.equal(await packageInstalled('redis-server'), false, "Debian's redis-server package (a system service) was not installed")
   })
 
   test('the redis binaries the demos and tests use are in the tools prefix and run', async () => {
@@ -69,7 +69,7 @@ describe('npm run setup', () => {
     assert.match(String((await execa(REDIS_SERVER, ['--version'])).stdout), /^Redis server v=/)
   })
 
-  test('msc is on a root shell\'s PATH: this checkout\'s bin/msc, on its own Node, with nothing on stderr', async () => {
+  test("msc is on a root shell's PATH: this checkout's bin/msc, on its own Node, with nothing on stderr", async () => {
     const which = await execa('sh', ['-c', 'command -v msc'], { env: { PATH: ROOT_PATH }, extendEnv: false, reject: false })
     assert.equal(String(which.stdout).trim(), '/usr/local/bin/msc')
     assert.equal(realpathSync('/usr/local/bin/msc'), path.join(ROOT, 'bin', 'msc'))

@@ -24,8 +24,14 @@ import type { Stream } from '@libp2p/interface'
 import { createLibp2pHost, type MscLibp2p } from '../../src/overlay/libp2p-host.ts'
 import { FramedStream, type ProtocolError } from '../../src/protocols/framing.ts'
 import {
-  IMAGE_PROTOCOL, changedSince, receiveTree, sendTree, treeManifest,
-  type ReceiveTreeOptions, type ReceiveTreeResult, type TreeHeader
+  IMAGE_PROTOCOL,
+  changedSince,
+  receiveTree,
+  sendTree,
+  treeManifest,
+  type ReceiveTreeOptions,
+  type ReceiveTreeResult,
+  type TreeHeader
 } from '../../src/protocols/image/index.ts'
 import { FRAME_DATA, FRAME_MSG, VerdictSchema, type Verdict } from '../../src/protocols/image/messages.ts'
 
@@ -41,14 +47,18 @@ let tmpRoot: string
 let sender: MscLibp2p
 let receiver: MscLibp2p
 
-type Outcome = { ok: true, r: ReceiveTreeResult } | { ok: false, err: ProtocolError }
+type Outcome = { ok: true; r: ReceiveTreeResult } | { ok: false; err: ProtocolError }
 /** What the receiving host does with the next incoming stream, and where it reports. */
-let nextReceive: { opts: ReceiveTreeOptions, done: PromiseWithResolvers<Outcome> } | undefined
+let nextReceive: { opts: ReceiveTreeOptions; done: PromiseWithResolvers<Outcome> } | undefined
 
 async function host (): Promise<MscLibp2p> {
   const h = await createLibp2pHost({
     privateKey: await generateKeyPair('Ed25519'),
-    listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [], mdns: false, mdnsIntervalMs: 1000,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    announce: [],
+    bootstrap: [],
+    mdns: false,
+    mdnsIntervalMs: 1000,
     maxPubsubMessageBytes: 1 << 20
   })
   await h.start()
@@ -64,7 +74,10 @@ before(async () => {
   await receiver.handle(IMAGE_PROTOCOL, async (stream) => {
     const job = nextReceive
     nextReceive = undefined
-    if (job == null) { stream.abort(new Error('no receive expected')); return }
+    if (job == null) {
+      stream.abort(new Error('no receive expected'))
+      return
+    }
     try {
       job.done.resolve({ ok: true, r: await receiveTree(stream, job.opts) })
     } catch (err) {
@@ -187,7 +200,10 @@ describe('good transfers', () => {
     await makeTree(src, 64 * MiB)
     const dest = path.join(sandbox, 'dest-replace')
     let progressCalls = 0
-    const { sent, got } = await transfer(src, dest, { onProgress: (n, total) => { progressCalls++; assert.ok(n <= total) } })
+    const { sent, got } = await transfer(src, dest, { onProgress: (n, total) => {
+      progressCalls++
+      assert.ok(n <= total)
+    } })
     assert.ok(got.ok, got.ok ? '' : `${got.err.reason}: ${got.err.message}`)
     assert.equal(got.r.transferId, 't-good')
     assert.equal(got.r.label, 'test tree')
@@ -239,9 +255,7 @@ describe('good transfers', () => {
     for (const side of [src, dest]) await fs.lutimes(path.join(side, 'out'), t0, t0)
 
     const changed = new Set(delta.changed)
-    const { sent, got } = await transfer(src, dest,
-      { transferId: 't-delta', include: (p) => changed.has(p), deletes: [...delta.deleted, 'out/victim'] },
-      { mode: 'overlay' })
+    const { sent, got } = await transfer(src, dest, { transferId: 't-delta', include: (p) => changed.has(p), deletes: [...delta.deleted, 'out/victim'] }, { mode: 'overlay' })
     assert.ok(got.ok, got.ok ? '' : `${got.err.reason}: ${got.err.message}`)
     assert.ok(sent.bytes < MiB, `only the delta is sent (${sent.bytes} bytes)`)
     await assertSameTree(src, dest)
@@ -263,7 +277,10 @@ describe('good transfers', () => {
 
 // ---------- hostile senders ----------
 
-interface HostileRun { outcome: Outcome, verdict: Verdict | Error }
+interface HostileRun {
+  outcome: Outcome
+  verdict: Verdict | Error
+}
 
 /**
  * Runs `script` as a raw sender against a receiver with `opts`; writes stop when the
@@ -297,7 +314,9 @@ async function sendFile (f: FramedStream, p: string, data: Uint8Array, s: AbortS
   await f.writeJson({ type: 'trailer', sha256: hash }, s)
 }
 
-async function topLevel (): Promise<string[]> { return (await fs.readdir(sandbox)).sort() }
+async function topLevel (): Promise<string[]> {
+  return (await fs.readdir(sandbox)).sort()
+}
 
 /** The refusal is the expected one on both sides; nothing leaked; the host still works. */
 async function assertRefused (run: HostileRun, reason: string, mustNotExist: string[] = [], sandboxBefore?: string[]): Promise<void> {
@@ -350,13 +369,14 @@ describe('hostile sender', () => {
 
   test('symlinks pointing out (../../etc, /etc, a chain) followed by a file through them (SYMLINK_ESCAPE)', async () => {
     const marker = `msc-image-test-${crypto.randomBytes(6).toString('hex')}`
-    const cases: Array<{ entries: object[], through: string, mustNotExist: string[] }> = [
+    const cases: Array<{ entries: object[]; through: string; mustNotExist: string[] }> = [
       { entries: [linkEntry('esc', '../../etc')], through: `esc/${marker}`, mustNotExist: [path.join(sandbox, 'etc'), path.join(tmpRoot, '..', 'etc', marker)] },
       { entries: [linkEntry('esc', '/etc')], through: `esc/${marker}`, mustNotExist: [path.join('/etc', marker)] },
       {
         // up -> a/b/c/../../.. looks harmless lexically, but c -> . makes it climb one more.
         entries: [dirEntry('a'), dirEntry('a/b'), linkEntry('a/b/c', '.'), linkEntry('up', 'a/b/c/../../..')],
-        through: `up/${marker}`, mustNotExist: [path.join(tmpRoot, marker), path.join(sandbox, marker)]
+        through: `up/${marker}`,
+        mustNotExist: [path.join(tmpRoot, marker), path.join(sandbox, marker)]
       }
     ]
     for (const c of cases) {
@@ -441,7 +461,7 @@ describe('hostile sender', () => {
   test('more entries than announced, totals over announced or over limits, duplicates', async () => {
     await assertRefused(await hostile(async (f, s) => {
       await f.writeJson(hdr({ files: 2 }), s)
-      for (let i = 0; ; i++) await f.writeJson(dirEntry(`d${i}`), s) // endless entries
+      for (let i = 0;; i++) await f.writeJson(dirEntry(`d${i}`), s) // endless entries
     }), 'TOO_MANY_FILES')
     await assertRefused(await hostile(async (f, s) => {
       await f.writeJson(hdr({ files: 2, bytes: 10 }), s)
@@ -523,7 +543,10 @@ describe('hostile sender', () => {
     let retained = 0
     let ticks = 0
     const sampler = setInterval(() => {
-      if (++ticks % 12 === 0) { gc(); retained = Math.max(retained, process.memoryUsage().rss) }
+      if (++ticks % 12 === 0) {
+        gc()
+        retained = Math.max(retained, process.memoryUsage().rss)
+      }
       peak = Math.max(peak, process.memoryUsage().rss)
     }, 20)
     const run = await hostile(async (f, s) => {
@@ -584,13 +607,18 @@ describe('hostile sender', () => {
 describe('framing over yamux', () => {
   test('a peer that stops reading stalls the writer with bounded buffers, then IDLE_TIMEOUT', async (t) => {
     const held: FramedStream[] = []
-    await receiver.handle('/msc/test/stall', (stream) => { held.push(new FramedStream(stream)) }) // never reads
+    await receiver.handle('/msc/test/stall', (stream) => {
+      held.push(new FramedStream(stream))
+    }) // never reads
     const stream = await sender.dialProtocol(receiver.getMultiaddrs()[0]!, '/msc/test/stall')
     const f = new FramedStream(stream, { idleTimeoutMs: 1000 })
     const chunk = new Uint8Array(256 * 1024)
     let sent = 0
     await assert.rejects((async () => {
-      for (;;) { await f.writeFrame(FRAME_DATA, chunk); sent += chunk.byteLength }
+      for (;;) {
+        await f.writeFrame(FRAME_DATA, chunk)
+        sent += chunk.byteLength
+      }
     })(), (err: ProtocolError) => err.reason === 'IDLE_TIMEOUT')
     t.diagnostic(`the writer stalled after ${(sent / MiB).toFixed(1)} MiB`)
     // Reader's queue (8 MiB) + yamux window (<= 16 MiB) + writer's high-water mark (4 MiB).

@@ -26,7 +26,7 @@ let c: Cluster
 const n = (name: string): ClusterNode => c.node(name)
 const urlOf = (x: ClusterNode): string => `http://${x.host.ip}:${METRICS_PORT}/metrics`
 
-async function scrape (x: ClusterNode): Promise<{ status: number, contentType: string, text: string }> {
+async function scrape (x: ClusterNode): Promise<{ status: number; contentType: string; text: string }> {
   const r = await fetch(urlOf(x), { signal: AbortSignal.timeout(10_000) })
   return { status: r.status, contentType: r.headers.get('content-type') ?? '', text: await r.text() }
 }
@@ -56,18 +56,24 @@ async function scrapeUntil (x: ClusterNode, what: string, cond: (text: string) =
   return text
 }
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('metrics endpoint of a two-node cluster', () => {
   before(async () => {
     c = await startCluster({ hosts: 2, start: false })
-    await Promise.all(c.nodes.map(async (x) => { await c.start(x, [...NODE_ARGS, '--metrics-listen', `${x.host.ip}:${METRICS_PORT}`]) }))
+    await Promise.all(c.nodes.map(async (x) => {
+      await c.start(x, [...NODE_ARGS, '--metrics-listen', `${x.host.ip}:${METRICS_PORT}`])
+    }))
     await c.waitAllAlive(15_000)
   })
 
-  after(async () => { await c?.destroy() })
+  after(async () => {
+    await c?.destroy()
+  })
 
-  test('answers in Prometheus text format with libp2p\'s metrics and msc\'s, on the given address only', async () => {
+  test("answers in Prometheus text format with libp2p's metrics and msc's, on the given address only", async () => {
     for (const x of c.nodes) {
       const r = await scrape(x)
       assert.equal(r.status, 200, `${x.name}: ${r.text}`)

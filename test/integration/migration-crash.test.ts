@@ -100,10 +100,12 @@ async function runCounter (node: ClusterNode, name: string): Promise<number> {
 }
 
 /** `msc migrate` (stop-copy) from `from`; `result` is null when the command printed no JSON (its node died). */
-async function migrate (from: ClusterNode, name: string, to: ClusterNode): Promise<{ exitCode: number, stderr: string, result: MigrationResultInfo | null }> {
+async function migrate (from: ClusterNode, name: string, to: ClusterNode): Promise<{ exitCode: number; stderr: string; result: MigrationResultInfo | null }> {
   const r = await c.mscTimed(from, 180_000, 'migrate', name, '--to', to.name, '--strategy', 'stop-copy', '--json')
   let result: MigrationResultInfo | null = null
-  try { result = JSON.parse(r.stdout) as MigrationResultInfo } catch {}
+  try {
+    result = JSON.parse(r.stdout) as MigrationResultInfo
+  } catch {}
   return { exitCode: r.exitCode, stderr: r.stderr, result }
 }
 
@@ -119,7 +121,11 @@ async function waitLog (node: ClusterNode, re: RegExp, from: number, timeoutMs: 
 }
 
 function logSize (node: ClusterNode): number {
-  try { return statSync(node.logFile).size } catch { return 0 }
+  try {
+    return statSync(node.logFile).size
+  } catch {
+    return 0
+  }
 }
 
 function logSince (node: ClusterNode, from: number): string {
@@ -196,7 +202,9 @@ async function removeEverywhere (name: string): Promise<void> {
 
 // ---------------------------------------------------------------------------------
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('migration crashes: a node restarted at any phase settles it, exactly one copy runs', () => {
   before(async () => {

@@ -48,7 +48,7 @@ function isUp (node: ClusterNode): boolean {
   return node.proc != null && node.proc.exitCode == null && node.proc.signalCode == null
 }
 
-async function migrate (from: ClusterNode, name: string, to: string, strategy = 'stop-copy'): Promise<{ exitCode: number, stderr: string, result: MigrationResultInfo }> {
+async function migrate (from: ClusterNode, name: string, to: string, strategy = 'stop-copy'): Promise<{ exitCode: number; stderr: string; result: MigrationResultInfo }> {
   const r = await c.mscTimed(from, 180_000, 'migrate', name, '--to', to, '--strategy', strategy, '--json')
   let result: MigrationResultInfo
   try {
@@ -60,7 +60,7 @@ async function migrate (from: ClusterNode, name: string, to: string, strategy = 
 }
 
 /** A failed migration that left the container on the source. */
-function assertFailedOnSource (m: { exitCode: number, stderr: string, result: MigrationResultInfo }, from: ClusterNode, to: ClusterNode, what: string): void {
+function assertFailedOnSource (m: { exitCode: number; stderr: string; result: MigrationResultInfo }, from: ClusterNode, to: ClusterNode, what: string): void {
   const ctx = `${what}: ${JSON.stringify(m.result)}\nstderr: ${m.stderr}\nsource log:\n${c.logTail(from, 12)}`
   assert.equal(m.exitCode, 1, ctx)
   assert.equal(m.result.ok, false, ctx)
@@ -84,7 +84,9 @@ async function waitLog (node: ClusterNode, re: RegExp, from: number, timeoutMs: 
         await fh.read(buf, 0, buf.length, from)
         if (re.test(buf.toString('utf8'))) return
       }
-    } finally { await fh.close() }
+    } finally {
+      await fh.close()
+    }
     await sleep(20)
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${re} in ${node.name}'s log`)
@@ -196,7 +198,9 @@ const TRANSFER_PHASE = (name: string): RegExp => new RegExp(`"container":"${name
 
 // ---------------------------------------------------------------------------------
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('migration faults: exactly one copy, nothing leaked', () => {
   before(async () => {
@@ -301,7 +305,9 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
       await waitLog(from, /"container":"cutrestore","phase":"restore","msg":"phase restore"/, logAt, 60_000)
       await c.tb.cut(to.host)
       const m = await mig
-      t.diagnostic(`migrate: ok=${m.result.ok} runningOn=${m.result.runningOn === from.peerId ? 'n1' : m.result.runningOn === to.peerId ? 'n2' : m.result.runningOn} ${m.result.error?.message ?? ''}; phases ${JSON.stringify(m.result.phases)}`)
+      t.diagnostic(
+        `migrate: ok=${m.result.ok} runningOn=${m.result.runningOn === from.peerId ? 'n1' : m.result.runningOn === to.peerId ? 'n2' : m.result.runningOn} ${m.result.error?.message ?? ''}; phases ${JSON.stringify(m.result.phases)}`
+      )
       // Give the target its settle window (max(15 s, 2 x ping timeout)) while cut.
       await sleep(17_000)
       await c.tb.heal(to.host)
@@ -360,14 +366,14 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
     assert.equal(started.exitCode, 0, 'a raw runc container named dup on n2')
     const theirs = (await c.runcList(dst)).find((x) => x.id === 'dup')!.pid
     try {
-    const m = await migrate(src, 'dup', dst.name)
-    assertFailedOnSource(m, src, dst, 'name taken')
-    assert.match(m.result.error!.message, /n2 refused the migration: a container named dup already exists on n2/, JSON.stringify(m.result.error))
-    assert.ok(!('freeze-dump' in m.result.phases), 'refused before anything was frozen')
-    // Both untouched: the same processes, one on each, none on n3.
-    assert.deepEqual((await c.runcList(n('n1'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', ours]])
-    assert.deepEqual((await c.runcList(n('n2'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', theirs]])
-    assert.deepEqual((await c.runcList(n('n3'))).filter((x) => x.id === 'dup'), [])
+      const m = await migrate(src, 'dup', dst.name)
+      assertFailedOnSource(m, src, dst, 'name taken')
+      assert.match(m.result.error!.message, /n2 refused the migration: a container named dup already exists on n2/, JSON.stringify(m.result.error))
+      assert.ok(!('freeze-dump' in m.result.phases), 'refused before anything was frozen')
+      // Both untouched: the same processes, one on each, none on n3.
+      assert.deepEqual((await c.runcList(n('n1'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', ours]])
+      assert.deepEqual((await c.runcList(n('n2'))).filter((x) => x.id === 'dup').map((x) => [x.status, x.pid]), [['running', theirs]])
+      assert.deepEqual((await c.runcList(n('n3'))).filter((x) => x.id === 'dup'), [])
     } finally {
       await execa('runc', ['--root', rawRoot, 'kill', 'dup', 'KILL'], { reject: false })
       await sleep(300)

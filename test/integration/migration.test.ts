@@ -37,7 +37,15 @@ const REDIS_PORT = 6379
 const REDIS_KEYS = 100_000
 const PHASE_NAMES = ['prepare', 'bundle', 'pre-copy', 'freeze-dump', 'transfer', 'restore', 'lazy-pages', 'commit', 'rollback']
 
-interface Measured { what: string, strategy: string, hop: string, downtimeMs: number | null, totalMs: number, bytes: number, goodputMBps: number | null }
+interface Measured {
+  what: string
+  strategy: string
+  hop: string
+  downtimeMs: number | null
+  totalMs: number
+  bytes: number
+  goodputMBps: number | null
+}
 const measured: Measured[] = []
 
 let c: Cluster
@@ -48,7 +56,7 @@ let bundles = ''
 // helpers
 
 /** `msc migrate NAME --to TO --strategy S --json` against `from`: exactly one JSON document on stdout. */
-async function migrate (from: ClusterNode, name: string, to: string, strategy: string, timeoutMs = 180_000): Promise<{ exitCode: number, stderr: string, result: MigrationResultInfo }> {
+async function migrate (from: ClusterNode, name: string, to: string, strategy: string, timeoutMs = 180_000): Promise<{ exitCode: number; stderr: string; result: MigrationResultInfo }> {
   const r = await c.mscTimed(from, timeoutMs, 'migrate', name, '--to', to, '--strategy', strategy, '--json')
   let result: MigrationResultInfo
   try {
@@ -59,7 +67,7 @@ async function migrate (from: ClusterNode, name: string, to: string, strategy: s
   return { exitCode: r.exitCode, stderr: r.stderr, result }
 }
 
-function assertSucceeded (m: { exitCode: number, stderr: string, result: MigrationResultInfo }, name: string, from: ClusterNode, to: ClusterNode, strategy: string): MigrationResultInfo {
+function assertSucceeded (m: { exitCode: number; stderr: string; result: MigrationResultInfo }, name: string, from: ClusterNode, to: ClusterNode, strategy: string): MigrationResultInfo {
   const r = m.result
   const what = `${name} ${from.name} -> ${to.name} (${strategy}): ${JSON.stringify(r)}\nstderr: ${m.stderr}\nsource log:\n${c.logTail(from, 15)}\ntarget log:\n${c.logTail(to, 15)}`
   assert.equal(m.exitCode, 0, what)
@@ -212,7 +220,7 @@ async function counterHop (name: string, from: ClusterNode, to: ClusterNode, str
   await assertNoStaging([from, to])
 }
 
-async function redisCli (host: ClusterNode, ...args: string[]): Promise<{ exitCode: number, stdout: string, stderr: string }> {
+async function redisCli (host: ClusterNode, ...args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const r = await execa(REDIS_CLI, ['-h', host.host.ip, '-p', String(REDIS_PORT), ...args], { reject: false, timeout: 10_000 })
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout).trim(), stderr: String(r.stderr).trim() }
 }
@@ -240,7 +248,11 @@ async function assertRedisAnswersOnlyOn (owner: ClusterNode): Promise<void> {
 /** A message pushed to a subscriber: the array ["message", "ch", PAYLOAD] in RESP. */
 const PUSHED = /\$7\r\nmessage\r\n\$2\r\nch\r\n\$\d+\r\n([^\r]*)\r\n/
 
-interface Subscriber { ended: Promise<string>, messages: string[], close: () => void }
+interface Subscriber {
+  ended: Promise<string>
+  messages: string[]
+  close: () => void
+}
 
 /**
  * A client subscribed to channel `ch` on HOST's redis over one TCP connection, as
@@ -251,8 +263,12 @@ async function subscribe (host: ClusterNode): Promise<Subscriber> {
   const messages: string[] = []
   let buf = ''
   const ended = new Promise<string>((resolve) => {
-    sock.on('error', (err) => { resolve(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`) })
-    sock.on('close', () => { resolve('closed') })
+    sock.on('error', (err) => {
+      resolve(`error ${(err as NodeJS.ErrnoException).code ?? err.message}`)
+    })
+    sock.on('close', () => {
+      resolve('closed')
+    })
   })
   sock.on('data', (d) => {
     buf += d.toString('utf8')
@@ -263,10 +279,15 @@ async function subscribe (host: ClusterNode): Promise<Subscriber> {
       buf = buf.slice(m.index + m[0].length)
     }
   })
-  await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject) })
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', resolve)
+    sock.once('error', reject)
+  })
   sock.write('SUBSCRIBE ch\r\n')
   await waitFor(() => buf.includes('subscribe'), 5_000, `the subscription on ${host.name}`)
-  return { ended, messages, close: () => { sock.destroy() } }
+  return { ended, messages, close: () => {
+    sock.destroy()
+  } }
 }
 
 /** PUBLISH ch TEXT on HOST until a subscriber there got it (a subscription is not instant). */
@@ -306,7 +327,9 @@ async function redisHop (from: ClusterNode, to: ClusterNode, strategy: string, e
 
 // ---------------------------------------------------------------------------------
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('live migration between three nodes', () => {
   before(async () => {
@@ -318,8 +341,13 @@ describe('live migration between three nodes', () => {
   after(async () => {
     if (measured.length > 0) {
       const rows = measured.map((m) => ({
-        container: m.what, strategy: m.strategy, hop: m.hop,
-        'downtime ms': m.downtimeMs ?? '-', 'total ms': m.totalMs, MB: Math.round(m.bytes / 1e5) / 10, 'MB/s': m.goodputMBps ?? '-'
+        container: m.what,
+        strategy: m.strategy,
+        hop: m.hop,
+        'downtime ms': m.downtimeMs ?? '-',
+        'total ms': m.totalMs,
+        MB: Math.round(m.bytes / 1e5) / 10,
+        'MB/s': m.goodputMBps ?? '-'
       }))
       console.log('\nmeasured migrations:')
       console.table(rows)
@@ -347,7 +375,7 @@ describe('live migration between three nodes', () => {
     for (const [i, [from, to]] of hops.entries()) await counterHop('counterpc', n(from), n(to), 'post-copy', e0 + i + 1)
   })
 
-  test('a file the container wrote in its rootfs is in the target\'s rootfs', { timeout: 60_000 }, async () => {
+  test("a file the container wrote in its rootfs is in the target's rootfs", { timeout: 60_000 }, async () => {
     const bundle = await makeBundle('counter', path.join(bundles, 'writer'), '--interval-ms', '250')
     const cfgFile = path.join(bundle, 'config.json')
     const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8')) as { process: { args: string[] } }

@@ -41,7 +41,13 @@ describe('the node is killed with SIGKILL and started again', () => {
     node = await startNode()
   })
 
-  const logged = (name: string): number[] => { try { return counterValues(readFileSync(path.join(node.dataDir, 'containers', name, 'container.log'), 'utf8')) } catch { return [] } }
+  const logged = (name: string): number[] => {
+    try {
+      return counterValues(readFileSync(path.join(node.dataDir, 'containers', name, 'container.log'), 'utf8'))
+    } catch {
+      return []
+    }
+  }
   const viaLogs = async (name: string): Promise<number[]> => {
     const r = await node.msc('logs', name)
     assert.equal(r.exitCode, 0, r.stderr)

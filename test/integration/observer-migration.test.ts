@@ -65,8 +65,7 @@ async function migrate (from: ClusterNode, to: ClusterNode, strategy: string): P
 /** The node's process runs, its API answers, and its log shows no crash. */
 async function assertSurvived (node: ClusterNode): Promise<void> {
   const p = node.proc
-  assert.ok(p != null && p.exitCode == null && p.signalCode == null,
-    `${node.name} still runs (exit ${p?.exitCode ?? p?.signalCode}):\n${c.logTail(node, 40)}`)
+  assert.ok(p != null && p.exitCode == null && p.signalCode == null, `${node.name} still runs (exit ${p?.exitCode ?? p?.signalCode}):\n${c.logTail(node, 40)}`)
   const s = await c.statusApi(node)
   assert.equal(s.peerId, node.peerId, `${node.name} answers on its API`)
   const log = await fs.readFile(node.logFile, 'utf8')
@@ -121,11 +120,13 @@ function assertClean (r: ObserverReport, what: string): void {
   assert.equal(r.incarnations.length, 1, `${what}: one incarnation of the beacon: ${brief}`)
 }
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('a 256 MiB container migrated with --psk, seen by an observer on a third host', () => {
   let initialChecksum = ''
-  const gaps: Array<{ strategy: string, hop: string, observerGapMs: number, downtimeMs: number | null, totalMs: number, MB: number }> = []
+  const gaps: Array<{ strategy: string; hop: string; observerGapMs: number; downtimeMs: number | null; totalMs: number; MB: number }> = []
 
   before(async () => {
     c = await startCluster({ hosts: 3, args: NODE_ARGS })
@@ -182,8 +183,7 @@ describe('a 256 MiB container migrated with --psk, seen by an observer on a thir
       const during = obs.report({ fromMs: t0, toMs: Date.now() })
       assertClean(during, `${strategy} ${from} -> ${to}`)
       const afterHop = obs.arrivals.filter((a) => a.atMs > t1)
-      assert.ok(afterHop.length > 0 && afterHop.every((a) => a.from === dst.host.ip),
-        `after the hop only ${dst.name} (${dst.host.ip}) sends: ${JSON.stringify([...new Set(afterHop.map((a) => a.from))])}`)
+      assert.ok(afterHop.length > 0 && afterHop.every((a) => a.from === dst.host.ip), `after the hop only ${dst.name} (${dst.host.ip}) sends: ${JSON.stringify([...new Set(afterHop.map((a) => a.from))])}`)
       await assertOnlyOn(dst)
       await c.waitAllAlive(15_000)
 

@@ -28,8 +28,18 @@ const NO_MDNS = ['--no-mdns', ...FAST_PINGS]
 
 /** Every field of PeerInfo: `satisfies` makes tsc fail when the type gains or loses one. */
 const PEER_INFO_FIELDS = {
-  peerId: true, name: true, addrs: true, state: true, lastHeard: true, stateSince: true, connected: true,
-  version: true, role: true, rttMs: true, containers: true, resources: true
+  peerId: true,
+  name: true,
+  addrs: true,
+  state: true,
+  lastHeard: true,
+  stateSince: true,
+  connected: true,
+  version: true,
+  role: true,
+  rttMs: true,
+  containers: true,
+  resources: true
 } as const satisfies Record<keyof PeerInfo, true>
 const PEER_STATES = ['alive', 'suspect', 'dead', 'left'] as const satisfies ReadonlyArray<PeerInfo['state']>
 const CONTAINER_STATES = ['running', 'paused', 'created', 'stopped', 'checkpointed'] as const satisfies readonly ContainerState[]
@@ -39,7 +49,9 @@ const PEER_ID = /^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/ // Ed25519 keys (overlay/id
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
 /** ms from `ref` to an ISO time a node reported. */
-function since (iso: string, ref: number): number { return Date.parse(iso) - ref }
+function since (iso: string, ref: number): number {
+  return Date.parse(iso) - ref
+}
 
 function assertIsoDate (v: unknown, what: string): void {
   assert.equal(typeof v, 'string', `${what}: a string`)
@@ -99,14 +111,20 @@ function report (t: TestContext, what: string, ms: Record<string, number>): void
   t.diagnostic(`${what}: ${Object.entries(ms).map(([k, v]) => `${k}=${v} ms`).join(', ')}`)
 }
 
-before(async () => { await Testbed.destroyStale() })
+before(async () => {
+  await Testbed.destroyStale()
+})
 
 describe('three nodes on one LAN, found by mDNS', () => {
   let c: Cluster
   const n = (name: string): ClusterNode => c.node(name)
 
-  before(async () => { c = await startCluster({ hosts: 3, args: MDNS }) })
-  after(async () => { await c?.destroy() })
+  before(async () => {
+    c = await startCluster({ hosts: 3, args: MDNS })
+  })
+  after(async () => {
+    await c?.destroy()
+  })
 
   test('each lists the other two as alive within 3 s of the last node start', { timeout: 20_000 }, async (t) => {
     const statuses = await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))
@@ -270,60 +288,70 @@ describe('three nodes on one LAN, found by mDNS', () => {
 
 // The two suites without mDNS assert no timing: they run side by side to save time.
 describe('discovery without mDNS', { concurrency: true }, () => {
-describe('--bootstrap to one node', () => {
-  let c: Cluster
+  describe('--bootstrap to one node', () => {
+    let c: Cluster
 
-  before(async () => { c = await startCluster({ hosts: 3, args: NO_MDNS, start: false }) })
-  after(async () => { await c?.destroy() })
+    before(async () => {
+      c = await startCluster({ hosts: 3, args: NO_MDNS, start: false })
+    })
+    after(async () => {
+      await c?.destroy()
+    })
 
-  test('n2 and n3 bootstrapped to n1 all see each other, n2 and n3 directly connected', { timeout: 40_000 }, async (t) => {
-    const [n1, n2, n3] = c.nodes as [ClusterNode, ClusterNode, ClusterNode]
-    await c.start(n1)
-    await Promise.all([n2, n3].map(async (x) => { await c.start(x, [...NO_MDNS, '--bootstrap', n1.addr]) }))
-    const lastStart = Math.max(...(await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))).map((s) => Date.parse(s.startedAt)))
-    const views = await c.waitAllAlive(10_000)
-    let converged = -Infinity
-    for (const list of views.values()) for (const p of list) converged = Math.max(converged, since(p.stateSince, lastStart))
-    report(t, 'bootstrap', { lastAliveAfterLastStart: converged })
-    await Promise.all(c.nodes.map(async (x) => await assertSees(c, x, c.nodes)))
-    // Neither was told of the other: they learnt it from heartbeats and dialled directly.
-    const n2sees3 = (await c.peers(n2)).find((p) => p.peerId === n3.peerId)!
-    const n3sees2 = (await c.peers(n3)).find((p) => p.peerId === n2.peerId)!
-    assert.equal(n2sees3.connected, true, `n2 is connected to n3: ${JSON.stringify(n2sees3)}`)
-    assert.equal(n3sees2.connected, true, `n3 is connected to n2: ${JSON.stringify(n3sees2)}`)
-    assert.deepEqual(n2sees3.addrs, [n3.addr])
-    assert.deepEqual(n3sees2.addrs, [n2.addr])
+    test('n2 and n3 bootstrapped to n1 all see each other, n2 and n3 directly connected', { timeout: 40_000 }, async (t) => {
+      const [n1, n2, n3] = c.nodes as [ClusterNode, ClusterNode, ClusterNode]
+      await c.start(n1)
+      await Promise.all([n2, n3].map(async (x) => {
+        await c.start(x, [...NO_MDNS, '--bootstrap', n1.addr])
+      }))
+      const lastStart = Math.max(...(await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))).map((s) => Date.parse(s.startedAt)))
+      const views = await c.waitAllAlive(10_000)
+      let converged = -Infinity
+      for (const list of views.values()) for (const p of list) converged = Math.max(converged, since(p.stateSince, lastStart))
+      report(t, 'bootstrap', { lastAliveAfterLastStart: converged })
+      await Promise.all(c.nodes.map(async (x) => await assertSees(c, x, c.nodes)))
+      // Neither was told of the other: they learnt it from heartbeats and dialled directly.
+      const n2sees3 = (await c.peers(n2)).find((p) => p.peerId === n3.peerId)!
+      const n3sees2 = (await c.peers(n3)).find((p) => p.peerId === n2.peerId)!
+      assert.equal(n2sees3.connected, true, `n2 is connected to n3: ${JSON.stringify(n2sees3)}`)
+      assert.equal(n3sees2.connected, true, `n3 is connected to n2: ${JSON.stringify(n3sees2)}`)
+      assert.deepEqual(n2sees3.addrs, [n3.addr])
+      assert.deepEqual(n3sees2.addrs, [n2.addr])
+    })
   })
-})
 
-describe('no bootstrap either: msc join', () => {
-  let c: Cluster
+  describe('no bootstrap either: msc join', () => {
+    let c: Cluster
 
-  before(async () => { c = await startCluster({ hosts: 2, args: NO_MDNS }) })
-  after(async () => { await c?.destroy() })
+    before(async () => {
+      c = await startCluster({ hosts: 2, args: NO_MDNS })
+    })
+    after(async () => {
+      await c?.destroy()
+    })
 
-  test('two unjoined nodes do not see each other; `msc join ADDR` on one makes both alive', { timeout: 30_000 }, async (t) => {
-    const [n1, n2] = c.nodes as [ClusterNode, ClusterNode]
-    // Several heartbeat intervals: nothing to see, since nothing connects them.
-    const up = Math.max(...(await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))).map((s) => Date.parse(s.startedAt)))
-    await sleep(Math.max(0, up + 2000 - Date.now()))
-    await Promise.all(c.nodes.map(async (x) => {
-      assert.deepEqual(await c.peers(x), [], `${x.name} knows no peer before the join`)
-      const s = await c.status(x)
-      assert.equal(s.peersAlive, 0, `${x.name}: peersAlive before the join`)
-      assert.equal(s.peersKnown, 0, `${x.name}: peersKnown before the join`)
-    }))
+    test('two unjoined nodes do not see each other; `msc join ADDR` on one makes both alive', { timeout: 30_000 }, async (t) => {
+      const [n1, n2] = c.nodes as [ClusterNode, ClusterNode]
+      // Several heartbeat intervals: nothing to see, since nothing connects them.
+      const up = Math.max(...(await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))).map((s) => Date.parse(s.startedAt)))
+      await sleep(Math.max(0, up + 2000 - Date.now()))
+      await Promise.all(c.nodes.map(async (x) => {
+        assert.deepEqual(await c.peers(x), [], `${x.name} knows no peer before the join`)
+        const s = await c.status(x)
+        assert.equal(s.peersAlive, 0, `${x.name}: peersAlive before the join`)
+        assert.equal(s.peersKnown, 0, `${x.name}: peersKnown before the join`)
+      }))
 
-    const joinAt = Date.now()
-    const r = await c.msc(n1, 'join', n2.addr)
-    assert.equal(r.exitCode, 0, `msc join: ${r.stderr}`)
-    assert.ok(r.stdout.includes(n2.peerId), `msc join names the peer: ${r.stdout}`)
-    const [a, b] = await Promise.all([c.waitState(n1, n2, 'alive', 10_000), c.waitState(n2, n1, 'alive', 10_000)])
-    report(t, 'msc join', { n1SeesN2: since(a.stateSince, joinAt), n2SeesN1: since(b.stateSince, joinAt), joinCommand: Date.now() - joinAt })
-    await assertSees(c, n1, c.nodes)
-    await assertSees(c, n2, c.nodes)
+      const joinAt = Date.now()
+      const r = await c.msc(n1, 'join', n2.addr)
+      assert.equal(r.exitCode, 0, `msc join: ${r.stderr}`)
+      assert.ok(r.stdout.includes(n2.peerId), `msc join names the peer: ${r.stdout}`)
+      const [a, b] = await Promise.all([c.waitState(n1, n2, 'alive', 10_000), c.waitState(n2, n1, 'alive', 10_000)])
+      report(t, 'msc join', { n1SeesN2: since(a.stateSince, joinAt), n2SeesN1: since(b.stateSince, joinAt), joinCommand: Date.now() - joinAt })
+      await assertSees(c, n1, c.nodes)
+      await assertSees(c, n2, c.nodes)
+    })
   })
-})
 })
 
 /** Until `observer` lists `owner` with the container `name` among its claims. */

@@ -43,7 +43,10 @@ const GOSSIPSUB_PROTOCOL = '/meshsub/1.2.0'
 
 function varint (n: number): Uint8Array {
   const out: number[] = []
-  while (n >= 0x80) { out.push((n % 0x80) | 0x80); n = Math.floor(n / 0x80) }
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80)
+    n = Math.floor(n / 0x80)
+  }
   out.push(n)
   return Uint8Array.from(out)
 }
@@ -73,10 +76,16 @@ async function signedFrame (key: PrivateKey, data: Uint8Array): Promise<Uint8Arr
 
 // ---------------------------------------------------------------- helpers
 
-function client (n: TestNode): ControlClient { return new ControlClient(n.socket) }
-async function peers (n: TestNode): Promise<PeerInfo[]> { return await client(n).peers() }
+function client (n: TestNode): ControlClient {
+  return new ControlClient(n.socket)
+}
+async function peers (n: TestNode): Promise<PeerInfo[]> {
+  return await client(n).peers()
+}
 
-function escapeRe (text: string): string { return text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&') }
+function escapeRe (text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')
+}
 
 function loopbackAddr (s: NodeStatus): string {
   const a = s.addrs.find((x) => x.startsWith('/ip4/127.0.0.1/tcp/') && x.includes('/p2p/'))
@@ -253,7 +262,9 @@ describe('overlay security', { concurrency: 1 }, () => {
         const dataDir = await tempDir('psk-bad')
         const r = await execa(MSC, ['node', 'start', '--data-dir', dataDir, '--psk', file], {
           // Generous: it exits in about a second, but the other nodes of this file keep a small machine busy.
-          reject: false, timeout: 60_000, env: { ...process.env, MSC_MDNS: 'false', MSC_LISTEN: '/ip4/127.0.0.1/tcp/0' }
+          reject: false,
+          timeout: 60_000,
+          env: { ...process.env, MSC_MDNS: 'false', MSC_LISTEN: '/ip4/127.0.0.1/tcp/0' }
         })
         assert.equal(r.timedOut, false, 'the node must exit, not run')
         assert.notEqual(r.exitCode, 0)
@@ -303,9 +314,17 @@ describe('overlay security', { concurrency: 1 }, () => {
       const seq = (seqs.get(h.id) ?? 0) + 1
       seqs.set(h.id, seq)
       return {
-        v: HEARTBEAT_VERSION, type: 'heartbeat', peerId: h.id, incarnation, seq, sentAt: Date.now(),
-        name: hostileName(h), version: '0.1.0', role: 'node',
-        addrs: h.host.getMultiaddrs().map((m) => m.toString()), containers: [],
+        v: HEARTBEAT_VERSION,
+        type: 'heartbeat',
+        peerId: h.id,
+        incarnation,
+        seq,
+        sentAt: Date.now(),
+        name: hostileName(h),
+        version: '0.1.0',
+        role: 'node',
+        addrs: h.host.getMultiaddrs().map((m) => m.toString()),
+        containers: [],
         resources: { memFreeBytes: 1024, memTotalBytes: 2048, diskFreeBytes: 4096 },
         ...over
       }
@@ -355,10 +374,11 @@ describe('overlay security', { concurrency: 1 }, () => {
       assert.deepEqual(list.filter((p) => ids.includes(p.peerId)), [], `no member from bad messages: ${JSON.stringify(list.map((p) => p.peerId))}`)
     }
 
-    const claimsOf = async (h: RawPeer): Promise<PeerInfo['containers'] | undefined> =>
-      (await peers(target)).find((p) => p.peerId === h.id)?.containers
+    const claimsOf = async (h: RawPeer): Promise<PeerInfo['containers'] | undefined> => (await peers(target)).find((p) => p.peerId === h.id)?.containers
 
-    before(async () => { h1 = await connectHostile() })
+    before(async () => {
+      h1 = await connectHostile()
+    })
 
     test('the target is a key-file cluster of key C; a hostile key holder admitted itself by the key', async () => {
       const s = await target.json<NodeStatus>('status')
@@ -518,7 +538,7 @@ describe('overlay security', { concurrency: 1 }, () => {
       assert.deepEqual(strip(await peers(target)), members, 'still nothing changed')
     })
 
-    test('(g) the owner\'s name is taken only with a handover the owner signed', async () => {
+    test("(g) the owner's name is taken only with a handover the owner signed", async () => {
       let c = (await client(target).status()).membership
       const c6: ContainerClaim = { name: 'c', epoch: 6, state: 'running' }
       const body = { container: 'c', epoch: 6, from: h1.id, to: h2.id, at: Date.now() }
@@ -546,15 +566,15 @@ describe('overlay security', { concurrency: 1 }, () => {
       const hb = heartbeat(h2, { containers: [{ ...c6, handover }] })
       assert.deepEqual(HeartbeatSchema.parse(hb), hb, 'follows HeartbeatSchema exactly')
       await publish(h2, bytesOf(hb))
-      c = await expectCounts(c, { accepted: 1 }, 'c@6 with h1\'s handover')
-      assert.deepEqual(await claimsOf(h2), [c6], 'c is h2\'s at epoch 6')
+      c = await expectCounts(c, { accepted: 1 }, "c@6 with h1's handover")
+      assert.deepEqual(await claimsOf(h2), [c6], "c is h2's at epoch 6")
       // h1 cannot keep it at 5, nor take it back at 6.
       await publish(h1, bytesOf(heartbeat(h1, { containers: [c5] })))
       c = await expectCounts(c, { accepted: 1, 'epoch-regression': 1 }, 'h1 still claims c@5')
       await publish(h1, bytesOf(heartbeat(h1, { containers: [c6] })))
       c = await expectCounts(c, { accepted: 1, 'owner-conflict': 1 }, 'h1 claims c@6')
       assert.deepEqual(await claimsOf(h1), [], 'h1 owns nothing')
-      assert.deepEqual(await claimsOf(h2), [c6], 'c is still h2\'s at epoch 6')
+      assert.deepEqual(await claimsOf(h2), [c6], "c is still h2's at epoch 6")
     })
 
     test('(h) epochs are bounded: more than 2^20 above the known epoch is epoch-jump, above 2^40 malformed', async () => {

@@ -31,19 +31,26 @@ const gc = vm.runInNewContext('gc') as () => void
 
 async function host (): Promise<MscLibp2p> {
   const node = await createLibp2pHost({
-    privateKey: await generateKeyPair('Ed25519'), listen: ['/ip4/127.0.0.1/tcp/0'], announce: [], bootstrap: [],
-    mdns: false, mdnsIntervalMs: 1000, maxPubsubMessageBytes: 1 << 20
+    privateKey: await generateKeyPair('Ed25519'),
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    announce: [],
+    bootstrap: [],
+    mdns: false,
+    mdnsIntervalMs: 1000,
+    maxPubsubMessageBytes: 1 << 20
   })
   await node.start()
   return node
 }
 
 /** A/B hosts; A serves the transfers in `servers` (transferId -> local page server). */
-async function pair (servers: Map<string, PageServerAddress>, results: PagesStreamResult[]): Promise<{ a: MscLibp2p, b: MscLibp2p }> {
+async function pair (servers: Map<string, PageServerAddress>, results: PagesStreamResult[]): Promise<{ a: MscLibp2p; b: MscLibp2p }> {
   const a = await host()
   const b = await host()
   await a.handle(PAGES_PROTOCOL, async (stream) => {
-    try { results.push(await handlePagesStream(stream, (id) => servers.get(id) ?? null)) } catch {}
+    try {
+      results.push(await handlePagesStream(stream, (id) => servers.get(id) ?? null))
+    } catch {}
   })
   return { a, b }
 }
@@ -60,7 +67,10 @@ function connectTo (port: number): Promise<net.Socket> {
 }
 
 function closed (s: net.Socket): Promise<void> {
-  return new Promise((resolve) => { if (s.destroyed) resolve(); else s.once('close', () => resolve()) })
+  return new Promise((resolve) => {
+    if (s.destroyed) resolve()
+    else s.once('close', () => resolve())
+  })
 }
 
 describe('pages tunnel over libp2p', () => {
@@ -70,9 +80,13 @@ describe('pages tunnel over libp2p', () => {
   let echo: net.Server
   let echoConnections = 0
   before(async () => {
-    ({ a, b } = await pair(servers, results))
+    ;({ a, b } = await pair(servers, results))
     // The "page server": echoes, honours backpressure (pipe), ends when the client ends.
-    echo = net.createServer({ allowHalfOpen: true }, (s) => { echoConnections++; s.on('error', () => {}); s.pipe(s) })
+    echo = net.createServer({ allowHalfOpen: true }, (s) => {
+      echoConnections++
+      s.on('error', () => {})
+      s.pipe(s)
+    })
     servers.set('t-echo', { host: '127.0.0.1', port: await listen(echo) })
   })
   after(async () => {
@@ -97,7 +111,9 @@ describe('pages tunnel over libp2p', () => {
       await waitFor(() => results.length === 1, 5_000, 'source result')
       assert.equal(results[0]!.refused, null)
       assert.equal(results[0]!.bytesIn, 11)
-    } finally { await tunnel.close() }
+    } finally {
+      await tunnel.close()
+    }
   })
 
   test('200 MiB through the tunnel with a stalled reader: backpressure, bounded memory', async () => {
@@ -132,7 +148,10 @@ describe('pages tunnel over libp2p', () => {
       setTimeout(() => {
         gc()
         atStall = { written, held: process.memoryUsage().arrayBuffers - base.arrayBuffers }
-        s.on('data', (d: Buffer) => { received += d.byteLength; recv.update(d) })
+        s.on('data', (d: Buffer) => {
+          received += d.byteLength
+          recv.update(d)
+        })
         s.resume()
       }, 2000)
       for (let off = 0; off < total; off += block.byteLength) {
@@ -156,7 +175,9 @@ describe('pages tunnel over libp2p', () => {
       const st = tunnel.stats()
       assert.equal(st.bytesIn, total)
       assert.equal(st.bytesOut, total)
-    } finally { await tunnel.close() }
+    } finally {
+      await tunnel.close()
+    }
   })
 
   test('an unknown transferId is refused before the page server is touched', async () => {
@@ -176,7 +197,9 @@ describe('pages tunnel over libp2p', () => {
       assert.match(tunnel.lastError()!.message, /unknown transfer/)
       assert.equal(echoConnections, before)
       assert.equal(tunnel.stats().bytesIn, 0)
-    } finally { await tunnel.close() }
+    } finally {
+      await tunnel.close()
+    }
   })
 
   test('malformed and oversize headers are refused', async () => {
@@ -193,7 +216,11 @@ describe('pages tunnel over libp2p', () => {
 
   test('the page server closing ends the client; closing the tunnel ends both', async () => {
     const far: net.Socket[] = []
-    const rude = net.createServer((s) => { far.push(s); s.on('error', () => {}); s.once('data', () => s.destroy()) })
+    const rude = net.createServer((s) => {
+      far.push(s)
+      s.on('error', () => {})
+      s.once('data', () => s.destroy())
+    })
     servers.set('t-rude', { host: '127.0.0.1', port: await listen(rude) })
     const tunnel = await openPagesTunnel(b, a.getMultiaddrs(), 't-rude')
     try {
@@ -249,7 +276,7 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
   const netns: string[] = []
 
   before(async () => {
-    ({ a, b } = await pair(servers, results))
+    ;({ a, b } = await pair(servers, results))
     base = await tempDir('lazy')
     tag = `msc-lazytest-${path.basename(base).split('-').at(-1)}`
     const logger = silentLogger()
@@ -310,7 +337,15 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
     return dir
   }
 
-  interface Timings { imagesReadyMs: number, imageBytes: number, copyMs: number, daemonReadyMs: number, restoreMs: number, releasedMs: number, pageBytes: number }
+  interface Timings {
+    imagesReadyMs: number
+    imageBytes: number
+    copyMs: number
+    daemonReadyMs: number
+    restoreMs: number
+    releasedMs: number
+    pageBytes: number
+  }
 
   /**
    * The post-copy sequence. `restored` is called right after `runc restore` returned
@@ -333,14 +368,20 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
     const imageBytes = Number((await execa('du', ['-sb', img2])).stdout.split('\t')[0])
     const t2 = Date.now()
     const tunnel = await openPagesTunnel(b, a.getMultiaddrs(), transferId)
-    cleanups.push(() => { void tunnel.close() })
+    cleanups.push(() => {
+      void tunnel.close()
+    })
     const daemon = startLazyPagesDaemon(CRIU, { imageDir: img2, workDir: w2, address: '127.0.0.1', port: tunnel.port })
     cleanups.push(daemon.kill)
     await daemon.ready
     const t3 = Date.now()
     const st = await r2.restore(id, bundle2, {
-      imageDir: img2, workDir: w2, lazyPages: true,
-      logFile: path.join(base, `${id}-log2`), logMaxBytes: 1 << 20, pidFile: path.join(base, `${id}-pid2`)
+      imageDir: img2,
+      workDir: w2,
+      lazyPages: true,
+      logFile: path.join(base, `${id}-log2`),
+      logMaxBytes: 1 << 20,
+      pidFile: path.join(base, `${id}-pid2`)
     })
     const t4 = Date.now()
     assert.equal(st.status, 'running')
@@ -351,8 +392,13 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
     assert.equal(await r1.state(id), null, 'the source container is gone after the lazy checkpoint')
     await tunnel.close()
     return {
-      imagesReadyMs: t1 - t0, imageBytes, copyMs: t2 - t1, daemonReadyMs: t3 - t2, restoreMs: t4 - t3,
-      releasedMs: t5 - t0, pageBytes: tunnel.stats().bytesIn
+      imagesReadyMs: t1 - t0,
+      imageBytes,
+      copyMs: t2 - t1,
+      daemonReadyMs: t3 - t2,
+      restoreMs: t4 - t3,
+      releasedMs: t5 - t0,
+      pageBytes: tunnel.stats().bytesIn
     }
   }
 
@@ -425,7 +471,9 @@ async function killShimsUnder (dir: string): Promise<void> {
     if (!/^\d+$/.test(pid)) continue
     const environ = await fs.readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
     if (environ.includes(`MSC_SHIM_LOG=${dir}/`)) {
-      try { process.kill(Number(pid), 'SIGKILL') } catch {}
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+      } catch {}
     }
   }
 }

@@ -66,7 +66,7 @@ next()
 `
 
 /** Collects a child's stdout lines; waitFor() resolves with the first line matching. */
-function lines (child: ChildProcess): { all: string[], waitFor: (re: RegExp, ms: number) => Promise<string> } {
+function lines (child: ChildProcess): { all: string[]; waitFor: (re: RegExp, ms: number) => Promise<string> } {
   const all: string[] = []
   let buf = ''
   const waiters = new Set<() => void>()
@@ -80,15 +80,23 @@ function lines (child: ChildProcess): { all: string[], waitFor: (re: RegExp, ms:
   })
   return {
     all,
-    waitFor: async (re, ms) => await new Promise((resolve, reject) => {
-      const check = (): void => {
-        const hit = all.find((l) => re.test(l))
-        if (hit != null) { waiters.delete(check); clearTimeout(timer); resolve(hit) }
-      }
-      const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`no line matching ${re} within ${ms} ms; got: ${JSON.stringify(all)}`)) }, ms)
-      waiters.add(check)
-      check()
-    })
+    waitFor: async (re, ms) =>
+      await new Promise((resolve, reject) => {
+        const check = (): void => {
+          const hit = all.find((l) => re.test(l))
+          if (hit != null) {
+            waiters.delete(check)
+            clearTimeout(timer)
+            resolve(hit)
+          }
+        }
+        const timer = setTimeout(() => {
+          waiters.delete(check)
+          reject(new Error(`no line matching ${re} within ${ms} ms; got: ${JSON.stringify(all)}`))
+        }, ms)
+        waiters.add(check)
+        check()
+      })
   }
 }
 
@@ -128,7 +136,7 @@ describe('testbed: three hosts on a bridge', () => {
   test('each host has its own address, loopback, and only its own subnet', async () => {
     const ips = new Set<string>()
     for (const h of tb.hosts) {
-      const addrs = JSON.parse((await tb.exec(h, 'ip', ['-j', '-4', 'addr', 'show'])).stdout) as Array<{ ifname: string, operstate: string, addr_info: Array<{ local: string, prefixlen: number }> }>
+      const addrs = JSON.parse((await tb.exec(h, 'ip', ['-j', '-4', 'addr', 'show'])).stdout) as Array<{ ifname: string; operstate: string; addr_info: Array<{ local: string; prefixlen: number }> }>
       const eth0 = addrs.find((a) => a.ifname === 'eth0')
       assert.deepEqual(eth0?.addr_info.map((a) => `${a.local}/${a.prefixlen}`), [`${h.ip}/24`], h.name)
       assert.ok(addrs.some((a) => a.ifname === 'lo' && a.addr_info.some((i) => i.local === '127.0.0.1')), `${h.name} lo`)

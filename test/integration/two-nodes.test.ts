@@ -18,7 +18,11 @@ let bundleA = ''
 let bundleB = ''
 
 function logOf (n: TestNode): number[] {
-  try { return counterValues(readFileSync(path.join(n.dataDir, 'containers', 'counter', 'container.log'), 'utf8')) } catch { return [] }
+  try {
+    return counterValues(readFileSync(path.join(n.dataDir, 'containers', 'counter', 'container.log'), 'utf8'))
+  } catch {
+    return []
+  }
 }
 
 /** Exists and is not a zombie (pid 1 here may be slow to reap an exited container init). */
@@ -26,7 +30,9 @@ function isRunning (pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch { return false }
+  } catch {
+    return false
+  }
 }
 
 function assertConsecutive (values: number[], what: string): void {
@@ -79,9 +85,7 @@ test('both run a container named "counter" at once, each listing its own', async
   const ra = await a.json<ContainerInfo>('run', 'counter', bundleA)
   const rb = await b.json<ContainerInfo>('run', 'counter', bundleB)
   assert.equal(ra.state, 'running')
-  assert.equal(rb.state, 'running', 'the same name is free on the other node')
-
-  // Each node lists its own, and only its own.
+  assert.equal(rb.state, 'running', 'the same name is free on the other node') // Each node lists its own, and only its own.
   ;[ca, cb] = await Promise.all([only(a), only(b)])
   assert.equal(ca.name, 'counter')
   assert.equal(cb.name, 'counter')
@@ -93,7 +97,7 @@ test('both run a container named "counter" at once, each listing its own', async
   assert.ok(isRunning(ca.pid!) && isRunning(cb.pid!))
 })
 
-test('each container is in its own node\'s cgroup parent, under /sys/fs/cgroup/*/', async () => {
+test("each container is in its own node's cgroup parent, under /sys/fs/cgroup/*/", async () => {
   for (const [pid, parent, other] of [[ca.pid!, sa.cgroupParent, sb.cgroupParent], [cb.pid!, sb.cgroupParent, sa.cgroupParent]] as const) {
     const paths = cgroupPathsOf(pid)
     assert.ok(paths.some((p) => p === `/${parent}/counter`), `pid ${pid} in /${parent}/counter: ${paths.join(' ')}`)
@@ -116,11 +120,11 @@ test('each log counts independently, from 1', async () => {
   assertConsecutive(counterValues((await b.msc('logs', 'counter')).stdout), 'msc logs on B')
 })
 
-test('checkpoint --stop and restore on one node leave the other\'s container untouched', async () => {
+test("checkpoint --stop and restore on one node leave the other's container untouched", async () => {
   // A is checkpointed and stopped: gone; B keeps its pid and keeps counting.
   const cp = await a.json<CheckpointInfo>('checkpoint', 'counter', '--stop')
   assert.equal(cp.leftRunning, false)
-  await waitFor(() => !isRunning(ca.pid!), 10_000, 'A\'s container process to end')
+  await waitFor(() => !isRunning(ca.pid!), 10_000, "A's container process to end")
   const aStopped = await only(a)
   assert.equal(aStopped.state, 'checkpointed')
   assert.equal(aStopped.pid, null)
@@ -131,7 +135,7 @@ test('checkpoint --stop and restore on one node leave the other\'s container unt
   let bNow = await only(b)
   assert.equal(bNow.state, 'running')
   assert.equal(bNow.pid, cb.pid)
-  assert.equal(bNow.checkpoints, 0, 'B has no checkpoint of A\'s')
+  assert.equal(bNow.checkpoints, 0, "B has no checkpoint of A's")
 
   // restore on A: it continues its own count; B still untouched.
   const restored = await a.json<ContainerInfo>('restore', 'counter')
@@ -148,5 +152,5 @@ test('checkpoint --stop and restore on one node leave the other\'s container unt
   const aNow = await only(a)
   assert.equal(aNow.state, 'running')
   assert.equal(aNow.checkpoints, 1)
-  assert.ok(cgroupPathsOf(restored.pid!).includes(`/${sa.cgroupParent}/counter`), 'restored into A\'s own cgroup')
+  assert.ok(cgroupPathsOf(restored.pid!).includes(`/${sa.cgroupParent}/counter`), "restored into A's own cgroup")
 })

@@ -53,11 +53,16 @@ export interface TestbedState {
   bridgeIp: string
   hosts: TestHost[]
   /** The creating process; null for testbeds meant to outlive it (`cli.ts up`). */
-  owner: { pid: number, startTime: string } | null
+  owner: { pid: number; startTime: string } | null
   createdAt: string
 }
 
-export interface ExecResult { exitCode: number, stdout: string, stderr: string, timedOut: boolean }
+export interface ExecResult {
+  exitCode: number
+  stdout: string
+  stderr: string
+  timedOut: boolean
+}
 
 export interface ExecOptions {
   /** Milliseconds; default 30 s. The process gets SIGTERM, then SIGKILL 2 s later. */
@@ -87,11 +92,19 @@ export class Testbed {
     this.hosts = state.hosts
   }
 
-  get name (): string { return this.state.name }
-  get bridge (): string { return this.state.bridge }
-  get subnet (): string { return this.state.subnet }
+  get name (): string {
+    return this.state.name
+  }
+  get bridge (): string {
+    return this.state.bridge
+  }
+  get subnet (): string {
+    return this.state.subnet
+  }
   /** The bridge's own address (root namespace), for debugging from outside the hosts. */
-  get bridgeIp (): string { return this.state.bridgeIp }
+  get bridgeIp (): string {
+    return this.state.bridgeIp
+  }
 
   /** The host by name (`h2`), index (2 or '2') or netns name. */
   host (ref: string | number): TestHost {
@@ -195,8 +208,14 @@ export class Testbed {
       removed.push(s.name)
     }
     const idOf = (x: string): string | undefined => /^(?:msc([0-9a-f]{4})h\d+|mscb([0-9a-f]{4})|msc([0-9a-f]{4})v\d+)$/.exec(x)?.slice(1).find((g) => g != null)
-    const orphanNs = netns.filter((n) => { const id = idOf(n); return id != null && !known.has(id) })
-    const orphanLinks = links.filter((l) => { const id = idOf(l); return id != null && !known.has(id) })
+    const orphanNs = netns.filter((n) => {
+      const id = idOf(n)
+      return id != null && !known.has(id)
+    })
+    const orphanLinks = links.filter((l) => {
+      const id = idOf(l)
+      return id != null && !known.has(id)
+    })
     if (orphanNs.length > 0 || orphanLinks.length > 0) {
       for (const n of orphanNs) await killNetnsPids(n, 10_000).catch(() => {})
       for (const l of orphanLinks) await ip(['link', 'del', l], { ignore: NOT_FOUND })
@@ -338,7 +357,9 @@ export class Testbed {
     await killNetnsPids(h.netns, timeoutMs)
     // Our own children are gone too, but let their 'exit' events fire so callers can
     // rely on exitCode/signalCode right after kill().
-    await Promise.all(children.map(async (c) => { if (c.exitCode == null && c.signalCode == null) await once(c, 'exit') }))
+    await Promise.all(children.map(async (c) => {
+      if (c.exitCode == null && c.signalCode == null) await once(c, 'exit')
+    }))
   }
 
   /**
@@ -384,7 +405,13 @@ export class Testbed {
   async destroy (): Promise<void> {
     if (this.#destroyed) return
     const errors: unknown[] = []
-    const step = async (f: () => Promise<unknown>): Promise<void> => { try { await f() } catch (e) { errors.push(e) } }
+    const step = async (f: () => Promise<unknown>): Promise<void> => {
+      try {
+        await f()
+      } catch (e) {
+        errors.push(e)
+      }
+    }
     for (const set of this.#children.values()) {
       for (const c of set) if (c.pid != null && c.exitCode == null && c.signalCode == null) signal(c.pid, 'SIGKILL')
     }
@@ -413,7 +440,9 @@ export class Testbed {
     this.#destroyed = true
   }
 
-  async [Symbol.asyncDispose] (): Promise<void> { await this.destroy() }
+  async [Symbol.asyncDispose] (): Promise<void> {
+    await this.destroy()
+  }
 
   #alive (): void {
     if (this.#destroyed) throw new Error(`testbed ${this.name} was destroyed`)
@@ -424,8 +453,12 @@ export class Testbed {
 
 const NOT_FOUND = /Cannot find device|No such file|does not exist|Cannot open network namespace|not found/i
 
-function statePath (name: string): string { return path.join(STATE_DIR, `${name}.json`) }
-function claimPath (index: number): string { return path.join(STATE_DIR, `net-${index}.claim`) }
+function statePath (name: string): string {
+  return path.join(STATE_DIR, `${name}.json`)
+}
+function claimPath (index: number): string {
+  return path.join(STATE_DIR, `net-${index}.claim`)
+}
 
 async function exists (p: string): Promise<boolean> {
   return await fs.access(p).then(() => true, () => false)
@@ -435,10 +468,12 @@ async function readState (file: string): Promise<TestbedState | null> {
   try {
     const s = JSON.parse(await fs.readFile(file, 'utf8')) as TestbedState
     return s.version === 1 ? s : null
-  } catch { return null }
+  } catch {
+    return null
+  }
 }
 
-async function run (cmd: string, args: string[], opts: { ignore?: RegExp, input?: string } = {}): Promise<{ ok: boolean, stdout: string }> {
+async function run (cmd: string, args: string[], opts: { ignore?: RegExp; input?: string } = {}): Promise<{ ok: boolean; stdout: string }> {
   const r = await execa(cmd, args, { reject: false, timeout: CMD_TIMEOUT_MS, input: opts.input })
   if (r.exitCode === 0) return { ok: true, stdout: String(r.stdout) }
   const err = String(r.stderr || r.stdout).trim()
@@ -446,7 +481,7 @@ async function run (cmd: string, args: string[], opts: { ignore?: RegExp, input?
   throw new Error(`${cmd} ${args.join(' ')} failed (${r.timedOut ? 'timed out' : r.exitCode}): ${err}`)
 }
 
-async function ip (args: string[], opts: { ignore?: RegExp, input?: string } = {}): Promise<{ ok: boolean, stdout: string }> {
+async function ip (args: string[], opts: { ignore?: RegExp; input?: string } = {}): Promise<{ ok: boolean; stdout: string }> {
   return await run('ip', args, opts)
 }
 
@@ -458,8 +493,8 @@ async function claimSubnet (): Promise<number> {
     .filter((x) => !used.includes(`${SUBNET_PREFIX}.${x}.`))
   // Random order, so two testbeds created at once rarely race for the same X.
   for (let i = candidates.length - 1; i > 0; i--) {
-    const j = randomInt(i + 1);
-    [candidates[i], candidates[j]] = [candidates[j]!, candidates[i]!]
+    const j = randomInt(i + 1)
+    ;[candidates[i], candidates[j]] = [candidates[j]!, candidates[i]!]
   }
   for (const x of candidates) {
     try {
@@ -499,7 +534,12 @@ async function netnsInode (netns: string): Promise<number | null> {
   return st == null ? null : st.ino
 }
 
-interface Proc { pid: number, ppid: number, netIno: number | null, state: string }
+interface Proc {
+  pid: number
+  ppid: number
+  netIno: number | null
+  state: string
+}
 
 /** One pass over /proc. Zombies have no namespaces (readlink fails): they count as gone. */
 async function scanProcs (): Promise<Proc[]> {
@@ -526,7 +566,12 @@ async function victims (netns: string): Promise<Proc[]> {
   // a node on this host. (A daemonized one reparented to pid 1 is not found this way.)
   for (let grew = true; grew;) {
     grew = false
-    for (const p of procs) if (!chosen.has(p.pid) && chosen.has(p.ppid)) { chosen.add(p.pid); grew = true }
+    for (const p of procs) {
+      if (!chosen.has(p.pid) && chosen.has(p.ppid)) {
+        chosen.add(p.pid)
+        grew = true
+      }
+    }
   }
   chosen.delete(process.pid)
   chosen.delete(1)
@@ -534,20 +579,25 @@ async function victims (netns: string): Promise<Proc[]> {
 }
 
 function signal (pid: number, sig: NodeJS.Signals): void {
-  try { process.kill(pid, sig) } catch {}
+  try {
+    process.kill(pid, sig)
+  } catch {}
 }
 
 /** SIGKILL everything in the namespace until nothing is left (a fork race needs rounds). */
 async function killNetnsPids (netns: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let thawed = false
-  for (let round = 0; ; round++) {
+  for (let round = 0;; round++) {
     const left = await victims(netns)
     if (left.length === 0) return
     for (const p of left) signal(p.pid, 'SIGKILL')
     // A task in a frozen cgroup v1 freezer (a paused container, or one CRIU is dumping)
     // does not die of SIGKILL until thawed. cgroup v2 lets fatal signals through.
-    if (!thawed && round >= 3) { thawed = true; await thawFreezers(left.map((p) => p.pid)) }
+    if (!thawed && round >= 3) {
+      thawed = true
+      await thawFreezers(left.map((p) => p.pid))
+    }
     if (Date.now() > deadline) {
       throw new Error(`processes in netns ${netns} survived SIGKILL for ${timeoutMs} ms: ${left.map((p) => `${p.pid}(${p.state})`).join(' ')}`)
     }

@@ -16,7 +16,9 @@ async function tmp (): Promise<string> {
   dirs.push(d)
   return d
 }
-after(async () => { for (const d of dirs) await fs.rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
+})
 
 describe('writeFileAtomic', () => {
   test('replaces the content whole, with the mode asked, and leaves no temp file', async () => {
@@ -33,7 +35,11 @@ describe('writeFileAtomic', () => {
     const d = await tmp()
     const f = path.join(d, 'peer.key')
     const old = process.umask(0o000)
-    try { await writeFileAtomic(f, new Uint8Array([0, 1, 2, 255])) } finally { process.umask(old) }
+    try {
+      await writeFileAtomic(f, new Uint8Array([0, 1, 2, 255]))
+    } finally {
+      process.umask(old)
+    }
     assert.deepEqual([...await fs.readFile(f)], [0, 1, 2, 255])
     assert.equal((await fs.stat(f)).mode & 0o777, 0o600)
   })
@@ -42,7 +48,9 @@ describe('writeFileAtomic', () => {
     const d = await tmp()
     const f = path.join(d, 'node-id')
     const contents = Array.from({ length: 20 }, (_, i) => `${i}`.repeat(1000 + i))
-    await Promise.all(contents.map(async (c) => { await writeFileAtomic(f, c) }))
+    await Promise.all(contents.map(async (c) => {
+      await writeFileAtomic(f, c)
+    }))
     assert.ok(contents.includes(await fs.readFile(f, 'utf8')))
     assert.deepEqual(await fs.readdir(d), ['node-id'])
   })
@@ -81,14 +89,23 @@ describe('writeFileAtomic', () => {
     const mounted = async (): Promise<boolean> => {
       if (mnt !== '') return true
       const d = await tmp()
-      try { execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'msc-atomic-test', d], { stdio: 'ignore' }) } catch { return false }
+      try {
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'msc-atomic-test', d], { stdio: 'ignore' })
+      } catch {
+        return false
+      }
       mnt = d
       return true
     }
-    after(() => { if (mnt !== '') execFileSync('umount', ['-l', mnt]) })
+    after(() => {
+      if (mnt !== '') execFileSync('umount', ['-l', mnt])
+    })
 
     test('disk full (ENOSPC): the old content stays and no temp is left', async (t) => {
-      if (!await mounted()) { t.skip('cannot mount a tmpfs here'); return }
+      if (!await mounted()) {
+        t.skip('cannot mount a tmpfs here')
+        return
+      }
       const f = path.join(mnt, 'container.json')
       await fs.writeFile(f, 'old')
       await assert.rejects(writeFileAtomic(f, Buffer.alloc(1024 * 1024, 1)), { code: 'ENOSPC' })
@@ -97,7 +114,10 @@ describe('writeFileAtomic', () => {
     })
 
     test('read-only file system (EROFS): the old content stays and no temp is left', async (t) => {
-      if (!await mounted()) { t.skip('cannot mount a tmpfs here'); return }
+      if (!await mounted()) {
+        t.skip('cannot mount a tmpfs here')
+        return
+      }
       const f = path.join(mnt, 'ro.json')
       await fs.writeFile(f, 'old')
       execFileSync('mount', ['-o', 'remount,ro', mnt])

@@ -9,13 +9,26 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  barChart, escapeXml, formatTick, formatValue, lineChart, linearScale, machineLine, niceTicks, plotResultsFile,
-  ratioChart, renderChart, wrapText, type ChartSpec
+  barChart,
+  escapeXml,
+  formatTick,
+  formatValue,
+  lineChart,
+  linearScale,
+  machineLine,
+  niceTicks,
+  plotResultsFile,
+  ratioChart,
+  renderChart,
+  wrapText,
+  type ChartSpec
 } from '../../benchmarks/plot.ts'
 import type { MachineInfo } from '../../benchmarks/lib.ts'
 
 const dirs: string[] = []
-after(async () => { for (const d of dirs) await fs.rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
+})
 
 /**
  * A small XML well-formedness check: one root element, every tag closed in order,
@@ -73,8 +86,15 @@ function xmlProblem (xml: string): string | null {
 }
 
 const machine: MachineInfo = {
-  date: '2026-11-30T17:38:40.893Z', hostname: 'vm', kernel: 'Linux 6.18.44', cpus: 2, cpuModel: 'AMD EPYC',
-  memTotalGiB: 23.5, node: 'v24.22.3', loadStart: [2.1, 2.48, 2.92], loadEnd: [2.27, 2.37, 2.68]
+  date: '2026-11-30T17:38:40.893Z',
+  hostname: 'vm',
+  kernel: 'Linux 6.18.44',
+  cpus: 2,
+  cpuModel: 'AMD EPYC',
+  memTotalGiB: 23.5,
+  node: 'v24.22.3',
+  loadStart: [2.1, 2.48, 2.92],
+  loadEnd: [2.27, 2.37, 2.68]
 }
 const nasty = 'a <script>alert("x")</script> & \'b\' \u0007 ]]> &amp;'
 
@@ -156,19 +176,29 @@ describe('scales and ticks', () => {
 describe('charts', () => {
   const charts: Record<string, string> = {
     bar: barChart({
-      title: nasty, subtitle: nasty, machine, yLabel: 'downtime, ms', groups: ['raw runc', nasty, 'post-copy'],
+      title: nasty,
+      subtitle: nasty,
+      machine,
+      yLabel: 'downtime, ms',
+      groups: ['raw runc', nasty, 'post-copy'],
       series: [
         { name: 'baseline', values: [{ value: 1574, min: 1239, max: 1800 }, null, null] },
         { name: nasty, values: [null, { value: 3242, min: 2778, max: 3650, label: nasty }, { value: 2907 }] }
       ],
-      lines: [{ value: 2000, label: nasty }], notes: [nasty]
+      lines: [{ value: 2000, label: nasty }],
+      notes: [nasty]
     }),
     line: lineChart({
-      title: 'cost against nodes', machine, xLabel: 'nodes', yLabel: 'RSS, MiB',
+      title: 'cost against nodes',
+      machine,
+      xLabel: 'nodes',
+      yLabel: 'RSS, MiB',
       series: [{ name: nasty, points: [{ x: 2, value: 40, min: 38, max: 44 }, { x: 8, value: 90, label: nasty }, { x: 4, value: 60 }] }]
     }),
     ratio: ratioChart({
-      title: 'overhead', machine, yLabel: 'on / off',
+      title: 'overhead',
+      machine,
+      yLabel: 'on / off',
       bars: [{ name: 'meets', value: 0.97 }, { name: 'misses', value: 0.86, min: 0.75, max: 0.93 }],
       target: { value: 0.95, label: 'target: at least 0.95', better: 'above' }
     })
@@ -217,7 +247,9 @@ describe('plotResultsFile', () => {
     const results = path.join(dir, 'migration-20261130T120000Z.json')
     const hop = (strategy: string, downtimeMs: number, totalMs: number): Record<string, unknown> => ({ strategy, downtimeMs, totalMs })
     await fs.writeFile(results, JSON.stringify({
-      benchmark: 'migration', machine, options: { keys: 100000, runs: 1 },
+      benchmark: 'migration',
+      machine,
+      options: { keys: 100000, runs: 1 },
       ratios: [{ strategy: 'stop-copy', 'downtime / raw runc ck+rs': 2.06 }],
       local: [{ method: 'raw-runc', checkpointMs: 900, restoreMs: 670, totalMs: 1574, imageMB: 9.7 }, { method: 'msc-local', checkpointMs: 1048, restoreMs: 1361, totalMs: 2409, imageMB: 9.7 }],
       migrations: [{ strategy: 'stop-copy', samples: 2, downtimeMs: 3242, downtimeMinMs: 2778, downtimeMaxMs: 3650, totalMs: 5189, MB: 9.7, phasesMs: { transfer: 1378 } }],
@@ -229,7 +261,7 @@ describe('plotResultsFile', () => {
     const first = await fs.readFile(path.join(out, 'migration.svg'), 'utf8')
     assert.equal(xmlProblem(first), null)
     assert.ok(first.includes('3,242') && first.includes('1,574'), 'the medians are on the bars')
-    const summary = JSON.parse(await fs.readFile(path.join(out, 'migration.json'), 'utf8')) as { source: string, figures: { ratios: unknown }, spec: ChartSpec }
+    const summary = JSON.parse(await fs.readFile(path.join(out, 'migration.json'), 'utf8')) as { source: string; figures: { ratios: unknown }; spec: ChartSpec }
     assert.equal(summary.source, 'migration-20261130T120000Z.json')
     assert.deepEqual(summary.figures.ratios, [{ strategy: 'stop-copy', 'downtime / raw runc ck+rs': 2.06 }])
     assert.ok(!JSON.stringify(summary).includes('"hops"'), 'the samples stay in the results file')

@@ -49,7 +49,12 @@ test('the config.json that `msc bundle counter|redis` writes passes', async (t) 
     await t.test(kind, async (t) => {
       const dir = await fs.mkdtemp(path.join(os.tmpdir(), `msc-policy-${kind}-`))
       try {
-        try { await writeExampleBundle(kind, dir, { force: true }) } catch (err) { t.skip(`cannot build it here: ${(err as Error).message}`); return }
+        try {
+          await writeExampleBundle(kind, dir, { force: true })
+        } catch (err) {
+          t.skip(`cannot build it here: ${(err as Error).message}`)
+          return
+        }
         const c = JSON.parse(await fs.readFile(path.join(dir, 'config.json'), 'utf8')) as OciConfig
         assert.deepEqual(checkBundlePolicy(c, strict), { ok: true })
       } finally {
@@ -63,7 +68,10 @@ test('a config made by `runc spec` passes', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-policy-'))
   try {
     const r = await execa('runc', ['spec', '--bundle', dir], { reject: false })
-    if (r.exitCode !== 0) { t.skip('runc is not installed'); return }
+    if (r.exitCode !== 0) {
+      t.skip('runc is not installed')
+      return
+    }
     const c = JSON.parse(await fs.readFile(path.join(dir, 'config.json'), 'utf8')) as OciConfig
     assert.deepEqual(checkBundlePolicy(c, strict), { ok: true })
   } finally {
@@ -123,15 +131,14 @@ test('kernel filesystems pass; a mount of a host device is refused', () => {
   refused(disk, /^mounts\[6\] \(\/disk\): mount type "ext4" is not allowed/)
 })
 
-test('capabilities beyond Docker\'s default set are refused, in every set', () => {
+test("capabilities beyond Docker's default set are refused, in every set", () => {
   for (const set of ['bounding', 'effective', 'inheritable', 'permitted', 'ambient']) {
     const c = counter()
     ;(c.process as Record<string, unknown>).capabilities = { [set]: ['CAP_CHOWN', 'CAP_SYS_ADMIN'] }
     refused(c, new RegExp(`^process\\.capabilities\\.${set}: CAP_SYS_ADMIN beyond Docker's default set`))
   }
   const docker = counter()
-  const all = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID', 'CAP_SETUID',
-    'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE']
+  const all = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID', 'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE']
   ;(docker.process as Record<string, unknown>).capabilities = { bounding: all, effective: all, inheritable: all, permitted: all, ambient: all }
   assert.deepEqual(checkBundlePolicy(docker, strict), { ok: true })
   const lower = counter()
@@ -170,8 +177,10 @@ test('devices: none may be added, and no allow rule beyond what runc allows anyw
   const usual = counter()
   usual.linux!.resources = {
     devices: [
-      { allow: false, access: 'rwm' }, { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' },
-      { allow: true, type: 'c', major: 136, minor: 4, access: 'rw' }, { allow: true, type: 'b', access: 'm' }
+      { allow: false, access: 'rwm' },
+      { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' },
+      { allow: true, type: 'c', major: 136, minor: 4, access: 'rw' },
+      { allow: true, type: 'b', access: 'm' }
     ]
   }
   assert.deepEqual(checkBundlePolicy(usual, strict), { ok: true })
@@ -193,9 +202,8 @@ test('every violation is listed at once; what the policy leaves alone passes', (
   assert.deepEqual(checkBundlePolicy(free, strict), { ok: true })
 })
 
-test('every path runc\'s default spec masks must stay masked, every read-only one read-only', () => {
-  const masked = ['/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
-    '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware']
+test("every path runc's default spec masks must stay masked, every read-only one read-only", () => {
+  const masked = ['/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware']
   for (const p of masked) {
     const c = counter()
     c.linux!.maskedPaths = (c.linux!.maskedPaths as string[]).filter((x) => x !== p)
@@ -230,8 +238,7 @@ test('every path runc\'s default spec masks must stay masked, every read-only on
   ;(more.linux!.maskedPaths as string[]).push('/proc/sys', '/sys/devices/virtual/powercap')
   assert.deepEqual(checkBundlePolicy(more, strict), { ok: true })
   const above = counter()
-  above.linux!.maskedPaths = ['/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats',
-    '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys']
+  above.linux!.maskedPaths = ['/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys']
   assert.deepEqual(checkBundlePolicy(above, strict), { ok: true }, '/sys masked covers /sys/firmware')
   const near = counter()
   near.linux!.maskedPaths = (near.linux!.maskedPaths as string[]).map((x) => x === '/proc/keys' ? '/proc/key' : x)

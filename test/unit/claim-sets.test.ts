@@ -14,11 +14,26 @@ import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_VERSION, MAX_HEARTBEAT_BYTE
 import type { ContainerClaim, Heartbeat } from '../../src/overlay/membership/heartbeat.ts'
 import { MembershipView } from '../../src/overlay/membership/membership-view.ts'
 import {
-  canonicalJson, claimDigest, ClaimLedger, EMPTY_DIGEST, INLINE_MAX_CLAIMS, MAX_CLAIM_SET, rebuild, type ClaimSummary
+  canonicalJson,
+  claimDigest,
+  ClaimLedger,
+  EMPTY_DIGEST,
+  INLINE_MAX_CLAIMS,
+  MAX_CLAIM_SET,
+  rebuild,
+  type ClaimSummary
 } from '../../src/overlay/membership/claim-set.ts'
 import {
-  ClaimsPageError, CLAIMS_VERSION, encodePages, fetchClaims, MAX_PAGE_BYTES, MAX_PAGE_CLAIMS, PageChecker, serveClaims,
-  type ClaimsPage, type ClaimSnapshot
+  ClaimsPageError,
+  CLAIMS_VERSION,
+  encodePages,
+  fetchClaims,
+  MAX_PAGE_BYTES,
+  MAX_PAGE_CLAIMS,
+  PageChecker,
+  serveClaims,
+  type ClaimsPage,
+  type ClaimSnapshot
 } from '../../src/overlay/membership/claims-protocol.ts'
 import { FramedStream, FRAME_JSON } from '../../src/protocols/framing.ts'
 
@@ -39,8 +54,19 @@ function claims (n: number, prefix = 'c', epoch = 1): ContainerClaim[] {
 
 function hb (peerId: string, seq: number, over: Partial<Heartbeat> = {}): Heartbeat {
   return {
-    v: HEARTBEAT_VERSION, type: 'heartbeat', peerId, incarnation: 100, seq, sentAt: t, name: 'n', version: '0.1.0', role: 'node',
-    addrs: [], containers: [], resources: { memFreeBytes: 1, memTotalBytes: 2, diskFreeBytes: 3 }, ...over
+    v: HEARTBEAT_VERSION,
+    type: 'heartbeat',
+    peerId,
+    incarnation: 100,
+    seq,
+    sentAt: t,
+    name: 'n',
+    version: '0.1.0',
+    role: 'node',
+    addrs: [],
+    containers: [],
+    resources: { memFreeBytes: 1, memTotalBytes: 2, diskFreeBytes: 3 },
+    ...over
   }
 }
 
@@ -50,11 +76,13 @@ function fromLedger (ledger: ClaimLedger, peerId: string, seq: number): Heartbea
   return hb(peerId, seq, { containers, claims })
 }
 
-function newView (): { view: MembershipView, drops: Array<{ reason: string, detail: string }> } {
+function newView (): { view: MembershipView; drops: Array<{ reason: string; detail: string }> } {
   t = T0
   const view = new MembershipView({ selfId: SELF, timers: { suspectAfterMs: 3000, deadAfterMs: 5000, forgetAfterMs: 60000, maxAgeMs: 30000 }, now: () => t })
-  const drops: Array<{ reason: string, detail: string }> = []
-  view.addEventListener('drop', (e) => { drops.push({ reason: e.detail.reason, detail: e.detail.detail }) })
+  const drops: Array<{ reason: string; detail: string }> = []
+  view.addEventListener('drop', (e) => {
+    drops.push({ reason: e.detail.reason, detail: e.detail.detail })
+  })
   return { view, drops }
 }
 
@@ -62,7 +90,7 @@ function owned (view: MembershipView, peer: string): number {
   return view.ownership().filter((o) => o.owner === peer).length
 }
 
-function setOf (ledger: ClaimLedger, incarnation = 100): { incarnation: number, rev: number, digest: string, claims: ContainerClaim[] } {
+function setOf (ledger: ClaimLedger, incarnation = 100): { incarnation: number; rev: number; digest: string; claims: ContainerClaim[] } {
   const s = ledger.snapshot()
   return { incarnation, rev: s.rev, digest: s.digest, claims: s.claims }
 }
@@ -99,7 +127,7 @@ describe('digest and ledger', () => {
   test('a large set sends only its recent changes; a heartbeat stays small whatever the count', () => {
     const l = new ClaimLedger()
     l.update(claims(10_000))
-    let s = l.summary() as { containers: ContainerClaim[], claims: ClaimSummary }
+    let s = l.summary() as { containers: ContainerClaim[]; claims: ClaimSummary }
     assert.deepEqual(s.containers, [], '10,000 changes at once do not fit: none are listed')
     assert.deepEqual({ rev: s.claims.rev, base: s.claims.base, count: s.claims.count }, { rev: 1, base: 1, count: 10_000 })
     const next = claims(10_000)
@@ -113,7 +141,10 @@ describe('digest and ledger', () => {
     const bytes = encodeHeartbeat(fromLedger(l, A, 1)).length
     assert.ok(bytes < 1024, `${bytes} bytes`)
     // Changes of several revisions go together, so a receiver that missed one catches up.
-    for (let i = 0; i < 3; i++) { next[i] = { ...next[i]!, epoch: 2 }; l.update(next) }
+    for (let i = 0; i < 3; i++) {
+      next[i] = { ...next[i]!, epoch: 2 }
+      l.update(next)
+    }
     s = l.summary() as typeof s
     assert.equal(s.claims.base, 1)
     assert.equal(s.containers.length, 4)
@@ -173,7 +204,7 @@ describe('the summary in the codec (malformed)', () => {
   })
 })
 
-describe('a view keeps each peer\'s set', () => {
+describe("a view keeps each peer's set", () => {
   test('1,000 claims: fetched once, then kept current by heartbeats that carry only changes', () => {
     const { view, drops } = newView()
     const l = new ClaimLedger()
@@ -265,7 +296,7 @@ describe('a view keeps each peer\'s set', () => {
     view.ingest({ ...fromLedger(l2, A, 1), incarnation: 200 })
     assert.equal(view.claimsWanted(A)?.incarnation, 200)
     assert.equal(owned(view, A), 100)
-    assert.equal(view.applyClaimSet(A, setOf(l)), false, 'the old incarnation\'s set is not taken for the new one')
+    assert.equal(view.applyClaimSet(A, setOf(l)), false, "the old incarnation's set is not taken for the new one")
     assert.equal(view.applyClaimSet(A, setOf(l2, 200)), true)
     assert.equal(owned(view, A), 90)
   })
@@ -344,7 +375,17 @@ describe('/msc/claims/1 pages', () => {
   }
 
   const page = (o: Partial<ClaimsPage>): ClaimsPage => ({
-    v: CLAIMS_VERSION, type: 'page', peerId: A, incarnation: 100, rev: 1, count: 2, digest: claimDigest(claims(2)), index: 0, claims: claims(2), last: true, ...o
+    v: CLAIMS_VERSION,
+    type: 'page',
+    peerId: A,
+    incarnation: 100,
+    rev: 1,
+    count: 2,
+    digest: claimDigest(claims(2)),
+    index: 0,
+    claims: claims(2),
+    last: true,
+    ...o
   })
   const bytes = (p: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(p))
 
@@ -373,7 +414,12 @@ describe('/msc/claims/1 pages', () => {
     const two = claims(2)
     const check = (pages: ClaimsPage[]): unknown => {
       const c = new PageChecker(A)
-      try { for (const p of pages) c.add(p); return 'accepted' } catch (err) { return err }
+      try {
+        for (const p of pages) c.add(p)
+        return 'accepted'
+      } catch (err) {
+        return err
+      }
     }
     const cases: Array<[string, ClaimsPage[], RegExp]> = [
       ['empty page that is not last', [page({ claims: [], last: false }), page({ index: 1 })], /empty page/],

@@ -26,45 +26,106 @@ const ago = (ms: number): string => new Date(Date.now() - ms).toISOString()
 
 const CONTAINERS: ContainerInfo[] = [
   {
-    name: 'web', state: 'running', pid: 4242, started: ago(90_000),
-    createdAt: '2025-01-01T00:00:00.000Z', bundle: '/srv/bundles/web', checkpoints: 2, lastCheckpoint: 'ck-2',
-    epoch: 3, replicas: 1,
+    name: 'web',
+    state: 'running',
+    pid: 4242,
+    started: ago(90_000),
+    createdAt: '2025-01-01T00:00:00.000Z',
+    bundle: '/srv/bundles/web',
+    checkpoints: 2,
+    lastCheckpoint: 'ck-2',
+    epoch: 3,
+    replicas: 1,
     replication: {
       replicas: 1,
       standbys: [{ peerId: PEER_B, name: 'node-b', generation: 41, ackedAt: ago(1_800) }],
-      generation: 42, ackedGeneration: 41, rpoMs: 2_100, freezeMs: 120,
-      bytesPerRound: 1_258_291, imageBytes: 50_331_648, intervalMs: 5_000, lastError: null, leaseHeld: true
+      generation: 42,
+      ackedGeneration: 41,
+      rpoMs: 2_100,
+      freezeMs: 120,
+      bytesPerRound: 1_258_291,
+      imageBytes: 50_331_648,
+      intervalMs: 5_000,
+      lastError: null,
+      leaseHeld: true
     }
   },
   {
-    name: 'db.primary', state: 'checkpointed', pid: null, started: null,
-    createdAt: '2025-01-02T00:00:00.000Z', bundle: '/srv/bundles/db', checkpoints: 1, lastCheckpoint: 'ck-1',
-    epoch: 1, replicas: 0
+    name: 'db.primary',
+    state: 'checkpointed',
+    pid: null,
+    started: null,
+    createdAt: '2025-01-02T00:00:00.000Z',
+    bundle: '/srv/bundles/db',
+    checkpoints: 1,
+    lastCheckpoint: 'ck-1',
+    epoch: 1,
+    replicas: 0
   },
   {
-    name: 'cache', state: 'stopped', pid: null, started: null,
-    createdAt: '2025-01-03T00:00:00.000Z', bundle: '/srv/bundles/cache', checkpoints: 0, lastCheckpoint: null,
-    epoch: 5, replicas: 1, leaseLost: { epoch: 5, at: ago(30_000) }
+    name: 'cache',
+    state: 'stopped',
+    pid: null,
+    started: null,
+    createdAt: '2025-01-03T00:00:00.000Z',
+    bundle: '/srv/bundles/cache',
+    checkpoints: 0,
+    lastCheckpoint: null,
+    epoch: 5,
+    replicas: 1,
+    leaseLost: { epoch: 5, at: ago(30_000) }
   },
   {
-    name: 'lonely', state: 'running', pid: 5151, started: ago(10_000),
-    createdAt: '2025-01-04T00:00:00.000Z', bundle: '/srv/bundles/lonely', checkpoints: 0, lastCheckpoint: null,
-    epoch: 1, replicas: 2,
+    name: 'lonely',
+    state: 'running',
+    pid: 5151,
+    started: ago(10_000),
+    createdAt: '2025-01-04T00:00:00.000Z',
+    bundle: '/srv/bundles/lonely',
+    checkpoints: 0,
+    lastCheckpoint: null,
+    epoch: 1,
+    replicas: 2,
     replication: {
-      replicas: 2, standbys: [], generation: 0, ackedGeneration: null, rpoMs: null, freezeMs: null,
-      bytesPerRound: null, imageBytes: null, intervalMs: 5_000, lastError: 'no live member to keep a replica (see msc peer ls)', leaseHeld: true
+      replicas: 2,
+      standbys: [],
+      generation: 0,
+      ackedGeneration: null,
+      rpoMs: null,
+      freezeMs: null,
+      bytesPerRound: null,
+      imageBytes: null,
+      intervalMs: 5_000,
+      lastError: 'no live member to keep a replica (see msc peer ls)',
+      leaseHeld: true
     }
   }
 ]
 
 const STATUS: NodeStatus = {
-  peerId: '12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF', name: 'fake', addrs: ['/ip4/127.0.0.1/tcp/4710/p2p/12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF'],
-  peersAlive: 0, peersKnown: 0, membership: { accepted: 0, dropped: {} },
-  version: '0.1.0', pid: 1, dataDir: '/fake', nodeId: 'deadbeef', cgroupParent: 'msc-deadbeef',
-  runc: 'runc', criu: 'criu', containers: CONTAINERS.length, startedAt: new Date().toISOString(),
+  peerId: '12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF',
+  name: 'fake',
+  addrs: ['/ip4/127.0.0.1/tcp/4710/p2p/12D3KooWFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeF'],
+  peersAlive: 0,
+  peersKnown: 0,
+  membership: { accepted: 0, dropped: {} },
+  version: '0.1.0',
+  pid: 1,
+  dataDir: '/fake',
+  nodeId: 'deadbeef',
+  cgroupParent: 'msc-deadbeef',
+  runc: 'runc',
+  criu: 'criu',
+  containers: CONTAINERS.length,
+  startedAt: new Date().toISOString(),
   cluster: { id: '0123456789abcdef0123456789abcdef', mode: 'token', members: 3, joinHint: 'run `msc cluster token`', refused: { connections: 0, streams: 0, records: 0 } },
   failover: {
-    witness: false, leaseMs: 10_000, members: 3, quorum: 2, failover: 'possible while 2 of 3 members are up', held: 2,
+    witness: false,
+    leaseMs: 10_000,
+    members: 3,
+    quorum: 2,
+    failover: 'possible while 2 of 3 members are up',
+    held: 2,
     replicas: [{ container: 'db', owner: PEER_A, epoch: 4, generation: 17, dumpedAt: ago(3_000) }],
     lost: [{ container: 'gone', owner: PEER_A, epoch: 2, since: ago(60_000) }]
   }
@@ -78,7 +139,7 @@ const MEMBERS = [
 /** A name another node chose, with a terminal escape in it. */
 const EVIL_NAME = 'evil\x1b[2J\x1b]0;pwned\x07\u202e'
 let seq = 0
-function event (kind: NodeEvent['kind'], e: { type: string, container?: string, [k: string]: unknown }): NodeEvent {
+function event (kind: NodeEvent['kind'], e: { type: string; container?: string; [k: string]: unknown }): NodeEvent {
   return { ...e, seq: ++seq, time: new Date(Date.parse('2026-11-28T17:07:45.111Z') + seq * 1000).toISOString(), kind, type: e.type }
 }
 const EVENTS: NodeEvent[] = [
@@ -92,7 +153,7 @@ const EVENTS: NodeEvent[] = [
 /** The followers of the fake's event stream; test code adds events through them. */
 const followers = new Set<(e: NodeEvent) => void>()
 
-const calls: Array<{ op: string, args: unknown[] }> = []
+const calls: Array<{ op: string; args: unknown[] }> = []
 let dir = ''
 let sock = ''
 let server: ControlServer
@@ -106,14 +167,20 @@ function notFound (name: string): MscError {
 const handlers: ControlHandlers = {
   status: async () => STATUS,
   peers: async () => [],
-  join: async () => { throw new MscError('RUNTIME_ERROR', 'no joining in this test') },
-  migrate: async () => { throw new MscError('RUNTIME_ERROR', 'no migration in this test') },
+  join: async () => {
+    throw new MscError('RUNTIME_ERROR', 'no joining in this test')
+  },
+  migrate: async () => {
+    throw new MscError('RUNTIME_ERROR', 'no migration in this test')
+  },
   movedTo: async () => null,
   clusterInfo: async () => ({ ...STATUS.cluster, members: MEMBERS, conflicts: [] }),
   events: (fn) => {
     for (const e of EVENTS) fn(e)
     followers.add(fn)
-    return () => { followers.delete(fn) }
+    return () => {
+      followers.delete(fn)
+    }
   },
   clusterToken: async (ttlMs) => {
     calls.push({ op: 'clusterToken', args: [ttlMs] })
@@ -141,14 +208,18 @@ const handlers: ControlHandlers = {
     calls.push({ op: 'stop', args: [name] })
     throw notFound(name)
   },
-  remove: async (name, force) => { calls.push({ op: 'remove', args: [name, force] }) },
+  remove: async (name, force) => {
+    calls.push({ op: 'remove', args: [name, force] })
+  },
   checkpoint: async (name, req) => {
     calls.push({ op: 'checkpoint', args: [name, req] })
     if (name === 'crash') throw new Error('boom: something unexpected')
     throw new MscError('CRIU_ERROR', `checkpoint of ${name} failed: criu failed`, ['Error (criu/a.c:1): first', 'Error (criu/b.c:2): second'])
   },
   checkpoints: async () => [] as CheckpointInfo[],
-  restore: async (name) => { throw notFound(name) },
+  restore: async (name) => {
+    throw notFound(name)
+  },
   logFiles: async (name) => {
     if (name !== 'web') throw notFound(name)
     return [logA, logB]
@@ -156,7 +227,7 @@ const handlers: ControlHandlers = {
 }
 
 /** Runs the real CLI with a clean environment (no MSC_* from the caller). */
-async function msc (...args: string[]): Promise<{ exitCode: number, stdout: string, stderr: string }> {
+async function msc (...args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const r = await execa(MSC, args, { reject: false, stripFinalNewline: false, extendEnv: false, env: { PATH: process.env.PATH }, cwd: dir, timeout: 30_000 })
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
 }
@@ -171,7 +242,11 @@ before(async () => {
   server = new ControlServer(handlers, silentLogger())
   // With umask 0 the socket would be 0777 unless the server sets its mode itself.
   const old = process.umask(0)
-  try { await server.listen(sock) } finally { process.umask(old) }
+  try {
+    await server.listen(sock)
+  } finally {
+    process.umask(old)
+  }
 })
 
 after(async () => {
@@ -263,7 +338,7 @@ describe('output', () => {
     const r = await msc('run', 'api', 'bundles/api', '--api-socket', sock)
     assert.equal(r.exitCode, 0, r.stderr)
     assert.equal(r.stdout, 'api running (pid 777), replicas: 1\n')
-    assert.deepEqual(calls, [{ op: 'run', args: [{ name: 'api', bundle: path.join(dir, 'bundles/api') }] }], 'no replicas: the node\'s default')
+    assert.deepEqual(calls, [{ op: 'run', args: [{ name: 'api', bundle: path.join(dir, 'bundles/api') }] }], "no replicas: the node's default")
   })
 
   test('run --replicas sends the number; 0 says the container has none', async () => {
@@ -306,7 +381,7 @@ describe('output', () => {
     assert.match(ghost.stderr, /no member ghost/)
   })
 
-  test('events --json --no-follow prints the node\'s events as NDJSON, unchanged, and ends', async () => {
+  test("events --json --no-follow prints the node's events as NDJSON, unchanged, and ends", async () => {
     const r = await msc('events', '--json', '--no-follow', '--api-socket', sock)
     assert.equal(r.exitCode, 0, r.stderr)
     assert.equal(r.stderr, '')
@@ -339,13 +414,22 @@ describe('output', () => {
   test('events follows new events until SIGINT, then exits 0', async () => {
     const child = execa(MSC, ['events', '--api-socket', sock], { reject: false, stripFinalNewline: false, extendEnv: false, env: { PATH: process.env.PATH }, cwd: dir, timeout: 30_000 })
     let out = ''
-    const seen = async (re: RegExp): Promise<void> => await new Promise((resolve, reject) => {
-      const check = (): void => { if (re.test(out)) { child.stdout.off('data', onData); resolve() } }
-      const onData = (d: Buffer): void => { out += d.toString(); check() }
-      child.stdout.on('data', onData)
-      child.once('exit', () => reject(new Error(`msc events exited; output:\n${out}`)))
-      check()
-    })
+    const seen = async (re: RegExp): Promise<void> =>
+      await new Promise((resolve, reject) => {
+        const check = (): void => {
+          if (re.test(out)) {
+            child.stdout.off('data', onData)
+            resolve()
+          }
+        }
+        const onData = (d: Buffer): void => {
+          out += d.toString()
+          check()
+        }
+        child.stdout.on('data', onData)
+        child.once('exit', () => reject(new Error(`msc events exited; output:\n${out}`)))
+        check()
+      })
     await seen(/standby-dropped/)
     for (const fn of followers) fn(event('failover', { type: 'failover', container: 'db', epoch: 5, generation: 17, from: PEER_A, ms: 2345, dumpedAt: Date.parse('2026-11-28T17:07:40.000Z') }))
     await seen(/failover +db epoch=5 generation=17 from=node-a ms=2345 dumpedAt=2026-11-28T17:07:40\.000Z\n/)
@@ -362,7 +446,10 @@ describe('output', () => {
     const child = execa(MSC, ['events', '--json', '--api-socket', sock2], { reject: false, stripFinalNewline: false, extendEnv: false, env: { PATH: process.env.PATH }, cwd: dir, timeout: 30_000 })
     await new Promise<void>((resolve) => {
       let n = 0
-      child.stdout.on('data', (d: Buffer) => { n += d.toString().split('\n').length - 1; if (n >= EVENTS.length) resolve() })
+      child.stdout.on('data', (d: Buffer) => {
+        n += d.toString().split('\n').length - 1
+        if (n >= EVENTS.length) resolve()
+      })
     })
     await s2.close()
     const r = await child
@@ -413,7 +500,7 @@ describe('errors and exit codes', () => {
   test('with --json the error is also printed as JSON on stdout', async () => {
     const r = await msc('checkpoint', 'web', '--json', '--api-socket', sock)
     assert.equal(r.exitCode, 1)
-    const out = JSON.parse(r.stdout) as { ok: boolean, error: { code: string, message: string, details: string[] } }
+    const out = JSON.parse(r.stdout) as { ok: boolean; error: { code: string; message: string; details: string[] } }
     assert.equal(out.ok, false)
     assert.equal(out.error.code, 'CRIU_ERROR')
     assert.equal(out.error.details.length, 2)
@@ -491,10 +578,12 @@ describe('errors and exit codes', () => {
   })
 
   test('a malformed request path gets an error answer and the server keeps serving', async () => {
-    const res = await new Promise<{ status: number, body: string }>((resolve, reject) => {
+    const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = http.request({ socketPath: sock, path: '/v1/containers/%zz/stop', method: 'POST' }, (r) => {
         let body = ''
-        r.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => resolve({ status: r.statusCode ?? 0, body }))
+        r.setEncoding('utf8').on('data', (d: string) => {
+          body += d
+        }).on('end', () => resolve({ status: r.statusCode ?? 0, body }))
       })
       req.setTimeout(5_000, () => req.destroy(new Error('no answer within 5 s')))
       req.on('error', reject)

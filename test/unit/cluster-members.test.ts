@@ -15,7 +15,10 @@ import { admissionKey, genesisClusterId, hmacAdmission, keyClusterId, signRecord
 import { MemberList } from '../../src/cluster/member-list.ts'
 import { decodeToken, encodeToken, TokenStore } from '../../src/cluster/tokens.ts'
 
-interface Node { key: PrivateKey, id: string }
+interface Node {
+  key: PrivateKey
+  id: string
+}
 async function node (): Promise<Node> {
   const key = await generateKeyPair('Ed25519')
   return { key, id: peerIdFromPrivateKey(key).toString() }
@@ -23,7 +26,7 @@ async function node (): Promise<Node> {
 
 const NONCE = '00112233445566778899aabbccddeeff'
 
-async function genesis (creator: Node, at = 1000): Promise<{ id: string, rec: AdmitRecord }> {
+async function genesis (creator: Node, at = 1000): Promise<{ id: string; rec: AdmitRecord }> {
   const id = genesisClusterId(creator.id, NONCE)
   const rec = await signRecord(creator.key, { kind: 'admit', cluster: id, peerId: creator.id, name: 'n1', addrs: [], admittedAt: at, admittedBy: creator.id, nonce: NONCE })
   return { id, rec }
@@ -97,7 +100,7 @@ describe('member list', () => {
     assert.equal(l1.members().length, 3)
   })
 
-  test('a removal wins for good; a removed member\'s name is free again', async () => {
+  test("a removal wins for good; a removed member's name is free again", async () => {
     const [a, b, c] = await Promise.all([node(), node(), node()])
     const { id, rec } = await genesis(a)
     const list = new MemberList(id)

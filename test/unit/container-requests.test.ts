@@ -31,12 +31,35 @@ describe('parseRequest', () => {
 
   test('everything else is null', () => {
     const bad = [
-      '', '\n', ' ', 'HELLO', 'checkpoint', 'Checkpoint', 'migrate n2',
-      'CHECKPOINT now', 'CHECKPOINT ', ' CHECKPOINT', 'CHECKPOINT\n\n', 'CHECKPOINT\r\n', '\nCHECKPOINT',
-      'CHECKPOINT\0', 'CHECKPOINT\t',
-      'MIGRATE ', 'MIGRATE  n2', 'MIGRATE n2 ', 'MIGRATE\tn2', 'MIGRATE a b', 'MIGRATE ../x', 'MIGRATE a/b',
-      'MIGRATE n2\n\n', 'MIGRATE n\u00e92', 'MIGRATE n\u20ac', 'MIGRATE ' + 'p'.repeat(129),
-      'MIGRATE n2;rm', 'MIGRATE $(x)', 'MIGRATE n2\nCHECKPOINT'
+      '',
+      '\n',
+      ' ',
+      'HELLO',
+      'checkpoint',
+      'Checkpoint',
+      'migrate n2',
+      'CHECKPOINT now',
+      'CHECKPOINT ',
+      ' CHECKPOINT',
+      'CHECKPOINT\n\n',
+      'CHECKPOINT\r\n',
+      '\nCHECKPOINT',
+      'CHECKPOINT\0',
+      'CHECKPOINT\t',
+      'MIGRATE ',
+      'MIGRATE  n2',
+      'MIGRATE n2 ',
+      'MIGRATE\tn2',
+      'MIGRATE a b',
+      'MIGRATE ../x',
+      'MIGRATE a/b',
+      'MIGRATE n2\n\n',
+      'MIGRATE n\u00e92',
+      'MIGRATE n\u20ac',
+      'MIGRATE ' + 'p'.repeat(129),
+      'MIGRATE n2;rm',
+      'MIGRATE $(x)',
+      'MIGRATE n2\nCHECKPOINT'
     ]
     for (const text of bad) assert.equal(parseRequest(text), null, JSON.stringify(text))
   })
@@ -50,9 +73,15 @@ describe('parseRequest', () => {
 })
 
 describe('containerOfCgroupText', () => {
-  const v1 = (path: string): string => [
-    '12:pids:' + path, '11:memory:' + path, '10:freezer:' + path, '1:name=systemd:/user.slice', '0::/', ''
-  ].join('\n')
+  const v1 = (path: string): string =>
+    [
+      '12:pids:' + path,
+      '11:memory:' + path,
+      '10:freezer:' + path,
+      '1:name=systemd:/user.slice',
+      '0::/',
+      ''
+    ].join('\n')
 
   test('cgroup v1 and v2 paths /<parent>/<name>', () => {
     assert.equal(containerOfCgroupText(v1('/msc-1a2b3c4d/counter'), 'msc-1a2b3c4d'), 'counter')

@@ -9,8 +9,8 @@ function copy (node: string, startedAt: number, seen: Array<[number, number]>): 
 test('a copy that started before another was seen, and was seen after, ran at the same time', () => {
   const a = copy('n1', 10, [[20, 20.1], [30, 30.1]])
   const b = copy('n3', 25, [[26, 26.1], [31, 31.1]])
-  assert.deepEqual(overlap(a, b), { at: 30 }, 'a seen at 30, inside b\'s life 25..31')
-  assert.deepEqual(overlap(b, a), { at: 26 }, 'b seen at 26, inside a\'s life 10..30')
+  assert.deepEqual(overlap(a, b), { at: 30 }, "a seen at 30, inside b's life 25..31")
+  assert.deepEqual(overlap(b, a), { at: 26 }, "b seen at 26, inside a's life 10..30")
 })
 
 test('a move seen by a sequential listing is not a double', () => {

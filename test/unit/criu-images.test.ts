@@ -9,8 +9,18 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import {
-  IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_LAZY, PE_PARENT, PE_PRESENT,
-  isPagemapFile, isPagesFile, pageLayout, pageLayoutFromPagemaps, parsePagemap
+  IMG_COMMON_MAGIC,
+  IMG_SERVICE_MAGIC,
+  PAGEMAP_MAGIC,
+  PAGE_SIZE,
+  PE_LAZY,
+  PE_PARENT,
+  PE_PRESENT,
+  isPagemapFile,
+  isPagesFile,
+  pageLayout,
+  pageLayoutFromPagemaps,
+  parsePagemap
 } from '../../src/replication/criu-images.ts'
 
 function varint (v: number | bigint): number[] {
@@ -34,7 +44,13 @@ function u32 (v: number): number[] {
   return [...b]
 }
 
-interface Pe { vaddr: number, nrPages: number, flags?: number, inParent?: boolean, compat?: boolean }
+interface Pe {
+  vaddr: number
+  nrPages: number
+  flags?: number
+  inParent?: boolean
+  compat?: boolean
+}
 
 /** A pagemap image as CRIU writes it (nr_pages in field 5, compat_nr_pages 0), or old-style with `compat`. */
 function pagemapImage (pagesId: number, entries: Pe[], head = IMG_COMMON_MAGIC): Uint8Array {
@@ -67,7 +83,9 @@ async function tmp (): Promise<string> {
   dirs.push(d)
   return d
 }
-after(async () => { for (const d of dirs) await fs.rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
+})
 
 describe('parsePagemap', () => {
   test('reads head and entries, with CRIU 4.x nr_pages and flags', () => {
@@ -97,11 +115,29 @@ describe('parsePagemap', () => {
     assert.deepEqual(parsePagemap(pagemapImage(3, [], IMG_SERVICE_MAGIC)), { pagesId: 3, entries: [] })
     const entry = [
       ...field(1, 0x5000),
-      ...varint((9 << 3) | 2), 3, 0xff, 0xff, 0xff, // length-delimited
-      ...varint((10 << 3) | 5), 1, 2, 3, 4, // 32-bit
-      ...varint((11 << 3) | 1), 1, 2, 3, 4, 5, 6, 7, 8, // 64-bit
+      ...varint((9 << 3) | 2),
+      3,
+      0xff,
+      0xff,
+      0xff, // length-delimited
+      ...varint((10 << 3) | 5),
+      1,
+      2,
+      3,
+      4, // 32-bit
+      ...varint((11 << 3) | 1),
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      8, // 64-bit
       ...field(12, 2n ** 63n), // varint
-      ...field(2, 0), ...field(5, 2), ...field(4, PE_PRESENT)
+      ...field(2, 0),
+      ...field(5, 2),
+      ...field(4, PE_PRESENT)
     ]
     const pm = parsePagemap(raw(MAGICS, [field(1, 9), entry]))
     assert.deepEqual(pm.entries, [{ vaddr: 0x5000, nrPages: 2, flags: PE_PRESENT }])
@@ -115,9 +151,13 @@ describe('parsePagemap', () => {
     const pm = parsePagemap(Buffer.from(hex, 'hex'))
     assert.equal(pm.pagesId, 1)
     assert.deepEqual(pm.entries.map(e => [e.vaddr.toString(16), e.nrPages, e.flags]), [
-      ['401000', 1, PE_PRESENT], ['5e0000', 5, PE_PRESENT], ['5e5000', 1, PE_LAZY | PE_PRESENT],
-      ['5e9000', 3, PE_LAZY | PE_PRESENT], ['16fc7000', 4, PE_LAZY | PE_PRESENT],
-      ['7fb6119ac000', 2, PE_PRESENT], ['7ffee4755000', 2, PE_LAZY | PE_PRESENT]
+      ['401000', 1, PE_PRESENT],
+      ['5e0000', 5, PE_PRESENT],
+      ['5e5000', 1, PE_LAZY | PE_PRESENT],
+      ['5e9000', 3, PE_LAZY | PE_PRESENT],
+      ['16fc7000', 4, PE_LAZY | PE_PRESENT],
+      ['7fb6119ac000', 2, PE_PRESENT],
+      ['7ffee4755000', 2, PE_LAZY | PE_PRESENT]
     ])
     const layout = pageLayoutFromPagemaps(new Map([['pagemap-1.img', Buffer.from(hex, 'hex')]]))
     assert.equal(layout.get('pages-1.img')?.length, 18)
@@ -131,7 +171,7 @@ describe('parsePagemap', () => {
   const bad: Array<[string, Uint8Array, RegExp]> = [
     ['too short for the magics', new Uint8Array([0x19, 0x43, 0x56]), /too short/],
     ['a bad head magic', new Uint8Array([...u32(0x12345678), ...u32(PAGEMAP_MAGIC)]), /head magic/],
-    ['another image\'s magic', new Uint8Array([...u32(IMG_COMMON_MAGIC), ...u32(0x55105940)]), /not a pagemap/],
+    ["another image's magic", new Uint8Array([...u32(IMG_COMMON_MAGIC), ...u32(0x55105940)]), /not a pagemap/],
     ['no head', new Uint8Array(MAGICS), /no pagemap_head/],
     ['a truncated entry length', new Uint8Array([...pagemapImage(1, []), 4, 0]), /truncated/],
     ['an entry length past the end', new Uint8Array([...pagemapImage(1, []), ...u32(100), 8, 1]), /truncated: entry of 100 bytes/],

@@ -21,7 +21,7 @@ interface Fake {
   port: FailoverPort
   calls: string[]
   events: FailoverEvent[]
-  state: { owner: 'alive' | 'suspect' | 'dead' | 'left' | undefined, claim: string | undefined, member: boolean, own: { owner: string | null, epoch: number } | undefined }
+  state: { owner: 'alive' | 'suspect' | 'dead' | 'left' | undefined; claim: string | undefined; member: boolean; own: { owner: string | null; epoch: number } | undefined }
   acquire: (name: string, epoch: number) => Promise<unknown>
   restore: (gen: number) => Promise<void>
   replicas: ReplicaMeta[]
@@ -46,10 +46,21 @@ function fake (m = meta()): Fake {
     peerState: () => f.state.owner,
     claimState: () => f.state.claim,
     isMember: () => f.state.member,
-    acquire: async (name, epoch) => { f.calls.push(`acquire ${name}@${epoch}`); return await f.acquire(name, epoch) },
-    release: async (name) => { f.calls.push(`release ${name}`) },
-    restore: async (mm, gen, epoch) => { f.calls.push(`restore ${mm.container} gen ${gen} at ${epoch}`); await f.restore(gen) },
-    drop: async (name) => { f.calls.push(`drop ${name}`); f.replicas = f.replicas.filter((x) => x.container !== name) },
+    acquire: async (name, epoch) => {
+      f.calls.push(`acquire ${name}@${epoch}`)
+      return await f.acquire(name, epoch)
+    },
+    release: async (name) => {
+      f.calls.push(`release ${name}`)
+    },
+    restore: async (mm, gen, epoch) => {
+      f.calls.push(`restore ${mm.container} gen ${gen} at ${epoch}`)
+      await f.restore(gen)
+    },
+    drop: async (name) => {
+      f.calls.push(`drop ${name}`)
+      f.replicas = f.replicas.filter((x) => x.container !== name)
+    },
     hasContainer: async () => f.has
   }
   return f
@@ -76,7 +87,7 @@ describe('ownerGone and replicaStale (pure)', () => {
     assert.equal(ownerGone(m, own, 'left', 'running'), null, 'a node that left on purpose keeps its containers')
     assert.match(ownerGone(m, own, 'dead', 'running') ?? '', /dead/)
     assert.match(ownerGone(m, own, 'alive', 'stopped') ?? '', /no longer runs it/)
-    assert.equal(ownerGone(m, { owner: OWNER, epoch: 4 }, 'dead', 'running'), null, 'another epoch: not this replica\'s owner')
+    assert.equal(ownerGone(m, { owner: OWNER, epoch: 4 }, 'dead', 'running'), null, "another epoch: not this replica's owner")
     assert.match(ownerGone(m, { owner: null, epoch: 3 }, undefined, undefined, false) ?? '', /removed/)
     assert.equal(ownerGone(m, { owner: null, epoch: 3 }, 'alive', undefined, true), null, 'released by a member (removed by its user): never')
   })
@@ -99,11 +110,15 @@ describe('FailoverController', () => {
 
   test('the newest generation fails to restore: the one before; both fail: the lease goes back', async () => {
     const f = fake()
-    f.restore = async (gen) => { if (gen === 8) throw new Error('criu said no') }
+    f.restore = async (gen) => {
+      if (gen === 8) throw new Error('criu said no')
+    }
     await run(f, { t: 0 }, 2)
     assert.deepEqual(f.calls, ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'drop web'])
     const g = fake()
-    g.restore = async () => { throw new Error('criu said no') }
+    g.restore = async () => {
+      throw new Error('criu said no')
+    }
     await run(g, { t: 0 }, 2)
     assert.deepEqual(g.calls, ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'release web', 'drop web'], 'the replica is used up: dropped')
     assert.ok(g.events.some((e) => e.type === 'failover-failed'))
@@ -111,7 +126,9 @@ describe('FailoverController', () => {
 
   test('refused: nothing restored, asked again at most twice a lease', async () => {
     const f = fake()
-    f.acquire = async () => { throw new Error('lease-live') }
+    f.acquire = async () => {
+      throw new Error('lease-live')
+    }
     await run(f, { t: 0 }, 20) // 2 s
     assert.ok(f.calls.every((c) => c === 'acquire web@4'), f.calls.join('; '))
     assert.ok(f.calls.length >= 3 && f.calls.length <= 5, `${f.calls.length} requests in 2 s with a 1 s lease`)

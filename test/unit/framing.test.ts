@@ -20,7 +20,7 @@ const isReason = (reason: string) => (err: unknown) => err instanceof ProtocolEr
 describe('FramedStream', () => {
   test('frames arrive in order, small ones batched between large ones; then null at the end', async () => {
     const [a, b] = await pair()
-    const sent: Array<{ type: number, payload: Uint8Array }> = []
+    const sent: Array<{ type: number; payload: Uint8Array }> = []
     for (let i = 0; i < 300; i++) {
       const size = i % 50 === 0 ? 300_000 : i % 7
       sent.push({ type: i % 256, payload: crypto.randomBytes(size) })
@@ -53,7 +53,10 @@ describe('FramedStream', () => {
       a.stream.send(wire.subarray(off, off + piece))
       off += piece
     }
-    while (off < wire.byteLength) { a.stream.send(wire.subarray(off, off + 7)); off += 7 }
+    while (off < wire.byteLength) {
+      a.stream.send(wire.subarray(off, off + 7))
+      off += 7
+    }
     await a.closeWrite()
     for (const want of frames) assert.deepEqual(Buffer.from((await b.readFrame())?.payload ?? []), want)
     assert.equal(await b.readFrame(), null)

@@ -9,7 +9,11 @@ import type { PrivateKey } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import {
-  handoverSigningBytes, HandoverSchema, MAX_EPOCH, signHandover, verifyHandover
+  handoverSigningBytes,
+  HandoverSchema,
+  MAX_EPOCH,
+  signHandover,
+  verifyHandover
 } from '../../src/cluster/handover.ts'
 import type { Handover, HandoverBody } from '../../src/cluster/handover.ts'
 
@@ -71,7 +75,7 @@ describe('sign and verify', () => {
     assert.equal(verifyHandover(byB), true)
   })
 
-  test('signHandover refuses a key that is not `from`\'s, and an invalid body', async () => {
+  test("signHandover refuses a key that is not `from`'s, and an invalid body", async () => {
     await assert.rejects(signHandover(kB, body()), /cannot be signed with another peer's key/)
     await assert.rejects(signHandover(kA, body({ epoch: 0 })))
     await assert.rejects(signHandover(kA, body({ epoch: MAX_EPOCH + 1 })))
@@ -81,7 +85,12 @@ describe('sign and verify', () => {
   test('garbage fails without throwing', async () => {
     const h = await signHandover(kA, body())
     const garbage: unknown[] = [
-      null, undefined, 0, 'handover', [], {},
+      null,
+      undefined,
+      0,
+      'handover',
+      [],
+      {},
       { ...h, sig: '' },
       { ...h, sig: h.sig.slice(0, 85) },
       { ...h, sig: `${h.sig}A` },

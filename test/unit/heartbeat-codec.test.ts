@@ -10,7 +10,13 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { signHandover } from '../../src/cluster/handover.ts'
 import {
-  decodeHeartbeat, DROP_REASONS, encodeHeartbeat, HEARTBEAT_VERSION, MAX_CONTAINERS, MAX_EPOCH, MAX_HEARTBEAT_BYTES
+  decodeHeartbeat,
+  DROP_REASONS,
+  encodeHeartbeat,
+  HEARTBEAT_VERSION,
+  MAX_CONTAINERS,
+  MAX_EPOCH,
+  MAX_HEARTBEAT_BYTES
 } from '../../src/overlay/membership/heartbeat.ts'
 import type { ContainerClaim, DecodeResult, DropReason, Heartbeat } from '../../src/overlay/membership/heartbeat.ts'
 
@@ -53,7 +59,9 @@ function raw (hb: Heartbeat, mutate: (o: Record<string, unknown>) => void): Uint
   return new TextEncoder().encode(JSON.stringify(o))
 }
 
-function text (s: string): Uint8Array { return new TextEncoder().encode(s) }
+function text (s: string): Uint8Array {
+  return new TextEncoder().encode(s)
+}
 
 function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): void {
   assert.equal(r.ok, false, `expected a drop for ${reason}, got ${JSON.stringify(r).slice(0, 200)}`)
@@ -68,9 +76,20 @@ describe('round trip', () => {
   test('this is version 3, with every drop reason named', () => {
     assert.equal(HEARTBEAT_VERSION, 3)
     assert.deepEqual([...DROP_REASONS], [
-      'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
-      'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit',
-      'claims-digest', 'claims-page'
+      'oversized',
+      'malformed',
+      'version',
+      'forged-sender',
+      'not-member',
+      'stale',
+      'replayed',
+      'epoch-regression',
+      'owner-conflict',
+      'unproven-handover',
+      'epoch-jump',
+      'claim-limit',
+      'claims-digest',
+      'claims-page'
     ])
   })
 
@@ -126,7 +145,9 @@ describe('handover (v2)', () => {
       ['null', null]
     ]
     for (const [what, handover] of cases) {
-      const r = decodeHeartbeat(raw(heartbeat(), (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.handover = handover }), alice)
+      const r = decodeHeartbeat(raw(heartbeat(), (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.handover = handover
+      }), alice)
       assert.equal(r.ok, false, what)
       if (!r.ok) {
         assert.equal(r.reason, 'malformed', `${what}: ${r.reason}`)
@@ -166,7 +187,9 @@ describe('oversized', () => {
   test('encodeHeartbeat refuses a heartbeat that would exceed 64 KiB', () => {
     // Schema-valid, but 512 long container names and 32 long addresses exceed the wire limit.
     const containers = Array.from({ length: MAX_CONTAINERS }, (_, i) => ({
-      name: `c${String(i).padStart(3, '0')}`.padEnd(63, 'x'), epoch: MAX_EPOCH, state: 'checkpointed' as const
+      name: `c${String(i).padStart(3, '0')}`.padEnd(63, 'x'),
+      epoch: MAX_EPOCH,
+      state: 'checkpointed' as const
     }))
     const addrs = Array.from({ length: 32 }, (_, i) => `/dns4/host${i}.example.org/tcp/4001/`.padEnd(256, 'a'))
     const hb = heartbeat({ containers, addrs })
@@ -203,46 +226,108 @@ describe('malformed', () => {
 
   test('a missing field', () => {
     for (const field of ['v', 'type', 'peerId', 'incarnation', 'seq', 'sentAt', 'name', 'version', 'role', 'addrs', 'containers', 'resources']) {
-      const data = raw(heartbeat(), (o) => { delete o[field] })
+      const data = raw(heartbeat(), (o) => {
+        delete o[field]
+      })
       assertDropped(decodeHeartbeat(data, alice), 'malformed', new RegExp(`^${field}`))
     }
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { delete (o.resources as Record<string, unknown>).diskFreeBytes }), alice), 'malformed', /resources\.diskFreeBytes/)
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { delete (o.containers as Array<Record<string, unknown>>)[1]!.epoch }), alice), 'malformed', /containers\.1\.epoch/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      delete (o.resources as Record<string, unknown>).diskFreeBytes
+    }), alice), 'malformed', /resources\.diskFreeBytes/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      delete (o.containers as Array<Record<string, unknown>>)[1]!.epoch
+    }), alice), 'malformed', /containers\.1\.epoch/)
   })
 
   test('an extra field, at any level', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.admin = true }), alice), 'malformed')
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { (o.resources as Record<string, unknown>).cpu = 4 }), alice), 'malformed')
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.owner = bob }), alice), 'malformed')
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.admin = true
+    }), alice), 'malformed')
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      ;(o.resources as Record<string, unknown>).cpu = 4
+    }), alice), 'malformed')
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      ;(o.containers as Array<Record<string, unknown>>)[0]!.owner = bob
+    }), alice), 'malformed')
   })
 
   test('wrong types and out-of-range values', () => {
     const cases: Array<[string, (o: Record<string, unknown>) => void]> = [
-      ['seq as a string', (o) => { o.seq = '7' }],
-      ['seq negative', (o) => { o.seq = -1 }],
-      ['seq fractional', (o) => { o.seq = 1.5 }],
-      ['seq above MAX_SAFE_INTEGER', (o) => { o.seq = 2 ** 53 }],
-      ['incarnation null', (o) => { o.incarnation = null }],
-      ['sentAt as a string', (o) => { o.sentAt = new Date().toISOString() }],
-      ['type unknown', (o) => { o.type = 'join' }],
-      ['role unknown', (o) => { o.role = 'leader' }],
-      ['name empty', (o) => { o.name = '' }],
-      ['name too long', (o) => { o.name = 'n'.repeat(65) }],
-      ['version as a number', (o) => { o.version = 1 }],
-      ['addrs as a string', (o) => { o.addrs = '/ip4/10.0.0.1/tcp/4001' }],
-      ['an empty addr', (o) => { o.addrs = [''] }],
-      ['too many addrs', (o) => { o.addrs = Array.from({ length: 33 }, (_, i) => `/ip4/10.0.0.${i}/tcp/4001`) }],
-      ['containers as an object', (o) => { o.containers = {} }],
-      ['resources as a number', (o) => { o.resources = 0 }],
-      ['memFreeBytes negative', (o) => { (o.resources as Record<string, unknown>).memFreeBytes = -1 }],
-      ['container epoch 0', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = 0 }],
-      ['container epoch above 2^40', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = MAX_EPOCH + 1 }],
-      ['container epoch 2^53', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = 2 ** 53 }],
-      ['container epoch as a string', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.epoch = '3' }],
-      ['container state unknown', (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.state = 'migrating' }],
-      ['peerId as a number', (o) => { o.peerId = 12 }],
-      ['peerId too short', (o) => { o.peerId = '12D3Koo' }],
-      ['peerId not base58', (o) => { o.peerId = `${alice.slice(0, -1)}0` }]
+      ['seq as a string', (o) => {
+        o.seq = '7'
+      }],
+      ['seq negative', (o) => {
+        o.seq = -1
+      }],
+      ['seq fractional', (o) => {
+        o.seq = 1.5
+      }],
+      ['seq above MAX_SAFE_INTEGER', (o) => {
+        o.seq = 2 ** 53
+      }],
+      ['incarnation null', (o) => {
+        o.incarnation = null
+      }],
+      ['sentAt as a string', (o) => {
+        o.sentAt = new Date().toISOString()
+      }],
+      ['type unknown', (o) => {
+        o.type = 'join'
+      }],
+      ['role unknown', (o) => {
+        o.role = 'leader'
+      }],
+      ['name empty', (o) => {
+        o.name = ''
+      }],
+      ['name too long', (o) => {
+        o.name = 'n'.repeat(65)
+      }],
+      ['version as a number', (o) => {
+        o.version = 1
+      }],
+      ['addrs as a string', (o) => {
+        o.addrs = '/ip4/10.0.0.1/tcp/4001'
+      }],
+      ['an empty addr', (o) => {
+        o.addrs = ['']
+      }],
+      ['too many addrs', (o) => {
+        o.addrs = Array.from({ length: 33 }, (_, i) => `/ip4/10.0.0.${i}/tcp/4001`)
+      }],
+      ['containers as an object', (o) => {
+        o.containers = {}
+      }],
+      ['resources as a number', (o) => {
+        o.resources = 0
+      }],
+      ['memFreeBytes negative', (o) => {
+        ;(o.resources as Record<string, unknown>).memFreeBytes = -1
+      }],
+      ['container epoch 0', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.epoch = 0
+      }],
+      ['container epoch above 2^40', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.epoch = MAX_EPOCH + 1
+      }],
+      ['container epoch 2^53', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.epoch = 2 ** 53
+      }],
+      ['container epoch as a string', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.epoch = '3'
+      }],
+      ['container state unknown', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.state = 'migrating'
+      }],
+      ['peerId as a number', (o) => {
+        o.peerId = 12
+      }],
+      ['peerId too short', (o) => {
+        o.peerId = '12D3Koo'
+      }],
+      ['peerId not base58', (o) => {
+        o.peerId = `${alice.slice(0, -1)}0`
+      }]
     ]
     for (const [what, mutate] of cases) {
       const r = decodeHeartbeat(raw(heartbeat(), mutate), alice)
@@ -253,7 +338,9 @@ describe('malformed', () => {
 
   test('a bad container name', () => {
     for (const name of ['', '-web', '.hidden', '_x', 'a/b', '../etc', 'web 1', 'wéb', 'a'.repeat(64)]) {
-      const r = decodeHeartbeat(raw(heartbeat(), (o) => { (o.containers as Array<Record<string, unknown>>)[0]!.name = name }), alice)
+      const r = decodeHeartbeat(raw(heartbeat(), (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.name = name
+      }), alice)
       assert.equal(r.ok, false, JSON.stringify(name))
       if (!r.ok) assert.equal(r.reason, 'malformed', `${name}: ${r.reason}`)
     }
@@ -283,18 +370,28 @@ describe('malformed', () => {
 
 describe('version', () => {
   test('v: 2 (the previous version) and v: 4 are version drops, even when the rest would not parse', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 2 }), alice), 'version', /version 2/)
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 4 }), alice), 'version', /version 4/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.v = 2
+    }), alice), 'version', /version 2/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.v = 4
+    }), alice), 'version', /version 4/)
     assertDropped(decodeHeartbeat(text('{"v":4,"future":"format"}'), alice), 'version', /version 4/)
   })
 
   test('v: "3" (a string) is a version drop', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = '3' }), alice), 'version', /version "3"/)
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.v = '3'
+    }), alice), 'version', /version "3"/)
   })
 
   test('v: null and v: 0 are version drops', () => {
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = null }), alice), 'version')
-    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => { o.v = 0 }), alice), 'version')
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.v = null
+    }), alice), 'version')
+    assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
+      o.v = 0
+    }), alice), 'version')
   })
 })
 

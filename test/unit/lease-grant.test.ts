@@ -11,7 +11,12 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { MAX_EPOCH } from '../../src/cluster/handover.ts'
 import {
-  grantSigningBytes, LeaseGrantSchema, quorum, signGrant, verifyGrant, verifyLeaseProof
+  grantSigningBytes,
+  LeaseGrantSchema,
+  quorum,
+  signGrant,
+  verifyGrant,
+  verifyLeaseProof
 } from '../../src/failover/grant.ts'
 import type { LeaseGrant, LeaseProof } from '../../src/failover/grant.ts'
 
@@ -28,7 +33,7 @@ before(async () => {
   H = ids[5] as string
 })
 
-async function grantBy (i: number, over: Partial<{ container: string, epoch: number, holder: string }> = {}): Promise<LeaseGrant> {
+async function grantBy (i: number, over: Partial<{ container: string; epoch: number; holder: string }> = {}): Promise<LeaseGrant> {
   return await signGrant(keys[i] as PrivateKey, { container: 'web', epoch: 3, holder: H, grantor: ids[i] as string, ...over })
 }
 
@@ -68,7 +73,7 @@ describe('grants', () => {
     assert.equal(verifyGrant(g), true) // cached verdicts never cross contents
   })
 
-  test('signGrant refuses another peer\'s key and an invalid body', async () => {
+  test("signGrant refuses another peer's key and an invalid body", async () => {
     await assert.rejects(signGrant(keys[1] as PrivateKey, { container: 'web', epoch: 1, holder: H, grantor: ids[0] as string }), /another peer's key/)
     await assert.rejects(grantBy(0, { epoch: 0 }))
     await assert.rejects(grantBy(0, { epoch: MAX_EPOCH + 1 }))
@@ -77,8 +82,8 @@ describe('grants', () => {
 })
 
 describe('verifyLeaseProof', () => {
-  const want = (members: string[], over: Partial<{ container: string, epoch: number, holder: string }> = {}): { container: string, epoch: number, holder: string, members: ReadonlySet<string> } =>
-    ({ container: 'web', epoch: 3, holder: H, members: new Set(members), ...over })
+  const want = (members: string[], over: Partial<{ container: string; epoch: number; holder: string }> = {}): { container: string; epoch: number; holder: string; members: ReadonlySet<string> } => ({ container: 'web', epoch: 3, holder: H,
+    members: new Set(members), ...over })
 
   test('a quorum of distinct member grantors holds; one less does not', async () => {
     const members = ids.slice(0, 5) // quorum 3

@@ -45,7 +45,9 @@ function memStore (initial: GrantorRecords = {}): MemStore {
     saves: 0,
     delayMs: 0,
     fail: false,
-    async load () { return structuredClone(s.disk) },
+    async load () {
+      return structuredClone(s.disk)
+    },
     async save (records) {
       if (s.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, s.delayMs))
       if (s.fail) throw new Error('disk full')
@@ -57,7 +59,7 @@ function memStore (initial: GrantorRecords = {}): MemStore {
 }
 
 let t = 0
-async function grantor (over: Partial<LeaseGrantorInit> = {}, store = memStore()): Promise<{ g: LeaseGrantor, store: MemStore }> {
+async function grantor (over: Partial<LeaseGrantorInit> = {}, store = memStore()): Promise<{ g: LeaseGrantor; store: MemStore }> {
   t = 10_000
   const g = new LeaseGrantor({ leaseMs: LEASE, now: () => t, store, ...over })
   await g.start()
@@ -133,7 +135,10 @@ describe('LeaseGrantor', () => {
   test('failover: the membership view vetoes it while the owner is seen running the container', async () => {
     let alive = true
     const calls: string[] = []
-    const { g } = await grantor({ mayTakeOver: (c, h) => { calls.push(`${c} ${h}`); return !alive } })
+    const { g } = await grantor({ mayTakeOver: (c, h) => {
+      calls.push(`${c} ${h}`)
+      return !alive
+    } })
     await g.decide(A, { container: 'web', epoch: 1 })
     t += LEASE
     refused(await g.decide(B, { container: 'web', epoch: 2 }), 'owner-alive')
@@ -193,7 +198,10 @@ describe('LeaseGrantor', () => {
     const { g, store } = await grantor()
     store.delayMs = 150
     let answered = false
-    const p = g.decide(A, { container: 'web', epoch: 1 }).then((d) => { answered = true; return d })
+    const p = g.decide(A, { container: 'web', epoch: 1 }).then((d) => {
+      answered = true
+      return d
+    })
     await new Promise((resolve) => setTimeout(resolve, 100))
     assert.equal(answered, false)
     assert.deepEqual(store.disk, {})
@@ -226,7 +234,7 @@ describe('LeaseGrantor', () => {
     assert.deepEqual(first.map((d) => d.granted).sort(), [false, true])
   })
 
-  test('release: expires the holder\'s lease at once, keeps the epoch; anyone else\'s release does nothing', async () => {
+  test("release: expires the holder's lease at once, keeps the epoch; anyone else's release does nothing", async () => {
     const { g } = await grantor({ mayTakeOver: () => true })
     await g.decide(A, { container: 'web', epoch: 3 })
     assert.equal(await g.release(B, 'web', 3), false)

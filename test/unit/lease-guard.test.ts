@@ -27,7 +27,11 @@ before(async () => {
 })
 
 after(async () => {
-  for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch {} }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
   await fs.rm(tmp, { recursive: true, force: true })
 })
 
@@ -53,7 +57,12 @@ async function waitFor (cond: () => Promise<boolean>, ms: number): Promise<boole
 }
 
 function alive (pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch { return false }
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
 }
 
 describe('LeaseGuard', () => {

@@ -17,7 +17,12 @@ import { verifyLeaseProof } from '../../src/failover/grant.ts'
 import type { GrantorRecords, GrantorStore } from '../../src/failover/lease-grantor.ts'
 import { LeaseService, type LeaseGuardPort } from '../../src/failover/lease-service.ts'
 import {
-  GrantsResponseSchema, LeaseRequestSchema, MAX_DETAIL_CHARS, MAX_LEASE_FRAME, MAX_LEASE_ITEMS, sanitizeDetail
+  GrantsResponseSchema,
+  LeaseRequestSchema,
+  MAX_DETAIL_CHARS,
+  MAX_LEASE_FRAME,
+  MAX_LEASE_ITEMS,
+  sanitizeDetail
 } from '../../src/failover/lease-messages.ts'
 import { MAX_EPOCH } from '../../src/cluster/handover.ts'
 import { silentLogger } from '../../src/util/logger.ts'
@@ -38,14 +43,18 @@ let ids: string[] = []
 
 function memStore (): GrantorStore {
   let disk: GrantorRecords = {}
-  return { load: async () => structuredClone(disk), save: async (r) => { disk = structuredClone(r) } }
+  return { load: async () => structuredClone(disk), save: async (r) => {
+    disk = structuredClone(r)
+  } }
 }
 
 function fakeGuard (arms: Array<[string, number]>): LeaseGuardPort {
   return {
     start: async () => {},
     stop: async () => {},
-    arm: async (name, deadline) => { arms.push([name, deadline]) },
+    arm: async (name, deadline) => {
+      arms.push([name, deadline])
+    },
     disarm: async () => {},
     clearFenced: async () => {}
   }
@@ -63,7 +72,9 @@ async function makeNode (key: PrivateKey): Promise<TestNode> {
     store: memStore(),
     members: () => ids,
     isMember: (p) => ids.includes(p),
-    handle: async (_protocol, handler) => { handlers.set(id, handler) },
+    handle: async (_protocol, handler) => {
+      handlers.set(id, handler)
+    },
     dial: async (peer) => {
       if (down.has(peer) || down.has(id)) throw new Error(`${peer} is unreachable`)
       const handler = handlers.get(peer)
@@ -73,7 +84,9 @@ async function makeNode (key: PrivateKey): Promise<TestNode> {
       return a
     },
     mayTakeOver: () => true,
-    onExpired: async (container, epoch) => { expired.push([container, epoch]) },
+    onExpired: async (container, epoch) => {
+      expired.push([container, epoch])
+    },
     guard: fakeGuard(arms),
     logger: silentLogger(),
     now: () => t,
@@ -133,7 +146,7 @@ describe('LeaseService', () => {
     }
   })
 
-  test('two members down: LeaseRefusedError with each member\'s reason', async () => {
+  test("two members down: LeaseRefusedError with each member's reason", async () => {
     down.add(B.id)
     down.add(C.id)
     try {

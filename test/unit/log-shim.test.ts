@@ -21,12 +21,18 @@ const dirs: string[] = []
 const pidFiles: string[] = []
 const shims: ChildProcess[] = []
 
-before(async () => { shim = await buildLogShim() })
+before(async () => {
+  shim = await buildLogShim()
+})
 after(async () => {
   for (const c of shims) if (c.exitCode == null && c.signalCode == null) c.kill('SIGKILL')
   for (const f of pidFiles) {
     const pid = Number(await fs.readFile(f, 'utf8').catch(() => ''))
-    if (pid > 0) try { process.kill(pid, 'SIGKILL') } catch {}
+    if (pid > 0) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {}
+    }
   }
   for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
 })
@@ -41,7 +47,7 @@ interface Shim {
   child: ChildProcess
   /** The first line on fd 3. */
   status: Promise<string>
-  exit: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   stderr: () => string
 }
 
@@ -49,14 +55,19 @@ function startShim (env: Record<string, string>, argv: string[]): Shim {
   const child = spawn(shim, argv, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] })
   shims.push(child)
   let err = ''
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString() })
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString()
+  })
   const fd3 = child.stdio[3] as NodeJS.ReadableStream
   const status = new Promise<string>((resolve) => {
     let out = ''
-    fd3.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n'))) })
+    fd3.on('data', (d: Buffer) => {
+      out += d.toString()
+      if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')))
+    })
     fd3.on('end', () => resolve(out))
   })
-  const exit = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
   return { child, status, exit, stderr: () => err }
 }
 
@@ -64,7 +75,7 @@ function startShim (env: Record<string, string>, argv: string[]): Shim {
  * A stand-in for `runc run -d`: leaves `cat FIFO` behind as the container writing to
  * the pipe, and exits with `code`.
  */
-async function detachingCommand (dir: string, code = 0): Promise<{ argv: string[], fifo: string }> {
+async function detachingCommand (dir: string, code = 0): Promise<{ argv: string[]; fifo: string }> {
   const fifo = path.join(dir, 'container-output')
   execFileSync('mkfifo', [fifo])
   const pidFile = path.join(dir, 'cat.pid')
@@ -75,11 +86,15 @@ async function detachingCommand (dir: string, code = 0): Promise<{ argv: string[
 /** Writes `chunks` into the container's FIFO, one write each, then closes it: the last writer goes. */
 async function containerWrites (fifo: string, ...chunks: Buffer[]): Promise<void> {
   const fh = await fs.open(fifo, 'w')
-  try { for (const c of chunks) await fh.write(c) } finally { await fh.close() }
+  try {
+    for (const c of chunks) await fh.write(c)
+  } finally {
+    await fh.close()
+  }
 }
 
 describe('log shim', () => {
-  test('reports the command\'s status at once, appends every byte the container writes afterwards, exits at EOF', async () => {
+  test("reports the command's status at once, appends every byte the container writes afterwards, exits at EOF", async () => {
     const d = await tmp()
     const log = path.join(d, 'container.log')
     await fs.writeFile(log, 'earlier run\n')
@@ -92,11 +107,10 @@ describe('log shim', () => {
     assert.deepEqual(await fs.readFile(log), Buffer.concat([Buffer.from('earlier run\nhello\n'), payload]))
   })
 
-  test('creates the log 0600 and sends the command\'s stdout and stderr there, not its environment', async () => {
+  test("creates the log 0600 and sends the command's stdout and stderr there, not its environment", async () => {
     const d = await tmp()
     const log = path.join(d, 'container.log')
-    const s = startShim({ MSC_SHIM_LOG: log, MSC_SHIM_MAX: '4096' },
-      ['/bin/sh', '-c', 'echo "out [$MSC_SHIM_LOG$MSC_SHIM_MAX]"; echo err >&2; read x || echo "stdin closed"; exit 7'])
+    const s = startShim({ MSC_SHIM_LOG: log, MSC_SHIM_MAX: '4096' }, ['/bin/sh', '-c', 'echo "out [$MSC_SHIM_LOG$MSC_SHIM_MAX]"; echo err >&2; read x || echo "stdin closed"; exit 7'])
     assert.equal(await s.status, '7')
     assert.deepEqual(await s.exit, { code: 0, signal: null })
     assert.equal(await fs.readFile(log, 'utf8'), 'out []\nerr\nstdin closed\n')

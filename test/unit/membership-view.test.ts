@@ -43,25 +43,31 @@ async function handover (container: string, epoch: number, from: string, to: str
 }
 
 type Recorded =
-  | { type: 'member:state', peerId: string, from: string | null, to: string }
-  | { type: 'owner:change', container: string, from: string | null, to: string | null, epoch: number }
-  | { type: 'drop', peerId: string, reason: DropReason, detail: string }
+  | { type: 'member:state'; peerId: string; from: string | null; to: string }
+  | { type: 'owner:change'; container: string; from: string | null; to: string | null; epoch: number }
+  | { type: 'drop'; peerId: string; reason: DropReason; detail: string }
 
 /** A view on the fake clock, reset to T0, with every event recorded in order. */
-function setup (init: Partial<MembershipViewInit> = {}): { view: MembershipView, events: Recorded[], take: () => Recorded[] } {
+function setup (init: Partial<MembershipViewInit> = {}): { view: MembershipView; events: Recorded[]; take: () => Recorded[] } {
   t = T0
   const view = new MembershipView({ selfId: SELF, timers: TIMERS, now: () => t, ...init })
   const events: Recorded[] = []
-  view.addEventListener('member:state', (e) => { events.push({ type: 'member:state', ...e.detail }) })
-  view.addEventListener('owner:change', (e) => { events.push({ type: 'owner:change', ...e.detail }) })
-  view.addEventListener('drop', (e) => { events.push({ type: 'drop', ...e.detail }) })
+  view.addEventListener('member:state', (e) => {
+    events.push({ type: 'member:state', ...e.detail })
+  })
+  view.addEventListener('owner:change', (e) => {
+    events.push({ type: 'owner:change', ...e.detail })
+  })
+  view.addEventListener('drop', (e) => {
+    events.push({ type: 'drop', ...e.detail })
+  })
   /** Returns the events since the last call and forgets them. */
   const take = (): Recorded[] => events.splice(0, events.length)
   return { view, events, take }
 }
 
 /** Drop events without their free-text detail, which is asserted separately where it matters. */
-function drops (events: Recorded[]): Array<{ peerId: string, reason: DropReason }> {
+function drops (events: Recorded[]): Array<{ peerId: string; reason: DropReason }> {
   return events.flatMap((e) => e.type === 'drop' ? [{ peerId: e.peerId, reason: e.reason }] : [])
 }
 
@@ -82,7 +88,9 @@ const ZERO_DROPS: Record<DropReason, number> = {
   'claims-page': 0
 }
 
-function dropped (view: MembershipView): Record<DropReason, number> { return view.stats().dropped }
+function dropped (view: MembershipView): Record<DropReason, number> {
+  return view.stats().dropped
+}
 
 function hb (peerId: string, seq: number, over: Partial<Heartbeat> = {}): Heartbeat {
   return {
@@ -106,7 +114,7 @@ function claim (name: string, epoch: number, state: ContainerClaim['state'] = 'r
   return h == null ? { name, epoch, state } : { name, epoch, state, handover: h }
 }
 
-function owner (view: MembershipView, container: string): { owner: string | null, epoch: number } | undefined {
+function owner (view: MembershipView, container: string): { owner: string | null; epoch: number } | undefined {
   const o = view.ownerOf(container)
   return o == null ? undefined : { owner: o.owner, epoch: o.epoch }
 }
@@ -359,7 +367,9 @@ describe('member states', () => {
     assert.equal(view.ingest(hb(A, 9, { incarnation: 100 })), false) // lower seq
     assert.equal(view.ingest(hb(A, 99, { incarnation: 99 })), false) // older incarnation, whatever the seq
     assert.deepEqual(drops(take()), [
-      { peerId: A, reason: 'replayed' }, { peerId: A, reason: 'replayed' }, { peerId: A, reason: 'replayed' }
+      { peerId: A, reason: 'replayed' },
+      { peerId: A, reason: 'replayed' },
+      { peerId: A, reason: 'replayed' }
     ])
     assert.deepEqual(view.stats(), { accepted: 1, dropped: { ...ZERO_DROPS, replayed: 3 } })
     assert.equal(view.get(A)?.seq, 10)
@@ -510,7 +520,7 @@ describe('ownership', () => {
     assert.deepEqual(dropped(view), ZERO_DROPS)
   })
 
-  test('a higher epoch from another peer, with the owner\'s handover, takes the container over', async () => {
+  test("a higher epoch from another peer, with the owner's handover, takes the container over", async () => {
     const { view, take } = setup()
     view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
     take()
@@ -535,8 +545,8 @@ describe('ownership', () => {
     take()
     assert.equal(view.ingest(hb(B, 2, { containers: [claim('web', 3), claim('db', 1)] })), true)
     const evs = take()
-    assert.deepEqual(evs.map((e) => e.type === 'drop' ? `drop ${e.peerId === B ? 'B' : '?'} ${e.reason}` : e.type === 'owner:change' ? `owner ${e.container} ${e.to === B ? 'B' : '?'}@${e.epoch}` : e.type),
-      ['drop B owner-conflict', 'owner db B@1'])
+    assert.deepEqual(evs.map((e) => e.type === 'drop' ? `drop ${e.peerId === B ? 'B' : '?'} ${e.reason}` : e.type === 'owner:change' ? `owner ${e.container} ${e.to === B ? 'B' : '?'}@${e.epoch}` : e.type), ['drop B owner-conflict',
+      'owner db B@1'])
     const d = evs[0]
     assert.ok(d?.type === 'drop')
     assert.match(d.detail, /web at epoch 3 is owned by/)
@@ -625,7 +635,9 @@ describe('ownership', () => {
       { type: 'owner:change', container: 'db', from: A, to: null, epoch: 7 }
     ])
     assert.deepEqual(view.ownership().map((o) => [o.container, o.owner, o.epoch]), [
-      ['cache', B, 1], ['db', null, 7], ['web', A, 3]
+      ['cache', B, 1],
+      ['db', null, 7],
+      ['web', A, 3]
     ])
     assert.deepEqual(view.get(A)?.containers.map((c) => c.name), ['web'])
   })
@@ -649,7 +661,7 @@ describe('ownership', () => {
     assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
   })
 
-  test('a dead member\'s container is taken with a grant (verifyGrant)', () => {
+  test("a dead member's container is taken with a grant (verifyGrant)", () => {
     const asked: Array<[string, number, string, string | null, number]> = []
     const { view, take } = setup({
       verifyGrant: (c, claimant, current) => {
@@ -695,7 +707,7 @@ describe('ownership', () => {
       assert.equal(view.get(SELF), undefined)
     })
 
-    test('a higher epoch with the peer\'s handover takes over its container, and the peer then regresses', async () => {
+    test("a higher epoch with the peer's handover takes over its container, and the peer then regresses", async () => {
       const { view, take } = setup()
       view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
       take()
@@ -714,7 +726,7 @@ describe('ownership', () => {
       assert.deepEqual(owner(view, 'web'), { owner: SELF, epoch: 4 })
     })
 
-    test('a lower epoch does not take a peer\'s container', () => {
+    test("a lower epoch does not take a peer's container", () => {
       const { view, take } = setup()
       view.ingest(hb(A, 1, { containers: [claim('web', 5)] }))
       take()
@@ -793,7 +805,7 @@ describe('only an owner hands over', () => {
     assert.equal(dropped(view)['unproven-handover'], 1)
   })
 
-  test('a handover that is not the owner\'s, not for this claim, or badly signed is refused', async () => {
+  test("a handover that is not the owner's, not for this claim, or badly signed is refused", async () => {
     const { view, take } = setup()
     view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
     take()
@@ -802,7 +814,7 @@ describe('only an owner hands over', () => {
       ['for another claimant', await handover('web', 4, A, C), /handover is for web@4 to /],
       ['for another epoch', await handover('web', 5, A, B), /handover is for web@5/],
       ['for another container', await handover('db', 4, A, B), /handover is for db@4/],
-      ['from A, signed with B\'s key', await handover('web', 4, A, B, B), /signature does not verify/],
+      ["from A, signed with B's key", await handover('web', 4, A, B, B), /signature does not verify/],
       ['from A, its signature altered', { ...await handover('web', 4, A, B), at: t + 1 }, /signature does not verify/]
     ]
     let seq = 1
@@ -829,7 +841,9 @@ describe('only an owner hands over', () => {
     const { view, take } = setup()
     // The node's listener fences when a container moves from us to someone else.
     const fenced: string[] = []
-    view.addEventListener('owner:change', (e) => { if (e.detail.from === SELF && e.detail.to != null && e.detail.to !== SELF) fenced.push(e.detail.container) })
+    view.addEventListener('owner:change', (e) => {
+      if (e.detail.from === SELF && e.detail.to != null && e.detail.to !== SELF) fenced.push(e.detail.container)
+    })
     view.setLocalClaims([claim('web', 1)])
     take()
     let seq = 1
@@ -856,7 +870,10 @@ describe('only an owner hands over', () => {
 
   test('a grant is asked only when there is no handover; a throwing hook is a refusal', async () => {
     let asked = 0
-    const { view, take } = setup({ verifyGrant: () => { asked++; throw new Error('boom') } })
+    const { view, take } = setup({ verifyGrant: () => {
+      asked++
+      throw new Error('boom')
+    } })
     view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
     view.ingest(hb(B, 1, { containers: [claim('web', 4)] }))
     view.ingest(hb(B, 2, { containers: [claim('web', 4, 'running', await handover('web', 4, C, B))] }))

@@ -28,7 +28,7 @@ function service (port: number, events = new EventLog()): MetricsService {
   return new MetricsService({ listen: { host: '127.0.0.1', port }, node, events, statfsLocation: '/tmp', logger: silentLogger() })
 }
 
-test('GET /metrics answers Prometheus text with msc\'s and libp2p\'s metrics; nothing else is served', async (t) => {
+test("GET /metrics answers Prometheus text with msc's and libp2p's metrics; nothing else is served", async (t) => {
   const events = new EventLog()
   events.emit('lease', { type: 'lease-acquired', container: 'web', epoch: 1 })
   const s = service(0, events)
@@ -36,7 +36,9 @@ test('GET /metrics answers Prometheus text with msc\'s and libp2p\'s metrics; no
   const libp2p = s.libp2pMetrics()({ logger: defaultLogger() })
   libp2p.registerMetric('libp2p_test_gauge', { help: 'a libp2p metric' }).update(7)
   await s.start()
-  t.after(async () => { await s.stop() })
+  t.after(async () => {
+    await s.stop()
+  })
   const { port } = s.address()!
   const r = await fetch(`http://127.0.0.1:${port}/metrics`)
   assert.equal(r.status, 200)
@@ -55,8 +57,12 @@ test('GET /metrics answers Prometheus text with msc\'s and libp2p\'s metrics; no
 
 test('an address in use is a clear error at start, naming the flag and the address', async (t) => {
   const blocker = net.createServer()
-  await new Promise<void>((resolve) => { blocker.listen(0, '127.0.0.1', resolve) })
-  t.after(() => { blocker.close() })
+  await new Promise<void>((resolve) => {
+    blocker.listen(0, '127.0.0.1', resolve)
+  })
+  t.after(() => {
+    blocker.close()
+  })
   const port = (blocker.address() as net.AddressInfo).port
   const s = service(port)
   await assert.rejects(s.start(), (err: unknown) => {

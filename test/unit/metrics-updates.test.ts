@@ -60,7 +60,7 @@ test('replication, lease and failover events map to their counters; others to no
   assert.deepEqual(updatesOfEvent({ kind: 'failover', type: 'failover', ms: -1 }).length, 1)
 })
 
-test('a container\'s state comes from its record and runc\'s status, as msc ps shows it', () => {
+test("a container's state comes from its record and runc's status, as msc ps shows it", () => {
   const rec = { checkpointed: false }
   assert.equal(containerState(rec, 'running'), 'running')
   assert.equal(containerState(rec, 'paused'), 'paused')
@@ -76,12 +76,18 @@ test('a container\'s state comes from its record and runc\'s status, as msc ps s
 })
 
 function fakeNode (over: Partial<NodeReader> = {}): NodeReader & { runcLists: number } {
-  const records: Record<string, { checkpointed: boolean, fenced?: unknown }> = {
-    web: { checkpointed: false }, db: { checkpointed: false }, old: { checkpointed: true }, gone: { checkpointed: false, fenced: {} }
+  const records: Record<string, { checkpointed: boolean; fenced?: unknown }> = {
+    web: { checkpointed: false },
+    db: { checkpointed: false },
+    old: { checkpointed: true },
+    gone: { checkpointed: false, fenced: {} }
   }
   const node = {
     runcLists: 0,
-    runcStates: async () => { node.runcLists++; return [{ id: 'web', status: 'running' }, { id: 'db', status: 'running' }, { id: 'stray', status: 'running' }] },
+    runcStates: async () => {
+      node.runcLists++
+      return [{ id: 'web', status: 'running' }, { id: 'db', status: 'running' }, { id: 'stray', status: 'running' }]
+    },
     containerNames: async () => Object.keys(records),
     containerRecord: async (n: string) => records[n] ?? null,
     peers: () => [{ state: 'alive' }, { state: 'alive' }, { state: 'dead' }],
@@ -135,7 +141,9 @@ test('events already in the log and new ones both reach the counters (what Metri
   const log = new EventLog()
   log.emit('failover', { type: 'failover', container: 'c', ms: 800 })
   for (const e of log.history()) m.apply(updatesOfEvent(e))
-  const off = log.subscribe((e) => { m.apply(updatesOfEvent(e)) })
+  const off = log.subscribe((e) => {
+    m.apply(updatesOfEvent(e))
+  })
   log.emit('failover', { type: 'failover-failed', container: 'd', reason: 'x' })
   off()
   const text = await registry.metrics()

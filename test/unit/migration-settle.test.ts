@@ -39,21 +39,31 @@ async function handover (container: string, epoch: number, to = TARGET): Promise
 }
 
 /** A cluster port whose view of the source follows a script: one entry per poll, the last repeats. */
-function scriptedCluster (script: Array<{ state?: string, claim?: { epoch: number, state: string } }>): { selfId: string, peerState: (p: string) => string | undefined, claimOf: (p: string, c: string) => { epoch: number, state: string } | undefined, polls: () => number } {
+function scriptedCluster (
+  script: Array<{ state?: string; claim?: { epoch: number; state: string } }>
+): { selfId: string; peerState: (p: string) => string | undefined; claimOf: (p: string, c: string) => { epoch: number; state: string } | undefined; polls: () => number } {
   let i = 0
   let polls = 0
-  const cur = (): { state?: string, claim?: { epoch: number, state: string } } => script[Math.min(i, script.length - 1)]!
+  const cur = (): { state?: string; claim?: { epoch: number; state: string } } => script[Math.min(i, script.length - 1)]!
   return {
     selfId: TARGET,
-    peerState: (p) => { polls++; const s = p === SOURCE ? cur().state : undefined; return s },
-    claimOf: (p) => { const c = p === SOURCE ? cur().claim : undefined; i++; return c },
+    peerState: (p) => {
+      polls++
+      const s = p === SOURCE ? cur().state : undefined
+      return s
+    },
+    claimOf: (p) => {
+      const c = p === SOURCE ? cur().claim : undefined
+      i++
+      return c
+    },
     polls: () => polls
   }
 }
 
 describe('the settle rule', () => {
   test('what the source shows decides', () => {
-    const cases: Array<[string | undefined, { epoch: number, state: string } | undefined, string, string]> = [
+    const cases: Array<[string | undefined, { epoch: number; state: string } | undefined, string, string]> = [
       ['alive', undefined, 'commit', 'released: no claim'],
       ['alive', { epoch: 3, state: 'running' }, 'abort', 'resumed at its epoch'],
       ['alive', { epoch: 3, state: 'paused' }, 'abort', 'paused counts as running'],
@@ -97,24 +107,33 @@ describe('commit keeps trying', () => {
 
   test('a failing commit is retried until it lands', async () => {
     let calls = 0
-    const ok = await commitWithRetry({ commit: async () => { if (++calls < 3) throw enospc() }, still: async () => true, logger: log, retryMs: 5 })
+    const ok = await commitWithRetry({ commit: async () => {
+      if (++calls < 3) throw enospc()
+    }, still: async () => true, logger: log, retryMs: 5 })
     assert.equal(ok, true)
     assert.equal(calls, 3)
   })
 
   test('gives up when the container is no longer pending, or the node stops', async () => {
     let calls = 0
-    assert.equal(await commitWithRetry({ commit: async () => { calls++; throw enospc() }, still: async () => calls < 2, logger: log, retryMs: 5 }), false)
+    assert.equal(await commitWithRetry({ commit: async () => {
+      calls++
+      throw enospc()
+    }, still: async () => calls < 2, logger: log, retryMs: 5 }), false)
     assert.equal(calls, 2)
     const ac = new AbortController()
     setTimeout(() => ac.abort(), 30)
-    assert.equal(await commitWithRetry({ commit: async () => { throw enospc() }, still: async () => true, logger: log, retryMs: 5, signal: ac.signal }), false)
+    assert.equal(await commitWithRetry({ commit: async () => {
+      throw enospc()
+    }, still: async () => true, logger: log, retryMs: 5, signal: ac.signal }), false)
   })
 })
 
 describe('a restarted target settles what it left pending', () => {
-  function fakeHost (pending: Array<{ name: string, running: boolean, handover: Handover | null }>): {
-    host: Parameters<typeof settleLeftIncoming>[0]['host'], committed: Array<[string, number, Handover]>, discarded: string[]
+  function fakeHost (pending: Array<{ name: string; running: boolean; handover: Handover | null }>): {
+    host: Parameters<typeof settleLeftIncoming>[0]['host']
+    committed: Array<[string, number, Handover]>
+    discarded: string[]
   } {
     const committed: Array<[string, number, Handover]> = []
     const discarded: string[] = []
@@ -124,8 +143,14 @@ describe('a restarted target settles what it left pending', () => {
       discarded,
       host: {
         pendingIncoming: async () => left,
-        commit: async (name, epoch, h) => { committed.push([name, epoch, h]); left = left.filter((x) => x.name !== name) },
-        discard: async (name) => { discarded.push(name); left = left.filter((x) => x.name !== name) },
+        commit: async (name, epoch, h) => {
+          committed.push([name, epoch, h])
+          left = left.filter((x) => x.name !== name)
+        },
+        discard: async (name) => {
+          discarded.push(name)
+          left = left.filter((x) => x.name !== name)
+        },
         exclusive: async (_name, fn) => await fn()
       }
     }
@@ -176,8 +201,12 @@ describe('a restarted target settles what it left pending', () => {
 
 describe('the source journal and a restarted source', () => {
   let dir = ''
-  before(async () => { dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-unit-journal-')) })
-  after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  before(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-unit-journal-'))
+  })
+  after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
 
   test('written atomically, read back, garbage reads as none', async () => {
     const staging = path.join(dir, 'j1')
@@ -195,7 +224,7 @@ describe('the source journal and a restarted source', () => {
     assert.equal(sourceReleased(null), false)
   })
 
-  async function sourceWith (name: string, epoch: number, phase: 'dumped' | 'restored-on-target' | 'committed'): Promise<{ dd: DataDir, staging: string }> {
+  async function sourceWith (name: string, epoch: number, phase: 'dumped' | 'restored-on-target' | 'committed'): Promise<{ dd: DataDir; staging: string }> {
     const dd = new DataDir(await fs.mkdtemp(path.join(dir, 'dd-')))
     await fs.mkdir(dd.checkpointsDir(name), { recursive: true })
     await fs.writeFile(dd.recordFile(name), JSON.stringify({ name, bundle: '/nowhere', createdAt: '', startedAt: '', checkpointed: false, epoch }))

@@ -11,10 +11,21 @@ import path from 'node:path'
 import crypto from 'node:crypto'
 import zlib from 'node:zlib'
 import {
-  IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PAGE_SIZE, PE_PARENT, PE_PRESENT, isPagemapFile, pageLayout, pageLayoutFromPagemaps
+  IMG_COMMON_MAGIC,
+  PAGEMAP_MAGIC,
+  PAGE_SIZE,
+  PE_PARENT,
+  PE_PRESENT,
+  isPagemapFile,
+  pageLayout,
+  pageLayoutFromPagemaps
 } from '../../src/replication/criu-images.ts'
 import {
-  PagesFileWriter, PreviousPages, encodePages, maxChunkWireBytes, type ChunkStats
+  PagesFileWriter,
+  PreviousPages,
+  encodePages,
+  maxChunkWireBytes,
+  type ChunkStats
 } from '../../src/replication/page-delta.ts'
 
 const dirs: string[] = []
@@ -23,7 +34,9 @@ async function tmp (): Promise<string> {
   dirs.push(d)
   return d
 }
-after(async () => { for (const d of dirs) await fs.rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true })
+})
 
 function varint (v: number): number[] {
   const out: number[] = []
@@ -41,8 +54,15 @@ function u32 (v: number): number[] {
 }
 
 /** A mapping of a synthetic dump: its pages' contents, or a number of pages left in the parent. */
-interface Mapping { vaddr: number, pages: Uint8Array[] | number }
-interface Image { name: string, pagesId: number, maps: Mapping[] }
+interface Mapping {
+  vaddr: number
+  pages: Uint8Array[] | number
+}
+interface Image {
+  name: string
+  pagesId: number
+  maps: Mapping[]
+}
 
 function pagemapBytes (img: Image): Uint8Array {
   const msgs: number[][] = [[8, ...varint(img.pagesId)]]
@@ -81,14 +101,17 @@ function sha256 (b: Uint8Array): string {
   return crypto.createHash('sha256').update(b).digest('hex')
 }
 
-interface Received { stats: ChunkStats[], sha256: string, pages: number }
+interface Received {
+  stats: ChunkStats[]
+  sha256: string
+  pages: number
+}
 
 /**
  * One generation sent and received: the standby first takes the pagemaps (copied into
  * its generation directory), then each pages file from the encoder's chunks.
  */
-async function replicate (senderDir: string, acked: Map<string, string> | null, prevDir: string | null,
-  chunkPages: number): Promise<{ recvDir: string, hashes: Map<string, string>, received: Map<string, Received> }> {
+async function replicate (senderDir: string, acked: Map<string, string> | null, prevDir: string | null, chunkPages: number): Promise<{ recvDir: string; hashes: Map<string, string>; received: Map<string, Received> }> {
   const recvDir = await tmp()
   const pagemaps = new Map<string, Uint8Array>()
   for (const n of (await fs.readdir(senderDir)).filter(isPagemapFile)) {
@@ -106,13 +129,15 @@ async function replicate (senderDir: string, acked: Map<string, string> | null, 
       const w = new PagesFileWriter(path.join(recvDir, pagesName), keys, prev)
       const stats: ChunkStats[] = []
       let senderDigest = ''
-      const onFileDigest = (d: string): void => { senderDigest = d }
+      const onFileDigest = (d: string): void => {
+        senderDigest = d
+      }
       for await (const chunk of encodePages(path.join(senderDir, pagesName), keys, acked, hashes, { chunkPages, onFileDigest })) {
         assert.ok(chunk.length <= maxChunkWireBytes(chunkPages))
         stats.push(await w.write(chunk))
       }
       const done = await w.finish()
-      assert.equal(done.sha256, senderDigest, 'the sender\'s digest is what the receiver wrote')
+      assert.equal(done.sha256, senderDigest, "the sender's digest is what the receiver wrote")
       received.set(pagesName, { stats, ...done })
     }
   } finally {
@@ -121,7 +146,7 @@ async function replicate (senderDir: string, acked: Map<string, string> | null, 
   return { recvDir, hashes, received }
 }
 
-function totals (r: Map<string, Received>): { pages: number, same: number, literal: number } {
+function totals (r: Map<string, Received>): { pages: number; same: number; literal: number } {
   const all = [...r.values()].flatMap(x => x.stats)
   return {
     pages: all.reduce((s, x) => s + x.pages, 0),
@@ -287,7 +312,7 @@ function chunk (pageCount: number, runs: number[], literal: Uint8Array[] | Uint8
 describe('PagesFileWriter refuses hostile chunks', () => {
   // The previous generation has the 8 pages at 0x1000..0x8000; the new one expects 10
   // pages, the last two of which are new.
-  async function setup (): Promise<{ prevDir: string, out: string, keys: string[], prev: PreviousPages }> {
+  async function setup (): Promise<{ prevDir: string; out: string; keys: string[]; prev: PreviousPages }> {
     const prevDir = await writeDump([{ name: 'pagemap-1.img', pagesId: 1, maps: [{ vaddr: 0x1000, pages: randomPages(8) }] }])
     const keys = Array.from({ length: 10 }, (_, i) => `pagemap-1.img:${(0x1000 * (i + 1)).toString(16)}`)
     return { prevDir, out: path.join(await tmp(), 'pages-1.img'), keys, prev: await PreviousPages.open(prevDir) }
@@ -375,8 +400,13 @@ describe('PagesFileWriter refuses hostile chunks', () => {
       await w.write(chunk(4, [0, 1, 1, 2], lit.slice(1)))
       const { pages, sha256: digest } = await w.finish()
       const expected = Buffer.concat([
-        old.subarray(0, 2 * PAGE_SIZE), lit[0] as Uint8Array, old.subarray(3 * PAGE_SIZE, 6 * PAGE_SIZE),
-        lit[1] as Uint8Array, old.subarray(7 * PAGE_SIZE, 8 * PAGE_SIZE), lit[2] as Uint8Array, lit[3] as Uint8Array
+        old.subarray(0, 2 * PAGE_SIZE),
+        lit[0] as Uint8Array,
+        old.subarray(3 * PAGE_SIZE, 6 * PAGE_SIZE),
+        lit[1] as Uint8Array,
+        old.subarray(7 * PAGE_SIZE, 8 * PAGE_SIZE),
+        lit[2] as Uint8Array,
+        lit[3] as Uint8Array
       ])
       const got = await fs.readFile(out)
       assert.equal(pages, 10)

@@ -63,13 +63,28 @@ describe('tables escape every cell', () => {
 
   test('statusText', () => {
     const s: NodeStatus = {
-      peerId: peer.peerId, name: hostile, addrs: peer.addrs, peersAlive: 1, peersKnown: 1,
+      peerId: peer.peerId,
+      name: hostile,
+      addrs: peer.addrs,
+      peersAlive: 1,
+      peersKnown: 1,
       membership: { accepted: 1, dropped: { 'not-member': 2, 'evil\x1b[1m': 1 } },
-      version: '0.1.0\x1b[5m', pid: 1, dataDir: '/var/lib/msc\n', nodeId: 'abcd1234', cgroupParent: 'msc-abcd1234',
-      runc: 'runc', criu: 'criu', containers: 0, startedAt: new Date().toISOString(),
+      version: '0.1.0\x1b[5m',
+      pid: 1,
+      dataDir: '/var/lib/msc\n',
+      nodeId: 'abcd1234',
+      cgroupParent: 'msc-abcd1234',
+      runc: 'runc',
+      criu: 'criu',
+      containers: 0,
+      startedAt: new Date().toISOString(),
       cluster: { id: 'c1\x1b[1m', mode: 'token', members: 2, joinHint: 'run msc cluster token\n', refused: { connections: 3, streams: 0, records: 1 } },
       failover: {
-        witness: true, leaseMs: 2_500, members: 2, quorum: 2, held: 0,
+        witness: true,
+        leaseMs: 2_500,
+        members: 2,
+        quorum: 2,
+        held: 0,
         failover: 'not possible: 2 members, a majority is 2; add a third member (any node, or one with --witness)',
         replicas: [{ container: 'db\x1b[8m', owner: peer.peerId, epoch: 4, generation: null, dumpedAt: new Date().toISOString() }],
         lost: [{ container: 'lost\x1b[2J', owner: peer.peerId, epoch: 2, since: new Date().toISOString() }]
@@ -90,12 +105,28 @@ describe('tables escape every cell', () => {
 
   test('containersTable and containerText: standby names and replication errors', () => {
     const c: ContainerInfo = {
-      name: 'web', state: 'running', pid: 1, started: new Date().toISOString(), createdAt: new Date().toISOString(),
-      bundle: '/srv/b\x1b[1m', checkpoints: 0, lastCheckpoint: null, epoch: 2, replicas: 1,
+      name: 'web',
+      state: 'running',
+      pid: 1,
+      started: new Date().toISOString(),
+      createdAt: new Date().toISOString(),
+      bundle: '/srv/b\x1b[1m',
+      checkpoints: 0,
+      lastCheckpoint: null,
+      epoch: 2,
+      replicas: 1,
       replication: {
-        replicas: 1, standbys: [{ peerId: peer.peerId, name: hostile, generation: 3, ackedAt: new Date().toISOString() }],
-        generation: 3, ackedGeneration: 3, rpoMs: 900, freezeMs: 40, bytesPerRound: 4096, imageBytes: 8192, intervalMs: 5000,
-        lastError: 'peer \x1b[31mbusy\x1b[0m (try later)', leaseHeld: true
+        replicas: 1,
+        standbys: [{ peerId: peer.peerId, name: hostile, generation: 3, ackedAt: new Date().toISOString() }],
+        generation: 3,
+        ackedGeneration: 3,
+        rpoMs: 900,
+        freezeMs: 40,
+        bytesPerRound: 4096,
+        imageBytes: 8192,
+        intervalMs: 5000,
+        lastError: 'peer \x1b[31mbusy\x1b[0m (try later)',
+        leaseHeld: true
       }
     }
     const ps = containersTable([c, { ...c, name: 'solo', replication: { ...c.replication!, standbys: [] } }])
@@ -109,8 +140,15 @@ describe('tables escape every cell', () => {
 
   test('eventLine', () => {
     const e: NodeEvent = {
-      seq: 7, time: '2026-11-28T17:07:45.111Z', kind: 'replication', type: 'generation-failed', container: 'web\x1b[8m',
-      generation: 4, standby: peer.peerId, standbyName: hostile, reason: 'closed "by peer"\r\n\x9b2J'
+      seq: 7,
+      time: '2026-11-28T17:07:45.111Z',
+      kind: 'replication',
+      type: 'generation-failed',
+      container: 'web\x1b[8m',
+      generation: 4,
+      standby: peer.peerId,
+      standbyName: hostile,
+      reason: 'closed "by peer"\r\n\x9b2J'
     }
     const line = eventLine(e)
     assert.ok(inert(line), JSON.stringify(line))

@@ -13,7 +13,7 @@ import { Runc } from '../../src/runtime/runc.ts'
 import { silentLogger } from '../../src/util/logger.ts'
 
 /** A fake runc that fails its first `failures` lists with `message`, then lists one container. */
-async function fakeRunc (dir: string, failures: number, message: string): Promise<{ runc: Runc, calls: () => Promise<number> }> {
+async function fakeRunc (dir: string, failures: number, message: string): Promise<{ runc: Runc; calls: () => Promise<number> }> {
   const script = path.join(dir, 'runc')
   const count = path.join(dir, 'count')
   await fs.writeFile(count, '0')
@@ -28,7 +28,9 @@ echo '[{"id":"a","pid":1,"status":"running","bundle":"/b","created":"2026-11-30T
 
 test('a list that raced with a deletion is asked again', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-race-'))
-  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
   const f = await fakeRunc(dir, 2, `stat ${dir}/rb: no such file or directory`)
   assert.deepEqual((await f.runc.list()).map((s) => s.id), ['a'])
   assert.equal(await f.calls(), 3)
@@ -36,7 +38,9 @@ test('a list that raced with a deletion is asked again', async (t) => {
 
 test('a list that keeps failing, or fails otherwise, is an error', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-race-'))
-  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
   const always = await fakeRunc(dir, 100, `stat ${dir}/rb: no such file or directory`)
   await assert.rejects(always.runc.list(), /runc list: .*no such file/)
   assert.equal(await always.calls(), 4, 'four tries, then the error')

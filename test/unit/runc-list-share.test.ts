@@ -14,20 +14,32 @@ import { DataDir } from '../../src/node/data-dir.ts'
 import type { Runc, RuncState } from '../../src/runtime/runc.ts'
 import { silentLogger } from '../../src/util/logger.ts'
 
-function fakeRunc (): { runc: Runc, lists: () => number, set: (s: RuncState[]) => void } {
+function fakeRunc (): { runc: Runc; lists: () => number; set: (s: RuncState[]) => void } {
   let lists = 0
   let states: RuncState[] = []
-  const runc = { list: async () => { lists++; return states.map((s) => ({ ...s })) } } as unknown as Runc
-  return { runc, lists: () => lists, set: (s) => { states = s } }
+  const runc = { list: async () => {
+    lists++
+    return states.map((s) => ({ ...s }))
+  } } as unknown as Runc
+  return { runc, lists: () => lists, set: (s) => {
+    states = s
+  } }
 }
 
 test('readers within the TTL share one runc list; a lifecycle operation or the TTL makes the next one fresh', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
-  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
   const f = fakeRunc()
   const m = new ContainerManager({
-    dataDir: new DataDir(dir), runc: f.runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000,
-    tcpEstablished: false, logger: silentLogger()
+    dataDir: new DataDir(dir),
+    runc: f.runc,
+    cgroupParent: 'msc-test',
+    logMaxBytes: 1 << 20,
+    stopTimeoutMs: 1000,
+    tcpEstablished: false,
+    logger: silentLogger()
   })
   f.set([{ id: 'a', status: 'running' } as RuncState])
   const [x, y] = await Promise.all([m.runcStates(), m.runcStates()])
@@ -48,12 +60,23 @@ test('readers within the TTL share one runc list; a lifecycle operation or the T
 
 test('a failed runc list is not kept: the next reader tries again', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
-  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
   let calls = 0
-  const runc = { list: async () => { calls++; if (calls === 1) throw new Error('runc: boom'); return [] } } as unknown as Runc
+  const runc = { list: async () => {
+    calls++
+    if (calls === 1) throw new Error('runc: boom')
+    return []
+  } } as unknown as Runc
   const m = new ContainerManager({
-    dataDir: new DataDir(dir), runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000,
-    tcpEstablished: false, logger: silentLogger()
+    dataDir: new DataDir(dir),
+    runc,
+    cgroupParent: 'msc-test',
+    logMaxBytes: 1 << 20,
+    stopTimeoutMs: 1000,
+    tcpEstablished: false,
+    logger: silentLogger()
   })
   await assert.rejects(m.runcStates(), /boom/)
   assert.deepEqual(await m.runcStates(), [])
@@ -62,17 +85,31 @@ test('a failed runc list is not kept: the next reader tries again', async (t) =>
 
 test('msc ps lists every container with one runc list, not one runc state each', async (t) => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
-  t.after(async () => { await fs.rm(dir, { recursive: true, force: true }) })
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
   let lists = 0
   let states = 0
   const runc = {
-    list: async () => { lists++; return [{ id: 'c0', pid: 100, status: 'running' }, { id: 'c1', pid: 0, status: 'stopped' }] as RuncState[] },
-    state: async () => { states++; return null }
+    list: async () => {
+      lists++
+      return [{ id: 'c0', pid: 100, status: 'running' }, { id: 'c1', pid: 0, status: 'stopped' }] as RuncState[]
+    },
+    state: async () => {
+      states++
+      return null
+    }
   } as unknown as Runc
   const dd = new DataDir(dir)
   await dd.init()
   const m = new ContainerManager({
-    dataDir: dd, runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000, tcpEstablished: false, logger: silentLogger()
+    dataDir: dd,
+    runc,
+    cgroupParent: 'msc-test',
+    logMaxBytes: 1 << 20,
+    stopTimeoutMs: 1000,
+    tcpEstablished: false,
+    logger: silentLogger()
   })
   const now = new Date().toISOString()
   for (let i = 0; i < 50; i++) await fs.mkdir(dd.containerDir(`c${i}`), { recursive: true })

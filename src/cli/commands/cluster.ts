@@ -49,8 +49,7 @@ export function registerClusterCommands (program: Command, peer: Command): void 
 
 export function clusterTable (c: ClusterInfo): string {
   const nameOf = new Map(c.members.map((m) => [m.peerId, m.name]))
-  const by = (m: ClusterInfo['members'][number]): string =>
-    m.admittedBy === 'key' ? 'key file' : m.admittedBy === m.peerId ? 'created the cluster' : nameOf.get(m.admittedBy) ?? m.admittedBy
+  const by = (m: ClusterInfo['members'][number]): string => m.admittedBy === 'key' ? 'key file' : m.admittedBy === m.peerId ? 'created the cluster' : nameOf.get(m.admittedBy) ?? m.admittedBy
   const rows = c.members.map((m) => [m.name + (m.self ? ' (this node)' : ''), m.peerId, m.state, ago(m.admittedAt), by(m)])
   for (const x of c.conflicts) rows.push([x.name, x.peerId, `refused: name held by ${x.heldBy}`, '-', '-'])
   return `cluster ${c.id} (${c.mode === 'key' ? 'key file' : 'join tokens'}), ${c.members.length} member(s)\n` +

@@ -3,7 +3,11 @@ import type { ControlClient } from '../../api/client.ts'
 import { MscError } from '../../util/errors.ts'
 import { resolveClientTarget } from '../../node/config.ts'
 
-export interface TargetOpts { dataDir?: string, apiSocket?: string, json?: boolean }
+export interface TargetOpts {
+  dataDir?: string
+  apiSocket?: string
+  json?: boolean
+}
 
 /** Adds the options every client command shares: which node to talk to. */
 export function withTarget (cmd: Command): Command {

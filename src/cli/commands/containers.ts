@@ -8,7 +8,7 @@ export function registerContainerCommands (program: Command): void {
     .description('start a container from an OCI bundle (config.json + rootfs)')
     .argument('<name>', 'container name, unique on the node')
     .argument('<bundle>', 'OCI bundle directory')
-    .option('--replicas <n>', 'standbys that keep a copy of it for failover, 0 to 8 (default: the node\'s --default-replicas, 1 unless set)')
+    .option('--replicas <n>', "standbys that keep a copy of it for failover, 0 to 8 (default: the node's --default-replicas, 1 unless set)")
     .option('--json', 'print the container as JSON'))
     .action(async (name: string, bundle: string, opts: TargetOpts & { replicas?: string }) => {
       // Checked here, before any request: a bad value never reaches the node.
@@ -20,7 +20,7 @@ export function registerContainerCommands (program: Command): void {
     })
 
   withTarget(program.command('ps')
-    .description('list the node\'s containers')
+    .description("list the node's containers")
     .option('--json', 'print a JSON array (schema in docs/cli.md)'))
     .action(async (opts: TargetOpts) => {
       const list = await (await clientFor(opts)).list()
@@ -39,7 +39,7 @@ export function registerContainerCommands (program: Command): void {
     })
 
   withTarget(program.command('logs')
-    .description('print a container\'s output so far')
+    .description("print a container's output so far")
     .argument('<name>')
     .option('-f, --follow', 'keep printing new output until interrupted'))
     .action(async (name: string, opts: TargetOpts & { follow?: boolean }) => {
@@ -59,7 +59,7 @@ export function registerContainerCommands (program: Command): void {
     })
 
   withTarget(program.command('stop')
-    .description('stop a running container (SIGTERM, then SIGKILL after the node\'s stop timeout)')
+    .description("stop a running container (SIGTERM, then SIGKILL after the node's stop timeout)")
     .argument('<name>')
     .option('--json', 'print the container as JSON'))
     .action(async (name: string, opts: TargetOpts) => {
@@ -91,7 +91,7 @@ export function registerContainerCommands (program: Command): void {
     })
 
   withTarget(program.command('checkpoints')
-    .description('list a container\'s checkpoints, oldest first')
+    .description("list a container's checkpoints, oldest first")
     .argument('<name>')
     .option('--json', 'print a JSON array'))
     .action(async (name: string, opts: TargetOpts) => {

@@ -6,7 +6,7 @@ import { eventLine } from '../render.ts'
 /** `msc events`: the node's replication, lease and failover events, as they happen. */
 export function registerEventCommands (program: Command): void {
   withTarget(program.command('events')
-    .description('print the node\'s replication, lease and failover events as they happen (those it kept first)')
+    .description("print the node's replication, lease and failover events as they happen (those it kept first)")
     .option('-f, --follow', 'keep printing new events until interrupted (the default)')
     .option('--no-follow', 'print the events the node kept so far, then end')
     .option('--json', 'print each event as one JSON line (NDJSON, schema in docs/cli.md)'))

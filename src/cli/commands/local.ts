@@ -15,7 +15,7 @@ export function registerLocalCommands (program: Command): void {
     .option('--bind <addr>', 'redis: address to bind', '0.0.0.0')
     .option('--interval-ms <ms>', 'counter: milliseconds between numbers', '1000')
     .option('--json', 'print the result as JSON')
-    .action(async (kind: string, dir: string, opts: { force?: boolean, port: string, bind: string, intervalMs: string, json?: boolean }) => {
+    .action(async (kind: string, dir: string, opts: { force?: boolean; port: string; bind: string; intervalMs: string; json?: boolean }) => {
       const { isBundleKind, writeExampleBundle } = await import('../../bundles/index.ts')
       if (!isBundleKind(kind)) throw new MscError('INVALID_ARGUMENT', `unknown bundle kind ${kind}`)
       const port = Number(opts.port)
@@ -33,7 +33,7 @@ export function registerLocalCommands (program: Command): void {
     .option('--criu <path>', 'CRIU binary (env MSC_CRIU)')
     .option('--json', 'print the report as JSON (schema in docs/doctor.md)')
     .addOption(new Option('--timeout <ms>', 'give up after this long').default('60000'))
-    .action(async (opts: { runc?: string, criu?: string, json?: boolean, timeout: string }) => {
+    .action(async (opts: { runc?: string; criu?: string; json?: boolean; timeout: string }) => {
       const { runDoctor } = await import('../../doctor/checks.ts')
       const { renderDoctorTable } = await import('../../doctor/render.ts')
       const timeout = Number(opts.timeout)

@@ -56,7 +56,10 @@ export function registerNodeCommands (program: Command): void {
     .option('--json', 'print as JSON'))
     .action(async (opts: TargetOpts) => {
       const client = await clientFor(opts)
-      if (opts.json === true) { printJson(await client.status()); return }
+      if (opts.json === true) {
+        printJson(await client.status())
+        return
+      }
       const [s, names] = await Promise.all([client.status(), memberNames(client)])
       process.stdout.write(statusText(s, names) + '\n')
     })

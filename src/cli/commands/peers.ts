@@ -7,7 +7,7 @@ import { registerClusterCommands } from './cluster.ts'
 
 /** msc peer ls, msc peer join / msc join, msc keygen psk. */
 export function registerPeerCommands (program: Command): void {
-  const peer = program.command('peer').description('the cluster\'s nodes: list, connect, remove, migrate to')
+  const peer = program.command('peer').description("the cluster's nodes: list, connect, remove, migrate to")
   registerClusterCommands(program, peer)
 
   withTarget(peer.command('ls')
@@ -32,7 +32,7 @@ export function registerPeerCommands (program: Command): void {
       .action(joinAction)
   }
 
-  const migrateAction = async (name: string, opts: TargetOpts & { to?: string, strategy: string }): Promise<void> => {
+  const migrateAction = async (name: string, opts: TargetOpts & { to?: string; strategy: string }): Promise<void> => {
     const { ProgressLine } = await import('../progress.ts')
     const bar = opts.json !== true && process.stderr.isTTY === true ? new ProgressLine(process.stderr) : null
     const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto' }, (e) => {
@@ -52,7 +52,11 @@ export function registerPeerCommands (program: Command): void {
     }
     if (r.ok) {
       const phases = Object.entries(r.phases).map(([k, v]) => `${k} ${v} ms`).join(', ')
-      process.stdout.write(`${r.container} migrated ${escapeControl(r.fromName)} -> ${escapeControl(r.toName)} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''}\n  ${phases}\n`)
+      process.stdout.write(
+        `${r.container} migrated ${escapeControl(r.fromName)} -> ${escapeControl(r.toName)} (${r.strategy}): downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${bytes(r.bytes)}${
+          r.goodputMBps != null ? ` at ${r.goodputMBps} MB/s` : ''
+        }\n  ${phases}\n`
+      )
     }
     if (!r.ok) throw new MscError((r.error?.code ?? 'RUNTIME_ERROR') as MscErrorCode, failureMessage(r), r.error?.details ?? [])
   }

@@ -80,7 +80,10 @@ export function rebuild (from: ReadonlyMap<string, ContainerClaim>, changes: Con
   return claimDigest(next.values()) === s.digest ? next : null
 }
 
-interface HistoryEntry { rev: number, names: string[] }
+interface HistoryEntry {
+  rev: number
+  names: string[]
+}
 
 export interface LedgerUpdate {
   changed: boolean
@@ -99,16 +102,22 @@ export class ClaimLedger {
   private readonly texts = new Map<string, string>()
   private digestHex = EMPTY_DIGEST
   private readonly history: HistoryEntry[] = []
-  private snapshotCache?: { rev: number, claims: ContainerClaim[], texts: string[] }
+  private snapshotCache?: { rev: number; claims: ContainerClaim[]; texts: string[] }
   private readonly limit: number
 
   constructor (limit = MAX_CLAIM_SET) {
     this.limit = limit
   }
 
-  get rev (): number { return this.revision }
-  get digest (): string { return this.digestHex }
-  get size (): number { return this.claims.size }
+  get rev (): number {
+    return this.revision
+  }
+  get digest (): string {
+    return this.digestHex
+  }
+  get size (): number {
+    return this.claims.size
+  }
 
   update (list: ContainerClaim[]): LedgerUpdate {
     let omitted = 0
@@ -148,7 +157,7 @@ export class ClaimLedger {
    * heartbeat then costs what it did before claim sets); otherwise the summary and the
    * changes of as many recent revisions as fit in the inline bounds (none: base = rev).
    */
-  summary (): { containers: ContainerClaim[], claims?: ClaimSummary } {
+  summary (): { containers: ContainerClaim[]; claims?: ClaimSummary } {
     const head = { rev: this.revision, count: this.claims.size, digest: this.digestHex }
     if (this.claims.size <= INLINE_MAX_CLAIMS) {
       let bytes = 0
@@ -163,14 +172,24 @@ export class ClaimLedger {
     for (let i = this.history.length - 1; i >= 0; i--) {
       const e = this.history[i] as HistoryEntry
       const fresh = e.names.filter((n) => !names.has(n))
-      let u = 0; let r = 0; let b = 0
+      let u = 0
+      let r = 0
+      let b = 0
       for (const n of fresh) {
         const t = this.texts.get(n)
-        if (t == null) { r++; b += n.length + 3 } else { u++; b += t.length + 1 }
+        if (t == null) {
+          r++
+          b += n.length + 3
+        } else {
+          u++
+          b += t.length + 1
+        }
       }
       if (upserts + u > INLINE_MAX_CLAIMS || removals + r > MAX_REMOVED_NAMES || bytes + b > INLINE_MAX_BYTES) break
       for (const n of fresh) names.add(n)
-      upserts += u; removals += r; bytes += b
+      upserts += u
+      removals += r
+      bytes += b
       base = e.rev - 1
     }
     const containers: ContainerClaim[] = []
@@ -184,7 +203,7 @@ export class ClaimLedger {
   }
 
   /** The whole set in name order, with each claim's canonical text (for pages); cached per revision. */
-  snapshot (): { rev: number, digest: string, claims: ContainerClaim[], texts: string[] } {
+  snapshot (): { rev: number; digest: string; claims: ContainerClaim[]; texts: string[] } {
     if (this.snapshotCache?.rev !== this.revision) {
       const names = [...this.claims.keys()].sort()
       this.snapshotCache = {

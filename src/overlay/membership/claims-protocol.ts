@@ -47,7 +47,12 @@ export const ClaimsPageSchema = z.object({
 
 export type ClaimsPage = z.infer<typeof ClaimsPageSchema>
 
-export interface FetchedClaimSet { incarnation: number, rev: number, digest: string, claims: ContainerClaim[] }
+export interface FetchedClaimSet {
+  incarnation: number
+  rev: number
+  digest: string
+  claims: ContainerClaim[]
+}
 
 /** What the answering node's pages did wrong: counted as a `claims-page` drop. */
 export class ClaimsPageError extends Error {
@@ -58,7 +63,14 @@ export class ClaimsPageError extends Error {
 }
 
 /** The node's own set, as ClaimLedger.snapshot() gives it. */
-export interface ClaimSnapshot { peerId: string, incarnation: number, rev: number, digest: string, claims: ContainerClaim[], texts: string[] }
+export interface ClaimSnapshot {
+  peerId: string
+  incarnation: number
+  rev: number
+  digest: string
+  claims: ContainerClaim[]
+  texts: string[]
+}
 
 /**
  * Pages of a snapshot, as frames ready to send. A page ends before MAX_PAGE_CLAIMS
@@ -76,7 +88,11 @@ export function encodePages (s: ClaimSnapshot): Uint8Array[] {
   for (const text of s.texts) {
     const n = Buffer.byteLength(text) + 1
     if (n > budget) throw new ProtocolError('CLAIM_TOO_LARGE', `a claim of ${n} bytes does not fit in a page of ${MAX_PAGE_BYTES}`, 'INTERNAL')
-    if (page.length >= MAX_PAGE_CLAIMS || bytes + n > budget) { pages.push(page); page = []; bytes = 0 }
+    if (page.length >= MAX_PAGE_CLAIMS || bytes + n > budget) {
+      pages.push(page)
+      page = []
+      bytes = 0
+    }
     page.push(text)
     bytes += n
   }
@@ -110,7 +126,9 @@ export class PageChecker {
 
   /** Returns the set after its last page, null before. */
   add (p: ClaimsPage): FetchedClaimSet | null {
-    const bad = (why: string): never => { throw new ClaimsPageError(`page ${p.index}: ${why}`) }
+    const bad = (why: string): never => {
+      throw new ClaimsPageError(`page ${p.index}: ${why}`)
+    }
     if (this.done) bad('a page after the last one')
     if (p.peerId !== this.peer) bad(`claims for ${p.peerId}, asked of ${this.peer}`)
     const f = this.first ??= p

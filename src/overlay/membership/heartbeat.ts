@@ -82,14 +82,25 @@ export type Heartbeat = z.infer<typeof HeartbeatSchema>
 export type ContainerClaim = z.infer<typeof ContainerClaimSchema>
 
 export const DROP_REASONS = [
-  'oversized', 'malformed', 'version', 'forged-sender', 'not-member', 'stale', 'replayed',
-  'epoch-regression', 'owner-conflict', 'unproven-handover', 'epoch-jump', 'claim-limit',
-  'claims-digest', 'claims-page'
+  'oversized',
+  'malformed',
+  'version',
+  'forged-sender',
+  'not-member',
+  'stale',
+  'replayed',
+  'epoch-regression',
+  'owner-conflict',
+  'unproven-handover',
+  'epoch-jump',
+  'claim-limit',
+  'claims-digest',
+  'claims-page'
 ] as const
 
 export type DropReason = typeof DROP_REASONS[number]
 
-export type DecodeResult = { ok: true, heartbeat: Heartbeat } | { ok: false, reason: DropReason, detail: string }
+export type DecodeResult = { ok: true; heartbeat: Heartbeat } | { ok: false; reason: DropReason; detail: string }
 
 export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
   const bytes = new TextEncoder().encode(JSON.stringify(hb))

@@ -56,16 +56,18 @@ export class MembershipService {
   private readonly ledger = new ClaimLedger()
   private omittedClaims = 0
   private readonly fetching = new Set<string>()
-  private readonly fetchBackoff = new Map<string, { until: number, ms: number }>()
+  private readonly fetchBackoff = new Map<string, { until: number; ms: number }>()
   private readonly stopping = new AbortController()
-  private pages?: { rev: number, pages: Uint8Array[] }
+  private pages?: { rev: number; pages: Uint8Array[] }
 
   constructor (init: MembershipServiceInit) {
     this.o = init
     this.log = init.logger
   }
 
-  private get pubsub (): MscLibp2p['services']['pubsub'] { return this.o.libp2p.services.pubsub }
+  private get pubsub (): MscLibp2p['services']['pubsub'] {
+    return this.o.libp2p.services.pubsub
+  }
 
   private readonly validate = (peer: PeerId, msg: Message): TopicValidatorResult => {
     if (msg.type !== 'signed') {
@@ -109,7 +111,9 @@ export class MembershipService {
     serveClaims(stream, () => this.claimPages(), signal)
       .catch((err) => {
         this.log.debug({ peer, err: (err as Error).message }, 'claims not served')
-        try { stream.abort(err as Error) } catch {}
+        try {
+          stream.abort(err as Error)
+        } catch {}
       })
   }
 
@@ -144,7 +148,10 @@ export class MembershipService {
     } finally {
       this.fetching.delete(peer)
     }
-    if (ok) { this.fetchBackoff.delete(peer); return }
+    if (ok) {
+      this.fetchBackoff.delete(peer)
+      return
+    }
     const ms = Math.min(MAX_FETCH_BACKOFF_MS, (backoff?.ms ?? this.o.intervalMs / 2) * 2)
     this.fetchBackoff.set(peer, { until: Date.now() + ms, ms })
   }
@@ -153,9 +160,13 @@ export class MembershipService {
     this.o.view.markDisconnected(evt.detail.toString())
   }
 
-  private readonly onConnect = (): void => { this.publishSoon() }
+  private readonly onConnect = (): void => {
+    this.publishSoon()
+  }
 
-  private readonly onSubscriptionChange = (): void => { this.publishSoon() }
+  private readonly onSubscriptionChange = (): void => {
+    this.publishSoon()
+  }
 
   async start (): Promise<void> {
     this.pubsub.topicValidators.set(MEMBERSHIP_TOPIC, this.validate)
@@ -167,8 +178,12 @@ export class MembershipService {
     // Our own containers first: a claim heard before them must not take a name in our view.
     this.o.view.setLocalClaims(await this.o.local.containers())
     this.pubsub.subscribe(MEMBERSHIP_TOPIC)
-    this.publishTimer = setInterval(() => { void this.publish('heartbeat') }, this.o.intervalMs)
-    this.tickTimer = setInterval(() => { this.tick() }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))
+    this.publishTimer = setInterval(() => {
+      void this.publish('heartbeat')
+    }, this.o.intervalMs)
+    this.tickTimer = setInterval(() => {
+      this.tick()
+    }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))
     await this.publish('heartbeat')
   }
 
@@ -187,17 +202,24 @@ export class MembershipService {
     this.o.libp2p.removeEventListener('peer:connect', this.onConnect)
     this.pubsub.topicValidators.delete(MEMBERSHIP_TOPIC)
     await this.o.libp2p.unhandle(CLAIMS_PROTOCOL).catch(() => {})
-    try { this.pubsub.unsubscribe(MEMBERSHIP_TOPIC) } catch {}
+    try {
+      this.pubsub.unsubscribe(MEMBERSHIP_TOPIC)
+    } catch {}
   }
 
   private soonTimer?: NodeJS.Timeout
 
-  publishNow (): void { void this.publish('heartbeat') }
+  publishNow (): void {
+    void this.publish('heartbeat')
+  }
 
   /** A new peer or mesh change: tell it who we are now, not at the next interval. */
   private publishSoon (): void {
     if (this.soonTimer != null || this.stopped) return
-    this.soonTimer = setTimeout(() => { this.soonTimer = undefined; void this.publish('heartbeat') }, 100)
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = undefined
+      void this.publish('heartbeat')
+    }, 100)
   }
 
   /** Builds our heartbeat (also what `msc status` shows of ourselves). */
@@ -217,10 +239,19 @@ export class MembershipService {
     // seq is taken after every await: two overlapping publishes must not go out with
     // their sequence numbers in the wrong order (peers would drop one as a replay).
     return {
-      v: HEARTBEAT_VERSION, type, peerId: this.o.libp2p.peerId.toString(), incarnation: this.incarnation,
-      seq: ++this.seq, sentAt: Date.now(), name: l.name, version: l.version, role: l.role,
+      v: HEARTBEAT_VERSION,
+      type,
+      peerId: this.o.libp2p.peerId.toString(),
+      incarnation: this.incarnation,
+      seq: ++this.seq,
+      sentAt: Date.now(),
+      name: l.name,
+      version: l.version,
+      role: l.role,
       addrs: dialableAddrs(this.o.libp2p.getMultiaddrs().map((m) => m.toString())).slice(0, 32),
-      containers, ...(claims != null ? { claims } : {}), resources
+      containers,
+      ...(claims != null ? { claims } : {}),
+      resources
     }
   }
 

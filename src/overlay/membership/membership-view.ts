@@ -121,15 +121,20 @@ export const DEFAULT_MAX_TOMBSTONES_PER_PEER = 1024
 export const DEFAULT_TOMBSTONE_TTL_MS = 10 * 60_000
 
 export interface MembershipEvents {
-  'member:state': CustomEvent<{ peerId: string, from: MemberState | null, to: MemberState }>
-  'owner:change': CustomEvent<{ container: string, from: string | null, to: string | null, epoch: number }>
-  'drop': CustomEvent<{ peerId: string, reason: DropReason, detail: string }>
+  'member:state': CustomEvent<{ peerId: string; from: MemberState | null; to: MemberState }>
+  'owner:change': CustomEvent<{ container: string; from: string | null; to: string | null; epoch: number }>
+  'drop': CustomEvent<{ peerId: string; reason: DropReason; detail: string }>
 }
 
 /** A claim set the view could not rebuild: the revision its owner announced. */
-export interface ClaimsWanted { incarnation: number, rev: number, digest: string, count: number }
+export interface ClaimsWanted {
+  incarnation: number
+  rev: number
+  digest: string
+  count: number
+}
 
-type Verdict = true | { reason: DropReason, detail: string }
+type Verdict = true | { reason: DropReason; detail: string }
 
 export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   readonly selfId: string
@@ -197,9 +202,19 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     }
     this.acceptedCount++
     const m: Member = {
-      peerId: hb.peerId, name: hb.name, addrs: hb.addrs, version: hb.version, role: hb.role,
-      state: known?.state ?? 'alive', lastHeard: now, stateSince: known?.stateSince ?? now,
-      incarnation: hb.incarnation, seq: hb.seq, containers: known?.containers ?? [], resources: hb.resources, rttMs: known?.rttMs ?? null
+      peerId: hb.peerId,
+      name: hb.name,
+      addrs: hb.addrs,
+      version: hb.version,
+      role: hb.role,
+      state: known?.state ?? 'alive',
+      lastHeard: now,
+      stateSince: known?.stateSince ?? now,
+      incarnation: hb.incarnation,
+      seq: hb.seq,
+      containers: known?.containers ?? [],
+      resources: hb.resources,
+      rttMs: known?.rttMs ?? null
     }
     this.byPeer.set(hb.peerId, m)
     this.pingFailedSince.delete(hb.peerId)
@@ -255,7 +270,9 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   }
 
   /** The set this view lacks for `peerId` (the revision its last heartbeat announced), if any. */
-  claimsWanted (peerId: string): ClaimsWanted | undefined { return this.wanted.get(peerId) }
+  claimsWanted (peerId: string): ClaimsWanted | undefined {
+    return this.wanted.get(peerId)
+  }
 
   /**
    * A peer's whole claim set, fetched from the peer itself (the caller authenticated
@@ -264,7 +281,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
    * peer's heartbeat announced must also have that heartbeat's digest. Returns whether
    * it was applied.
    */
-  applyClaimSet (peerId: string, set: { incarnation: number, rev: number, digest: string, claims: ContainerClaim[] }): boolean {
+  applyClaimSet (peerId: string, set: { incarnation: number; rev: number; digest: string; claims: ContainerClaim[] }): boolean {
     const m = this.byPeer.get(peerId)
     if (m == null || m.incarnation !== set.incarnation) return false
     const copy = this.copies.get(peerId)
@@ -309,7 +326,9 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     const h = c.handover
     if (h == null) {
       let granted = false
-      try { granted = this.verifyGrant?.(c, claimant, o) === true } catch {}
+      try {
+        granted = this.verifyGrant?.(c, claimant, o) === true
+      } catch {}
       return granted ? true : refuse('no handover')
     }
     if (h.container !== c.name || h.epoch !== c.epoch || h.to !== claimant) return refuse(`the handover is for ${h.container}@${h.epoch} to ${h.to}`)
@@ -336,8 +355,14 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     for (const c of claims) {
       this.workCount++
       const verdict = this.judge(m.peerId, c)
-      if (verdict !== true) { refuse(verdict.reason, verdict.detail, c.name); continue }
-      if (kept.length >= this.maxClaimsPerPeer) { refuse('claim-limit', `${c.name}: ${m.peerId} already holds ${this.maxClaimsPerPeer} names`, c.name); continue }
+      if (verdict !== true) {
+        refuse(verdict.reason, verdict.detail, c.name)
+        continue
+      }
+      if (kept.length >= this.maxClaimsPerPeer) {
+        refuse('claim-limit', `${c.name}: ${m.peerId} already holds ${this.maxClaimsPerPeer} names`, c.name)
+        continue
+      }
       const o = this.owners.get(c.name)
       if (o?.owner !== m.peerId || o.epoch !== c.epoch) this.setOwner(c.name, m.peerId, c.epoch)
       kept.push(c)
@@ -436,7 +461,10 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   private prune (container: string): void {
     this.workCount++
     const o = this.owners.get(container)
-    if (o == null || o.owner != null) { this.tombstones.delete(container); return }
+    if (o == null || o.owner != null) {
+      this.tombstones.delete(container)
+      return
+    }
     this.unindex(o)
     this.owners.delete(container)
   }
@@ -503,16 +531,34 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     this.dispatchEvent(new CustomEvent(type, { detail }))
   }
 
-  get (peerId: string): Member | undefined { return this.byPeer.get(peerId) }
-  members (): Member[] { return [...this.byPeer.values()].sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId)) }
-  alive (): Member[] { return this.members().filter((m) => m.state === 'alive') }
-  ownership (): Ownership[] { return [...this.owners.values()].sort((a, b) => a.container.localeCompare(b.container)) }
-  ownerOf (container: string): Ownership | undefined { return this.owners.get(container) }
+  get (peerId: string): Member | undefined {
+    return this.byPeer.get(peerId)
+  }
+  members (): Member[] {
+    return [...this.byPeer.values()].sort((a, b) => a.name.localeCompare(b.name) || a.peerId.localeCompare(b.peerId))
+  }
+  alive (): Member[] {
+    return this.members().filter((m) => m.state === 'alive')
+  }
+  ownership (): Ownership[] {
+    return [...this.owners.values()].sort((a, b) => a.container.localeCompare(b.container))
+  }
+  ownerOf (container: string): Ownership | undefined {
+    return this.owners.get(container)
+  }
   /** The epoch a new owner of `container` must use. */
-  nextEpoch (container: string): number { return (this.owners.get(container)?.epoch ?? 0) + 1 }
-  stats (): { accepted: number, dropped: Record<DropReason, number> } { return { accepted: this.acceptedCount, dropped: { ...this.dropped } } }
+  nextEpoch (container: string): number {
+    return (this.owners.get(container)?.epoch ?? 0) + 1
+  }
+  stats (): { accepted: number; dropped: Record<DropReason, number> } {
+    return { accepted: this.acceptedCount, dropped: { ...this.dropped } }
+  }
   /** How many ownership records the view holds: names with an owner, and tombstones. */
-  records (): { owned: number, tombstones: number } { return { owned: this.owners.size - this.tombstones.size, tombstones: this.tombstones.size } }
+  records (): { owned: number; tombstones: number } {
+    return { owned: this.owners.size - this.tombstones.size, tombstones: this.tombstones.size }
+  }
   /** Record operations done so far (claims judged, names released, tombstones pruned): ingest's cost, for tests and diagnostics. */
-  get work (): number { return this.workCount }
+  get work (): number {
+    return this.workCount
+  }
 }

@@ -34,8 +34,7 @@ export async function checkSameFilesystem (tmp: string, destDir: string, mode: '
   if (a.dev !== b.dev) throw refusal('IO_ERROR', `tmpRoot and ${there} are on different filesystems: the commit could not rename`)
 }
 
-export async function commitTree (tmp: string, destDir: string, mode: 'replace' | 'overlay', h: TreeHeader, got: Received,
-  symlinks: 'contained' | 'rootfs' = 'contained'): Promise<void> {
+export async function commitTree (tmp: string, destDir: string, mode: 'replace' | 'overlay', h: TreeHeader, got: Received, symlinks: 'contained' | 'rootfs' = 'contained'): Promise<void> {
   if (symlinks === 'contained') await checkSymlinks(destDir, mode, h, got)
   // Files and symlinks keep their inode through rename: set their metadata now.
   for (const e of got.entries) if (e.kind !== 'dir') await applyMeta(path.join(tmp, e.path), e)

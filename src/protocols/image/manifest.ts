@@ -27,14 +27,14 @@ export function kindOf (st: Stats): EntryKind {
  * Pre-order walk (a directory comes before its contents), names in byte order so two
  * walks of the same tree agree. Uses lstat: symlinks are reported, never followed.
  */
-export async function * walkTree (root: string, rel = ''): AsyncGenerator<WalkEntry> {
+export async function* walkTree (root: string, rel = ''): AsyncGenerator<WalkEntry> {
   const names = (await fs.readdir(rel === '' ? root : path.join(root, rel))).sort(compareBytes)
   for (const name of names) {
     const r = rel === '' ? name : `${rel}/${name}`
     const stat = await fs.lstat(path.join(root, r))
     const kind = kindOf(stat)
     yield { rel: r, kind, stat }
-    if (kind === 'dir') yield * walkTree(root, r)
+    if (kind === 'dir') yield* walkTree(root, r)
   }
 }
 
@@ -71,7 +71,7 @@ export async function treeManifest (dir: string): Promise<TreeManifest> {
  * of a deleted subtree (removing it removes the rest). Sockets and the like are
  * ignored, as sendTree skips them. Both lists sorted.
  */
-export function changedSince (before: TreeManifest, after: TreeManifest): { changed: string[], deleted: string[] } {
+export function changedSince (before: TreeManifest, after: TreeManifest): { changed: string[]; deleted: string[] } {
   const changed: string[] = []
   for (const [p, a] of after) {
     if (a.kind === 'other') continue

@@ -77,22 +77,51 @@ export type Verdict = z.infer<typeof VerdictSchema>
 
 /** Every reason a receiver gives for a refusal (protocols/image.md lists when). */
 export const REFUSAL_REASONS = [
-  'MALFORMED', 'FRAME_TOO_LARGE', 'UNSUPPORTED_VERSION', 'WRONG_TRANSFER', 'UNKNOWN_TRANSFER',
-  'BAD_PATH', 'DUPLICATE_PATH', 'NO_PARENT', 'PATH_THROUGH_SYMLINK', 'SYMLINK_ESCAPE',
-  'FILE_OVERSIZE', 'FILE_TRUNCATED', 'HASH_MISMATCH', 'TOO_MANY_FILES', 'TOTAL_EXCEEDED',
-  'LIMIT_EXCEEDED', 'INCOMPLETE', 'TRUNCATED', 'IDLE_TIMEOUT', 'STREAM_CLOSED',
-  'DEST_EXISTS', 'DEST_MISSING', 'NO_SPACE', 'IO_ERROR', 'ABORTED'
+  'MALFORMED',
+  'FRAME_TOO_LARGE',
+  'UNSUPPORTED_VERSION',
+  'WRONG_TRANSFER',
+  'UNKNOWN_TRANSFER',
+  'BAD_PATH',
+  'DUPLICATE_PATH',
+  'NO_PARENT',
+  'PATH_THROUGH_SYMLINK',
+  'SYMLINK_ESCAPE',
+  'FILE_OVERSIZE',
+  'FILE_TRUNCATED',
+  'HASH_MISMATCH',
+  'TOO_MANY_FILES',
+  'TOTAL_EXCEEDED',
+  'LIMIT_EXCEEDED',
+  'INCOMPLETE',
+  'TRUNCATED',
+  'IDLE_TIMEOUT',
+  'STREAM_CLOSED',
+  'DEST_EXISTS',
+  'DEST_MISSING',
+  'NO_SPACE',
+  'IO_ERROR',
+  'ABORTED'
 ] as const
 export type RefusalReason = typeof REFUSAL_REASONS[number]
 
 /** The MscError code a reason maps to: what the peer sent is an invalid argument. */
 export function codeForReason (reason: string): MscErrorCode {
   switch (reason) {
-    case 'NO_SPACE': return 'NO_SPACE'
-    case 'DEST_EXISTS': return 'ALREADY_EXISTS'
-    case 'DEST_MISSING': return 'NOT_FOUND'
-    case 'IDLE_TIMEOUT': case 'STREAM_CLOSED': case 'IO_ERROR': case 'ABORTED': case 'TRUNCATED': return 'INTERNAL'
-    default: return 'INVALID_ARGUMENT'
+    case 'NO_SPACE':
+      return 'NO_SPACE'
+    case 'DEST_EXISTS':
+      return 'ALREADY_EXISTS'
+    case 'DEST_MISSING':
+      return 'NOT_FOUND'
+    case 'IDLE_TIMEOUT':
+    case 'STREAM_CLOSED':
+    case 'IO_ERROR':
+    case 'ABORTED':
+    case 'TRUNCATED':
+      return 'INTERNAL'
+    default:
+      return 'INVALID_ARGUMENT'
   }
 }
 

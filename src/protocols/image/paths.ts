@@ -40,7 +40,7 @@ export function parentOf (p: string): string {
 export type SymlinkMode = 'contained' | 'rootfs' | 'none'
 
 /** What a lookup knows about a relative path: a symlink's target matters, nothing else. */
-export type LookupResult = { kind: 'symlink', target: string } | { kind: 'other' }
+export type LookupResult = { kind: 'symlink'; target: string } | { kind: 'other' }
 export type Lookup = (rel: string) => LookupResult | Promise<LookupResult>
 
 const MAX_LINK_HOPS = 40 // the kernel's own limit (MAXSYMLINKS)

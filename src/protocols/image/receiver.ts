@@ -13,8 +13,17 @@ import { FramedStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
 import { pathProblem, parentOf, symlinkProblem, type LookupResult, type SymlinkMode } from './paths.ts'
 import { commitTree, checkDestination, checkSameFilesystem, type Received } from './commit.ts'
 import {
-  BodyMessageSchema, FRAME_DATA, FRAME_MSG, HeaderSchema, IMAGE_VERSION, MAX_FRAME_BYTES,
-  asRefusal, refusal, type Entry, type TreeHeader, type Verdict
+  BodyMessageSchema,
+  FRAME_DATA,
+  FRAME_MSG,
+  HeaderSchema,
+  IMAGE_VERSION,
+  MAX_FRAME_BYTES,
+  asRefusal,
+  refusal,
+  type Entry,
+  type TreeHeader,
+  type Verdict
 } from './messages.ts'
 
 export interface TreeLimits {
@@ -84,7 +93,9 @@ export async function receiveTree (stream: Stream, o: ReceiveTreeOptions): Promi
     // fails on its side, and a retry finds destDir there (DEST_EXISTS in replace mode).
     const verdict: Verdict = { type: 'verdict', ok: true, files: header.files, bytes: header.bytes }
     const answered = anySignal(o.signal, AbortSignal.timeout(5000))
-    await framed.writeJson(verdict, answered).then(async () => { await framed.closeWrite(answered) }).catch(() => {})
+    await framed.writeJson(verdict, answered).then(async () => {
+      await framed.closeWrite(answered)
+    }).catch(() => {})
     dest.onDone?.()
     return { files: header.files, bytes: header.bytes, ms: performance.now() - started, label: header.label, transferId: header.transferId }
   } catch (err) {
@@ -210,7 +221,11 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
 
 /** Everything that can be checked about an entry before it is created. */
 async function checkEntry (
-  m: Entry, kinds: Map<string, { entryKind: Entry['kind'] } & LookupResult>, h: TreeHeader, l: TreeLimits, announcedBytes: number,
+  m: Entry,
+  kinds: Map<string, { entryKind: Entry['kind'] } & LookupResult>,
+  h: TreeHeader,
+  l: TreeLimits,
+  announcedBytes: number,
   symlinks: SymlinkMode = 'contained'
 ): Promise<void> {
   const problem = pathProblem(m.path)

@@ -13,8 +13,16 @@ import { FramedStream, ProtocolError } from '../framing.ts'
 import { walkTree, type WalkEntry } from './manifest.ts'
 import { pathProblem } from './paths.ts'
 import {
-  DATA_CHUNK_BYTES, FRAME_DATA, IMAGE_VERSION, MAX_FRAME_BYTES, VerdictSchema, codeForReason,
-  type Entry, type Meta, type TreeHeader, type Verdict
+  DATA_CHUNK_BYTES,
+  FRAME_DATA,
+  IMAGE_VERSION,
+  MAX_FRAME_BYTES,
+  VerdictSchema,
+  codeForReason,
+  type Entry,
+  type Meta,
+  type TreeHeader,
+  type Verdict
 } from './messages.ts'
 
 export interface SendTreeOptions {
@@ -40,7 +48,10 @@ export interface SendTreeResult {
   skipped: string[]
 }
 
-interface Planned { rel: string, entry: Entry }
+interface Planned {
+  rel: string
+  entry: Entry
+}
 
 export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions): Promise<SendTreeResult> {
   const started = performance.now()
@@ -61,8 +72,14 @@ export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions)
   const { plan, skipped, root } = planned
   const totalBytes = plan.reduce((n, p) => n + (p.entry.kind === 'file' ? p.entry.size : 0), 0)
   const header: TreeHeader = {
-    type: 'header', v: IMAGE_VERSION, transferId: o.transferId, label: o.label,
-    files: plan.length, bytes: totalBytes, deletes, root
+    type: 'header',
+    v: IMAGE_VERSION,
+    transferId: o.transferId,
+    label: o.label,
+    files: plan.length,
+    bytes: totalBytes,
+    deletes,
+    root
   }
 
   // The receiver may refuse at any moment and stop reading: listen for its verdict
@@ -72,8 +89,12 @@ export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions)
   const verdictWait = new AbortController()
   let early: Verdict | undefined
   const verdictP = framed.readJson(VerdictSchema, AbortSignal.any([o.signal, verdictWait.signal]), 0)
-  verdictP.then((v) => { early = v; stopWriting.abort(new Error('the receiver answered early')) },
-    (err) => { stopWriting.abort(err) })
+  verdictP.then((v) => {
+    early = v
+    stopWriting.abort(new Error('the receiver answered early'))
+  }, (err) => {
+    stopWriting.abort(err)
+  })
 
   let sent = 0
   // Fault injection for tests only (see corruptHook below); a no-op unless the env asks.
@@ -122,7 +143,7 @@ function refused (label: string, v: Extract<Verdict, { ok: false }>): ProtocolEr
 }
 
 /** The entries to send, in walk order (parents first); metadata from lstat. */
-async function planTree (dir: string, include: ((rel: string) => boolean) | undefined): Promise<{ plan: Planned[], skipped: string[], root: Meta }> {
+async function planTree (dir: string, include: ((rel: string) => boolean) | undefined): Promise<{ plan: Planned[]; skipped: string[]; root: Meta }> {
   const all: WalkEntry[] = []
   const skipped: string[] = []
   for await (const e of walkTree(dir)) {
@@ -145,7 +166,7 @@ async function planTree (dir: string, include: ((rel: string) => boolean) | unde
   return { plan, skipped, root: metaOf(st) }
 }
 
-function metaOf (st: { mode: number, uid: number, gid: number, mtimeMs: number }): Meta {
+function metaOf (st: { mode: number; uid: number; gid: number; mtimeMs: number }): Meta {
   return { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtimeMs: st.mtimeMs }
 }
 
@@ -181,8 +202,7 @@ function corruptHook (chunk: Uint8Array, corrupt: { pending: boolean } | undefin
 }
 
 /** Streams exactly `size` bytes of one file; returns their SHA-256 (hex). */
-async function sendFile (framed: FramedStream, file: string, size: number, signal: AbortSignal, progress: (n: number) => void,
-  corrupt?: { pending: boolean }): Promise<string> {
+async function sendFile (framed: FramedStream, file: string, size: number, signal: AbortSignal, progress: (n: number) => void, corrupt?: { pending: boolean }): Promise<string> {
   const hash = crypto.createHash('sha256')
   const fh = await fs.open(file, C.O_RDONLY | C.O_NOFOLLOW)
   try {

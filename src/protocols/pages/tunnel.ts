@@ -79,8 +79,7 @@ export interface OpenPagesTunnelOptions {
 }
 
 /** Target side: a local TCP port whose connections are carried to `peer`. */
-export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string,
-  opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
+export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string, opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
   const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
   const closing = new AbortController()
   const signal = opts.signal != null ? AbortSignal.any([opts.signal, closing.signal]) : closing.signal
@@ -93,7 +92,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     try {
       stream.maxReadBufferLength = READ_BUFFER_LIMIT
       stream.send(encodeFrame({ v: 1, transferId }))
-      const reply = await readFrame(stream, MAX_HEADER_BYTES, AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)])) as { ok?: unknown, error?: unknown }
+      const reply = await readFrame(stream, MAX_HEADER_BYTES, AbortSignal.any([signal, AbortSignal.timeout(HEADER_TIMEOUT_MS)])) as { ok?: unknown; error?: unknown }
       if (reply.ok !== true) {
         throw new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} refused by the source: ${typeof reply.error === 'string' ? reply.error : 'no reason given'}`)
       }
@@ -133,7 +132,10 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
-      server.listen(0, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve() })
+      server.listen(0, opts.host ?? '127.0.0.1', () => {
+        server.off('error', reject)
+        resolve()
+      })
     })
   } catch (err) {
     preopened?.abort(err as Error)
@@ -154,11 +156,16 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     })()
     await closed
   }
-  opts.signal?.addEventListener('abort', () => { void close() }, { once: true })
+  opts.signal?.addEventListener('abort', () => {
+    void close()
+  }, { once: true })
   return { port, stats: () => ({ ...stats }), lastError: () => lastError, close }
 }
 
-export interface PageServerAddress { host: string, port: number }
+export interface PageServerAddress {
+  host: string
+  port: number
+}
 
 export interface PagesStreamResult {
   transferId: string | null
@@ -174,8 +181,7 @@ export interface PagesStreamResult {
  * resolve (the reason went to the dialer); transport errors reject, with both ends
  * already torn down.
  */
-export async function handlePagesStream (stream: Stream, lookup: (transferId: string) => PageServerAddress | null,
-  opts: { signal?: AbortSignal, cutAfterBytes?: number } = {}): Promise<PagesStreamResult> {
+export async function handlePagesStream (stream: Stream, lookup: (transferId: string) => PageServerAddress | null, opts: { signal?: AbortSignal; cutAfterBytes?: number } = {}): Promise<PagesStreamResult> {
   const signal = opts.signal ?? new AbortController().signal
   const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
   stream.maxReadBufferLength = READ_BUFFER_LIMIT
@@ -184,7 +190,9 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
     try {
       stream.send(encodeFrame({ ok: false, error: reason }))
       await stream.close({ signal: AbortSignal.timeout(5_000) })
-    } catch { stream.abort(new Error(reason)) }
+    } catch {
+      stream.abort(new Error(reason))
+    }
     return { transferId, refused: reason, bytesIn: 0, bytesOut: 0 }
   }
 
@@ -194,7 +202,7 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
   } catch (err) {
     return await refuse(`bad header: ${(err as Error).message}`)
   }
-  const h = header as { v?: unknown, transferId?: unknown } | null
+  const h = header as { v?: unknown; transferId?: unknown } | null
   if (h == null || typeof h !== 'object' || h.v !== 1 || typeof h.transferId !== 'string' || h.transferId === '') {
     return await refuse('bad header: expected {v:1, transferId}')
   }
@@ -221,9 +229,15 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
 function connect (to: PageServerAddress, signal: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: to.host, port: to.port, allowHalfOpen: true, noDelay: true })
-    const onAbort = (): void => { socket.destroy(); reject(signal.reason as Error) }
+    const onAbort = (): void => {
+      socket.destroy()
+      reject(signal.reason as Error)
+    }
     signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('error', (err) => { signal.removeEventListener('abort', onAbort); reject(err) })
+    socket.once('error', (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
+    })
     socket.once('connect', () => {
       signal.removeEventListener('abort', onAbort)
       socket.pause() // nothing is read until splice() is ready for it
@@ -273,20 +287,37 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     const onData = (chunk: Buffer): void => {
       stats.bytesOut += chunk.byteLength
       // A test's fault (MSC_TEST_CUT_PAGES_AFTER): the link fails mid-transfer.
-      if (cutAfterBytes != null && stats.bytesOut >= cutAfterBytes) { fail(new Error(`page stream cut after ${stats.bytesOut} bytes (test)`)); return }
-      try { stream.send(chunk) } catch (err) { fail(err as Error); return }
-      if (stream.writeBufferLength > HIGH_WATER && !tcpPaused) { tcpPaused = true; socket.pause() }
+      if (cutAfterBytes != null && stats.bytesOut >= cutAfterBytes) {
+        fail(new Error(`page stream cut after ${stats.bytesOut} bytes (test)`))
+        return
+      }
+      try {
+        stream.send(chunk)
+      } catch (err) {
+        fail(err as Error)
+        return
+      }
+      if (stream.writeBufferLength > HIGH_WATER && !tcpPaused) {
+        tcpPaused = true
+        socket.pause()
+      }
     }
     // 'drain' fires before the stream has pushed its queue (that happens in a
     // microtask), so look at the queue after it; 'idle' covers a queue that emptied.
     const onStreamDrain = (): void => {
       setImmediate(() => {
-        if (!settled && tcpPaused && stream.writeBufferLength <= HIGH_WATER) { tcpPaused = false; socket.resume() }
+        if (!settled && tcpPaused && stream.writeBufferLength <= HIGH_WATER) {
+          tcpPaused = false
+          socket.resume()
+        }
       })
     }
     const onSocketEnd = (): void => {
       tcpEnded = true
-      stream.close({ signal }).then(() => { upDone = true; maybeDone() }, (err: Error) => fail(err))
+      stream.close({ signal }).then(() => {
+        upDone = true
+        maybeDone()
+      }, (err: Error) => fail(err))
     }
 
     // libp2p -> TCP
@@ -306,13 +337,28 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     const onSocketDrain = (): void => {
       if (stream.readStatus !== 'paused') return
       resuming = true
-      try { stream.resume() } catch {} finally { resuming = false } // throws once closed: nothing left to resume
-      if (socket.writableNeedDrain) { try { stream.pause() } catch {} } // throws once closing/closed
+      try {
+        stream.resume()
+      } catch {
+      } finally {
+        resuming = false
+      } // throws once closed: nothing left to resume
+      if (socket.writableNeedDrain) {
+        try {
+          stream.pause()
+        } catch {}
+      } // throws once closing/closed
     }
     const onStreamEnd = (): void => {
       // A reset also dispatches 'end' (before 'close'): that is an abort, not an end.
-      if (stream.status === 'reset' || stream.status === 'aborted') { fail(new MscError('RUNTIME_ERROR', `page stream ${stream.status}`)); return }
-      socket.end(() => { downDone = true; maybeDone() })
+      if (stream.status === 'reset' || stream.status === 'aborted') {
+        fail(new MscError('RUNTIME_ERROR', `page stream ${stream.status}`))
+        return
+      }
+      socket.end(() => {
+        downDone = true
+        maybeDone()
+      })
     }
 
     const onStreamClose = (evt: { error?: Error }): void => {
@@ -325,7 +371,10 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     }
     const onAbort = (): void => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'))
 
-    if (signal.aborted) { onAbort(); return }
+    if (signal.aborted) {
+      onAbort()
+      return
+    }
     signal.addEventListener('abort', onAbort, { once: true })
     stream.addEventListener('message', onMessage)
     stream.addEventListener('drain', onStreamDrain)
@@ -345,15 +394,25 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
 function reset (socket: net.Socket): void {
   // After end() libuv refuses the RST (EINVAL) and Node then never closes the handle,
   // which keeps the process alive: a socket already ending just gets destroyed.
-  if (socket.writableEnded || socket.destroyed) { socket.destroy(); return }
-  try { socket.resetAndDestroy() } catch { socket.destroy() }
+  if (socket.writableEnded || socket.destroyed) {
+    socket.destroy()
+    return
+  }
+  try {
+    socket.resetAndDestroy()
+  } catch {
+    socket.destroy()
+  }
 }
 
 function encodeFrame (value: unknown): Uint8Array {
   const body = Buffer.from(JSON.stringify(value), 'utf8')
   const prefix: number[] = []
   let n = body.byteLength
-  while (n >= 0x80) { prefix.push((n & 0x7f) | 0x80); n >>>= 7 }
+  while (n >= 0x80) {
+    prefix.push((n & 0x7f) | 0x80)
+    n >>>= 7
+  }
   prefix.push(n)
   return Buffer.concat([Buffer.from(prefix), body])
 }
@@ -370,7 +429,10 @@ function readFrame (stream: Stream, maxBytes: number, signal: AbortSignal): Prom
       stream.removeEventListener('end', onEnd)
       stream.removeEventListener('close', onEnd)
       signal.removeEventListener('abort', onAbort)
-      if (err != null) { reject(err); return }
+      if (err != null) {
+        reject(err)
+        return
+      }
       if (rest != null && rest.byteLength > 0) stream.unshift(rest)
       resolve(value)
     }
@@ -382,20 +444,32 @@ function readFrame (stream: Stream, maxBytes: number, signal: AbortSignal): Prom
       let start = -1
       for (let i = 0; i < buf.byteLength && i < 4; i++) {
         len += (buf[i]! & 0x7f) * 2 ** (7 * i)
-        if ((buf[i]! & 0x80) === 0) { start = i + 1; break }
+        if ((buf[i]! & 0x80) === 0) {
+          start = i + 1
+          break
+        }
       }
       if (start < 0 && buf.byteLength < 4) return // length not complete yet
-      if (start < 0 || len > maxBytes) { done(new MscError('INVALID_ARGUMENT', `frame larger than ${maxBytes} bytes`)); return }
+      if (start < 0 || len > maxBytes) {
+        done(new MscError('INVALID_ARGUMENT', `frame larger than ${maxBytes} bytes`))
+        return
+      }
       if (buf.byteLength < start + len) return
       let value: unknown
-      try { value = JSON.parse(buf.subarray(start, start + len).toString('utf8')) } catch {
-        done(new MscError('INVALID_ARGUMENT', 'frame is not JSON')); return
+      try {
+        value = JSON.parse(buf.subarray(start, start + len).toString('utf8'))
+      } catch {
+        done(new MscError('INVALID_ARGUMENT', 'frame is not JSON'))
+        return
       }
       done(null, value, buf.subarray(start + len))
     }
     const onEnd = (): void => done(new MscError('RUNTIME_ERROR', 'stream ended before a complete frame'))
     const onAbort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error('aborted'))
-    if (signal.aborted) { onAbort(); return }
+    if (signal.aborted) {
+      onAbort()
+      return
+    }
     signal.addEventListener('abort', onAbort, { once: true })
     stream.addEventListener('message', onMessage)
     stream.addEventListener('end', onEnd)

@@ -24,8 +24,7 @@ export async function buildLogShim (options?: AbortOptions): Promise<string> {
   } catch (err) {
     options?.signal?.throwIfAborted()
     const why = (err as Error).message
-    throw new MscError('INVALID_STATE', `the container log shim is not built and cannot be built here (${why}): run \`npm run setup\``,
-      (err as MscError).details ?? [], { cause: err })
+    throw new MscError('INVALID_STATE', `the container log shim is not built and cannot be built here (${why}): run \`npm run setup\``, (err as MscError).details ?? [], { cause: err })
   }
 }
 
@@ -36,6 +35,9 @@ let ready: Promise<string> | undefined
  * Takes no signal: the one build is shared by every caller.
  */
 export async function logShimBinary (): Promise<string> {
-  ready ??= buildLogShim().catch((err: unknown) => { ready = undefined; throw err })
+  ready ??= buildLogShim().catch((err: unknown) => {
+    ready = undefined
+    throw err
+  })
   return await ready
 }
