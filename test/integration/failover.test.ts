@@ -302,7 +302,12 @@ describe('partitions', () => {
     await waitFor(async () => (await fs.stat(staged).catch(() => null)) != null, 60_000, `${staged} staged`)
     await c.tb.kill(n('n1').host)
     await waitFor(async () => (await runningOn('half', [standby])).length > 0, 60_000, () => `half restored on ${standby.name}\n${c.logTail(standby, 15)}`)
-    const fo = (await events(standby)).filter((e) => e.type === 'failover' && e.container === 'half')
+    // The event follows the restore (the record is written first): wait for it.
+    let fo: Awaited<ReturnType<typeof events>> = []
+    await waitFor(async () => {
+      fo = (await events(standby)).filter((e) => e.type === 'failover' && e.container === 'half')
+      return fo.length > 0
+    }, 15_000, () => `a failover event for half on ${standby.name}`)
     assert.equal(fo.length, 1, JSON.stringify(fo))
     assert.equal(fo[0]!.generation, 1, 'restored from generation 1, the last complete one')
     await exactlyOneFor('half', 2_000)
