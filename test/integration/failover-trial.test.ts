@@ -56,6 +56,11 @@ async function where (name: string): Promise<ClusterNode[]> {
   return (await snapshot()).get(name) ?? []
 }
 
+/** The last `lines` log lines of every node that name the container. */
+function logsAbout (name: string, lines: number): string {
+  return c.nodes.map((y) => `--- ${y.name}\n${c.logTail(y, 4000).split('\n').filter((l) => l.includes(`"${name}"`)).slice(-lines).join('\n')}`).join('\n')
+}
+
 function up (x: ClusterNode): boolean {
   return x.proc != null && x.proc.exitCode == null && x.proc.signalCode == null
 }
@@ -108,14 +113,14 @@ test(`a randomized trial of ${TRIALS} power cuts and partitions: never two copie
         // Taken at once: what each node logged about the container up to the double.
         for (const d of copies.doubles.slice(proven)) {
           const name = d.split(' ')[0]!
-          evidence.push(`${d}\n${c.nodes.map((y) => `--- ${y.name}\n${c.logTail(y, 4000).split('\n').filter((l) => l.includes(`"${name}"`)).slice(-25).join('\n')}`).join('\n')}`)
+          evidence.push(`${d}\n${logsAbout(name, 25)}`)
         }
         for (const e of running) seen.set(e.id, [...(seen.get(e.id) ?? []), x.name])
       }
       for (const [name, on] of seen) {
         if (on.length < 2) continue
         sequentialDoubles.push(`${name} on ${on.join(', ')} at ${new Date().toISOString()}\n${copies.describe(name)}` +
-          (sequentialDoubles.length < 3 ? `\n${c.nodes.map((y) => `--- ${y.name}\n${c.logTail(y, 4000).split('\n').filter((l) => l.includes(`"${name}"`)).slice(-15).join('\n')}`).join('\n')}` : ''))
+          (sequentialDoubles.length < 3 ? `\n${logsAbout(name, 15)}` : ''))
       }
       await sleep(150)
     }
