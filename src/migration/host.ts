@@ -79,6 +79,12 @@ export interface ContainerHost {
    * memory that only the source had).
    */
   lazyPagesEnded: (name: string) => Promise<string | null>
+  /**
+   * Post-copy: the page link broke. Freezes the restored copy before its lazy-pages
+   * daemon learns of it (once the daemon is gone, a page that never arrived reads as
+   * zeros), so that it never runs on memory it lacks. Best effort: it is discarded next.
+   */
+  freeze: (name: string) => Promise<void>
   removeStaging: (dir: string) => Promise<void>
 }
 

@@ -271,7 +271,8 @@ export class MigrationSource {
             result.runningOn = d.cluster.selfId
           }
         } else if (pagesFailed) {
-          result.runningOn = await this.resumeAfterPagesFailed(req.container, control!, result.toName, staging, log, (m) => result.error!.details.push(m))
+          // Set only once the lazy dump ran: in staging, with the control stream open.
+          result.runningOn = await this.resumeAfterPagesFailed(req.container, control!, result.toName, staging!, log, (m) => result.error!.details.push(m))
         } else {
           result.runningOn = result.to
         }
@@ -298,7 +299,7 @@ export class MigrationSource {
    * target removes its copy as soon as its own lazy-pages daemon ends, which the same
    * failure causes. Returns where the container runs: here, or nowhere.
    */
-  private async resumeAfterPagesFailed (name: string, control: FramedStream, toName: string, staging: string | undefined, log: Logger, note: (detail: string) => void): Promise<string | undefined> {
+  private async resumeAfterPagesFailed (name: string, control: FramedStream, toName: string, staging: string, log: Logger, note: (detail: string) => void): Promise<string | undefined> {
     try {
       await control.readJson(DiscardedSchema, AbortSignal.timeout(DISCARD_WAIT_MS))
       log.info('the target removed its copy; resuming ours')
@@ -307,7 +308,7 @@ export class MigrationSource {
       note(`${toName} did not confirm that its copy was removed`)
     }
     try {
-      await this.d.host.resume(name, path.join(staging ?? '', 'images'), AbortSignal.timeout(120_000))
+      await this.d.host.resume(name, path.join(staging, 'images'), AbortSignal.timeout(120_000))
       return this.d.cluster.selfId
     } catch (err) {
       const e = toMscError(err)

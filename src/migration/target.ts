@@ -17,7 +17,8 @@ export interface TargetDeps {
   host: ContainerHost
   cluster: ClusterPort
   /** Opens the post-copy page tunnel to the source; resolves to the local port CRIU dials. */
-  openPages: (sourcePeer: string, transferId: string, signal: AbortSignal) => Promise<{ port: number; close: () => void }>
+  /** `onBroken` is awaited when the link fails, before CRIU hears of it. */
+  openPages: (sourcePeer: string, transferId: string, signal: AbortSignal, onBroken: () => Promise<void>) => Promise<{ port: number; close: () => void }>
   logger: Logger
   /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
   bundlePolicy: BundlePolicy
@@ -180,7 +181,7 @@ export class MigrationTarget {
       if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
       let restored: { type: 'restored'; pid: number; restoreMs: number }
       try {
-        if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal)
+        if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal, async () => await this.d.host.freeze(offer.container))
         const started = Date.now()
         const r = await this.d.host.adopt({
           name: offer.container,

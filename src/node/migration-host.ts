@@ -299,9 +299,24 @@ export class NodeMigrationHost implements ContainerHost {
     return await d.exited.then(() => null, (err: Error) => err.message)
   }
 
+  async freeze (name: string): Promise<void> {
+    const st = await this.runc.state(name).catch(() => null)
+    if (st?.status !== 'running') return // not restored yet, or already gone
+    try {
+      await this.runc.pause(name)
+      this.log.warn({ name }, 'page link broke: restored copy frozen before its lazy-pages daemon exits')
+    } catch (err) {
+      this.log.warn({ name, err: (err as Error).message }, 'could not freeze the copy whose page link broke')
+    }
+  }
+
   async discard (name: string): Promise<void> {
     // The container first, then its lazy-pages daemon (a container without its daemon
-    // would fault on pages that never come).
+    // would fault on pages that never come). A copy frozen because its page link broke
+    // is killed frozen (`delete --force` sends SIGKILL, which a frozen task obeys): a
+    // graceful stop would thaw it first and let it run on memory it lacks.
+    const st = await this.runc.state(name).catch(() => null)
+    if (st?.status === 'paused') await this.runc.delete(name, { force: true }).catch(() => {})
     await this.runc.stop(name, 1_000).catch(async () => {
       await this.runc.delete(name, { force: true }).catch(() => {})
     })

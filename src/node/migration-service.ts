@@ -79,8 +79,8 @@ export class MigrationService {
       transferTimeoutMs: 30 * 60_000,
       decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
-      openPages: async (peer, transferId, signal) => {
-        const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal })
+      openPages: async (peer, transferId, signal, onBroken) => {
+        const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal, beforeReset: onBroken })
         return { port: t.port, close: () => {
           void t.close()
         } }

@@ -214,6 +214,46 @@ describe('pages tunnel over libp2p', () => {
     assert.match(await reply(Buffer.from([0xff, 0xff, 0x7f, 1, 2, 3])), /"ok":false.*larger than 4096/)
   })
 
+  test("a stream that fails mid-transfer: beforeReset runs while CRIU's socket is still open, and only then is it reset", async () => {
+    // A source whose page stream fails after 16 bytes, as a cut link would.
+    const cut = await host()
+    await cut.handle(PAGES_PROTOCOL, async (stream) => {
+      await handlePagesStream(stream, (id) => servers.get(id) ?? null, { cutAfterBytes: 16 }).catch(() => {})
+    })
+    const order: string[] = []
+    let s: net.Socket | undefined
+    const tunnel = await openPagesTunnel(b, cut.getMultiaddrs(), 't-echo', {
+      beforeReset: async (err) => {
+        order.push(`hook (${s?.destroyed === false ? 'socket open' : 'socket gone'}): ${err.message}`)
+        await sleep(300) // a freeze takes a while; the socket waits for it
+        order.push('hook done')
+      }
+    })
+    try {
+      s = await connectTo(tunnel.port)
+      s.on('error', () => {})
+      s.on('close', () => order.push('socket closed'))
+      s.write(Buffer.alloc(64 * 1024, 1))
+      await closed(s)
+      assert.equal(order.length, 3, order.join('; '))
+      assert.match(order[0]!, /^hook \(socket open\): .*(reset|abort|cut)/i)
+      assert.deepEqual(order.slice(1), ['hook done', 'socket closed'])
+    } finally {
+      await tunnel.close()
+      await cut.stop()
+    }
+    // Closing the tunnel ourselves is not a failure: no hook.
+    let called = 0
+    const quiet = await openPagesTunnel(b, a.getMultiaddrs(), 't-echo', { beforeReset: async () => {
+      called++
+    } })
+    const q = await connectTo(quiet.port)
+    q.on('error', () => {})
+    await quiet.close()
+    await closed(q)
+    assert.equal(called, 0)
+  })
+
   test('the page server closing ends the client; closing the tunnel ends both', async () => {
     const far: net.Socket[] = []
     const rude = net.createServer((s) => {

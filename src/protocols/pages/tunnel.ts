@@ -76,7 +76,16 @@ export interface OpenPagesTunnelOptions {
    */
   eager?: boolean
   onError?: (err: Error) => void
+  /**
+   * Awaited (at most BEFORE_RESET_TIMEOUT_MS) when a connection's remote side fails,
+   * before CRIU's socket is reset. Once CRIU's lazy-pages daemon hears of the failure it
+   * exits, and from then a page the restored process never received reads as zeros:
+   * the target freezes its copy here, while every fault still just waits.
+   */
+  beforeReset?: (err: Error) => Promise<void>
 }
+
+const BEFORE_RESET_TIMEOUT_MS = 5_000
 
 /** Target side: a local TCP port whose connections are carried to `peer`. */
 export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string, opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
@@ -112,7 +121,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     try {
       stream = preopened ?? await handshake()
       preopened = null
-      await splice(socket, stream, stats, signal)
+      await splice(socket, stream, stats, signal, { beforeReset: opts.beforeReset })
     } catch (err) {
       lastError = err as Error
       stream?.abort(lastError)
@@ -160,6 +169,15 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     void close()
   }, { once: true })
   return { port, stats: () => ({ ...stats }), lastError: () => lastError, close }
+}
+
+/** Waits for `p` (its failure ignored) for at most `ms`. */
+async function bounded (p: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([p.catch(() => {}), new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms)
+  })])
+  clearTimeout(timer)
 }
 
 export interface PageServerAddress {
@@ -222,7 +240,7 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
     socket.destroy()
     throw err
   }
-  await splice(socket, stream, stats, signal, opts.cutAfterBytes)
+  await splice(socket, stream, stats, signal, { cutAfterBytes: opts.cutAfterBytes })
   return { transferId, refused: null, bytesIn: stats.bytesIn, bytesOut: stats.bytesOut }
 }
 
@@ -248,9 +266,12 @@ function connect (to: PageServerAddress, signal: AbortSignal): Promise<net.Socke
 
 /**
  * Pipes `socket` <-> `stream` until both directions ended. Resolves on a clean finish;
- * on any error aborts the stream, destroys the socket and rejects.
+ * on any error aborts the stream, destroys the socket and rejects. A failure of the
+ * stream (not of the socket, nor our own abort) awaits `beforeReset` before the socket
+ * learns of it.
  */
-function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, signal: AbortSignal, cutAfterBytes?: number): Promise<void> {
+function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, signal: AbortSignal, opts: { cutAfterBytes?: number; beforeReset?: (err: Error) => Promise<void> } = {}): Promise<void> {
+  const { cutAfterBytes, beforeReset } = opts
   return new Promise<void>((resolve, reject) => {
     let settled = false
     let tcpPaused = false // by us, for backpressure
@@ -265,16 +286,21 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
       stream.removeEventListener('end', onStreamEnd)
       stream.removeEventListener('close', onStreamClose)
       socket.off('data', onData).off('end', onSocketEnd).off('drain', onSocketDrain)
-        .off('error', fail).off('close', onSocketClose)
+        .off('error', socketFailed).off('close', onSocketClose)
     }
-    const fail = (err: Error): void => {
+    const fail = (err: Error, from: 'stream' | 'socket' | 'abort' = 'stream'): void => {
       if (settled) return
       settled = true
       cleanup()
       stream.abort(err)
-      reset(socket)
-      reject(err)
+      const hangUp = (): void => {
+        reset(socket)
+        reject(err)
+      }
+      if (beforeReset != null && from === 'stream') void bounded(beforeReset(err), BEFORE_RESET_TIMEOUT_MS).then(hangUp)
+      else hangUp()
     }
+    const socketFailed = (err: Error): void => fail(err, 'socket')
     const maybeDone = (): void => {
       if (settled || !upDone || !downDone) return
       settled = true
@@ -367,9 +393,9 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     const onSocketClose = (hadError: boolean): void => {
       // Closed before both TCP halves finished: what was in flight is lost. (With both
       // finished, the stream's close may still be flushing: wait for it.)
-      if (!tcpEnded || !downDone) fail(new MscError('RUNTIME_ERROR', `page connection closed early${hadError ? ' (socket error)' : ''}`))
+      if (!tcpEnded || !downDone) fail(new MscError('RUNTIME_ERROR', `page connection closed early${hadError ? ' (socket error)' : ''}`), 'socket')
     }
-    const onAbort = (): void => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'))
+    const onAbort = (): void => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'), 'abort')
 
     if (signal.aborted) {
       onAbort()
@@ -382,7 +408,7 @@ function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, si
     stream.addEventListener('end', onStreamEnd)
     stream.addEventListener('close', onStreamClose)
     socket.on('data', onData).on('end', onSocketEnd).on('drain', onSocketDrain)
-      .on('error', fail).on('close', onSocketClose)
+      .on('error', socketFailed).on('close', onSocketClose)
     socket.resume()
     // 'end' may have fired while nobody listened (remote closed right after its header).
     if (stream.readableEnded) onStreamEnd()
