@@ -227,7 +227,7 @@ export class Replicator {
     for (const [peer, until] of s.avoid) if (until <= started) s.avoid.delete(peer)
     const candidates = this.port.candidates()
     const chosen = chooseStandbys(c.name, candidates, c.replicas, new Set(s.avoid.keys()))
-    this.retire(c, s, chosen, candidates)
+    this.retire(c, s, chosen)
     for (const peer of chosen) {
       if (!s.links.has(peer)) {
         s.links.set(peer, { peer, ackedGeneration: null, ackedAt: null, ackedDumpedAt: null, acked: null, manifest: null })
@@ -326,20 +326,21 @@ export class Replicator {
       }))
       s.lastWireBytes = wire
       s.lastError = null
-      this.retire(c, s, chosen, candidates)
+      this.retire(c, s, chosen)
     } finally {
       await this.port.removeStaging(staging).catch(() => {})
     }
   }
 
   /**
-   * Standbys no longer chosen drop their replicas, but a live one only once every chosen
-   * standby holds a generation: dropped at once, a switch of standbys (a better-ranked
-   * member came back) would leave a window in which a failover finds no replica.
+   * Standbys no longer chosen drop their replicas, but only once as many standbys as
+   * wanted are chosen and each holds a generation (standbysToDrop): dropped at once, a
+   * switch of standbys, or a cut of this node's link that makes every member look dead,
+   * would leave a window in which a failover finds no replica.
    */
-  private retire (c: ReplicatedContainer, s: ContainerState, chosen: string[], candidates: string[]): void {
+  private retire (c: ReplicatedContainer, s: ContainerState, chosen: string[]): void {
     const acked = new Map([...s.links].map(([peer, l]) => [peer, l.ackedGeneration]))
-    for (const peer of standbysToDrop(acked, chosen, candidates)) {
+    for (const peer of standbysToDrop(acked, chosen, c.replicas)) {
       s.links.delete(peer)
       this.init.onEvent?.({ type: 'standby-dropped', container: c.name, standby: peer, standbyName: this.port.peerName(peer) })
       void this.drop(c.name, c.epoch, peer)

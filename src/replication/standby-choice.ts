@@ -24,11 +24,15 @@ export function chooseStandbys (container: string, candidates: Iterable<string>,
 
 /**
  * The current standbys (peer -> the generation it acknowledged, null for none yet) that
- * drop their replicas now: those no longer chosen, but a live one only once every
- * chosen standby holds a generation, so that switching standbys never leaves a moment
- * without a replica to fail over from. Pure.
+ * drop their replicas now: those no longer chosen, and only once the chosen ones are
+ * `wanted` (or more) and each holds a generation, so that switching standbys never
+ * leaves a moment without a replica to fail over from. A standby passed over because
+ * the owner cannot reach it (it looks dead from here, or every member does, as during
+ * a cut of the owner's own link) keeps its replica meanwhile: a drop sent now would
+ * reach it once the link is back, maybe just when the owner loses its lease and that
+ * replica is the one to bring the container back. Pure.
  */
-export function standbysToDrop (current: ReadonlyMap<string, number | null>, chosen: readonly string[], live: readonly string[]): string[] {
-  const covered = chosen.every((p) => current.get(p) != null)
-  return [...current.keys()].filter((p) => !chosen.includes(p) && (covered || !live.includes(p)))
+export function standbysToDrop (current: ReadonlyMap<string, number | null>, chosen: readonly string[], wanted: number): string[] {
+  const covered = chosen.length >= wanted && chosen.every((p) => current.get(p) != null)
+  return covered ? [...current.keys()].filter((p) => !chosen.includes(p)) : []
 }

@@ -32,17 +32,26 @@ test('avoided members fill in, in order, when too few others are left', () => {
 test('a replaced standby keeps its replica until every new standby holds a generation', () => {
   // p2 came back and ranks first again: p1, the standby meanwhile, must not drop yet.
   const before = new Map<string, number | null>([['p1', 7], ['p2', null]])
-  assert.deepEqual(standbysToDrop(before, ['p2'], ['p1', 'p2', 'p3']), [])
+  assert.deepEqual(standbysToDrop(before, ['p2'], 1), [])
   const after = new Map<string, number | null>([['p1', 7], ['p2', 8]])
-  assert.deepEqual(standbysToDrop(after, ['p2'], ['p1', 'p2', 'p3']), ['p1'])
+  assert.deepEqual(standbysToDrop(after, ['p2'], 1), ['p1'])
 })
 
-test('a replaced standby that is no longer live is dropped at once', () => {
+test('a standby the owner cannot reach keeps its replica until its successor holds one', () => {
+  // p1 looks dead from the owner; p2 is chosen instead but has nothing yet. A drop sent
+  // now would reach p1 once the link is back: maybe when it is the only replica left.
   const current = new Map<string, number | null>([['p1', 7], ['p2', null]])
-  assert.deepEqual(standbysToDrop(current, ['p2'], ['p2', 'p3']), ['p1'])
+  assert.deepEqual(standbysToDrop(current, ['p2'], 1), [])
 })
 
-test('with replication off (nothing chosen) every standby drops', () => {
+test("the owner's own link cut (every member looks dead, nobody chosen): no standby drops", () => {
+  const current = new Map<string, number | null>([['p1', 7], ['p2', 7]])
+  assert.deepEqual(standbysToDrop(current, [], 2), [])
+  // Fewer members reachable than replicas wanted: the one left is not enough either.
+  assert.deepEqual(standbysToDrop(current, ['p2'], 2), [])
+})
+
+test('with replication off (no replica wanted) every standby drops', () => {
   const current = new Map<string, number | null>([['p1', 7]])
-  assert.deepEqual(standbysToDrop(current, [], ['p1']), ['p1'])
+  assert.deepEqual(standbysToDrop(current, [], 0), ['p1'])
 })
