@@ -46,8 +46,11 @@ export interface ContainerInfo {
   replicas?: number
   /** Replication as its owner sees it (only on the node that runs it). */
   replication?: ReplicationInfo
-  /** Set when this node killed it because it could not renew its lease (self-fencing). */
-  leaseLost?: { epoch: number; at: string }
+  /**
+   * Set when this node killed it because it could not renew its lease (self-fencing;
+   * `cause` `renewal` or absent), or it died while this node was down (`node-down`).
+   */
+  leaseLost?: { epoch: number; at: string; cause?: 'renewal' | 'node-down' }
 }
 
 /** `msc inspect NAME --json`: a replicated container's standbys and the age of its newest safe copy. */

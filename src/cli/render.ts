@@ -117,7 +117,8 @@ export function containerText (c: ContainerInfo, now = Date.now()): string {
     rows.push(['fenced', `${f.ownerName ?? 'peer'} (${f.owner}) owns it at epoch ${f.epoch} since ${f.at}; this copy never runs again`])
   }
   if (c.leaseLost != null) {
-    rows.push(['lease lost', `at epoch ${c.leaseLost.epoch}, ${c.leaseLost.at} (${ago(c.leaseLost.at, now)}): this node could not renew its lease and killed it; another node may run it now`])
+    const why = c.leaseLost.cause === 'node-down' ? 'it died while this node was down (power cut, crash)' : 'this node could not renew its lease and killed it'
+    rows.push(['lease lost', `at epoch ${c.leaseLost.epoch}, ${c.leaseLost.at} (${ago(c.leaseLost.at, now)}): ${why}; another node may run it now`])
   }
   const r = c.replication
   if (r != null) {

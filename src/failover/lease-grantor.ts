@@ -144,8 +144,18 @@ export class LeaseGrantor {
     return await this.serial(async () => {
       const r = this.map.get(container)
       if (r == null || r.holder !== holder || r.epoch !== epoch) return false
-      if (mode === 'expire') {
+      if (mode === 'expire' && r.parked !== true) {
         r.expiresAt = Number.NEGATIVE_INFINITY
+        return true
+      }
+      if (mode === 'expire') {
+        // Its holder says the container is dead (it died while the holder was down):
+        // no longer parked, and over, so that a standby may take it over.
+        const next = new Map(this.map)
+        next.set(container, { epoch: r.epoch, holder: r.holder, expiresAt: Number.NEGATIVE_INFINITY })
+        await this.store.save(recordsOf(next))
+        this.map.clear()
+        for (const [c, x] of next) this.map.set(c, x)
         return true
       }
       // park and remove change what a restart must remember: persisted before the answer.

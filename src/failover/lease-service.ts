@@ -299,6 +299,16 @@ export class LeaseService {
     this.log.info({ container, epoch: e, mode }, 'lease released')
   }
 
+  /**
+   * Ends this node's lease of `container` at `epoch` on every grantor at once, parked or
+   * not, though this node does not hold it now (the container died while the node was
+   * down). Resolves with how many grantors confirmed.
+   */
+  async expire (container: string, epoch: number): Promise<number> {
+    const confirmed = await this.releaseAt(this.members(), [{ container, epoch }], 'expire', this.stopping.signal)
+    return confirmed.get(container) ?? 0
+  }
+
   holds (container: string): boolean {
     return this.keeper.get(container) != null
   }

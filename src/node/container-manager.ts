@@ -13,6 +13,8 @@ import type { Handover } from '../cluster/handover.ts'
 import type { LeaseProof } from '../failover/grant.ts'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 
+export type LeaseLost = { epoch: number; at: string; cause?: 'renewal' | 'node-down' }
+
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
 export interface ContainerRecord {
   name: string
@@ -38,11 +40,12 @@ export interface ContainerRecord {
   /** The majority's grants that made this node the owner at `epoch` (a failover), if any. */
   lease?: LeaseProof
   /**
-   * This node could not renew the container's lease in time and killed it (self-fencing):
-   * another node may own it now. Kept, stopped, until that is settled (a takeover fences
-   * it for good) or an operator restores it.
+   * This node could not renew the container's lease in time and killed it (self-fencing),
+   * or the container died while this node was down (`cause: 'node-down'`: a power cut,
+   * a crash, the lease guard): another node may own it now. Kept, stopped, until that is
+   * settled (a takeover fences it for good) or an operator restores it.
    */
-  leaseLost?: { epoch: number; at: string }
+  leaseLost?: LeaseLost
   /** Being restored here by a failover, not yet running: not claimed (replica-ops.ts). */
   failoverPending?: boolean
 }

@@ -64,6 +64,7 @@ export class FailoverService {
   private readonly failover?: FailoverController
   private readonly guard: LeaseGuard
   private ownTimer?: NodeJS.Timeout
+  private stopped = false
   private readonly acquiring = new Set<string>()
   /** Containers being killed because their lease ran out here. */
   private readonly fencing = new Set<string>()
@@ -160,7 +161,10 @@ export class FailoverService {
         const r = await init.manager.readRecord(name)
         if (r == null) return true // removed, or moved away (its new owner replicates it now)
         if (r.leaseLost != null || r.fenced != null || r.failoverPending === true) return false
-        return !(await this.running()).has(name) // stopped (by its user, or it exited): not to be brought back
+        // Stopped (by its user, or it exited): not to be brought back. A `runc list` that
+        // failed says nothing: the replicas stay.
+        const states = await init.manager.runcStates().catch(() => null)
+        return states != null && !states.some((x) => x.id === name && (x.status === 'running' || x.status === 'paused'))
       },
       staging: async (id) => {
         const d = path.join(dd.tmp, id)
@@ -215,15 +219,20 @@ export class FailoverService {
     if (cleared > 0) this.log.info({ cleared }, 'removed replica generations a previous run had not finished receiving')
     // Containers the guard killed while this daemon was down: their lease had run out.
     for (const name of await this.guard.fenced().catch(() => [] as string[])) {
-      const r = await this.i.manager.readRecord(name)
-      if (r != null && r.leaseLost == null) {
-        r.leaseLost = { epoch: r.epoch ?? 1, at: new Date().toISOString() }
-        r.startedAt = null
-        await this.i.manager.writeRecord(r)
-        await this.i.runc.delete(name, { force: true }).catch(() => {})
-        this.log.error({ container: name }, 'the lease guard killed this container while the node was down (its lease ran out)')
-      }
+      if (await this.markDiedWhileDown(name)) this.log.error({ container: name }, 'the lease guard killed this container while the node was down (its lease ran out)')
       await this.guard.clearFenced(name).catch(() => {})
+    }
+    // Replicated containers that died while this daemon was down (a power cut, a crash):
+    // not stopped by their user, so not "exited" either. Marked like a self-fenced one,
+    // so that their standbys keep the replicas and one of them brings the container back;
+    // left as they were, this node would tell the standbys to drop them (it stopped, as
+    // if for good) and the container would run nowhere.
+    const live = new Set((await this.i.manager.runcStates().catch(() => [])).filter((x) => x.status !== 'stopped').map((x) => x.id))
+    for (const name of await this.i.manager.names()) {
+      const r = await this.i.manager.readRecord(name)
+      if (r == null || (r.replicas ?? 0) === 0 || r.startedAt == null || live.has(name)) continue
+      if (r.fenced != null || r.leaseLost != null || r.pendingMigration === true || r.failoverPending === true) continue
+      if (await this.markDiedWhileDown(name)) this.log.error({ container: name, epoch: r.epoch ?? 1 }, 'this container died while the node was down: its standbys may bring it back')
     }
     // A failover the previous run was restoring: running means restored (ours, its lease
     // taken again below); not running means nothing of it is here.
@@ -250,8 +259,39 @@ export class FailoverService {
     this.failover?.start()
   }
 
+  /**
+   * Marks a container that died while this daemon was down as lost here (`leaseLost`,
+   * cause `node-down`), and has the grantors expire its lease at once (in the
+   * background: the overlay may not be connected yet), a parked one included, so that a
+   * standby need not wait. False when there was nothing to mark.
+   */
+  private async markDiedWhileDown (name: string): Promise<boolean> {
+    const r = await this.i.manager.readRecord(name)
+    if (r == null || r.leaseLost != null || r.fenced != null) return false
+    const epoch = r.epoch ?? 1
+    r.leaseLost = { epoch, at: new Date().toISOString(), cause: 'node-down' }
+    r.startedAt = null
+    await this.i.manager.writeRecord(r)
+    await this.i.runc.delete(name, { force: true }).catch(() => {})
+    this.i.events.emit('lease', { type: 'self-fenced', container: name, epoch, reason: 'it died while this node was down' })
+    this.expireLater(name, epoch)
+    return true
+  }
+
+  /** Tells the grantors, until a majority confirmed or a minute passed, that this node's lease of `name` at `epoch` is over. */
+  private expireLater (name: string, epoch: number): void {
+    const until = Date.now() + 60_000
+    const attempt = async (): Promise<void> => {
+      const confirmed = await this.lease.expire(name, epoch).catch(() => 0)
+      if (confirmed >= this.lease.status().quorum || Date.now() > until || this.stopped) return
+      setTimeout(() => void attempt(), 1_000).unref()
+    }
+    setTimeout(() => void attempt(), 0).unref()
+  }
+
   /** A node stopping on purpose parks its leases: its containers run on, and nobody takes them over meanwhile. */
   async stop (): Promise<void> {
+    this.stopped = true
     clearInterval(this.ownTimer)
     await this.failover?.stop()
     await this.replicator?.stop()

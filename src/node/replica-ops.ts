@@ -70,7 +70,7 @@ export class ReplicaOps {
     return await this.m.exclusive(name, async () => {
       const r = await this.m.readRecord(name)
       if (r == null || (r.epoch ?? 1) !== epoch || r.fenced != null || r.pendingMigration === true) return false
-      r.leaseLost = { epoch, at: new Date().toISOString() }
+      r.leaseLost = { epoch, at: new Date().toISOString(), cause: 'renewal' }
       r.startedAt = null
       await this.m.writeRecord(r)
       await this.runc.stop(name, 0)

@@ -301,6 +301,18 @@ describe('parking, removal and takeovers a grantor cannot judge', () => {
     assert.equal((await g.decide(B, { container: 'web', epoch: 2, takeover: true })).granted, true)
   })
 
+  test('its holder expiring a parked lease (the container died while the holder was down) frees it for a takeover at once; nobody else can', async () => {
+    const { g, store } = await grantor()
+    await g.decide(A, { container: 'web', epoch: 1 })
+    await g.release(A, 'web', 1, 'park')
+    t += 2 * LEASE
+    assert.equal(await g.release(B, 'web', 1, 'expire'), false, 'only the holder')
+    assert.equal(store.disk.web?.parked, true)
+    assert.equal(await g.release(A, 'web', 1, 'expire'), true)
+    assert.equal(store.disk.web?.parked, undefined, 'persisted unparked: a restarted grantor judges it like any lease')
+    assert.equal((await g.decide(B, { container: 'web', epoch: 2, takeover: true })).granted, true)
+  })
+
   test('a parked lease of a member removed from the cluster can be taken over once it ran out', async () => {
     let members = new Set<string>()
     const { g } = await grantor({ isMember: (p) => members.has(p) })
