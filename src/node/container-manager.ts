@@ -6,6 +6,7 @@ import type { Runc, RuncState } from '../runtime/runc.ts'
 import { runStateOf } from '../runtime/run-state.ts'
 import { loadBundle, runtimeConfig, writeRuntimeBundle, type LoadedBundle, type OciConfig } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
+import { RecordCache } from './record-cache.ts'
 import type { DataDir } from './data-dir.ts'
 import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
@@ -97,9 +98,13 @@ export class ContainerManager {
   private readonly lock = new KeyedMutex()
   private listed: { at: number; states: Promise<RuncState[]> } | null = null
 
+  /** Read at every heartbeat, lease and replication check: parsed once per version of each file. */
+  private readonly records: RecordCache<ContainerRecord>
+
   constructor (init: ContainerManagerInit) {
     this.init = init
     this.log = init.logger
+    this.records = new RecordCache(init.dataDir.containersDir, path.basename(init.dataDir.recordFile('x')), (e) => NAME_RE.test(e))
   }
 
   private get dd (): DataDir {
@@ -110,11 +115,11 @@ export class ContainerManager {
   }
 
   async names (): Promise<string[]> {
-    return await recordNames(this.dd)
+    return await this.records.names()
   }
 
   async readRecord (name: string): Promise<ContainerRecord | null> {
-    return await readRecordFile(this.dd, name)
+    return await this.records.read(name)
   }
 
   private async mustRecord (name: string): Promise<ContainerRecord> {
@@ -135,6 +140,7 @@ export class ContainerManager {
   }
 
   async writeRecord (r: ContainerRecord): Promise<void> {
+    this.records.forget(r.name)
     await writeRecordFile(this.dd, r)
   }
 

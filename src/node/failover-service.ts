@@ -376,8 +376,8 @@ export class FailoverService {
   /** The containers to replicate now: ours, running, replicated, with the lease held. */
   private async replicated (): Promise<Array<{ name: string; epoch: number; replicas: number; rootfs: string; config: Record<string, unknown> }>> {
     const out = []
-    for (const r of await this.records()) {
-      if (!this.lease.holds(r.name)) continue
+    // Every 250 ms: only the records of containers whose lease this node holds are read.
+    for (const r of await this.records((n) => this.lease.holds(n))) {
       const b = await loadBundle(r.bundle).catch(() => null)
       if (b == null) continue
       out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown> })
@@ -385,11 +385,12 @@ export class FailoverService {
     return out
   }
 
-  /** Replicated containers of this node that run (or should) and are ours. */
-  private async records (): Promise<ContainerRecord[]> {
+  /** Replicated containers of this node that run (or should) and are ours; only names `only` accepts, if given. */
+  private async records (only?: (name: string) => boolean): Promise<ContainerRecord[]> {
     const m = this.i.manager
     const out: ContainerRecord[] = []
     for (const n of await m.names()) {
+      if (only != null && !only(n)) continue
       const r = await m.readRecord(n)
       if (r == null || (r.replicas ?? 0) === 0 || r.fenced != null || r.leaseLost != null || r.pendingMigration === true || r.failoverPending === true) continue
       out.push(r)
