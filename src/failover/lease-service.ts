@@ -373,8 +373,14 @@ export class LeaseService {
     const members = this.members()
     const need = holdThreshold(members.length)
     const counts = new Map<string, number>()
+    // An answer is worth waiting for until the deadline it would move has passed, not
+    // just the usual request time: after a short cut of the link, TCP's retransmission
+    // timer has backed off and the first answers arrive late (a flapping link otherwise
+    // made an owner fence itself while every grant was on its way).
+    const latest = Math.max(...items.map((i) => this.keeper.deadline(i.container) ?? 0))
+    const timeoutMs = Math.max(this.requestTimeoutMs, Math.ceil(latest - sentAt))
     await Promise.all(members.map(async (peer) => {
-      const answers = await this.ask(peer, items, this.stopping.signal)
+      const answers = await this.ask(peer, items, this.stopping.signal, timeoutMs)
       for (let k = 0; k < items.length; k++) {
         const { container, epoch } = items[k] as { container: string; epoch: number }
         const a = answers[k]
@@ -449,7 +455,7 @@ export class LeaseService {
   }
 
   /** Asks one member about `items` (this node: its grantor directly). Never throws: failures are refusals. */
-  private async ask (peer: string, items: LeaseRequestItem[], signal: AbortSignal): Promise<ItemAnswer[]> {
+  private async ask (peer: string, items: LeaseRequestItem[], signal: AbortSignal, timeoutMs = this.requestTimeoutMs): Promise<ItemAnswer[]> {
     const out: ItemAnswer[] = []
     for (let i = 0; i < items.length; i += MAX_LEASE_ITEMS) {
       const chunk = items.slice(i, i + MAX_LEASE_ITEMS)
@@ -458,7 +464,7 @@ export class LeaseService {
       try {
         res = peer === this.init.selfId
           ? await this.serve(peer, req) as GrantsResponse
-          : await this.exchange(peer, req, GrantsResponseSchema, signal)
+          : await this.exchange(peer, req, GrantsResponseSchema, signal, timeoutMs)
       } catch (err) {
         // Anything may be thrown here (an abort reason need not be an Error): never let it
         // throw again while being described.
@@ -493,15 +499,16 @@ export class LeaseService {
     peer: string,
     req: LeaseProtocolRequest,
     schema: S,
-    outer: AbortSignal
+    outer: AbortSignal,
+    timeoutMs = this.requestTimeoutMs
   ): Promise<ReturnType<S['parse']>> {
-    const signal = AbortSignal.any([outer, AbortSignal.timeout(this.requestTimeoutMs)])
+    const signal = AbortSignal.any([outer, AbortSignal.timeout(timeoutMs)])
     const t0 = performance.now()
     let phase = 'dial'
     let f: FramedStream | undefined
     try {
       const stream = await this.init.dial(peer, LEASE_PROTOCOL, signal)
-      f = new FramedStream(stream, { maxFrameBytes: MAX_LEASE_FRAME, idleTimeoutMs: this.requestTimeoutMs })
+      f = new FramedStream(stream, { maxFrameBytes: MAX_LEASE_FRAME, idleTimeoutMs: timeoutMs })
       phase = 'write'
       await f.writeJson(req, signal)
       phase = 'read'

@@ -60,7 +60,10 @@ function fakeGuard (arms: Array<[string, number]>): LeaseGuardPort {
   }
 }
 
-async function makeNode (key: PrivateKey): Promise<TestNode> {
+/** Per dialling peer, how long (real ms) its requests take to reach the grantor. */
+const slow = new Map<string, number>()
+
+async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requestTimeoutMs?: number } = {}): Promise<TestNode> {
   const id = peerIdFromPrivateKey(key).toString()
   const expired: Array<[string, number]> = []
   const arms: Array<[string, number]> = []
@@ -70,8 +73,9 @@ async function makeNode (key: PrivateKey): Promise<TestNode> {
     leaseMs: LEASE,
     dataDir: '/nonexistent',
     store: memStore(),
-    members: () => ids,
-    isMember: (p) => ids.includes(p),
+    members: opts.members ?? (() => ids),
+    isMember: (p) => (opts.members?.() ?? ids).includes(p),
+    requestTimeoutMs: opts.requestTimeoutMs,
     handle: async (_protocol, handler) => {
       handlers.set(id, handler)
     },
@@ -79,6 +83,8 @@ async function makeNode (key: PrivateKey): Promise<TestNode> {
       if (down.has(peer) || down.has(id)) throw new Error(`${peer} is unreachable`)
       const handler = handlers.get(peer)
       if (handler == null) throw new Error('no handler')
+      const lag = slow.get(id) ?? 0
+      if (lag > 0) await new Promise((resolve) => setTimeout(resolve, lag))
       const [a, b] = await streamPair()
       void handler(b, id)
       return a
@@ -240,5 +246,36 @@ describe('LeaseService', () => {
     }
     assert.equal(sanitizeDetail('é\u0000"x'.repeat(100)).length, MAX_DETAIL_CHARS)
     assert.equal(sanitizeDetail('é\u0000"x'), '??"x')
+  })
+})
+
+describe('renewals over a slow link', () => {
+  // Requests may take 100 ms as a rule; a renewal's answers are worth waiting for until
+  // the deadline they would move (here 700 ms after the send).
+  const trio: TestNode[] = []
+  let members: string[] = []
+  before(async () => {
+    for (let i = 0; i < 3; i++) trio.push(await makeNode(await generateKeyPair('Ed25519'), { members: () => members, requestTimeoutMs: 100 }))
+    members = trio.map((x) => x.id)
+    for (const x of trio) await x.svc.start()
+  })
+  after(async () => {
+    for (const x of trio) await x.svc.stop()
+  })
+
+  test('a renewal answered after the usual request time, but before the deadline it moves, still renews', async () => {
+    const [h] = trio as [TestNode]
+    const t0 = t
+    await h.svc.acquire('slow', 1)
+    // The link recovers slowly (TCP backing off after a cut): answers take 300 ms.
+    slow.set(h.id, 300)
+    try {
+      t = t0 + 250
+      await h.svc.tick()
+      assert.deepEqual(h.arms.at(-1), ['slow', t0 + 250 + 700], 'the late grants moved the deadline')
+      assert.deepEqual(h.expired, [])
+    } finally {
+      slow.delete(h.id)
+    }
   })
 })
