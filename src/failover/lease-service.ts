@@ -43,6 +43,9 @@ import {
  * start which containers it killed while the daemon was down.
  */
 
+/** How far ahead of now a deadline written for the lease guard always is (it looks every 0.5 s until one is 0.6 s away). */
+const GUARD_LEAD_MS = 700
+
 /** The guard as the service uses it (LeaseGuard; a fake in tests). */
 export type LeaseGuardPort = Pick<LeaseGuard, 'start' | 'arm' | 'disarm' | 'clearFenced' | 'stop'> & Partial<Pick<LeaseGuard, 'armed'>>
 
@@ -377,8 +380,11 @@ export class LeaseService {
     // just the usual request time: after a short cut of the link, TCP's retransmission
     // timer has backed off and the first answers arrive late (a flapping link otherwise
     // made an owner fence itself while every grant was on its way).
+    // Never so long that the deadline a late answer writes for the lease guard is less
+    // than GUARD_LEAD_MS away: the guard looks every 0.5 s until one is that close.
     const latest = Math.max(...items.map((i) => this.keeper.deadline(i.container) ?? 0))
-    const timeoutMs = Math.max(this.requestTimeoutMs, Math.ceil(latest - sentAt))
+    const lastUseful = Math.min(latest, sentAt + this.leaseMs - this.keeper.marginMs - GUARD_LEAD_MS)
+    const timeoutMs = Math.max(this.requestTimeoutMs, Math.ceil(lastUseful - sentAt))
     await Promise.all(members.map(async (peer) => {
       const answers = await this.ask(peer, items, this.stopping.signal, timeoutMs)
       for (let k = 0; k < items.length; k++) {

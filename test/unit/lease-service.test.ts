@@ -63,14 +63,14 @@ function fakeGuard (arms: Array<[string, number]>): LeaseGuardPort {
 /** Per dialling peer, how long (real ms) its requests take to reach the grantor. */
 const slow = new Map<string, number>()
 
-async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requestTimeoutMs?: number } = {}): Promise<TestNode> {
+async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requestTimeoutMs?: number; leaseMs?: number } = {}): Promise<TestNode> {
   const id = peerIdFromPrivateKey(key).toString()
   const expired: Array<[string, number]> = []
   const arms: Array<[string, number]> = []
   const svc = new LeaseService({
     selfId: id,
     privateKey: key,
-    leaseMs: LEASE,
+    leaseMs: opts.leaseMs ?? LEASE,
     dataDir: '/nonexistent',
     store: memStore(),
     members: opts.members ?? (() => ids),
@@ -251,11 +251,12 @@ describe('LeaseService', () => {
 
 describe('renewals over a slow link', () => {
   // Requests may take 100 ms as a rule; a renewal's answers are worth waiting for until
-  // the deadline they would move (here 700 ms after the send).
+  // the deadline they would move, as long as the deadline they write is 0.7 s away for
+  // the lease guard: with a 2 s lease (margin 0.3 s), 1 s after the send.
   const trio: TestNode[] = []
   let members: string[] = []
   before(async () => {
-    for (let i = 0; i < 3; i++) trio.push(await makeNode(await generateKeyPair('Ed25519'), { members: () => members, requestTimeoutMs: 100 }))
+    for (let i = 0; i < 3; i++) trio.push(await makeNode(await generateKeyPair('Ed25519'), { members: () => members, requestTimeoutMs: 100, leaseMs: 2_000 }))
     members = trio.map((x) => x.id)
     for (const x of trio) await x.svc.start()
   })
@@ -263,17 +264,22 @@ describe('renewals over a slow link', () => {
     for (const x of trio) await x.svc.stop()
   })
 
-  test('a renewal answered after the usual request time, but before the deadline it moves, still renews', async () => {
+  test('a renewal answered after the usual request time, but in time to move its deadline, still renews; never later than the guard allows', async () => {
     const [h] = trio as [TestNode]
     const t0 = t
     await h.svc.acquire('slow', 1)
     // The link recovers slowly (TCP backing off after a cut): answers take 300 ms.
     slow.set(h.id, 300)
     try {
-      t = t0 + 250
+      t = t0 + 500
       await h.svc.tick()
-      assert.deepEqual(h.arms.at(-1), ['slow', t0 + 250 + 700], 'the late grants moved the deadline')
+      assert.deepEqual(h.arms.at(-1), ['slow', t0 + 500 + 1_700], 'the late grants moved the deadline')
       assert.deepEqual(h.expired, [])
+      // Answers 1.2 s late would write a deadline only 0.5 s ahead: not waited for.
+      slow.set(h.id, 1_200)
+      t = t0 + 1_000
+      await h.svc.tick()
+      assert.deepEqual(h.arms.at(-1), ['slow', t0 + 500 + 1_700], 'unchanged')
     } finally {
       slow.delete(h.id)
     }
