@@ -52,6 +52,14 @@ export type FailoverEvent =
 
 const LIVE_STATES = new Set(['running', 'paused', 'created'])
 
+/**
+ * Rounds of restore attempts (every generation, newest first) before a standby gives
+ * a replica up, and the wait before the second and third: a restore fails for passing
+ * reasons too (a loaded host), and with one replica giving up loses the container.
+ */
+export const RESTORE_ROUNDS = 3
+export const RESTORE_RETRY_MS = [10_000, 30_000]
+
 /** Why the replica's owner no longer runs it, or null while it does (or may). Pure. */
 export function ownerGone (meta: Pick<ReplicaMeta, 'owner' | 'epoch'>, own: { owner: string | null; epoch: number } | undefined, state: string | undefined, claim: string | undefined, member = true): string | null {
   // Removing a member releases its names in the view; its containers are still only in its replicas.
@@ -83,6 +91,8 @@ export class FailoverController {
   /** container -> when its owner was first seen gone, when we last asked, and for which epoch. */
   private readonly gone = new Map<string, { since: number; lastTry: number; epoch: number }>()
   private readonly busy = new Set<string>()
+  /** container -> restore rounds that failed here, and when the next may start. */
+  private readonly failedRounds = new Map<string, { rounds: number; retryAt: number }>()
   private timer?: NodeJS.Timeout
   private readonly stopping = new AbortController()
   private readonly inflight = new Set<Promise<void>>()
@@ -119,6 +129,7 @@ export class FailoverController {
       const stale = ours ? 'it runs on this node now' : own?.owner === this.port.selfId ? null : replicaStale(meta, own)
       if (stale != null) {
         this.gone.delete(name)
+        this.failedRounds.delete(name)
         this.busy.add(name)
         await this.port.drop(name).catch(() => {})
         this.busy.delete(name)
@@ -135,6 +146,7 @@ export class FailoverController {
         continue
       }
       const t = this.now()
+      if (t < (this.failedRounds.get(name)?.retryAt ?? Number.NEGATIVE_INFINITY)) continue
       let g = this.gone.get(name)
       if (g == null) {
         g = { since: t, lastTry: Number.NEGATIVE_INFINITY, epoch: meta.epoch + 1 }
@@ -190,6 +202,7 @@ export class FailoverController {
         await this.port.restore(meta, generation, epoch, proof, signal)
         const ms = this.now() - started
         this.gone.delete(name)
+        this.failedRounds.delete(name)
         this.log.warn({ container: name, epoch, generation, from: meta.owner, ms }, 'failover: container restored here from its replica')
         this.init.onEvent?.({ type: 'failover', container: name, epoch, generation, from: meta.owner, ms, dumpedAt: meta.dumpedAt })
         await this.port.drop(name).catch(() => {})
@@ -199,11 +212,21 @@ export class FailoverController {
         this.log.error({ container: name, generation, err: errText(err) }, 'failover restore failed')
       }
     }
-    // Nothing of it runs here: give the lease up so another standby may try, and drop
-    // the replica, whose generations a failed restore used up.
+    // Nothing of it runs here: give the lease up so that another standby may try. This
+    // one tries again later (a failed restore returns its generation's rootfs), and
+    // drops the replica only after RESTORE_ROUNDS rounds failed.
     await this.port.release(name).catch(() => {})
-    await this.port.drop(name).catch(() => {})
-    this.gone.delete(name)
-    this.init.onEvent?.({ type: 'failover-failed', container: name, epoch, reason: errors.join('; ') })
+    const rounds = (this.failedRounds.get(name)?.rounds ?? 0) + 1
+    const last = rounds >= RESTORE_ROUNDS
+    if (last) {
+      await this.port.drop(name).catch(() => {})
+      this.failedRounds.delete(name)
+      this.gone.delete(name)
+    } else {
+      this.failedRounds.set(name, { rounds, retryAt: this.now() + RESTORE_RETRY_MS[rounds - 1]! })
+    }
+    const reason = `${errors.join('; ')}${last ? `; replica dropped after ${rounds} rounds` : `; round ${rounds} of ${RESTORE_ROUNDS}, next in ${RESTORE_RETRY_MS[rounds - 1]! / 1000} s`}`
+    this.log.error({ container: name, epoch, rounds }, last ? 'failover gave up: no generation of this replica restores' : 'failover restore failed: trying again later')
+    this.init.onEvent?.({ type: 'failover-failed', container: name, epoch, reason })
   }
 }

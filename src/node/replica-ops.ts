@@ -82,8 +82,8 @@ export class ReplicaOps {
    * Failover: generation `genDir` of a replica becomes this node's container at
    * `epoch`, owned by the grants in `proof`. The record is written before the restore,
    * marked failoverPending (not claimed: a node restarted in between keeps it if it
-   * runs, removes it if not); a failed restore leaves nothing behind but the used-up
-   * generation's rootfs, so the caller may try an older generation.
+   * runs, removes it if not); a failed restore leaves nothing behind and returns the
+   * generation's rootfs to the replica, so the caller may try it, or an older one, again.
    */
   /**
    * Moves a fenced copy's directory (its record, checkpoints and log) out of the name's
@@ -147,6 +147,12 @@ export class ReplicaOps {
         await this.m.writeRecord(rec)
       } catch (err) {
         await this.runc.delete(name, { force: true }).catch(() => {})
+        // The generation's rootfs goes back where it came from, so that a later try can
+        // restore this generation again (a restore fails for passing reasons too: a
+        // loaded host, a PID taken meanwhile). Where that fails, the generation is used up.
+        await fs.rename(path.join(src, 'rootfs'), path.join(genDir, 'rootfs')).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT') this.log.warn({ name, genDir, err: e.message }, "could not return a generation's rootfs after a failed restore: that generation is used up")
+        })
         await removeTree(cdir)
         throw err
       }

@@ -232,6 +232,32 @@ describe('failover of a replicated counter', () => {
     await c.start(owner)
     await c.waitAllAlive(60_000)
   })
+
+  test('no generation restores at first (a passing fault): the standby gives the lease back, tries again later, and the container runs', async () => {
+    await allUp()
+    assert.equal((await c.msc(n('n2'), 'run', 'retry', bundle, '--replicas', '1')).exitCode, 0)
+    const info = await replicated(n('n2'), 'retry', 2)
+    const standby = n(info.replication!.standbys[0]!.name)
+    await c.tb.kill(n('n2').host)
+    // Within the lease the standby waits out, every generation it holds is made
+    // unrestorable: its CRIU inventory is moved aside.
+    const dir = path.join(standby.dataDir, 'replicas', 'retry')
+    const gens = (await fs.readdir(dir)).filter((e) => /^gen-\d+$/.test(e))
+    assert.ok(gens.length > 0, `generations on ${standby.name}: ${gens.join(', ')}`)
+    for (const g of gens) await fs.rename(path.join(dir, g, 'images', 'inventory.img'), path.join(dir, g, 'images', 'inventory.img.aside'))
+    await waitFor(async () => (await events(standby)).some((e) => e.type === 'failover-failed' && e.container === 'retry'), 60_000, () => `a failed restore on ${standby.name}\n${c.logTail(standby, 20)}`)
+    assert.deepEqual(await runningOn('retry'), [], 'nothing runs meanwhile')
+    // The fault passes; the rootfs of each generation is back in place for the next try.
+    for (const g of gens) {
+      await fs.access(path.join(dir, g, 'rootfs'))
+      await fs.rename(path.join(dir, g, 'images', 'inventory.img.aside'), path.join(dir, g, 'images', 'inventory.img'))
+    }
+    await waitFor(async () => (await runningOn('retry')).length > 0, 60_000, () => `retry running again\n${c.logTail(standby, 20)}`)
+    assert.equal(await exactlyOneFor('retry', 3_000), standby.name)
+    await waitFor(() => logValues(standby, 'retry').length > 0, 15_000, 'output on the standby')
+    assert.ok(logValues(standby, 'retry')[0]! > 1, 'it counts on from its generation, not from 1')
+    assert.equal((await c.msc(standby, 'rm', '--force', 'retry')).exitCode, 0)
+  })
 })
 
 describe('partitions', () => {

@@ -66,16 +66,21 @@ function fake (m = meta()): Fake {
   return f
 }
 
-async function run (f: Fake, clock: { t: number }, ticks: number, stepMs = 100): Promise<FailoverController> {
-  const ctl = new FailoverController(f.port, { leaseMs: LEASE, logger: silentLogger(), now: () => clock.t, onEvent: (e) => f.events.push(e), rankDelayMs: 2000 })
+/** `ticks` looks, `stepMs` apart on the fake clock; a controller passed in is left running (the caller goes on with it). */
+async function run (f: Fake, clock: { t: number }, ticks: number, stepMs = 100, given?: FailoverController): Promise<FailoverController> {
+  const ctl = given ?? controller(f, clock)
   for (let i = 0; i < ticks; i++) {
     await ctl.tick()
     await new Promise((resolve) => setImmediate(resolve))
     await new Promise((resolve) => setImmediate(resolve))
     clock.t += stepMs
   }
-  await ctl.stop()
+  if (given == null) await ctl.stop()
   return ctl
+}
+
+function controller (f: Fake, clock: { t: number }): FailoverController {
+  return new FailoverController(f.port, { leaseMs: LEASE, logger: silentLogger(), now: () => clock.t, onEvent: (e) => f.events.push(e), rankDelayMs: 2000 })
 }
 
 describe('ownerGone and replicaStale (pure)', () => {
@@ -120,8 +125,48 @@ describe('FailoverController', () => {
       throw new Error('criu said no')
     }
     await run(g, { t: 0 }, 2)
-    assert.deepEqual(g.calls, ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'release web', 'drop web'], 'the replica is used up: dropped')
+    assert.deepEqual(g.calls, ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'release web'], 'the lease goes back; the replica stays for another try')
     assert.ok(g.events.some((e) => e.type === 'failover-failed'))
+  })
+
+  test('every generation fails: tried again after 10 s and 30 s, then the replica is dropped', async () => {
+    const g = fake()
+    g.restore = async () => {
+      throw new Error('criu said no')
+    }
+    const round = ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'release web']
+    await run(g, { t: 0 }, 450) // 45 s
+    assert.deepEqual(g.calls, [...round, ...round, ...round, 'drop web'])
+    const failed = g.events.filter((e) => e.type === 'failover-failed').map((e) => (e as { reason: string }).reason)
+    assert.equal(failed.length, 3)
+    assert.match(failed[0]!, /round 1 of 3, next in 10 s/)
+    assert.match(failed[2]!, /replica dropped after 3 rounds/)
+  })
+
+  test('a restore that fails once and then succeeds: the container runs, the replica goes', async () => {
+    const g = fake()
+    let tries = 0
+    g.restore = async () => {
+      if (tries++ < 2) throw new Error('a passing failure')
+    }
+    await run(g, { t: 0 }, 150) // 15 s
+    assert.deepEqual(g.calls, ['acquire web@4', 'restore web gen 8 at 4', 'restore web gen 7 at 4', 'release web', 'acquire web@4', 'restore web gen 8 at 4', 'drop web'])
+    assert.ok(g.events.some((e) => e.type === 'failover' && e.generation === 8))
+  })
+
+  test('while it waits to try again, the container failing over elsewhere drops the replica', async () => {
+    const g = fake()
+    g.restore = async () => {
+      throw new Error('criu said no')
+    }
+    const clock = { t: 0 }
+    const ctl = controller(g, clock)
+    await run(g, clock, 20, 100, ctl)
+    g.state.own = { owner: 'other-standby', epoch: 5 }
+    await run(g, clock, 5, 100, ctl)
+    await ctl.stop()
+    assert.deepEqual(g.calls.slice(-1), ['drop web'])
+    assert.equal(g.calls.filter((c) => c.startsWith('acquire')).length, 1)
   })
 
   test('refused: nothing restored, asked again at most twice a lease', async () => {
