@@ -48,15 +48,10 @@ export class PhaseClock {
     this.totalBytes += n
     this.report()
   }
-  progress (bytesInPhase: number, base: number): void {
-    this.bytes = base + bytesInPhase
+  /** `n` more bytes went out (several transfers may run at once: each adds its own). */
+  sent (n: number): void {
+    this.bytes += n
     this.report()
-  }
-  get transferred (): number {
-    return this.bytes
-  }
-  setTransferred (n: number): void {
-    this.bytes = n
   }
 
   private report (): void {

@@ -192,8 +192,13 @@ export class MigrationSource {
 
         // ---- transfer: rootfs changes, images, output log ----
         clock.enter('transfer')
+        // One tree after the other: sent at once they only compete for this node's one
+        // event loop (measured: the rootfs walk then took up to 1 s instead of 20 ms,
+        // and the downtime did not shrink).
         const t0 = Date.now()
-        const delta = changedSince(before, await treeManifest(c.rootfs))
+        const after = await treeManifest(c.rootfs)
+        const delta = changedSince(before, after)
+        log.debug({ entries: after.size, changed: delta.changed.length, deleted: delta.deleted.length, ms: Date.now() - t0 }, 'rootfs walked')
         const changed = new Set(delta.changed)
         if (changed.size > 0 || delta.deleted.length > 0) {
           result.bytes += await this.sendTree(target, c.rootfs, transfers.delta, 'rootfs-delta', clock, outer, (p) => changed.has(p), delta.deleted)
@@ -321,7 +326,8 @@ export class MigrationSource {
   private async sendTree (peer: string, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
     const dog = new Watchdog(this.d.stallTimeoutMs, `the ${label} transfer stalled`)
     const signal = AbortSignal.any([outer, dog.signal])
-    const base = clock.transferred
+    let reported = 0
+    const t0 = performance.now()
     try {
       const stream = await this.d.dial(peer, IMAGE_PROTOCOL, signal)
       const r = await sendTree(stream, dir, {
@@ -332,10 +338,12 @@ export class MigrationSource {
         signal,
         onProgress: (n: number) => {
           dog.kick()
-          clock.progress(n, base)
+          clock.sent(n - reported)
+          reported = n
         }
       })
-      clock.setTransferred(base + r.bytes)
+      clock.sent(r.bytes - reported)
+      this.d.logger.debug({ label, bytes: r.bytes, ms: Math.round(performance.now() - t0) }, 'tree sent')
       return r.bytes
     } catch (err) {
       if (dog.signal.aborted) throw new MscError('RUNTIME_ERROR', dog.reason)

@@ -40,6 +40,8 @@ export function isMscError (err: unknown): err is MscError {
 /** Wraps anything thrown into an MscError without losing the original. */
 export function toMscError (err: unknown): MscError {
   if (err instanceof MscError) return err
+  const ev = eventText(err)
+  if (ev != null) return new MscError('INTERNAL', ev, [], { cause: err })
   const e = err as NodeJS.ErrnoException
   if (e?.code === 'ENOSPC') return new MscError('NO_SPACE', `no space left on device: ${e.message}`, [], { cause: err })
   return new MscError('INTERNAL', e?.message ?? String(err), [], { cause: err })
@@ -48,6 +50,17 @@ export function toMscError (err: unknown): MscError {
 /** What went wrong, in one line, whatever was thrown (an abort reason need not be an Error). */
 export function errText (err: unknown): string {
   if (err instanceof Error) return err.message
+  const ev = eventText(err)
+  if (ev != null) return ev
   if (typeof err === 'object' && err != null && typeof (err as { message?: unknown }).message === 'string') return (err as { message: string }).message
   return String(err)
+}
+
+/**
+ * libp2p rejects some waits with the DOM Event that ended them (a connection or stream
+ * that closed under a dial), not with an Error: "[object Event]" says nothing.
+ */
+function eventText (err: unknown): string | null {
+  if (typeof Event === 'undefined' || !(err instanceof Event)) return null
+  return `the connection or stream closed (${err.type} event)`
 }
