@@ -50,7 +50,14 @@ export interface ContainerInfo {
    * Set when this node killed it because it could not renew its lease (self-fencing;
    * `cause` `renewal` or absent), or it died while this node was down (`node-down`).
    */
-  leaseLost?: { epoch: number; at: string; cause?: 'renewal' | 'node-down' }
+  leaseLost?: LeaseLost
+}
+
+/** The epoch whose lease was lost, when, and why (absent in records from before `cause`: renewal). */
+export interface LeaseLost {
+  epoch: number
+  at: string
+  cause?: 'renewal' | 'node-down'
 }
 
 /** `msc inspect NAME --json`: a replicated container's standbys and the age of its newest safe copy. */

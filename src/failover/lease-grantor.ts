@@ -148,20 +148,14 @@ export class LeaseGrantor {
         r.expiresAt = Number.NEGATIVE_INFINITY
         return true
       }
-      if (mode === 'expire') {
-        // Its holder says the container is dead (it died while the holder was down):
-        // no longer parked, and over, so that a standby may take it over.
-        const next = new Map(this.map)
-        next.set(container, { epoch: r.epoch, holder: r.holder, expiresAt: Number.NEGATIVE_INFINITY })
-        await this.store.save(recordsOf(next))
-        this.map.clear()
-        for (const [c, x] of next) this.map.set(c, x)
-        return true
-      }
-      // park and remove change what a restart must remember: persisted before the answer.
+      // Park, remove, and the expiry of a parked lease change what a restart must
+      // remember: persisted before the answer. Its holder expiring a parked lease says
+      // the container died while the holder was down: no longer parked, and over, so
+      // that a standby may take it over.
       const next = new Map(this.map)
       if (mode === 'remove') next.delete(container)
-      else next.set(container, { ...r, parked: true })
+      else if (mode === 'park') next.set(container, { ...r, parked: true })
+      else next.set(container, { epoch: r.epoch, holder: r.holder, expiresAt: Number.NEGATIVE_INFINITY })
       await this.store.save(recordsOf(next))
       this.map.clear()
       for (const [c, x] of next) this.map.set(c, x)

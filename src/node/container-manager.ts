@@ -8,13 +8,11 @@ import { loadBundle, runtimeConfig, writeRuntimeBundle, type LoadedBundle, type 
 import { removeTree } from '../runtime/mounts.ts'
 import { RecordCache } from './record-cache.ts'
 import type { DataDir } from './data-dir.ts'
-import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo } from '../api/types.ts'
+import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo, LeaseLost } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
 import type { Handover } from '../cluster/handover.ts'
 import type { LeaseProof } from '../failover/grant.ts'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
-
-export type LeaseLost = { epoch: number; at: string; cause?: 'renewal' | 'node-down' }
 
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
 export interface ContainerRecord {

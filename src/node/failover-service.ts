@@ -163,8 +163,8 @@ export class FailoverService {
         if (r.leaseLost != null || r.fenced != null || r.failoverPending === true) return false
         // Stopped (by its user, or it exited): not to be brought back. A `runc list` that
         // failed says nothing: the replicas stay.
-        const states = await init.manager.runcStates().catch(() => null)
-        return states != null && !states.some((x) => x.id === name && (x.status === 'running' || x.status === 'paused'))
+        const running = await this.running().catch(() => null)
+        return running != null && !running.has(name)
       },
       staging: async (id) => {
         const d = path.join(dd.tmp, id)
@@ -396,13 +396,13 @@ export class FailoverService {
       out.push(r)
     }
     if (out.length === 0) return out // no runc call on a node with nothing to replicate
-    const running = await this.running()
+    const running = await this.running().catch(() => new Set<string>())
     return out.filter((r) => running.has(r.name))
   }
 
-  /** Containers runc runs (or has paused), from the manager's shared `runc list`. */
+  /** Containers runc runs (or has paused), from the manager's shared `runc list`; rejects when that list failed. */
   private async running (): Promise<Set<string>> {
-    const l = await this.i.manager.runcStates().catch(() => [])
+    const l = await this.i.manager.runcStates()
     return new Set(l.filter((s) => s.status === 'running' || s.status === 'paused').map((s) => s.id))
   }
 
