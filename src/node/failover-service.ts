@@ -186,12 +186,31 @@ export class FailoverService {
       peerState: (p) => view.get(p)?.state,
       isMember: (p) => cluster.isMember(p),
       claimState: (p, name) => view.get(p)?.containers.find((c) => c.name === name)?.state,
-      acquire: async (name, epoch, signal) => await this.lease.acquire(name, epoch, { takeover: true, signal }),
+      // From the grant until the restore ran or the lease went back, the lease is held
+      // with no record of the container here (before the restore writes one, after a
+      // failed one removed it): keepLeases must not read that as "removed" and have the
+      // grantors forget the lease, which a later try at this epoch needs them to know.
+      acquire: async (name, epoch, signal) => {
+        this.takingOver.add(name)
+        try {
+          return await this.lease.acquire(name, epoch, { takeover: true, signal })
+        } catch (err) {
+          this.takingOver.delete(name)
+          throw err
+        }
+      },
       release: async (name) => {
-        await this.lease.release(name)
+        try {
+          await this.lease.release(name)
+        } finally {
+          this.takingOver.delete(name)
+        }
       },
       restore: async (meta, generation, epoch, proof, signal) => {
+        // Never restore on a lease that went back meanwhile: another standby may hold it.
+        if (!this.lease.holds(meta.container)) throw new MscError('INVALID_STATE', `the failover lease of ${meta.container} at epoch ${epoch} is no longer held here`)
         await this.ops.adoptReplica(meta, this.store.genDir(meta.container, generation), epoch, proof as LeaseProof, signal)
+        this.takingOver.delete(meta.container)
         o.announce()
       },
       drop: async (name) => {
@@ -335,6 +354,8 @@ export class FailoverService {
   }
 
   private readonly restoring = new Set<string>()
+  /** Replicas this node holds the failover lease of and restores (or tries to). */
+  private readonly takingOver = new Set<string>()
 
   /** `msc rm`: the grantors forget the container's lease (a parked one would keep its name from a new container). */
   async forget (name: string, epoch: number): Promise<void> {
@@ -499,7 +520,7 @@ export class FailoverService {
     for (const h of this.lease.status().held) {
       if (live.has(h.container)) continue
       const r = await this.i.manager.readRecord(h.container).catch(() => null)
-      if (r?.failoverPending === true || this.restoring.has(h.container)) continue // being restored: the lease is what allows it
+      if (r?.failoverPending === true || this.restoring.has(h.container) || this.takingOver.has(h.container)) continue // being restored: the lease is what allows it
       if (r != null && r.startedAt != null && r.leaseLost == null && r.fenced == null) continue
       // Gone from here: forgotten. Killed for want of renewals (self-fenced): expired at
       // once, so that a standby brings it back (parked, a container that lost its lease
