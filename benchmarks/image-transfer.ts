@@ -45,7 +45,7 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
-import { createLibp2pHost, type MscLibp2p } from '../src/overlay/libp2p-host.ts'
+import { loopbackHost } from '../test/helpers/loopback-host.ts'
 import { IMAGE_PROTOCOL, receiveTree, sendTree } from '../src/protocols/image/index.ts'
 import { MiB, log, machineInfo, median, parseFlags, ratio, round, table, writeResults } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
@@ -353,20 +353,6 @@ async function bareNode (): Promise<Libp2p> {
   return node
 }
 
-async function mscNode (): Promise<MscLibp2p> {
-  const node = await createLibp2pHost({
-    privateKey: await generateKeyPair('Ed25519'),
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    announce: [],
-    bootstrap: [],
-    mdns: false,
-    mdnsIntervalMs: 1000,
-    maxPubsubMessageBytes: 1 << 20
-  })
-  await node.start()
-  return node
-}
-
 // ---------------------------------------------------------------------------------
 // receiver (child process)
 
@@ -419,7 +405,7 @@ async function receiverMain (): Promise<void> {
         await node.stop()
       }
     } else {
-      const node = await mscNode()
+      const node = await loopbackHost()
       const tmpRoot = path.join(msg.dest, 'tmp')
       await fs.mkdir(tmpRoot)
       await node.handle(IMAGE_PROTOCOL, async (stream) => {
@@ -503,7 +489,7 @@ async function sendWith (method: Method, addr: string, src: string, label: strin
       await node.stop()
     }
   }
-  const node = await mscNode()
+  const node = await loopbackHost()
   try {
     await node.dial(ma)
     const signal = AbortSignal.timeout(SAMPLE_TIMEOUT_MS)

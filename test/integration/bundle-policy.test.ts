@@ -20,10 +20,10 @@ import os from 'node:os'
 import path from 'node:path'
 import crypto from 'node:crypto'
 import { execa } from 'execa'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import { counterValues, MSC } from '../helpers/node-harness.ts'
 import { sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
-import { createLibp2pHost, type MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import type { MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import { loopbackHost } from '../helpers/loopback-host.ts'
 import { IMAGE_PROTOCOL, receiveTree, sendTree } from '../../src/protocols/image/index.ts'
 import type { ProtocolError } from '../../src/protocols/framing.ts'
 import { NodeMigrationHost } from '../../src/node/migration-host.ts'
@@ -143,24 +143,10 @@ describe('/msc/image trees that take no symlinks (images, logs)', () => {
   let next: PromiseWithResolvers<ProtocolError | null> | undefined
   let destDir = ''
 
-  async function host (): Promise<MscLibp2p> {
-    const h = await createLibp2pHost({
-      privateKey: await generateKeyPair('Ed25519'),
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      announce: [],
-      bootstrap: [],
-      mdns: false,
-      mdnsIntervalMs: 1000,
-      maxPubsubMessageBytes: 1 << 20
-    })
-    await h.start()
-    return h
-  }
-
   before(async () => {
     sandbox = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-test-policy-image-'))
     await fs.mkdir(path.join(sandbox, 'tmp'))
-    ;[sender, receiver] = await Promise.all([host(), host()])
+    ;[sender, receiver] = await Promise.all([loopbackHost(), loopbackHost()])
     await receiver.handle(IMAGE_PROTOCOL, async (stream) => {
       const job = next
       next = undefined

@@ -19,9 +19,9 @@ import { execFileSync } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import v8 from 'node:v8'
 import vm from 'node:vm'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
-import { createLibp2pHost, type MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import type { MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import { loopbackHost } from '../helpers/loopback-host.ts'
 import { FramedStream, type ProtocolError } from '../../src/protocols/framing.ts'
 import {
   IMAGE_PROTOCOL,
@@ -51,26 +51,12 @@ type Outcome = { ok: true; r: ReceiveTreeResult } | { ok: false; err: ProtocolEr
 /** What the receiving host does with the next incoming stream, and where it reports. */
 let nextReceive: { opts: ReceiveTreeOptions; done: PromiseWithResolvers<Outcome> } | undefined
 
-async function host (): Promise<MscLibp2p> {
-  const h = await createLibp2pHost({
-    privateKey: await generateKeyPair('Ed25519'),
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    announce: [],
-    bootstrap: [],
-    mdns: false,
-    mdnsIntervalMs: 1000,
-    maxPubsubMessageBytes: 1 << 20
-  })
-  await h.start()
-  return h
-}
-
 before(async () => {
   sandbox = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-image-test-'))
   tmpRoot = path.join(sandbox, 'tmp')
   await fs.mkdir(tmpRoot)
-  sender = await host()
-  receiver = await host()
+  sender = await loopbackHost()
+  receiver = await loopbackHost()
   await receiver.handle(IMAGE_PROTOCOL, async (stream) => {
     const job = nextReceive
     nextReceive = undefined

@@ -13,9 +13,9 @@ import path from 'node:path'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import { execa } from 'execa'
-import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
-import { createLibp2pHost, type MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import type { MscLibp2p } from '../../src/overlay/libp2p-host.ts'
+import { loopbackHost } from '../helpers/loopback-host.ts'
 import { PAGES_PROTOCOL, openPagesTunnel, handlePagesStream, type PageServerAddress, type PagesStreamResult } from '../../src/protocols/pages/tunnel.ts'
 import { checkpointLazy, startLazyPagesDaemon } from '../../src/runtime/lazy-pages.ts'
 import { Runc } from '../../src/runtime/runc.ts'
@@ -29,24 +29,10 @@ const CRIU = '/opt/msc/bin/criu'
 v8.setFlagsFromString('--expose-gc')
 const gc = vm.runInNewContext('gc') as () => void
 
-async function host (): Promise<MscLibp2p> {
-  const node = await createLibp2pHost({
-    privateKey: await generateKeyPair('Ed25519'),
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    announce: [],
-    bootstrap: [],
-    mdns: false,
-    mdnsIntervalMs: 1000,
-    maxPubsubMessageBytes: 1 << 20
-  })
-  await node.start()
-  return node
-}
-
 /** A/B hosts; A serves the transfers in `servers` (transferId -> local page server). */
 async function pair (servers: Map<string, PageServerAddress>, results: PagesStreamResult[]): Promise<{ a: MscLibp2p; b: MscLibp2p }> {
-  const a = await host()
-  const b = await host()
+  const a = await loopbackHost()
+  const b = await loopbackHost()
   await a.handle(PAGES_PROTOCOL, async (stream) => {
     try {
       results.push(await handlePagesStream(stream, (id) => servers.get(id) ?? null))
@@ -216,7 +202,7 @@ describe('pages tunnel over libp2p', () => {
 
   test("a stream that fails mid-transfer: beforeReset runs while CRIU's socket is still open, and only then is it reset", async () => {
     // A source whose page stream fails after 16 bytes, as a cut link would.
-    const cut = await host()
+    const cut = await loopbackHost()
     await cut.handle(PAGES_PROTOCOL, async (stream) => {
       await handlePagesStream(stream, (id) => servers.get(id) ?? null, { cutAfterBytes: 16 }).catch(() => {})
     })
