@@ -14,6 +14,12 @@
  *    `idleTimeoutMs` is an error, so a peer that stops mid-transfer cannot hold us.
  */
 import type { Stream } from '@libp2p/interface'
+
+/**
+ * What FramedStream needs of a stream: a libp2p Stream, or a SealedStream (msc's bulk
+ * data channel), which offers the same part.
+ */
+export type ByteStream = Pick<Stream, 'status' | 'writeBufferLength' | 'maxReadBufferLength' | 'readableEnded' | 'send' | 'close' | 'abort' | 'pause' | 'resume' | 'addEventListener' | 'removeEventListener'>
 import type { z } from 'zod'
 import { MscError, type MscErrorCode } from '../util/errors.ts'
 
@@ -68,7 +74,7 @@ const TAIL_BYTES = 64 * 1024
 const STREAM_PAUSED_BUFFER_BYTES = 32 * MiB
 
 export class FramedStream {
-  readonly stream: Stream
+  readonly stream: ByteStream
   readonly maxFrameBytes: number
   readonly writeHighWaterBytes: number
   readonly readBufferBytes: number
@@ -92,7 +98,7 @@ export class FramedStream {
   private tail: Uint8Array | undefined
   private tailEnd = 0
 
-  constructor (stream: Stream, o: FramedStreamOptions = {}) {
+  constructor (stream: ByteStream, o: FramedStreamOptions = {}) {
     this.stream = stream
     this.maxFrameBytes = o.maxFrameBytes ?? 4 * MiB
     this.writeHighWaterBytes = o.writeHighWaterBytes ?? 4 * MiB

@@ -8,8 +8,7 @@ import fs from 'node:fs/promises'
 import { constants as C } from 'node:fs'
 import crypto from 'node:crypto'
 import path from 'node:path'
-import type { Stream } from '@libp2p/interface'
-import { FramedStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
+import { FramedStream, type ByteStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
 import { pathProblem, parentOf, symlinkProblem, type LookupResult, type SymlinkMode } from './paths.ts'
 import { commitTree, checkDestination, checkSameFilesystem, type Received } from './commit.ts'
 import {
@@ -73,7 +72,7 @@ export interface ReceiveTreeResult {
   transferId: string
 }
 
-export async function receiveTree (stream: Stream, o: ReceiveTreeOptions): Promise<ReceiveTreeResult> {
+export async function receiveTree (stream: ByteStream, o: ReceiveTreeOptions): Promise<ReceiveTreeResult> {
   const started = performance.now()
   const framed = new FramedStream(stream, { maxFrameBytes: MAX_FRAME_BYTES, idleTimeoutMs: o.idleTimeoutMs })
   let dest: TreeDestination | undefined

@@ -8,8 +8,7 @@ import { constants as C } from 'node:fs'
 import crypto from 'node:crypto'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Stream } from '@libp2p/interface'
-import { FramedStream, ProtocolError } from '../framing.ts'
+import { FramedStream, type ByteStream, ProtocolError } from '../framing.ts'
 import { walkTree, type WalkEntry } from './manifest.ts'
 import { pathProblem } from './paths.ts'
 import {
@@ -53,7 +52,7 @@ interface Planned {
   entry: Entry
 }
 
-export async function sendTree (stream: Stream, dir: string, o: SendTreeOptions): Promise<SendTreeResult> {
+export async function sendTree (stream: ByteStream, dir: string, o: SendTreeOptions): Promise<SendTreeResult> {
   const started = performance.now()
   const idleTimeoutMs = o.idleTimeoutMs ?? 30_000
   const framed = new FramedStream(stream, { idleTimeoutMs })
