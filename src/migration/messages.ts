@@ -25,7 +25,8 @@ export type Strategy = typeof STRATEGIES[number]
 const id = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/)
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
 
-export const FeaturesSchema = z.object({ preCopy: z.boolean(), postCopy: z.boolean() }).strict()
+/** `sealedData`: the node can send and receive the trees over a sealed data channel (src/protocols/sealed). */
+export const FeaturesSchema = z.object({ preCopy: z.boolean(), postCopy: z.boolean(), sealedData: z.boolean().optional() }).strict()
 export type Features = z.infer<typeof FeaturesSchema>
 
 export const OfferSchema = z.object({
@@ -52,8 +53,16 @@ export const OfferSchema = z.object({
 }).strict()
 export type Offer = z.infer<typeof OfferSchema>
 
+/**
+ * The target's sealed data channel for this migration: its port (on the address the
+ * source reaches the target at) and the channel's secret, known only to the two ends:
+ * it travels inside this member-only, encrypted control stream.
+ */
+export const DataChannelSchema = z.object({ port: z.number().int().min(1).max(65535), secret: z.string().regex(/^[A-Za-z0-9+/]{43}=$/) }).strict()
+export type DataChannel = z.infer<typeof DataChannelSchema>
+
 export const AnswerSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('accept'), strategy: z.enum(STRATEGIES), needBundle: z.boolean(), features: FeaturesSchema }).strict(),
+  z.object({ type: z.literal('accept'), strategy: z.enum(STRATEGIES), needBundle: z.boolean(), features: FeaturesSchema, data: DataChannelSchema.optional() }).strict(),
   z.object({ type: z.literal('refuse'), code: z.string().max(64), reason: z.string().max(1024) }).strict()
 ])
 export type Answer = z.infer<typeof AnswerSchema>

@@ -2,8 +2,9 @@ import crypto from 'node:crypto'
 import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
-import { MscError, toMscError } from '../util/errors.ts'
-import { FramedStream } from '../protocols/framing.ts'
+import { MscError, errText, toMscError } from '../util/errors.ts'
+import { FramedStream, type ByteStream } from '../protocols/framing.ts'
+import { dialSealed } from '../protocols/sealed/channel.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
 import { AnswerSchema, CommittedSchema, DiscardedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
@@ -45,6 +46,8 @@ export interface SourceDeps {
   host: ContainerHost
   cluster: ClusterPort
   dial: (peerId: string, protocol: string, signal: AbortSignal) => Promise<Stream>
+  /** The IP address the open connection to a peer reaches it at: where its sealed data channel is dialled. */
+  peerIp?: (peerId: string) => string | undefined
   /** Page servers of running post-copy migrations, by transfer id (/msc/pages looks here). */
   pageServers: Map<string, { host: string; port: number }>
   freePort: () => Promise<number>
@@ -124,7 +127,7 @@ export class MigrationSource {
           replicas: c.replicas,
           bundle: digest,
           estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024,
-          features,
+          features: { ...features, sealedData: d.peerIp != null },
           source: { peerId: d.cluster.selfId, name: d.cluster.selfName },
           target,
           transfers
@@ -134,14 +137,16 @@ export class MigrationSource {
         const answer = await control.readJson(AnswerSchema, AbortSignal.any([outer, AbortSignal.timeout(30_000)]))
         if (answer.type === 'refuse') throw new MscError('INVALID_STATE', `${result.toName} refused the migration: ${answer.reason}`, [], { cause: answer.code })
         result.strategy = answer.strategy
-        log.info({ to: target, toName: result.toName, strategy: answer.strategy, needBundle: answer.needBundle }, 'target accepted')
+        const dataHost = answer.data != null ? d.peerIp?.(target) : undefined
+        const dest: TreeTarget = { peer: target, ...(answer.data != null && dataHost != null ? { data: { host: dataHost, port: answer.data.port, secret: Buffer.from(answer.data.secret, 'base64') } } : {}) }
+        log.info({ to: target, toName: result.toName, strategy: answer.strategy, needBundle: answer.needBundle, sealedData: dest.data != null }, 'target accepted')
 
         // ---- bundle: the rootfs goes ahead while the container still runs ----
         clock.enter('bundle')
         const before = await treeManifest(c.rootfs)
         if (answer.needBundle) {
           clock.addTotal(digest.bytes)
-          result.bytes += await this.sendTree(target, c.rootfs, transfers.bundle, 'rootfs', clock, outer)
+          result.bytes += await this.sendTree(dest, c.rootfs, transfers.bundle, 'rootfs', clock, outer)
         }
 
         staging = await d.stagingRoot(migrationId)
@@ -166,7 +171,7 @@ export class MigrationSource {
             await control.writeJson({ type: 'pre-round', round, transferId: id }, outer)
             await control.readJson(PreReadySchema, AbortSignal.any([outer, AbortSignal.timeout(30_000)]))
             // `parent` links up to the previous round; the target makes its own.
-            result.bytes += await this.sendTree(target, dir, id, `pre-${round}`, clock, outer, (p) => p !== 'parent')
+            result.bytes += await this.sendTree(dest, dir, id, `pre-${round}`, clock, outer, (p) => p !== 'parent')
             preRounds = round
             log.info({ round, pagesBytes: pages }, 'pre-copy round sent')
             if (pages < PRE_CONVERGED_BYTES || pages > previous * 0.8) break
@@ -201,12 +206,12 @@ export class MigrationSource {
         log.debug({ entries: after.size, changed: delta.changed.length, deleted: delta.deleted.length, ms: Date.now() - t0 }, 'rootfs walked')
         const changed = new Set(delta.changed)
         if (changed.size > 0 || delta.deleted.length > 0) {
-          result.bytes += await this.sendTree(target, c.rootfs, transfers.delta, 'rootfs-delta', clock, outer, (p) => changed.has(p), delta.deleted)
+          result.bytes += await this.sendTree(dest, c.rootfs, transfers.delta, 'rootfs-delta', clock, outer, (p) => changed.has(p), delta.deleted)
         }
-        result.bytes += await this.sendTree(target, imageDir, transfers.images, 'images', clock, outer, (p) => p !== 'parent')
+        result.bytes += await this.sendTree(dest, imageDir, transfers.images, 'images', clock, outer, (p) => p !== 'parent')
         const logDir = path.dirname(c.logFiles.at(-1)!)
         const logNames = new Set(c.logFiles.map((f) => path.basename(f)))
-        result.bytes += await this.sendTree(target, logDir, transfers.log, 'log', clock, outer, (p) => logNames.has(p))
+        result.bytes += await this.sendTree(dest, logDir, transfers.log, 'log', clock, outer, (p) => logNames.has(p))
         transferMs = Date.now() - t0
 
         // ---- restore on the target ----
@@ -323,13 +328,14 @@ export class MigrationSource {
   }
 
   /** One tree over /msc/image, given up when it makes no progress for a while. */
-  private async sendTree (peer: string, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
+  private async sendTree (to: TreeTarget, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
+    const peer = to.peer
     const dog = new Watchdog(this.d.stallTimeoutMs, `the ${label} transfer stalled`)
     const signal = AbortSignal.any([outer, dog.signal])
     let reported = 0
     const t0 = performance.now()
     try {
-      const stream = await this.d.dial(peer, IMAGE_PROTOCOL, signal)
+      const stream = await this.treeStream(to, label, signal)
       const r = await sendTree(stream, dir, {
         transferId,
         label,
@@ -356,6 +362,23 @@ export class MigrationSource {
       dog.stop()
     }
   }
+
+  /**
+   * The target's sealed data channel when it offered one and it answers, else a
+   * /msc/image stream: a channel that cannot be reached (a firewall between the
+   * hosts) costs a connect timeout once per tree, not the migration.
+   */
+  private async treeStream (to: TreeTarget, label: string, signal: AbortSignal): Promise<ByteStream> {
+    if (to.data != null) {
+      try {
+        return await dialSealed(to.data.host, to.data.port, to.data.secret, AbortSignal.any([signal, AbortSignal.timeout(3_000)]))
+      } catch (err) {
+        signal.throwIfAborted()
+        this.d.logger.warn({ label, host: to.data.host, port: to.data.port, err: errText(err) }, 'the sealed data channel did not answer: this tree goes over libp2p')
+      }
+    }
+    return await this.d.dial(to.peer, IMAGE_PROTOCOL, signal)
+  }
 }
 
 function tid (): string {
@@ -374,4 +397,10 @@ async function pagesBytes (dir: string): Promise<number> {
   let n = 0
   for (const f of await readdir(dir)) if (/^pages-\d+\.img$/.test(f)) n += (await stat(path.join(dir, f))).size
   return n
+}
+
+/** Where a migration's trees go: the target, and its sealed data channel if it offered one. */
+interface TreeTarget {
+  peer: string
+  data?: { host: string; port: number; secret: Uint8Array }
 }

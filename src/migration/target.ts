@@ -19,6 +19,11 @@ export interface TargetDeps {
   /** Opens the post-copy page tunnel to the source; resolves to the local port CRIU dials. */
   /** `onBroken` is awaited when the link fails, before CRIU hears of it. */
   openPages: (sourcePeer: string, transferId: string, signal: AbortSignal, onBroken: () => Promise<void>) => Promise<{ port: number; close: () => void }>
+  /**
+   * A sealed data channel for this migration's trees (what /msc/image would carry),
+   * listening until closed; null where this node offers none.
+   */
+  openDataChannel?: (migrationId: string) => Promise<{ port: number; secret: Uint8Array; close: () => void } | null>
   logger: Logger
   /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
   bundlePolicy: BundlePolicy
@@ -124,6 +129,7 @@ export class MigrationTarget {
     const ids: string[] = []
     let adopted = false
     let pages: { port: number; close: () => void } | undefined
+    let channel: { port: number; secret: Uint8Array; close: () => void } | null = null
     // Lives as long as this migration: the page tunnel must outlast the restore.
     const lifetime = new AbortController()
     try {
@@ -149,7 +155,16 @@ export class MigrationTarget {
       const logT = expect(t.log, path.join(staging, 'log'), 'replace', 'none')
       const config = { ...offer.config, root: { ...(offer.config.root as object ?? {}), path: 'rootfs' } }
       await fs.writeFile(path.join(bundleDir, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
-      await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features })
+      // The trees may come over a sealed data channel (native TCP + AES-GCM) instead of
+      // /msc/image, when the source can use one; either way into the same destinations.
+      if (offer.features.sealedData === true) {
+        channel = await this.d.openDataChannel?.(offer.migrationId).catch((err: Error) => {
+          log.warn({ err: err.message }, 'no sealed data channel: the trees come over libp2p')
+          return null
+        }) ?? null
+      }
+      const data = channel != null ? { port: channel.port, secret: Buffer.from(channel.secret).toString('base64') } : undefined
+      await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features, ...(data != null ? { data } : {}) })
       log.info({ strategy: choice.strategy, cachedBundle: cached != null }, 'migration accepted')
 
       // Pre-copy rounds (if any) come first, each announced before its tree is sent.
@@ -175,6 +190,7 @@ export class MigrationTarget {
       const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
+      channel?.close()
       if (bundleT != null) await this.d.host.cacheBundle(offer.bundle.digest, bundleDir, offer.config).catch(() => {})
       // CRIU finds earlier rounds through `parent` links, which the trees leave out.
       for (let r = 2; r <= pre.length; r++) await fs.symlink(`../pre-${r - 1}`, path.join(staging, `pre-${r}`, 'parent'))
@@ -274,6 +290,7 @@ export class MigrationTarget {
     } finally {
       lifetime.abort()
       pages?.close()
+      channel?.close()
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)
       this.reservedBytes -= offer.estimatedBytes

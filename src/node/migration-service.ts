@@ -1,3 +1,4 @@
+import crypto from 'node:crypto'
 import net from 'node:net'
 import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
@@ -10,6 +11,9 @@ import { settleLeftIncoming } from '../migration/settle.ts'
 import { testCutPagesAfter } from '../migration/test-knobs.ts'
 import type { ClusterPort } from '../migration/host.ts'
 import { IMAGE_PROTOCOL, receiveTree, type TreeDestination, type TreeHeader } from '../protocols/image/index.ts'
+import type { ByteStream } from '../protocols/framing.ts'
+import { listenSealed } from '../protocols/sealed/channel.ts'
+import { SECRET_BYTES } from '../protocols/sealed/sealed-stream.ts'
 import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel } from '../protocols/pages/tunnel.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { ContainerManager } from './container-manager.ts'
@@ -63,6 +67,7 @@ export class MigrationService {
       pageServers: this.pageServers,
       logger: init.logger,
       dial: async (peer, protocol, signal) => await init.overlay.dialProtocol(peer, protocol, signal),
+      peerIp: (peer) => init.overlay.peerIp(peer),
       freePort,
       stagingRoot: async (id) => await host.staging(`out-${id}`),
       removeStaging: async (d) => await host.removeStaging(d),
@@ -79,6 +84,7 @@ export class MigrationService {
       transferTimeoutMs: 30 * 60_000,
       decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
+      openDataChannel: async (migrationId) => await this.openDataChannel(migrationId),
       openPages: async (peer, transferId, signal, onBroken) => {
         const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal, beforeReset: onBroken })
         return { port: t.port, close: () => {
@@ -101,19 +107,7 @@ export class MigrationService {
       }
     }, 4)
     await this.overlay.handle(IMAGE_PROTOCOL, async (stream) => {
-      await receiveTree(stream, {
-        tmpRoot: this.dd.tmp,
-        resolve: (header) => {
-          const own = this.target.imageDestination(header)
-          if (own != null) return own
-          for (const d of this.imageDestinations) {
-            const x = d(header)
-            if (x != null) return x
-          }
-          return null
-        },
-        idleTimeoutMs: 30_000
-      })
+      await this.receiveImage(stream)
     }, 16)
     await this.overlay.handle(PAGES_PROTOCOL, async (stream) => {
       await handlePagesStream(stream, (id) => this.pageServers.get(id) ?? null, { cutAfterBytes: testCutPagesAfter() })
@@ -128,6 +122,46 @@ export class MigrationService {
       settleTimeoutMs: this.settleTimeoutMs,
       signal: this.stopping.signal
     }).catch((err) => this.log.error({ err: (err as Error).message }, 'settling incoming migrations left by the previous run failed'))
+  }
+
+  /** A tree over /msc/image or a sealed data channel, into the destination its header names. */
+  private async receiveImage (stream: ByteStream): Promise<void> {
+    await receiveTree(stream, {
+      tmpRoot: this.dd.tmp,
+      resolve: (header) => {
+        const own = this.target.imageDestination(header)
+        if (own != null) return own
+        for (const d of this.imageDestinations) {
+          const x = d(header)
+          if (x != null) return x
+        }
+        return null
+      },
+      idleTimeoutMs: 30_000
+    })
+  }
+
+  /**
+   * An incoming migration's sealed data channel: a fresh secret and a listener on this
+   * node's libp2p listen address, whose connections carry trees like /msc/image.
+   */
+  private async openDataChannel (migrationId: string): Promise<{ port: number; secret: Uint8Array; close: () => void } | null> {
+    const host = this.overlay.listenIp()
+    if (host == null) return null
+    const secret = crypto.randomBytes(SECRET_BYTES)
+    const log = this.log.child({ migrationId })
+    const l = await listenSealed({
+      host,
+      secret,
+      onStream: (s) => {
+        this.receiveImage(s).catch((err: Error) => {
+          log.warn({ err: err.message }, 'a tree over the sealed data channel failed')
+          s.abort(err)
+        })
+      },
+      onRefused: (reason, remote) => log.warn({ remote, reason }, 'sealed data channel: connection refused')
+    })
+    return { port: l.port, secret, close: l.close }
   }
 
   /**

@@ -196,6 +196,30 @@ export class Overlay {
     return await this.host.dialProtocol(peerIdFromString(peerId), protocol, { signal })
   }
 
+  /**
+   * The IP address this node's open connection to `peer` reaches it at (where a data
+   * channel the peer offers can be dialled), or undefined without a direct TCP one.
+   */
+  peerIp (peerId: string): string | undefined {
+    for (const c of this.host.getConnections(peerIdFromString(peerId))) {
+      if (c.status !== 'open') continue
+      const ip = c.remoteAddr.getComponents().find((x) => x.name === 'ip4' || x.name === 'ip6')?.value
+      const tcp = c.remoteAddr.getComponents().some((x) => x.name === 'tcp')
+      if (ip != null && tcp) return ip
+    }
+    return undefined
+  }
+
+  /** The host of this node's first TCP listen address (a data channel listens there too). */
+  listenIp (): string | undefined {
+    for (const a of this.cfg.listen) {
+      const parts = multiaddr(a).getComponents()
+      const ip = parts.find((x) => x.name === 'ip4' || x.name === 'ip6')?.value
+      if (ip != null && parts.some((x) => x.name === 'tcp')) return ip
+    }
+    return undefined
+  }
+
   /** Whether the cluster counts the peer as a member (every peer, without a gate). */
   readonly isMember = (peerId: string): boolean => this.gate == null || this.gate.isMember(peerId)
 
