@@ -1,6 +1,7 @@
 /**
- * Goodput of msc's /msc/image/1.0.0 tree transfer against two baselines, measured side
- * by side in one run on the same trees, over 127.0.0.1 only:
+ * Goodput of msc's /msc/image/1.0.0 tree transfer (over libp2p, and over the sealed data
+ * channel) against two baselines, measured side by side in one run on the same trees,
+ * over 127.0.0.1 only:
  *
  *   raw-tcp      node:net socket, a minimal tree format (kind, path, size, bytes), no
  *                hashing, no checks; socket.write() + 'drain' backpressure.
@@ -11,6 +12,9 @@
  *   msc          sendTree/receiveTree between two hosts from createLibp2pHost (tcp +
  *                noise + yamux + identify + ping + gossipsub, no pnet): framing,
  *                per-file SHA-256 on both sides, path checks, metadata and the commit.
+ *   msc-sealed   the same sendTree/receiveTree over msc's sealed data channel (one TCP
+ *                connection, AES-256-GCM records; src/protocols/sealed), as a
+ *                migration's trees go; its time includes the TCP connect and hello.
  *
  * The receiver of every sample is a fresh child process (this file with --role=receiver),
  * so its peak RSS (getrusage maxrss) belongs to that one transfer; the sender is this
@@ -25,7 +29,7 @@
  * medians reported, with the ratios msc/raw-tcp and msc/bare-libp2p.
  *
  *   node benchmarks/image-transfer.ts [--runs 3] [--big-mib 256] [--small-files 2000]
- *        [--small-kib 4] [--trees big,small] [--methods raw-tcp,bare-libp2p,msc] [--no-warmup]
+ *        [--small-kib 4] [--trees big,small] [--methods raw-tcp,bare-libp2p,msc,msc-sealed] [--no-warmup]
  *
  * Results: a table on stdout and benchmarks/results/image-transfer-<timestamp>.json.
  */
@@ -47,11 +51,12 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { Stream } from '@libp2p/interface'
 import { loopbackHost } from '../test/helpers/loopback-host.ts'
 import { IMAGE_PROTOCOL, receiveTree, sendTree } from '../src/protocols/image/index.ts'
+import { dialSealed, listenSealed } from '../src/protocols/sealed/channel.ts'
 import { MiB, log, machineInfo, median, parseFlags, ratio, round, table, writeResults } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 
 const SELF = fileURLToPath(import.meta.url)
-const METHODS = ['raw-tcp', 'bare-libp2p', 'msc'] as const
+const METHODS = ['raw-tcp', 'bare-libp2p', 'msc', 'msc-sealed'] as const
 type Method = typeof METHODS[number]
 const BARE_PROTOCOL = '/msc-bench/bare-tree/1.0.0'
 /** Bytes per data write, as msc's DATA_CHUNK_BYTES. */
@@ -63,13 +68,13 @@ const READ_HIGH_WATER = 8 * MiB
 const SAMPLE_TIMEOUT_MS = 300_000
 
 const USAGE = `usage: node benchmarks/image-transfer.ts [--runs N] [--big-mib N] [--small-files N] [--small-kib N]
-       [--trees big,small] [--methods raw-tcp,bare-libp2p,msc] [--no-warmup]
+       [--trees big,small] [--methods raw-tcp,bare-libp2p,msc,msc-sealed] [--no-warmup]
 `
 
 // ---------------------------------------------------------------------------------
 // messages between the sender (parent) and a receiver (child)
 
-type ToChild = { type: 'start'; method: Method; dest: string }
+type ToChild = { type: 'start'; method: Method; dest: string; secret: string }
 type FromChild =
   | { type: 'ready'; addr: string; rssKiB: number }
   | { type: 'done'; files: number; bytes: number; digest: string; maxRssKiB: number; cpuMs: number }
@@ -387,6 +392,22 @@ async function receiverMain (): Promise<void> {
       stop = async () => {
         server.close()
       }
+    } else if (msg.method === 'msc-sealed') {
+      const tmpRoot = path.join(msg.dest, 'tmp')
+      await fs.mkdir(tmpRoot)
+      const l = await listenSealed({
+        host: '127.0.0.1',
+        secret: Buffer.from(msg.secret, 'base64'),
+        onStream: (s) => {
+          receiveTree(s, { tmpRoot, destDir: tree, mode: 'replace', idleTimeoutMs: 30_000, limits: { maxTotalBytes: 1024 ** 4, maxFileBytes: 1024 ** 4, maxFiles: 10_000_000 } })
+            .then((r) => done.resolve({ files: r.files, bytes: r.bytes }), (err: Error) => done.reject(err))
+        },
+        onRefused: (reason) => done.reject(new Error(`sealed channel refused the sender: ${reason}`))
+      })
+      addr = String(l.port)
+      stop = async () => {
+        l.close()
+      }
     } else if (msg.method === 'bare-libp2p') {
       const node = await bareNode()
       await node.handle(BARE_PROTOCOL, (stream) => {
@@ -449,7 +470,7 @@ async function receiverMain (): Promise<void> {
 // sender (this process)
 
 /** Sends `src` to the receiver at `addr`; returns the milliseconds from opening the stream to the receiver's answer. */
-async function sendWith (method: Method, addr: string, src: string, label: string): Promise<number> {
+async function sendWith (method: Method, addr: string, src: string, label: string, secret: Uint8Array): Promise<number> {
   if (method === 'raw-tcp') {
     const sock = net.connect(Number(addr), '127.0.0.1')
     try {
@@ -468,6 +489,13 @@ async function sendWith (method: Method, addr: string, src: string, label: strin
     } finally {
       sock.destroy()
     }
+  }
+  if (method === 'msc-sealed') {
+    const signal = AbortSignal.timeout(SAMPLE_TIMEOUT_MS)
+    const t0 = performance.now()
+    const stream = await dialSealed('127.0.0.1', Number(addr), secret, signal)
+    await sendTree(stream, src, { transferId: `bench-${crypto.randomBytes(4).toString('hex')}`, label, signal })
+    return performance.now() - t0
   }
   const ma = multiaddr(addr)
   if (method === 'bare-libp2p') {
@@ -553,7 +581,9 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
     return m
   }
   try {
-    child.send({ type: 'start', method, dest } satisfies ToChild)
+    // The sealed channel's secret; in a migration it travels over the control stream.
+    const secret = crypto.randomBytes(32)
+    child.send({ type: 'start', method, dest, secret: secret.toString('base64') } satisfies ToChild)
     const ready = await next('ready', 60_000)
     if (ready.type !== 'ready') throw new Error(`unexpected ${ready.type}`)
     const cpu0 = process.cpuUsage()
@@ -566,7 +596,7 @@ async function measure (tree: Tree, method: Method, round: number, sandbox: stri
       }, () => {})
     })
     failed.catch(() => {})
-    const ms = await Promise.race([sendWith(method, ready.addr, tree.dir, tree.name), failed]).finally(() => clearTimeout(timer))
+    const ms = await Promise.race([sendWith(method, ready.addr, tree.dir, tree.name, secret), failed]).finally(() => clearTimeout(timer))
     const cpu = process.cpuUsage(cpu0)
     const done = await next('done', SAMPLE_TIMEOUT_MS)
     if (done.type !== 'done') throw new Error(`unexpected ${done.type}`)
@@ -738,6 +768,8 @@ async function main (): Promise<void> {
       tree: t.name,
       'msc/raw-tcp': ratio(get(t.name, 'msc')?.MBps, get(t.name, 'raw-tcp')?.MBps),
       'msc/bare-libp2p': ratio(get(t.name, 'msc')?.MBps, get(t.name, 'bare-libp2p')?.MBps),
+      'msc-sealed/raw-tcp': ratio(get(t.name, 'msc-sealed')?.MBps, get(t.name, 'raw-tcp')?.MBps),
+      'msc-sealed/msc': ratio(get(t.name, 'msc-sealed')?.MBps, get(t.name, 'msc')?.MBps),
       'bare-libp2p/raw-tcp': ratio(get(t.name, 'bare-libp2p')?.MBps, get(t.name, 'raw-tcp')?.MBps),
       'peak RSS msc/bare-libp2p': ratio(get(t.name, 'msc')?.receiverRssPeakMiB, get(t.name, 'bare-libp2p')?.receiverRssPeakMiB),
       'peak RSS msc/raw-tcp': ratio(get(t.name, 'msc')?.receiverRssPeakMiB, get(t.name, 'raw-tcp')?.receiverRssPeakMiB)

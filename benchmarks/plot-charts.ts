@@ -156,7 +156,9 @@ function imageTransfer (d: ImageTransferResults, file: string): Chart[] {
     spec: {
       kind: 'bar',
       title: 'Image transfer goodput over 127.0.0.1, relative to raw TCP',
-      subtitle: `The same tree sent three ways in one run, interleaved: msc's /msc/image/1.0.0 (framing, SHA-256, commit), one bare libp2p stream (tcp + noise + yamux), a plain TCP socket. Labels: MB/s (10^6 bytes).`,
+      subtitle: `The same tree sent ${
+        methods.length === 4 ? 'four' : methods.length
+      } ways in one run, interleaved: msc's /msc/image/1.0.0 (framing, SHA-256, commit) over libp2p (msc) and over msc's sealed data channel (msc-sealed: TCP + AES-256-GCM), one bare libp2p stream (tcp + noise + yamux), a plain TCP socket. Labels: MB/s (10^6 bytes).`,
       machine: d.machine,
       yLabel: `goodput / ${baseMethod} goodput`,
       groups: trees.map((t) => t.describe),
