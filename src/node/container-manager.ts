@@ -381,7 +381,7 @@ export class ContainerManager {
       const workDir = this.dd.workDir(name, `restore-${Date.now()}`)
       await fs.mkdir(workDir, { recursive: true })
       const started = Date.now()
-      const state = await this.runc.restore(name, this.dd.runtimeBundle(name), {
+      const { pid } = await this.runc.restore(name, this.dd.runtimeBundle(name), {
         imageDir: this.dd.checkpointDir(name, cp.id),
         workDir,
         tcpEstablished: this.init.tcpEstablished,
@@ -394,8 +394,8 @@ export class ContainerManager {
       r.checkpointed = false
       delete r.leaseLost
       await this.writeRecord(r)
-      this.log.info({ name, from: cp.id, ms: Date.now() - started, pid: state.pid }, 'container restored')
-      return toInfo(r, state, cps)
+      this.log.info({ name, from: cp.id, ms: Date.now() - started, pid }, 'container restored')
+      return toInfo(r, await this.runc.state(name), cps)
     })
   }
 

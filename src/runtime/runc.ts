@@ -176,7 +176,8 @@ export class Runc {
   }
 
   /** `runc restore -d` with fresh output pipes through the log shim. */
-  async restore (id: string, bundleDir: string, opts: RestoreOptions): Promise<RuncState> {
+  /** Resolves with the restored process's pid once it runs (detached). */
+  async restore (id: string, bundleDir: string, opts: RestoreOptions): Promise<{ pid: number }> {
     const workDir = opts.workDir ?? opts.imageDir
     const runcLog = `${opts.pidFile}.runc.json`
     await fs.rm(runcLog, { force: true })
@@ -194,6 +195,10 @@ export class Runc {
       await this.cleanupFailedRestore(id, workDir)
       throw new MscError('CRIU_ERROR', `restore of ${id} failed: ${msg || `exit ${code}`}`, lines)
     }
+    // runc wrote the pid file before it exited: no `runc state` (30-100 ms here) while
+    // the container's downtime runs.
+    const pid = Number((await fs.readFile(opts.pidFile, 'utf8').catch(() => '')).trim())
+    if (Number.isInteger(pid) && pid > 0) return { pid }
     return await this.mustState(id)
   }
 

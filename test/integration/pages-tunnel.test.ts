@@ -410,7 +410,8 @@ describe('post-copy end to end through the pages tunnel (no msc nodes)', () => {
       pidFile: path.join(base, `${id}-pid2`)
     })
     const t4 = Date.now()
-    assert.equal(st.status, 'running')
+    assert.equal((await r2.state(id))?.status, 'running')
+    assert.ok(st.pid > 0)
     await restored()
     await ck.done // every page was fetched: the source is released
     const t5 = Date.now()
