@@ -18,6 +18,8 @@ export interface MigrateRequest {
   container: string
   to?: string
   strategy: Strategy | 'auto'
+  /** false: never offer the sealed data channel (the trees go over /msc/image). */
+  dataChannel?: boolean
   signal?: AbortSignal
   onProgress?: (p: Progress) => void
 }
@@ -36,6 +38,8 @@ export interface MigrationResult {
   totalMs: number
   bytes: number
   goodputMBps: number | null
+  /** The trees went over the target's sealed data channel. */
+  dataChannel: boolean
   phases: Partial<Record<Phase, number>>
   /** On failure: what happened, and where the container runs now. */
   error?: { code: string; message: string; details: string[] }
@@ -91,6 +95,7 @@ export class MigrationSource {
       totalMs: 0,
       bytes: 0,
       goodputMBps: null,
+      dataChannel: false,
       phases: clock.phases
     }
     const outer = req.signal ?? new AbortController().signal
@@ -127,7 +132,7 @@ export class MigrationSource {
           replicas: c.replicas,
           bundle: digest,
           estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024,
-          features: { ...features, sealedData: d.peerIp != null },
+          features: { ...features, sealedData: d.peerIp != null && req.dataChannel !== false },
           source: { peerId: d.cluster.selfId, name: d.cluster.selfName },
           target,
           transfers
@@ -139,6 +144,7 @@ export class MigrationSource {
         result.strategy = answer.strategy
         const dataHost = answer.data != null ? d.peerIp?.(target) : undefined
         const dest: TreeTarget = { peer: target, ...(answer.data != null && dataHost != null ? { data: { host: dataHost, port: answer.data.port, secret: Buffer.from(answer.data.secret, 'base64') } } : {}) }
+        result.dataChannel = dest.data != null
         log.info({ to: target, toName: result.toName, strategy: answer.strategy, needBundle: answer.needBundle, sealedData: dest.data != null }, 'target accepted')
 
         // ---- bundle: the rootfs goes ahead while the container still runs ----
@@ -369,15 +375,21 @@ export class MigrationSource {
    * hosts) costs a connect timeout once per tree, not the migration.
    */
   private async treeStream (to: TreeTarget, label: string, signal: AbortSignal): Promise<ByteStream> {
-    if (to.data != null) {
-      try {
-        return await dialSealed(to.data.host, to.data.port, to.data.secret, AbortSignal.any([signal, AbortSignal.timeout(3_000)]))
-      } catch (err) {
-        signal.throwIfAborted()
-        this.d.logger.warn({ label, host: to.data.host, port: to.data.port, err: errText(err) }, 'the sealed data channel did not answer: this tree goes over libp2p')
-      }
+    if (to.data == null) return await this.d.dial(to.peer, IMAGE_PROTOCOL, signal)
+    const where = `${to.data.host}:${to.data.port}`
+    let sealedErr: string
+    try {
+      return await dialSealed(to.data.host, to.data.port, to.data.secret, AbortSignal.any([signal, AbortSignal.timeout(3_000)]))
+    } catch (err) {
+      signal.throwIfAborted()
+      sealedErr = errText(err)
+      this.d.logger.warn({ label, where, err: sealedErr }, 'the sealed data channel did not answer: this tree goes over libp2p')
     }
-    return await this.d.dial(to.peer, IMAGE_PROTOCOL, signal)
+    try {
+      return await this.d.dial(to.peer, IMAGE_PROTOCOL, signal)
+    } catch (err) {
+      throw new MscError('RUNTIME_ERROR', `the target is unreachable: its sealed data channel (${where}) did not answer (${sealedErr}), nor did /msc/image (${errText(err)})`, [], { cause: err })
+    }
   }
 }
 
