@@ -14,7 +14,9 @@
  *                (wall time, including two CLI start-ups).
  *   stop-copy, post-copy   `msc peer migrate redis --to n2 --strategy S --json` on n1,
  *                then back n2 -> n1; downtimeMs, totalMs, bytes and phases come from
- *                the result the source node reports.
+ *                the result the source node reports. The trees go over the target's
+ *                sealed data channel; `stop-copy/libp2p` and `post-copy/libp2p` send them
+ *                over /msc/image instead (--no-data-channel), for the comparison.
  *
  * After every checkpoint/restore and every hop: redis answers PING on the host where it
  * should run, DBSIZE is exactly --keys, and GET of the first, the last and 50 random keys
@@ -25,7 +27,7 @@
  * Everything is removed at the end, also after a failure or Ctrl-C: the raw container,
  * its cgroups, then Cluster.destroy() (nodes, containers, testbed, temp dirs).
  *
- *   node benchmarks/migration.ts [--keys 100000] [--runs 3] [--strategies stop-copy,post-copy]
+ *   node benchmarks/migration.ts [--keys 100000] [--runs 3] [--strategies stop-copy,post-copy,stop-copy/libp2p,post-copy/libp2p]
  *        [--no-raw] [--no-cli]
  *
  * Needs root, runc, CRIU >= 4.2 (npm run setup), redis-server + redis-cli, iproute2,
@@ -47,13 +49,17 @@ import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeR
 import { plotAfterRun } from './plot.ts'
 import { REDIS_CLI } from '../src/bundles/redis.ts'
 
-const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy] [--no-raw] [--no-cli]
+const USAGE = `usage: node benchmarks/migration.ts [--keys N] [--runs N] [--strategies stop-copy,post-copy,stop-copy/libp2p,post-copy/libp2p] [--no-raw] [--no-cli]
   (as root; see the comment at the top of this file)
 `
 const REDIS_PORT = 6379
 const RAW_PORT = 6380
 const RAW_ID = 'redis-raw'
-const STRATEGIES = ['stop-copy', 'post-copy'] as const
+/**
+ * What a hop runs: a strategy, over the sealed data channel (the default), or with
+ * `/libp2p` over /msc/image (`msc peer migrate --no-data-channel`).
+ */
+const STRATEGIES = ['stop-copy', 'post-copy', 'stop-copy/libp2p', 'post-copy/libp2p'] as const
 /** Fast membership so the two nodes find each other quickly; pings stay at their defaults. */
 const NODE_ARGS = ['--mdns-interval', '1']
 
@@ -311,9 +317,10 @@ async function mscLocalCli (c: Cluster, node: ClusterNode, round: number, keys: 
   }
 }
 
-async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, strategy: string, round: number, keys: number): Promise<HopSample> {
+async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, variant: string, round: number, keys: number): Promise<HopSample> {
+  const [strategy, via] = variant.split('/') as [string, string | undefined]
   const t0 = performance.now()
-  const r = await c.mscTimed(from, 300_000, 'peer', 'migrate', 'redis', '--to', to.name, '--strategy', strategy, '--json')
+  const r = await c.mscTimed(from, 300_000, 'peer', 'migrate', 'redis', '--to', to.name, '--strategy', strategy, ...(via === 'libp2p' ? ['--no-data-channel'] : []), '--json')
   const cliMs = performance.now() - t0
   let res: MigrationResultInfo
   try {
@@ -321,11 +328,12 @@ async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, strategy: st
   } catch {
     throw new Error(`msc peer migrate printed no JSON result (exit ${r.exitCode}): ${r.stdout}\n${r.stderr}`)
   }
-  const what = `${strategy} ${from.name} -> ${to.name}, round ${round}`
+  const what = `${variant} ${from.name} -> ${to.name}, round ${round}`
   if (r.exitCode !== 0 || !res.ok || res.downtimeMs == null) {
     throw new Error(`${what} failed (exit ${r.exitCode}): ${JSON.stringify(res)}\n${r.stderr}\nsource log:\n${c.logTail(from, 15)}\ntarget log:\n${c.logTail(to, 15)}`)
   }
   if (res.strategy !== strategy) throw new Error(`${what}: the nodes ran ${res.strategy} instead`)
+  if (res.dataChannel !== (via !== 'libp2p')) throw new Error(`${what}: the trees went ${res.dataChannel === true ? 'over the sealed data channel' : 'over libp2p'}`)
   const t1 = performance.now()
   await untilPong(to.host.ip, REDIS_PORT)
   const pongAfterMs = performance.now() - t1
@@ -334,7 +342,7 @@ async function hop (c: Cluster, from: ClusterNode, to: ClusterNode, strategy: st
   // The next hop starts from the target: wait until its node lists redis running.
   await waitFor(async () => (await new ControlClient(path.join(to.dataDir, 'msc.sock')).inspect('redis').catch(() => null))?.state === 'running', 15_000, `${to.name} to list redis running`)
   return {
-    strategy,
+    strategy: variant,
     round,
     hop: `${from.name}->${to.name}`,
     downtimeMs: res.downtimeMs,
@@ -355,7 +363,7 @@ async function main (): Promise<void> {
   for (const s of strategies) if (!(STRATEGIES as readonly string[]).includes(s)) throw new Error(`unknown strategy ${s} (${STRATEGIES.join(', ')})`)
   if (!Number.isInteger(o.keys) || o.keys < 1) throw new Error('--keys must be a positive integer')
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark builds a testbed (network namespaces) and runs runc/CRIU')
-  if (strategies.includes('post-copy')) {
+  if (strategies.some((s) => s.startsWith('post-copy'))) {
     const pipeMax = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8').trim())
     if (pipeMax < 16 * 1024 * 1024) throw new Error(`post-copy needs fs.pipe-max-size >= 16777216 (it is ${pipeMax}; see /work/shared/notes/host.md), or pass --strategies stop-copy`)
   }

@@ -210,6 +210,8 @@ export interface ApiErrorBody {
 export interface MigrateRequestBody {
   to?: string
   strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy'
+  /** false: the trees go over /msc/image, not the sealed data channel. */
+  dataChannel?: boolean
 }
 
 /** One line of the NDJSON answer to a migrate request. */
@@ -230,6 +232,8 @@ export interface MigrationResultInfo {
   totalMs: number
   bytes: number
   goodputMBps: number | null
+  /** The trees went over the sealed data channel (not /msc/image). */
+  dataChannel?: boolean
   phases: Record<string, number>
   error?: { code: string; message: string; details: string[] }
   runningOn?: string

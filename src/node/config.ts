@@ -180,6 +180,16 @@ export const NODE_OPTIONS = {
     default: () => false,
     parse: bool
   } satisfies OptionSpec<boolean>,
+  dataChannel: {
+    key: 'dataChannel',
+    flag: '--no-data-channel',
+    kind: 'negated',
+    env: ['MSC_DATA_CHANNEL'],
+    description: "Send and receive a migration's trees over /msc/image (libp2p) only, not over the sealed data channel (MSC_DATA_CHANNEL=false does the same).",
+    defaultText: 'data channel on',
+    default: () => true,
+    parse: bool
+  } satisfies OptionSpec<boolean>,
   allowPrivilegedBundles: {
     key: 'allowPrivilegedBundles',
     flag: '--allow-privileged-bundles',

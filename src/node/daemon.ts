@@ -229,6 +229,7 @@ export class MscNode {
       selfName: cfg.name,
       pingTimeoutMs: cfg.pingTimeoutMs,
       allowPrivilegedBundles: cfg.allowPrivilegedBundles,
+      dataChannel: cfg.dataChannel,
       // A rollback must not resume a container whose lease ran out while it was frozen.
       mayRun: (name) => this.failover?.mayRun(name) ?? true,
       timeouts: { stallTimeoutMs: 15_000, restoreTimeoutMs: 300_000, decisionTimeoutMs: 30_000, settleTimeoutMs: 120_000 },
@@ -300,11 +301,13 @@ export class MscNode {
         validateName(name)
         const strategy = req.strategy ?? 'auto'
         if (!['auto', 'stop-copy', 'post-copy', 'pre-copy'].includes(strategy)) throw new MscError('INVALID_ARGUMENT', `unknown strategy ${String(strategy)}: auto, stop-copy, post-copy or pre-copy`)
+        if (req.dataChannel != null && typeof req.dataChannel !== 'boolean') throw new MscError('INVALID_ARGUMENT', 'dataChannel must be true or false')
         await this.requireCriu()
         return await this.migrate({
           container: name,
           to: req.to,
           strategy,
+          dataChannel: req.dataChannel !== false,
           signal,
           onProgress: (p) => onEvent({ type: 'progress', phase: p.phase, bytes: p.bytes, totalBytes: p.totalBytes })
         }) as MigrationResultInfo

@@ -53,7 +53,7 @@ export class MigrationService {
 
   constructor (
     init: { overlay: Overlay; cluster: ClusterService; privateKey: PrivateKey; manager: ContainerManager; runc: Runc; dataDir: DataDir; selfName: string; timeouts: MigrationTimeouts; pingTimeoutMs: number; allowPrivilegedBundles: boolean;
-      logger: Logger; mayRun?: (name: string) => boolean }
+      dataChannel?: boolean; logger: Logger; mayRun?: (name: string) => boolean }
   ) {
     this.overlay = init.overlay
     this.dd = init.dataDir
@@ -67,7 +67,7 @@ export class MigrationService {
       pageServers: this.pageServers,
       logger: init.logger,
       dial: async (peer, protocol, signal) => await init.overlay.dialProtocol(peer, protocol, signal),
-      peerIp: (peer) => init.overlay.peerIp(peer),
+      ...(init.dataChannel !== false ? { peerIp: (peer: string) => init.overlay.peerIp(peer) } : {}),
       freePort,
       stagingRoot: async (id) => await host.staging(`out-${id}`),
       removeStaging: async (d) => await host.removeStaging(d),
@@ -84,7 +84,7 @@ export class MigrationService {
       transferTimeoutMs: 30 * 60_000,
       decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
-      openDataChannel: async (migrationId) => await this.openDataChannel(migrationId),
+      ...(init.dataChannel !== false ? { openDataChannel: async (migrationId: string) => await this.openDataChannel(migrationId) } : {}),
       openPages: async (peer, transferId, signal, onBroken) => {
         const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal, beforeReset: onBroken })
         return { port: t.port, close: () => {

@@ -32,10 +32,10 @@ export function registerPeerCommands (program: Command): void {
       .action(joinAction)
   }
 
-  const migrateAction = async (name: string, opts: TargetOpts & { to?: string; strategy: string }): Promise<void> => {
+  const migrateAction = async (name: string, opts: TargetOpts & { to?: string; strategy: string; dataChannel: boolean }): Promise<void> => {
     const { ProgressLine } = await import('../progress.ts')
     const bar = opts.json !== true && process.stderr.isTTY === true ? new ProgressLine(process.stderr) : null
-    const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto' }, (e) => {
+    const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto', ...(opts.dataChannel === false ? { dataChannel: false } : {}) }, (e) => {
       if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
     })
     bar?.done()
@@ -70,6 +70,7 @@ export function registerPeerCommands (program: Command): void {
       .argument('<name>', 'container name')
       .option('--to <peer>', 'target peer id or node name (default: an alive peer with room)')
       .addOption(new Option('--strategy <s>', 'stop-copy | post-copy | pre-copy | auto (the fastest both nodes support)').choices(['auto', 'stop-copy', 'post-copy', 'pre-copy']).default('auto'))
+      .option('--no-data-channel', 'send the trees over libp2p (/msc/image), not the sealed data channel')
       .option('--json', 'print one result object (schema in docs/cli.md)'))
       .action(migrateAction)
   }
