@@ -191,6 +191,7 @@ export class MigrationTarget {
         pre.push(e.done.promise)
         await control.writeJson({ type: 'pre-ready', round: msg.round })
       }
+      const requestAt = Date.now()
       if ((req.preRounds ?? 0) !== pre.length) throw new MscError('INVALID_ARGUMENT', `restore names ${req.preRounds ?? 0} pre-copy rounds, ${pre.length} were announced`)
       const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
@@ -217,6 +218,7 @@ export class MigrationTarget {
         })
         adopted = true
         restored = { type: 'restored', pid: r.pid, restoreMs: Date.now() - started }
+        log.debug({ restoreMs: restored.restoreMs, sinceRequestMs: Date.now() - requestAt }, 'restored')
       } catch (err) {
         const e = toMscError(err)
         await control.writeJson({ type: 'failed', reason: e.message, details: e.details.slice(0, 32) }).catch(() => {})

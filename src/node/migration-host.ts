@@ -212,6 +212,7 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async adopt (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; signal: AbortSignal }): Promise<{ pid: number }> {
+    const t0 = Date.now()
     // Checked before anything moves: the log shim appends to these as root, and a link
     // would have it write to a host file.
     const logs: string[] = []
@@ -246,6 +247,7 @@ export class NodeMigrationHost implements ContainerHost {
       dmn.exited.catch((err) => this.log.warn({ err: (err as Error).message, name: req.name }, 'lazy-pages daemon failed'))
       await dmn.ready
     }
+    const t1 = Date.now()
     try {
       const st = await this.runc.restore(req.name, this.dd.runtimeBundle(req.name), {
         imageDir: req.imageDir,
@@ -257,6 +259,7 @@ export class NodeMigrationHost implements ContainerHost {
         pidFile: this.dd.pidFileOf(req.name),
         signal: req.signal
       })
+      this.log.debug({ name: req.name, prepareMs: t1 - t0, runcRestoreMs: Date.now() - t1 }, 'adopted')
       return { pid: st.pid }
     } catch (err) {
       daemon?.kill()
