@@ -123,6 +123,8 @@ export class NodeMigrationHost implements ContainerHost {
     // off during the migration) may run elsewhere by now: a failover took it.
     const r = await this.m.readRecord(name)
     if (r?.leaseLost != null || r?.fenced != null || !this.mayRun(name)) {
+      // Nothing of it runs here then: runc's stopped container (left by dump()) goes.
+      if ((await this.runc.state(name).catch(() => null))?.status === 'stopped') await this.runc.delete(name, { force: true }).catch(() => {})
       throw new MscError('INVALID_STATE', `${name} is not resumed here: its lease ran out while it was frozen, and a standby may run it by now (msc ps on the others)`)
     }
     const st = await this.runc.state(name)
