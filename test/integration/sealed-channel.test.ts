@@ -99,6 +99,39 @@ describe('sealed data channel', () => {
     }
   })
 
+  test('data that arrives with the hello, before the handler listens, is handed to it whole', async () => {
+    const secret = crypto.randomBytes(32)
+    const h = await harness(secret)
+    try {
+      const payload = crypto.randomBytes(300_000)
+      const receiving = h.next().then(async (s) => {
+        // The handler attaches late (as receiveTree does, a few microtasks after the
+        // hello): everything that came meanwhile must still reach it, then the end.
+        await new Promise((resolve) => setTimeout(resolve, 100))
+        const got: Buffer[] = []
+        s.addEventListener('message', (e) => got.push(Buffer.from((e as unknown as { data: Uint8Array }).data)))
+        if (!s.readableEnded) await once(s, 'end')
+        return Buffer.concat(got)
+      })
+      const socket = net.connect({ host: '127.0.0.1', port: h.listener.port, allowHalfOpen: true })
+      await once(socket, 'connect')
+      const salt = crypto.randomBytes(SALT_BYTES)
+      // Salt, hello, data and end in one write: one TCP read on the other side.
+      socket.cork()
+      socket.write(salt)
+      const s = new SealedStream(socket, secret, salt, 'dialer')
+      s.sendHello()
+      s.send(payload)
+      const closing = s.close()
+      socket.uncork()
+      await closing
+      assert.ok((await receiving).equals(payload), 'every byte, in order')
+      s.abort(new Error('done'))
+    } finally {
+      h.listener.close()
+    }
+  })
+
   test('a dialer with another secret is refused before any handler sees it', async () => {
     const h = await harness(crypto.randomBytes(32))
     try {

@@ -69,6 +69,13 @@ export class SealedStream extends EventTarget {
   private writeEnded = false
   private helloSeen: PromiseWithResolvers<void> | undefined
   private closeError: Error | undefined
+  /**
+   * Data that arrived while nobody listened for 'message' (the hello and the first
+   * records often share one TCP read, before the protocol handler is attached): kept,
+   * and handed to the first listener, as a libp2p stream does.
+   */
+  private readonly unread: Uint8Array[] = []
+  private listening = false
 
   /** The socket has sent or received the salt already; see dialSealed / acceptSealed. */
   constructor (socket: net.Socket, secret: Uint8Array, salt: Uint8Array, role: SealedRole) {
@@ -93,6 +100,13 @@ export class SealedStream extends EventTarget {
       this.helloSeen?.reject(this.closeError ?? new SealedChannelError('TRUNCATED', 'closed before the hello'))
       this.dispatchEvent(new StreamCloseEvent(false, this.closeError))
     })
+  }
+
+  override addEventListener (...args: Parameters<EventTarget['addEventListener']>): void {
+    super.addEventListener(...args)
+    if (args[0] !== 'message' || args[1] == null || this.listening) return
+    this.listening = true
+    for (const data of this.unread.splice(0)) this.dispatchEvent(new StreamMessageEvent(data))
   }
 
   get writeBufferLength (): number {
@@ -203,7 +217,10 @@ export class SealedStream extends EventTarget {
         return
       }
       if (kind === KIND_DATA) {
-        if (plain.byteLength > 1) this.dispatchEvent(new StreamMessageEvent(plain.subarray(1)))
+        if (plain.byteLength > 1) {
+          if (this.listening) this.dispatchEvent(new StreamMessageEvent(plain.subarray(1)))
+          else this.unread.push(plain.subarray(1))
+        }
       } else if (kind === KIND_END) {
         this.readableEnded = true
         this.dispatchEvent(new Event('remoteCloseWrite'))
