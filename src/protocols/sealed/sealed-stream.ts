@@ -227,10 +227,8 @@ export class SealedStream extends EventTarget {
         this.dispatchEvent(new Event('end'))
         if (this.writeEnded) this.status = 'closing'
       } else {
-        {
-          this.fail(new SealedChannelError('BAD_RECORD', `a record of kind ${kind}`))
-          return
-        }
+        this.fail(new SealedChannelError('BAD_RECORD', `a record of kind ${kind}`))
+        return
       }
     }
   }
