@@ -186,6 +186,32 @@ export class FramedStream {
     }
   }
 
+  /**
+   * As readFrame, but a payload that spans several input chunks comes as those chunks'
+   * views instead of one joined copy: for bulk data, where a fresh 256 KiB buffer per
+   * frame costs more in page faults (this VM: ~365 MB/s on first touch) than the copy.
+   */
+  async readFrameParts (signal?: AbortSignal, idleTimeoutMs = this.idleTimeoutMs): Promise<{ type: number; parts: Uint8Array[] } | null> {
+    if (this.reading) throw new ProtocolError('CONCURRENT_READ', 'readFrame called while another read is pending', 'INTERNAL')
+    this.reading = true
+    try {
+      if (!await this.fill(FRAME_HEADER_BYTES, signal, idleTimeoutMs)) {
+        if (this.buffered === 0) return null
+        throw new ProtocolError('TRUNCATED', 'stream ended inside a frame header')
+      }
+      const header = this.take(FRAME_HEADER_BYTES)
+      const type = header[0] as number
+      const length = new DataView(header.buffer, header.byteOffset, header.byteLength).getUint32(1)
+      if (length > this.maxFrameBytes) {
+        throw new ProtocolError('FRAME_TOO_LARGE', `frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes}`)
+      }
+      if (!await this.fill(length, signal, idleTimeoutMs)) throw new ProtocolError('TRUNCATED', 'stream ended inside a frame')
+      return { type, parts: this.takeParts(length) }
+    } finally {
+      this.reading = false
+    }
+  }
+
   /** Next frame, which must be a JSON frame matching `schema`; a clean end is an error here. */
   async readJson<S extends z.ZodType> (schema: S, signal?: AbortSignal, idleTimeoutMs?: number): Promise<z.infer<S>> {
     const f = await this.readFrame(signal, idleTimeoutMs)
@@ -285,6 +311,26 @@ export class FramedStream {
       }
     }
     return true
+  }
+
+  /** Removes `n` buffered bytes as views of the chunks they are in (no copy). */
+  private takeParts (n: number): Uint8Array[] {
+    const out: Uint8Array[] = []
+    let left = n
+    while (left > 0) {
+      const c = this.chunks[0] as Uint8Array
+      const k = Math.min(left, c.byteLength - this.headOffset)
+      out.push(c.subarray(this.headOffset, this.headOffset + k))
+      left -= k
+      this.headOffset += k
+      if (this.headOffset === c.byteLength) {
+        this.chunks.shift()
+        this.headOffset = 0
+      }
+    }
+    this.buffered -= n
+    this.maybeResume(this.readBufferBytes)
+    return out
   }
 
   /** Removes `n` buffered bytes (copying only when they span chunks). */

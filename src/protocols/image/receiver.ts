@@ -163,20 +163,25 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
   let bytes = 0
   try {
     for (;;) {
-      const f = await framed.readFrame(o.signal)
-      if (f == null) throw refusal('TRUNCATED', 'the stream ended before the end message')
-      if (f.type === FRAME_DATA) {
+      const fp = await framed.readFrameParts(o.signal)
+      if (fp == null) throw refusal('TRUNCATED', 'the stream ended before the end message')
+      if (fp.type === FRAME_DATA) {
+        // Written and hashed piece by piece, as the chunks came: no joined copy.
+        const n = fp.parts.reduce((s, p) => s + p.byteLength, 0)
         if (file == null) throw refusal('MALFORMED', 'file data outside a file')
-        if (file.got + f.payload.byteLength > file.entry.size) {
+        if (file.got + n > file.entry.size) {
           throw refusal('FILE_OVERSIZE', `${file.entry.path}: more than the announced ${file.entry.size} bytes`)
         }
-        await writeAll(file.fh, f.payload)
-        file.hash.update(f.payload)
-        file.got += f.payload.byteLength
-        bytes += f.payload.byteLength
+        for (const part of fp.parts) {
+          await writeAll(file.fh, part)
+          file.hash.update(part)
+        }
+        file.got += n
+        bytes += n
         o.onProgress?.(bytes, h.bytes)
         continue
       }
+      const f = { type: fp.type, payload: fp.parts.length === 1 ? fp.parts[0]! : Buffer.concat(fp.parts) }
       if (f.type !== FRAME_MSG) throw refusal('MALFORMED', `unknown frame type ${f.type}`)
       const m = parseJsonFrame(f, BodyMessageSchema)
       if (m.type === 'trailer') {
