@@ -96,6 +96,9 @@ export async function sendTree (stream: ByteStream, dir: string, o: SendTreeOpti
   })
 
   let sent = 0
+  // A stream that copies what it is given (the sealed data channel) lets one read
+  // buffer serve every chunk; a libp2p stream queues the buffer itself.
+  const reuse = (stream as { sendCopies?: boolean }).sendCopies === true
   // Fault injection for tests only (see corruptHook below); a no-op unless the env asks.
   const corrupt = { pending: process.env.MSC_TEST_CORRUPT_TRANSFER === o.label }
   try {
@@ -105,7 +108,7 @@ export async function sendTree (stream: ByteStream, dir: string, o: SendTreeOpti
     for (const p of plan) {
       await framed.writeJson(p.entry, writeSignal)
       if (p.entry.kind !== 'file') continue
-      const sha256 = await sendFile(framed, path.join(dir, p.rel), p.entry.size, writeSignal, (n) => {
+      const sha256 = await sendFile(framed, path.join(dir, p.rel), p.entry.size, reuse, writeSignal, (n) => {
         sent += n
         o.onProgress?.(sent, totalBytes)
       }, corrupt)
@@ -201,14 +204,16 @@ function corruptHook (chunk: Uint8Array, corrupt: { pending: boolean } | undefin
 }
 
 /** Streams exactly `size` bytes of one file; returns their SHA-256 (hex). */
-async function sendFile (framed: FramedStream, file: string, size: number, signal: AbortSignal, progress: (n: number) => void, corrupt?: { pending: boolean }): Promise<string> {
+async function sendFile (framed: FramedStream, file: string, size: number, reuse: boolean, signal: AbortSignal, progress: (n: number) => void, corrupt?: { pending: boolean }): Promise<string> {
   const hash = crypto.createHash('sha256')
   const fh = await fs.open(file, C.O_RDONLY | C.O_NOFOLLOW)
+  const shared = reuse ? new Uint8Array(Math.min(DATA_CHUNK_BYTES, size)) : undefined
   try {
     let off = 0
     while (off < size) {
-      // A fresh buffer per chunk: the stream queues a reference, not a copy.
-      const buf = new Uint8Array(Math.min(DATA_CHUNK_BYTES, size - off))
+      // A fresh buffer per chunk unless the stream copies: it may queue a reference.
+      const want = Math.min(DATA_CHUNK_BYTES, size - off)
+      const buf = shared != null ? shared.subarray(0, want) : new Uint8Array(want)
       const { bytesRead } = await fh.read(buf, 0, buf.byteLength, off)
       if (bytesRead === 0) throw new ProtocolError('SOURCE_CHANGED', `${file} shrank while being sent`, 'INTERNAL')
       const chunk = buf.subarray(0, bytesRead)
