@@ -219,6 +219,7 @@ export class MigrationSource {
         const logNames = new Set(c.logFiles.map((f) => path.basename(f)))
         result.bytes += await this.sendTree(dest, logDir, transfers.log, 'log', clock, outer, (p) => logNames.has(p))
         transferMs = Date.now() - t0
+        result.dataChannel = dest.data != null && dest.fellBack !== true
 
         // ---- restore on the target ----
         clock.enter('restore')
@@ -383,6 +384,7 @@ export class MigrationSource {
     } catch (err) {
       signal.throwIfAborted()
       sealedErr = errText(err)
+      to.fellBack = true
       this.d.logger.warn({ label, where, err: sealedErr }, 'the sealed data channel did not answer: this tree goes over libp2p')
     }
     try {
@@ -415,4 +417,6 @@ async function pagesBytes (dir: string): Promise<number> {
 interface TreeTarget {
   peer: string
   data?: { host: string; port: number; secret: Uint8Array }
+  /** A tree went over /msc/image because the channel did not answer. */
+  fellBack?: boolean
 }

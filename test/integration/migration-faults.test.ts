@@ -13,6 +13,9 @@
  *       `images` tree it SENDS has one byte flipped after hashing. n3 only sends images
  *       in the corruption test; elsewhere it is only ever a target.
  *
+ * One test firewalls n2 (iptables in its namespace) so that only its libp2p port takes
+ * new connections: the sealed data channel falls back to /msc/image.
+ *
  * Needs root, runc, CRIU 4.2 (npm run setup), redis-server/redis-cli, iproute2,
  * nsenter, iptables/ebtables (test/testbed/README.md).
  */
@@ -24,7 +27,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { Testbed } from '../testbed/testbed.ts'
 import { counterValues, ROOT } from '../helpers/node-harness.ts'
-import { assertOneSequence, logValues, makeBundle, sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
+import { NODE_PORT, assertOneSequence, logValues, makeBundle, sleep, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts'
 import type { ContainerInfo, MigrationResultInfo } from '../../src/api/types.ts'
 import { REDIS_CLI } from '../../src/bundles/redis.ts'
 
@@ -348,6 +351,35 @@ describe('migration faults: exactly one copy, nothing leaked', () => {
     assertOneSequence(counterValues(logs.stdout), 'the resumed counter on n3')
     await assertNoLeaks()
     await removeEverywhere('corrupt')
+  })
+
+  test('a firewall on the target lets only the libp2p port in: the trees fall back to /msc/image and the migration succeeds', { timeout: 90_000 }, async () => {
+    await allUp()
+    const from = n('n1')
+    const to = n('n2')
+    await runCounter(from, 'walled')
+    await assertOnlyOn('walled', from)
+    // New TCP connections from outside to n2 on any port but its libp2p one are dropped
+    // (the sealed data channel's port among them); the libp2p connection between them
+    // is up already. Loopback stays open: CRIU's kernel probe connects to itself there.
+    const rule = ['INPUT', '!', '-i', 'lo', '-p', 'tcp', '--syn', '!', '--dport', String(NODE_PORT), '-j', 'DROP']
+    const add = await c.tb.exec(to.host, 'iptables', ['-I', ...rule])
+    assert.equal(add.exitCode, 0, add.stderr)
+    try {
+      const m = await migrate(from, 'walled', to.name)
+      assert.equal(m.exitCode, 0, `${JSON.stringify(m.result)}\n${m.stderr}\n${c.logTail(from, 12)}`)
+      assert.equal(m.result.ok, true)
+      assert.equal(m.result.dataChannel, false, 'the trees went over libp2p')
+      assert.match(readFileSync(from.logFile, 'utf8'), /the sealed data channel did not answer: this tree goes over libp2p/)
+    } finally {
+      await c.tb.exec(to.host, 'iptables', ['-D', ...rule])
+    }
+    await assertOnlyOn('walled', to)
+    const last = logValues(to, 'walled').at(-1) ?? 0
+    await waitFor(() => (logValues(to, 'walled').at(-1) ?? 0) >= last + 3, 10_000, 'walled to go on counting on n2')
+    assertOneSequence(counterValues((await c.msc(to, 'logs', 'walled')).stdout), 'walled on n2')
+    await assertNoLeaks()
+    await removeEverywhere('walled')
   })
 
   test('the target refuses a name it already has: clear message, nothing moves', { timeout: 120_000 }, async () => {
