@@ -10,7 +10,7 @@ import type { Chart, Value } from './plot.ts'
 import { ROOT, median } from './lib.ts'
 
 /** The benchmarks that have charts (shim-memory and membership-scale draw their own). */
-export const CHARTED = ['cli-startup', 'image-transfer', 'migration', 'failover']
+export const CHARTED = ['cli-startup', 'image-transfer', 'migration', 'failover', 'downtime']
 
 const BASELINE_GREY = '#999999'
 
@@ -39,6 +39,25 @@ interface MigrationResults extends Run {
   migrations: Array<{ strategy: string; downtimeMs: number; downtimeMinMs: number; downtimeMaxMs: number; totalMs: number; MB: number; phasesMs: Record<string, number> }>
   samples: { local: Array<{ method: string; totalMs: number }>; hops: Array<{ strategy: string; downtimeMs: number; totalMs: number }> }
   ratios: unknown
+}
+
+interface DowntimeResults extends Run {
+  targets: { stopCopy: number; defaultAt256: number }
+  summary: Array<{
+    memoryMiB: number
+    method: string
+    samples: number
+    observerGapMs: number
+    observerGapMinMs: number
+    observerGapMaxMs: number
+    mscDowntimeMs: number | null
+    mscOverObserver: number | null
+    totalMs: number
+    MB: number
+    phasesMs: Record<string, number>
+  }>
+  samples: Array<{ memoryMiB: number; method: string; observerGapMs: number }>
+  ratios: Array<{ memoryMiB: number; strategy: string; 'observer gap / runc by hand': number; 'msc downtimeMs / observer gap': number | null }>
 }
 
 interface FailoverResults extends Run {
@@ -88,6 +107,8 @@ export function chartsFor (bench: string, data: Results, file: string): Chart[] 
       return migration(data as unknown as MigrationResults, file)
     case 'failover':
       return failover(data as unknown as FailoverResults, file)
+    case 'downtime':
+      return downtime(data as unknown as DowntimeResults, file)
     default:
       return []
   }
@@ -335,4 +356,97 @@ function failover (d: FailoverResults, file: string): Chart[] {
     })
   }
   return charts
+}
+
+/** The downtime benchmark's baseline method (benchmarks/downtime.ts). */
+const BY_HAND = 'runc by hand'
+
+function downtime (d: DowntimeResults, file: string): Chart[] {
+  const { summary, targets } = d
+  const sizes = [...new Set(summary.map((s) => s.memoryMiB))].sort((a, b) => a - b)
+  const strategies = [...new Set(summary.map((s) => s.method))].filter((m) => m !== BY_HAND)
+  const get = (m: number, method: string): typeof summary[number] | undefined => summary.find((s) => s.memoryMiB === m && s.method === method)
+  const color = (method: string, i: number): string => method === BY_HAND ? BASELINE_GREY : ['#0072B2', '#E69F00', '#009E73'][i % 3]!
+  const what = `A beacon (N MiB of seeded memory, a datagram every ${
+    String(d.options.intervalMs ?? 5)
+  } ms) seen by an observer on a third host; msc migrates it n1 -> n2 and back, runc by hand checkpoints it, copies the images (cp -a) and restores it on the other host. ${d.options.runs} rounds x 2 hops per method, interleaved`
+  const figures = { targets, ratios: d.ratios, summary }
+  const gapLine = {
+    name: 'downtime',
+    spec: {
+      kind: 'line' as const,
+      title: 'Migration downtime seen from outside, against runc by hand',
+      subtitle: `${what}. Downtime: the longest gap between two datagrams at the observer. Labels: ms.`,
+      machine: d.machine,
+      xLabel: 'beacon memory, MiB',
+      yLabel: 'observer gap, ms',
+      series: [BY_HAND, ...strategies].map((method, i) => ({
+        name: method === BY_HAND ? 'runc by hand (checkpoint, cp -a, restore)' : `msc ${method}`,
+        color: color(method, i - 1),
+        points: sizes.flatMap((m) => {
+          const s = get(m, method)
+          return s == null ? [] : [{ x: m, value: s.observerGapMs, min: s.observerGapMinMs, max: s.observerGapMaxMs, label: String(Math.round(s.observerGapMs)) }]
+        })
+      })),
+      notes: [`medians; whiskers: min-max of the hops; ${source(file)}`]
+    },
+    figures
+  }
+  const ratioBars = {
+    name: 'downtime-ratio',
+    spec: {
+      kind: 'bar' as const,
+      title: 'Downtime seen from outside as a ratio of runc by hand',
+      subtitle: `${what}. Observer gap of msc / observer gap of runc by hand, per memory size; the issue's targets dashed.`,
+      machine: d.machine,
+      yLabel: 'observer gap / runc by hand (medians)',
+      groups: sizes.map((m) => `${m} MiB`),
+      series: strategies.map((st, i) => ({
+        name: `msc ${st}`,
+        color: color(st, i),
+        values: sizes.map((m): Value | null => {
+          const s = get(m, st)
+          const b = get(m, BY_HAND)?.observerGapMs
+          if (s == null || b == null || b === 0) return null
+          return { value: r2(s.observerGapMs / b), min: r2(s.observerGapMinMs / b), max: r2(s.observerGapMaxMs / b) }
+        })
+      })),
+      // No line at 1: it would sit on top of the stop-copy target, and both are dashed alike.
+      lines: [
+        { value: targets.stopCopy, label: `target, stop-copy: <= ${targets.stopCopy} (upper line)` },
+        { value: targets.defaultAt256, label: `target, default strategy (post-copy) at 256 MiB: <= ${targets.defaultAt256} (lower line)` }
+      ],
+      notes: [`whiskers: shortest and longest hop over the runc-by-hand median; ${source(file)}`]
+    },
+    figures
+  }
+  const at = sizes.includes(256) ? 256 : sizes.at(-1)!
+  // In the order they run: the strategy with the most phases first (post-copy adds lazy-pages before commit).
+  const phaseLists = strategies.map((st) => Object.keys(get(at, st)?.phasesMs ?? {})).sort((a, b) => b.length - a.length)
+  const phases = [...new Set(phaseLists.flat())]
+  const phaseBars = {
+    name: 'downtime-phases',
+    spec: {
+      kind: 'bar' as const,
+      title: `Migration phases at ${at} MiB, per strategy`,
+      subtitle: `Median time of each phase as the source node reports it (bars side by side, in the order they run), beside the whole migration and the observer's gap. Labels: ms.`,
+      machine: d.machine,
+      yLabel: 'median time, ms',
+      groups: strategies.map((st) => `msc ${st}`),
+      series: [
+        ...phases.map((p, i) => ({ name: p, color: PHASE_COLORS[i % PHASE_COLORS.length], values: strategies.map((st): Value | null => phaseValue(get(at, st)?.phasesMs[p])) })),
+        { name: 'total (whole migration)', color: '#333333', values: strategies.map((st): Value | null => phaseValue(get(at, st)?.totalMs)) },
+        { name: 'observer gap', color: '#000000', values: strategies.map((st): Value | null => phaseValue(get(at, st)?.observerGapMs)) }
+      ],
+      notes: [`medians over the hops; ${source(file)}`]
+    },
+    figures: { memoryMiB: at, phasesMs: Object.fromEntries(strategies.map((st) => [st, get(at, st)?.phasesMs ?? {}])) }
+  }
+  return [gapLine, ratioBars, phaseBars]
+}
+
+const PHASE_COLORS = ['#56B4E9', '#E69F00', '#009E73', '#F0E442', '#0072B2', '#D55E00', '#CC79A7', '#999999']
+
+function phaseValue (v: number | undefined): Value | null {
+  return v == null ? null : { value: v, label: String(Math.round(v)) }
 }
