@@ -152,7 +152,9 @@ export class MigrationSource {
         const before = await treeManifest(c.rootfs)
         if (answer.needBundle) {
           clock.addTotal(digest.bytes)
-          result.bytes += await this.sendTree(dest, c.rootfs, transfers.bundle, 'rootfs', clock, outer)
+          // The target caches the bundle before it answers: a copy and a digest of
+          // every file, at 20 MB/s or better, on top of the stall budget.
+          result.bytes += await this.sendTree(dest, c.rootfs, transfers.bundle, 'rootfs', clock, outer, undefined, undefined, this.d.stallTimeoutMs + Math.ceil(digest.bytes / 20e3))
         }
 
         staging = await d.stagingRoot(migrationId)
@@ -335,9 +337,9 @@ export class MigrationSource {
   }
 
   /** One tree over /msc/image, given up when it makes no progress for a while. */
-  private async sendTree (to: TreeTarget, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[]): Promise<number> {
+  private async sendTree (to: TreeTarget, dir: string, transferId: string, label: string, clock: PhaseClock, outer: AbortSignal, include?: (rel: string) => boolean, deletes?: string[], stallMs = this.d.stallTimeoutMs): Promise<number> {
     const peer = to.peer
-    const dog = new Watchdog(this.d.stallTimeoutMs, `the ${label} transfer stalled`)
+    const dog = new Watchdog(stallMs, `the ${label} transfer stalled`)
     const signal = AbortSignal.any([outer, dog.signal])
     let reported = 0
     const t0 = performance.now()
@@ -349,6 +351,7 @@ export class MigrationSource {
         include,
         deletes,
         signal,
+        idleTimeoutMs: Math.max(30_000, stallMs),
         onProgress: (n: number) => {
           dog.kick()
           clock.sent(n - reported)

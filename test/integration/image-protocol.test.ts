@@ -259,6 +259,33 @@ describe('good transfers', () => {
     await assert.rejects(transfer(src, dest), (err: ProtocolError) => err.reason === 'DEST_EXISTS' && err.code === 'ALREADY_EXISTS')
     assert.deepEqual(await fs.readdir(dest), [])
   })
+
+  test('beforeVerdict runs on the committed tree before the sender hears the verdict; its failure does not fail the tree', async () => {
+    const src = path.join(sandbox, 'hook-src')
+    await fs.mkdir(src, { recursive: true })
+    await fs.writeFile(path.join(src, 'f'), 'hooked')
+    for (const fails of [false, true]) {
+      const dest = path.join(sandbox, `hook-dest-${String(fails)}`)
+      let sawFile = ''
+      let hookEnd = 0
+      const outcome = expectReceive(receiveOpts(dest, {
+        beforeVerdict: async () => {
+          sawFile = await fs.readFile(path.join(dest, 'f'), 'utf8')
+          await new Promise((resolve) => setTimeout(resolve, 300))
+          hookEnd = performance.now()
+          if (fails) throw new Error('the hook failed')
+        }
+      }))
+      const signal = AbortSignal.timeout(30_000)
+      const sent = await sendTree(await dial(signal), src, { transferId: 't-hook', label: 'hooked tree', signal })
+      const answeredAt = performance.now()
+      assert.equal((await outcome).ok, true)
+      assert.equal(sawFile, 'hooked', 'the hook saw the committed tree')
+      assert.ok(hookEnd > 0 && hookEnd <= answeredAt, 'sendTree resolved only after the hook ended')
+      assert.equal(sent.files, 1)
+      assert.equal(await fs.readFile(path.join(dest, 'f'), 'utf8'), 'hooked')
+    }
+  })
 })
 
 // ---------- hostile senders ----------

@@ -41,6 +41,11 @@ export interface TreeDestination {
   /** Called once with the outcome (after the verdict was sent). */
   onDone?: (err?: Error) => void
   /**
+   * Runs once the tree is committed, before the verdict goes out, so the sender waits
+   * for it. Its failure does not fail the tree (it should not throw).
+   */
+  beforeVerdict?: () => Promise<void>
+  /**
    * 'contained' (default): every symlink must resolve inside the tree. 'rootfs': a
    * container's root filesystem, whose links (absolute ones included) are meant to be
    * resolved inside the container; the receiver stores them verbatim and, as always,
@@ -88,6 +93,7 @@ export async function receiveTree (stream: ByteStream, o: ReceiveTreeOptions): P
     // 'none' let no link through, so commit has nothing to resolve: 'contained' it is.
     await commitTree(tmp, dest.destDir, dest.mode, header, got, dest.symlinks === 'rootfs' ? 'rootfs' : 'contained')
     tmp = undefined // moved into destDir (replace) or removed by commitTree (overlay)
+    await dest.beforeVerdict?.().catch(() => {})
     // The tree is in place whatever happens to the answer: a sender that misses it
     // fails on its side, and a retry finds destDir there (DEST_EXISTS in replace mode).
     const verdict: Verdict = { type: 'verdict', ok: true, files: header.files, bytes: header.bytes }
