@@ -166,24 +166,8 @@ export class FramedStream {
    * `idleTimeoutMs` overrides the stream's default for this call (0 = wait forever).
    */
   async readFrame (signal?: AbortSignal, idleTimeoutMs = this.idleTimeoutMs): Promise<Frame | null> {
-    if (this.reading) throw new ProtocolError('CONCURRENT_READ', 'readFrame called while another read is pending', 'INTERNAL')
-    this.reading = true
-    try {
-      if (!await this.fill(FRAME_HEADER_BYTES, signal, idleTimeoutMs)) {
-        if (this.buffered === 0) return null
-        throw new ProtocolError('TRUNCATED', 'stream ended inside a frame header')
-      }
-      const header = this.take(FRAME_HEADER_BYTES)
-      const type = header[0] as number
-      const length = new DataView(header.buffer, header.byteOffset, header.byteLength).getUint32(1)
-      if (length > this.maxFrameBytes) {
-        throw new ProtocolError('FRAME_TOO_LARGE', `frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes}`)
-      }
-      if (!await this.fill(length, signal, idleTimeoutMs)) throw new ProtocolError('TRUNCATED', 'stream ended inside a frame')
-      return { type, payload: this.take(length) }
-    } finally {
-      this.reading = false
-    }
+    const f = await this.readFrameParts(signal, idleTimeoutMs)
+    return f == null ? null : { type: f.type, payload: joined(f.parts) }
   }
 
   /**
@@ -199,7 +183,7 @@ export class FramedStream {
         if (this.buffered === 0) return null
         throw new ProtocolError('TRUNCATED', 'stream ended inside a frame header')
       }
-      const header = this.take(FRAME_HEADER_BYTES)
+      const header = joined(this.takeParts(FRAME_HEADER_BYTES))
       const type = header[0] as number
       const length = new DataView(header.buffer, header.byteOffset, header.byteLength).getUint32(1)
       if (length > this.maxFrameBytes) {
@@ -333,39 +317,6 @@ export class FramedStream {
     return out
   }
 
-  /** Removes `n` buffered bytes (copying only when they span chunks). */
-  private take (n: number): Uint8Array {
-    let out: Uint8Array
-    const first = this.chunks[0]
-    if (n === 0) {
-      out = new Uint8Array(0)
-    } else if (first != null && first.byteLength - this.headOffset >= n) {
-      out = first.subarray(this.headOffset, this.headOffset + n)
-      this.headOffset += n
-      if (this.headOffset === first.byteLength) {
-        this.chunks.shift()
-        this.headOffset = 0
-      }
-    } else {
-      out = new Uint8Array(n)
-      let filled = 0
-      while (filled < n) {
-        const c = this.chunks[0] as Uint8Array
-        const k = Math.min(n - filled, c.byteLength - this.headOffset)
-        out.set(c.subarray(this.headOffset, this.headOffset + k), filled)
-        filled += k
-        this.headOffset += k
-        if (this.headOffset === c.byteLength) {
-          this.chunks.shift()
-          this.headOffset = 0
-        }
-      }
-    }
-    this.buffered -= n
-    this.maybeResume(this.readBufferBytes)
-    return out
-  }
-
   private maybePause (): void {
     if (this.paused || this.buffered <= this.readBufferBytes) return
     this.paused = true
@@ -438,6 +389,19 @@ export class FramedStream {
   private closedError (message: string, cause: unknown): ProtocolError {
     return new ProtocolError('STREAM_CLOSED', message, 'INTERNAL', cause != null ? { cause } : undefined)
   }
+}
+
+/** The parts as one array: the only one as it is, several copied into a new one. */
+function joined (parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!
+  const n = parts.reduce((sum, p) => sum + p.byteLength, 0)
+  const out = new Uint8Array(n)
+  let at = 0
+  for (const p of parts) {
+    out.set(p, at)
+    at += p.byteLength
+  }
+  return out
 }
 
 function putHeader (buf: Uint8Array, at: number, type: number, length: number): void {
