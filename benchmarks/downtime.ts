@@ -48,7 +48,7 @@ import { Observer, type ObserverReport } from '../test/helpers/observer.ts'
 import type { TestHost } from '../test/testbed/testbed.ts'
 import { writeBeaconBundle } from '../src/bundles/beacon.ts'
 import type { ContainerInfo, MigrationResultInfo } from '../src/api/types.ts'
-import { log, machineInfo, median, parseFlags, ratio, round, table, writeResults, runBenchmark } from './lib.ts'
+import { log, machineInfo, median, parseFlags, ratio, round, table, writeResults, runBenchmark, cleanupOnSignals, criuLogTail, dirBytes, unmountUnder } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 
 const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy]
@@ -275,7 +275,7 @@ class HandBeacon {
     const code = await exitStatusOn(child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }, `runc ${args[0]}`)
     if (code !== 0) {
       const msgs = (await fs.readFile(runcLog, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('"error"')).join('\n')
-      throw new Error(`runc ${args[0]} ${this.id} failed (${code}): ${msgs}\n${tail(logFile)}`)
+      throw new Error(`runc ${args[0]} ${this.id} failed (${code}): ${msgs}\n${criuLogTail(logFile)}`)
     }
   }
 
@@ -305,7 +305,7 @@ class HandBeacon {
     const t0 = Date.now()
     const ck = await this.c.tb.exec(from, this.runc, [...this.g(), 'checkpoint', '--image-path', img, '--work-path', img, this.id], { timeout: 300_000 })
     const t1 = Date.now()
-    if (ck.exitCode !== 0) throw new Error(`${what}: runc checkpoint failed (${ck.exitCode}): ${ck.stderr.trim()}\n${tail(path.join(img, 'dump.log'))}`)
+    if (ck.exitCode !== 0) throw new Error(`${what}: runc checkpoint failed (${ck.exitCode}): ${ck.stderr.trim()}\n${criuLogTail(path.join(img, 'dump.log'))}`)
     const cp = await execa('cp', ['-a', img, copy], { reject: false })
     if (cp.exitCode !== 0) throw new Error(`${what}: cp -a ${img} ${copy}: ${String(cp.stderr)}`)
     const t2 = Date.now()
@@ -365,32 +365,6 @@ async function exitStatusOn (status: NodeJS.ReadableStream & { destroy: () => vo
   } finally {
     status.destroy()
   }
-}
-
-/** CRIU's error lines and the last lines of its log. */
-function tail (file: string, lines = 10): string {
-  if (file === '') return ''
-  try {
-    const all = readFileSync(file, 'utf8').trimEnd().split('\n')
-    const errors = all.filter((l) => /Error|Warn/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(-10)
-    return [`${file}:`, ...errors, '...', ...all.slice(-lines)].join('\n')
-  } catch {
-    return ''
-  }
-}
-
-async function unmountUnder (dir: string): Promise<void> {
-  const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
-  const points = info.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p != null && (p === dir || p.startsWith(dir + '/')))
-  for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
-}
-
-async function dirBytes (dir: string): Promise<number> {
-  let n = 0
-  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) n += (await fs.stat(path.join(e.parentPath, e.name))).size
-  }
-  return n
 }
 
 // ---------------------------------------------------------------------------------
@@ -576,13 +550,7 @@ async function main (): Promise<void> {
     })()
     await cleaning
   }
-  const onSignal = (sig: string): void => {
-    log(`${sig}`)
-    cleanup().finally(() => process.exit(130))
-  }
-  // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const offSignals = cleanupOnSignals(cleanup)
 
   try {
     log('starting a testbed with three nodes (join tokens, no cluster key)')
@@ -619,8 +587,7 @@ async function main (): Promise<void> {
     await plotAfterRun(file)
   } finally {
     await cleanup()
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    offSignals()
   }
 }
 

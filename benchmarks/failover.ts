@@ -50,7 +50,7 @@ import { logValues, startCluster, waitFor, type Cluster, type ClusterNode } from
 import { MSC, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient, ndjsonLines } from '../src/api/client.ts'
 import type { ContainerInfo, NodeEvent, ReplicationInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, untilPong, runBenchmark } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, untilPong, runBenchmark, cleanupOnSignals } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 import { REDIS_BENCHMARK, REDIS_CLI } from '../src/bundles/redis.ts'
 
@@ -762,13 +762,7 @@ async function main (): Promise<void> {
     })()
     await cleaning
   }
-  const onSignal = (sig: string): void => {
-    log(`${sig}`)
-    cleanup().finally(() => process.exit(130))
-  }
-  // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const offSignals = cleanupOnSignals(cleanup)
 
   const out: string[] = []
   const print = (s: string): void => {
@@ -983,8 +977,7 @@ async function main (): Promise<void> {
     await plotAfterRun(file)
   } finally {
     await cleanup()
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    offSignals()
   }
 }
 

@@ -4,11 +4,13 @@
  * Benchmarks report ratios against a baseline measured in the same run: absolute
  * numbers on a shared 2-core machine move from run to run, ratios move less.
  */
+import { readFileSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { execa } from 'execa'
 
 export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url))
 export const ROOT = path.resolve(BENCH_DIR, '..')
@@ -164,4 +166,50 @@ export async function runBenchmark (name: string, main: () => Promise<void>): Pr
     process.exitCode = 1
   }
   process.exit()
+}
+
+/** CRIU's error lines and the last lines of its log (for a failed sample's message). */
+export function criuLogTail (file: string, lines = 10): string {
+  if (file === '') return ''
+  try {
+    const all = readFileSync(file, 'utf8').trimEnd().split('\n')
+    const errors = all.filter((l) => /Error|Warn/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(-10)
+    return [`${file}:`, ...errors, '...', ...all.slice(-lines)].join('\n')
+  } catch {
+    return ''
+  }
+}
+
+/** Lazily unmounts everything mounted at or under `dir`, deepest first. */
+export async function unmountUnder (dir: string): Promise<void> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
+  const points = info.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p != null && (p === dir || p.startsWith(dir + '/')))
+  for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
+}
+
+/** Bytes of the regular files under `dir`. */
+export async function dirBytes (dir: string): Promise<number> {
+  let n = 0
+  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) n += (await fs.stat(path.join(e.parentPath, e.name))).size
+  }
+  return n
+}
+
+/**
+ * Runs `cleanup` on SIGINT/SIGTERM, then exits 130; returns the function that removes
+ * the handlers. `on`, not `once`: execa's signal-exit re-raises the signal (killing us
+ * mid-cleanup) when it is the only listener left.
+ */
+export function cleanupOnSignals (cleanup: () => Promise<void>): () => void {
+  const onSignal = (sig: string): void => {
+    log(`${sig}`)
+    cleanup().finally(() => process.exit(130))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  return () => {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
 }

@@ -45,7 +45,7 @@ import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/h
 import { MSC, removeCgroups, sleep } from '../test/helpers/node-harness.ts'
 import { ControlClient } from '../src/api/client.ts'
 import type { CheckpointInfo, MigrationResultInfo } from '../src/api/types.ts'
-import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark } from './lib.ts'
+import { ROOT, log, machineInfo, median, parseFlags, ratio, round, table, writeResults, redisPing, untilPong, runBenchmark, cleanupOnSignals, criuLogTail, dirBytes, unmountUnder } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 import { REDIS_CLI } from '../src/bundles/redis.ts'
 
@@ -111,14 +111,6 @@ async function verifyRedis (ip: string, port: number, keys: number, what: string
 async function populate (ip: string, port: number, keys: number): Promise<void> {
   const r = await execa(path.join(ROOT, 'demos', 'populate-redis.sh'), ['-h', ip, '-p', String(port), String(keys)], { reject: false, timeout: 300_000 })
   if (String(r.stdout).trim() !== String(keys)) throw new Error(`populating ${ip}:${port} with ${keys} keys: DBSIZE ${String(r.stdout).trim()}: ${String(r.stderr).slice(-500)}`)
-}
-
-async function dirBytes (dir: string): Promise<number> {
-  let n = 0
-  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) n += (await fs.stat(path.join(e.parentPath, e.name))).size
-  }
-  return n
 }
 
 // ---------------------------------------------------------------------------------
@@ -212,7 +204,7 @@ class RawRunc {
     const t0 = performance.now()
     const ck = await this.c.tb.exec(this.host, this.runc, [...this.g(), 'checkpoint', '--image-path', img, '--work-path', img, RAW_ID], { timeout: 120_000 })
     const t1 = performance.now()
-    if (ck.exitCode !== 0) throw new Error(`runc checkpoint failed (${ck.exitCode}): ${ck.stderr.trim()}\n${tail(path.join(img, 'dump.log'))}`)
+    if (ck.exitCode !== 0) throw new Error(`runc checkpoint failed (${ck.exitCode}): ${ck.stderr.trim()}\n${criuLogTail(path.join(img, 'dump.log'))}`)
     // Without --leave-running runc removes the container itself; make sure (untimed).
     await execa(this.runc, ['--root', this.root, 'delete', '--force', RAW_ID], { reject: false })
     const imageBytes = await dirBytes(img)
@@ -220,7 +212,7 @@ class RawRunc {
     try {
       await this.detached(['restore', '--detach', '--image-path', img, '--work-path', work, '--bundle', this.bundle, '--pid-file', this.pidFile, RAW_ID])
     } catch (err) {
-      throw new Error(`${(err as Error).message}\n${tail(path.join(work, 'restore.log'))}`)
+      throw new Error(`${(err as Error).message}\n${criuLogTail(path.join(work, 'restore.log'))}`)
     }
     const t3 = performance.now()
     const pong = await untilPong(this.host.ip, RAW_PORT)
@@ -247,23 +239,6 @@ class RawRunc {
     for (const sh of this.shells) if (sh.exitCode == null && sh.signalCode == null) sh.kill('SIGKILL')
     await removeCgroups(this.cgroupParent)
   }
-}
-
-/** CRIU's error lines and the last lines of its log. */
-function tail (file: string, lines = 10): string {
-  try {
-    const all = readFileSync(file, 'utf8').trimEnd().split('\n')
-    const errors = all.filter((l) => /Error|Warn/.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(-10)
-    return [`${file}:`, ...errors, '...', ...all.slice(-lines)].join('\n')
-  } catch {
-    return ''
-  }
-}
-
-async function unmountUnder (dir: string): Promise<void> {
-  const info = await fs.readFile('/proc/self/mountinfo', 'utf8')
-  const points = info.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p != null && (p === dir || p.startsWith(dir + '/')))
-  for (const p of points.sort((a, b) => b.length - a.length)) await execa('umount', ['-l', p], { reject: false })
 }
 
 function r1 (x: number): number {
@@ -380,13 +355,7 @@ async function main (): Promise<void> {
     })()
     await cleaning
   }
-  const onSignal = (sig: string): void => {
-    log(`${sig}`)
-    cleanup().finally(() => process.exit(130))
-  }
-  // on, not once: execa's signal-exit re-raises the signal (killing us mid-cleanup) when it is the only listener left.
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const offSignals = cleanupOnSignals(cleanup)
 
   const locals: LocalSample[] = []
   const hops: HopSample[] = []
@@ -524,8 +493,7 @@ async function main (): Promise<void> {
     await plotAfterRun(file)
   } finally {
     await cleanup()
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    offSignals()
   }
 }
 
