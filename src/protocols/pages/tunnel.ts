@@ -13,25 +13,20 @@
  * that no CRIU byte is forwarded before the source has agreed to serve it. (A CRIU page
  * server serves ONE connection; a refused tunnel never touched it.)
  *
- * Memory is bounded in both directions (see host notes / libp2p notes):
- * - TCP -> libp2p: `stream.send()` never refuses, so we pause the socket while the
- *   stream's writeBufferLength is above HIGH_WATER and re-check on 'drain'/'idle'.
- * - libp2p -> TCP: when `socket.write()` returns false we `stream.pause()` (yamux stops
- *   sending window updates) and resume on the socket's 'drain'.
- * Half-close: TCP end -> stream.close() (our write side); stream 'end' -> socket.end().
- * Any error (either side, or the AbortSignal) aborts the stream and destroys the socket.
+ * The bytes are piped by spliceSocket (../socket-splice.ts), which bounds memory both
+ * ways and carries half-closes. Any error (either side, or the AbortSignal) aborts the
+ * stream and destroys the socket.
  */
 import net from 'node:net'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { MscError } from '../../util/errors.ts'
+import { reset, spliceSocket } from '../socket-splice.ts'
 
 export const PAGES_PROTOCOL = '/msc/pages/1.0.0'
 
 /** Headers are tiny; anything bigger is garbage or an attack. */
 export const MAX_HEADER_BYTES = 4096
-/** Pause the TCP reader while this much is queued on the libp2p stream. */
-const HIGH_WATER = 1 << 20
 /**
  * yamux grows a stream's receive window up to 16 MiB; after `pause()` the remote may
  * still send a full window, and more than maxReadBufferLength (default 4 MiB) buffered
@@ -77,15 +72,13 @@ export interface OpenPagesTunnelOptions {
   eager?: boolean
   onError?: (err: Error) => void
   /**
-   * Awaited (at most BEFORE_RESET_TIMEOUT_MS) when a connection's remote side fails,
+   * Awaited (at most 5 s) when a connection's remote side fails,
    * before CRIU's socket is reset. Once CRIU's lazy-pages daemon hears of the failure it
    * exits, and from then a page the restored process never received reads as zeros:
    * the target freezes its copy here, while every fault still just waits.
    */
   beforeReset?: (err: Error) => Promise<void>
 }
-
-const BEFORE_RESET_TIMEOUT_MS = 5_000
 
 /** Target side: a local TCP port whose connections are carried to `peer`. */
 export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string, opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
@@ -121,7 +114,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     try {
       stream = preopened ?? await handshake()
       preopened = null
-      await splice(socket, stream, stats, signal, { beforeReset: opts.beforeReset })
+      await spliceSocket(socket, stream, stats, signal, { beforeReset: opts.beforeReset })
     } catch (err) {
       lastError = err as Error
       stream?.abort(lastError)
@@ -169,15 +162,6 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     void close()
   }, { once: true })
   return { port, stats: () => ({ ...stats }), lastError: () => lastError, close }
-}
-
-/** Waits for `p` (its failure ignored) for at most `ms`. */
-async function bounded (p: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([p.catch(() => {}), new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms)
-  })])
-  clearTimeout(timer)
 }
 
 export interface PageServerAddress {
@@ -240,7 +224,7 @@ export async function handlePagesStream (stream: Stream, lookup: (transferId: st
     socket.destroy()
     throw err
   }
-  await splice(socket, stream, stats, signal, { cutAfterBytes: opts.cutAfterBytes })
+  await spliceSocket(socket, stream, stats, signal, { cutAfterBytes: opts.cutAfterBytes })
   return { transferId, refused: null, bytesIn: stats.bytesIn, bytesOut: stats.bytesOut }
 }
 
@@ -262,173 +246,6 @@ function connect (to: PageServerAddress, signal: AbortSignal): Promise<net.Socke
       resolve(socket)
     })
   })
-}
-
-/**
- * Pipes `socket` <-> `stream` until both directions ended. Resolves on a clean finish;
- * on any error aborts the stream, destroys the socket and rejects. A failure of the
- * stream (not of the socket, nor our own abort) awaits `beforeReset` before the socket
- * learns of it.
- */
-function splice (socket: net.Socket, stream: Stream, stats: PagesTunnelStats, signal: AbortSignal, opts: { cutAfterBytes?: number; beforeReset?: (err: Error) => Promise<void> } = {}): Promise<void> {
-  const { cutAfterBytes, beforeReset } = opts
-  return new Promise<void>((resolve, reject) => {
-    let settled = false
-    let tcpPaused = false // by us, for backpressure
-    let tcpEnded = false // CRIU's side ended writing
-    let upDone = false // ... and our write side of the stream is closed
-    let downDone = false // stream ended and the socket's write side finished
-    const cleanup = (): void => {
-      signal.removeEventListener('abort', onAbort)
-      stream.removeEventListener('message', onMessage)
-      stream.removeEventListener('drain', onStreamDrain)
-      stream.removeEventListener('idle', onStreamDrain)
-      stream.removeEventListener('end', onStreamEnd)
-      stream.removeEventListener('close', onStreamClose)
-      socket.off('data', onData).off('end', onSocketEnd).off('drain', onSocketDrain)
-        .off('error', socketFailed).off('close', onSocketClose)
-    }
-    const fail = (err: Error, from: 'stream' | 'socket' | 'abort' = 'stream'): void => {
-      if (settled) return
-      settled = true
-      cleanup()
-      stream.abort(err)
-      const hangUp = (): void => {
-        reset(socket)
-        reject(err)
-      }
-      if (beforeReset != null && from === 'stream') void bounded(beforeReset(err), BEFORE_RESET_TIMEOUT_MS).then(hangUp)
-      else hangUp()
-    }
-    const socketFailed = (err: Error): void => fail(err, 'socket')
-    const maybeDone = (): void => {
-      if (settled || !upDone || !downDone) return
-      settled = true
-      cleanup()
-      socket.destroy() // both halves are finished; release the fd now
-      resolve()
-    }
-
-    // TCP -> libp2p
-    const onData = (chunk: Buffer): void => {
-      stats.bytesOut += chunk.byteLength
-      // A test's fault (MSC_TEST_CUT_PAGES_AFTER): the link fails mid-transfer.
-      if (cutAfterBytes != null && stats.bytesOut >= cutAfterBytes) {
-        fail(new Error(`page stream cut after ${stats.bytesOut} bytes (test)`))
-        return
-      }
-      try {
-        stream.send(chunk)
-      } catch (err) {
-        fail(err as Error)
-        return
-      }
-      if (stream.writeBufferLength > HIGH_WATER && !tcpPaused) {
-        tcpPaused = true
-        socket.pause()
-      }
-    }
-    // 'drain' fires before the stream has pushed its queue (that happens in a
-    // microtask), so look at the queue after it; 'idle' covers a queue that emptied.
-    const onStreamDrain = (): void => {
-      setImmediate(() => {
-        if (!settled && tcpPaused && stream.writeBufferLength <= HIGH_WATER) {
-          tcpPaused = false
-          socket.resume()
-        }
-      })
-    }
-    const onSocketEnd = (): void => {
-      tcpEnded = true
-      stream.close({ signal }).then(() => {
-        upDone = true
-        maybeDone()
-      }, (err: Error) => fail(err))
-    }
-
-    // libp2p -> TCP
-    const onMessage = (evt: { data: Uint8Array | Iterable<Uint8Array> }): void => {
-      let ok = true
-      for (const b of evt.data instanceof Uint8Array ? [evt.data] : evt.data) {
-        stats.bytesIn += b.byteLength
-        ok = socket.write(b)
-      }
-      if (!ok && !resuming && stream.readStatus === 'readable') stream.pause()
-    }
-    // stream.resume() first dispatches the buffered data (into onMessage) and only then
-    // tells yamux to send window updates again: a pause() from inside that dispatch is
-    // undone, and the remote then sends without limit until the read buffer overflows
-    // and the stream resets (seen: ECONNRESET at ~32 MiB). So pause again afterwards.
-    let resuming = false
-    const onSocketDrain = (): void => {
-      if (stream.readStatus !== 'paused') return
-      resuming = true
-      try {
-        stream.resume()
-      } catch {
-      } finally {
-        resuming = false
-      } // throws once closed: nothing left to resume
-      if (socket.writableNeedDrain) {
-        try {
-          stream.pause()
-        } catch {}
-      } // throws once closing/closed
-    }
-    const onStreamEnd = (): void => {
-      // A reset also dispatches 'end' (before 'close'): that is an abort, not an end.
-      if (stream.status === 'reset' || stream.status === 'aborted') {
-        fail(new MscError('RUNTIME_ERROR', `page stream ${stream.status}`))
-        return
-      }
-      socket.end(() => {
-        downDone = true
-        maybeDone()
-      })
-    }
-
-    const onStreamClose = (evt: { error?: Error }): void => {
-      if (evt.error != null) fail(evt.error)
-    }
-    const onSocketClose = (hadError: boolean): void => {
-      // Closed before both TCP halves finished: what was in flight is lost. (With both
-      // finished, the stream's close may still be flushing: wait for it.)
-      if (!tcpEnded || !downDone) fail(new MscError('RUNTIME_ERROR', `page connection closed early${hadError ? ' (socket error)' : ''}`), 'socket')
-    }
-    const onAbort = (): void => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'), 'abort')
-
-    if (signal.aborted) {
-      onAbort()
-      return
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    stream.addEventListener('message', onMessage)
-    stream.addEventListener('drain', onStreamDrain)
-    stream.addEventListener('idle', onStreamDrain)
-    stream.addEventListener('end', onStreamEnd)
-    stream.addEventListener('close', onStreamClose)
-    socket.on('data', onData).on('end', onSocketEnd).on('drain', onSocketDrain)
-      .on('error', socketFailed).on('close', onSocketClose)
-    socket.resume()
-    // 'end' may have fired while nobody listened (remote closed right after its header).
-    if (stream.readableEnded) onStreamEnd()
-    if (stream.status === 'aborted' || stream.status === 'reset') fail(new MscError('RUNTIME_ERROR', `stream ${stream.status} before piping`))
-  })
-}
-
-/** Hang up with RST, not FIN: a half-open peer must see the abort as an error, not as an end. */
-function reset (socket: net.Socket): void {
-  // After end() libuv refuses the RST (EINVAL) and Node then never closes the handle,
-  // which keeps the process alive: a socket already ending just gets destroyed.
-  if (socket.writableEnded || socket.destroyed) {
-    socket.destroy()
-    return
-  }
-  try {
-    socket.resetAndDestroy()
-  } catch {
-    socket.destroy()
-  }
 }
 
 function encodeFrame (value: unknown): Uint8Array {
