@@ -212,6 +212,8 @@ export interface MigrateRequestBody {
   strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy'
   /** false: the trees go over /msc/image, not the sealed data channel. */
   dataChannel?: boolean
+  /** false: a stop-copy dump writes its pages on the source and sends them after it. */
+  streamPages?: boolean
 }
 
 /** One line of the NDJSON answer to a migrate request. */
@@ -234,6 +236,8 @@ export interface MigrationResultInfo {
   goodputMBps: number | null
   /** The trees went over the sealed data channel (not /msc/image). */
   dataChannel?: boolean
+  /** Stop-copy: the pages went to the target's page server while CRIU dumped. */
+  streamedPages?: boolean
   phases: Record<string, number>
   error?: { code: string; message: string; details: string[] }
   runningOn?: string

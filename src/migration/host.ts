@@ -34,9 +34,14 @@ export interface ContainerHost {
 
   // ---- source side ----
   describe: (name: string) => Promise<LocalContainer>
-  /** Final dump: the container is frozen, dumped and gone from runc. `parentPath`
-   *  (relative to imageDir) names the last pre-dump, so only what changed since is dumped. */
-  dump: (name: string, imageDir: string, signal: AbortSignal, parentPath?: string) => Promise<void>
+  /**
+   * Final dump: the container is frozen, dumped and gone from runc. `parentPath`
+   * (relative to imageDir) names the last pre-dump, so only what changed since is dumped.
+   * With `pageServer` (ADDR:PORT) the memory pages go there as CRIU dumps them, not into
+   * imageDir, and the container stays frozen in runc (paused) instead of gone: a rollback
+   * thaws it (resume), a commit removes it (release).
+   */
+  dump: (name: string, imageDir: string, signal: AbortSignal, opts?: { parentPath?: string | undefined; pageServer?: string }) => Promise<void>
   /** Pre-copy round: memory dumped while the container keeps running. */
   preDump: (name: string, imageDir: string, parentPath: string | undefined, signal: AbortSignal) => Promise<void>
   /**

@@ -10,7 +10,10 @@ import { writeFileAtomic } from '../util/atomic-file.ts'
  * (protocols/migrate.md, "Crashes and restarts"):
  *
  *   dumped              the final dump is on disk; the target has not said "restored".
- *                       The dump is the container: it becomes a checkpoint here.
+ *                       The dump is the container: it becomes a checkpoint here. A
+ *                       dump that streamed its pages to the target (`streamedPages`)
+ *                       left the container frozen here instead: it stays frozen, and
+ *                       `msc restore` thaws it.
  *   restored-on-target  the target said "restored": the point of no return was
  *                       passed, the source never runs the container again; a restart
  *                       finishes the release (the target settles it as its own).
@@ -30,6 +33,8 @@ export const OutgoingJournalSchema = z.object({
   target: z.string().min(1).max(128),
   targetName: z.string().max(256),
   phase: z.enum(OUTGOING_PHASES),
+  /** The final dump sent its pages to the target; the container was left frozen here. */
+  streamedPages: z.boolean().optional(),
   /** When this phase was written (ISO 8601). */
   at: z.string()
 }).strict()

@@ -25,8 +25,12 @@ export type Strategy = typeof STRATEGIES[number]
 const id = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/)
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
 
-/** `sealedData`: the node can send and receive the trees over a sealed data channel (src/protocols/sealed). */
-export const FeaturesSchema = z.object({ preCopy: z.boolean(), postCopy: z.boolean(), sealedData: z.boolean().optional() }).strict()
+/**
+ * `sealedData`: the node can send and receive the trees over a sealed data channel
+ * (src/protocols/sealed). `streamedPages`: a stop-copy dump can send its memory pages
+ * to the target's CRIU page server while it dumps, over a second sealed connection.
+ */
+export const FeaturesSchema = z.object({ preCopy: z.boolean(), postCopy: z.boolean(), sealedData: z.boolean().optional(), streamedPages: z.boolean().optional() }).strict()
 export type Features = z.infer<typeof FeaturesSchema>
 
 export const OfferSchema = z.object({
@@ -58,7 +62,12 @@ export type Offer = z.infer<typeof OfferSchema>
  * source reaches the target at) and the channel's secret, known only to the two ends:
  * it travels inside this member-only, encrypted control stream.
  */
-export const DataChannelSchema = z.object({ port: z.number().int().min(1).max(65535), secret: z.string().regex(/^[A-Za-z0-9+/]{43}=$/) }).strict()
+export const DataChannelSchema = z.object({
+  port: z.number().int().min(1).max(65535),
+  secret: z.string().regex(/^[A-Za-z0-9+/]{43}=$/),
+  /** Stop-copy: where one sealed connection reaches the target's page server (same secret). */
+  pagesPort: z.number().int().min(1).max(65535).optional()
+}).strict()
 export type DataChannel = z.infer<typeof DataChannelSchema>
 
 export const AnswerSchema = z.discriminatedUnion('type', [
@@ -78,7 +87,8 @@ export const PreReadySchema = z.object({ type: z.literal('pre-ready'), round: z.
  * the restore works, because a target that never hears the decision settles it from
  * membership and must then be able to prove the name is its own.
  */
-export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean(), preRounds: z.number().int().min(0).max(16).optional(), handover: HandoverSchema }).strict()
+/** `streamedPages`: the dump sent its pages to the target's page server (pagesPort), not in the images tree. */
+export const RestoreSchema = z.object({ type: z.literal('restore'), lazy: z.boolean(), preRounds: z.number().int().min(0).max(16).optional(), streamedPages: z.boolean().optional(), handover: HandoverSchema }).strict()
 export type RestoreRequest = z.infer<typeof RestoreSchema>
 
 export const RestoreResultSchema = z.discriminatedUnion('type', [

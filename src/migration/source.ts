@@ -5,6 +5,7 @@ import type { Logger } from '../util/logger.ts'
 import { MscError, errText, toMscError } from '../util/errors.ts'
 import { FramedStream, type ByteStream } from '../protocols/framing.ts'
 import { dialSealed } from '../protocols/sealed/channel.ts'
+import { openPageRelay, type PageRelay } from '../protocols/sealed/page-relay.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
 import { AnswerSchema, CommittedSchema, DiscardedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
@@ -12,7 +13,7 @@ import { PhaseClock, type Progress } from './phase-clock.ts'
 import { bundleDigest } from './bundle-digest.ts'
 import { Watchdog } from './watchdog.ts'
 import { writeOutgoingJournal, type OutgoingPhase } from './journal.ts'
-import { testPause } from './test-knobs.ts'
+import { testCutStreamedPagesAfter, testPause } from './test-knobs.ts'
 
 export interface MigrateRequest {
   container: string
@@ -20,6 +21,8 @@ export interface MigrateRequest {
   strategy: Strategy | 'auto'
   /** false: never offer the sealed data channel (the trees go over /msc/image). */
   dataChannel?: boolean
+  /** false: a stop-copy dump writes its pages here and sends them after it (no page server on the target). */
+  streamPages?: boolean
   signal?: AbortSignal
   onProgress?: (p: Progress) => void
 }
@@ -40,6 +43,8 @@ export interface MigrationResult {
   goodputMBps: number | null
   /** The trees went over the target's sealed data channel. */
   dataChannel: boolean
+  /** Stop-copy: the memory pages went to the target's page server while CRIU dumped. */
+  streamedPages: boolean
   phases: Partial<Record<Phase, number>>
   /** On failure: what happened, and where the container runs now. */
   error?: { code: string; message: string; details: string[] }
@@ -96,6 +101,7 @@ export class MigrationSource {
       bytes: 0,
       goodputMBps: null,
       dataChannel: false,
+      streamedPages: false,
       phases: clock.phases
     }
     const outer = req.signal ?? new AbortController().signal
@@ -132,7 +138,7 @@ export class MigrationSource {
           replicas: c.replicas,
           bundle: digest,
           estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024,
-          features: { ...features, sealedData: d.peerIp != null && req.dataChannel !== false },
+          features: { ...features, sealedData: d.peerIp != null && req.dataChannel !== false, streamedPages: d.peerIp != null && req.dataChannel !== false && req.streamPages !== false },
           source: { peerId: d.cluster.selfId, name: d.cluster.selfName },
           target,
           transfers
@@ -162,7 +168,7 @@ export class MigrationSource {
         // DIR/tmp/mig-out-ID/journal.json: how far this migration got, for a restart (journal.ts).
         const stagingDir = staging
         const journal = async (phase: OutgoingPhase): Promise<void> => {
-          await writeOutgoingJournal(stagingDir, { migrationId, container: c.name, epoch: c.epoch, target, targetName: result.toName, phase })
+          await writeOutgoingJournal(stagingDir, { migrationId, container: c.name, epoch: c.epoch, target, targetName: result.toName, phase, ...(result.streamedPages ? { streamedPages: true } : {}) })
         }
 
         // ---- pre-copy: memory moves while the container runs, until the dirty set
@@ -197,8 +203,23 @@ export class MigrationSource {
           dumped = true
           await lazy.imagesReady
         } else {
-          await d.host.dump(c.name, imageDir, outer, preRounds > 0 ? `../pre-${preRounds}` : undefined)
-          dumped = true
+          // Stop-copy with the target's page server: the pages cross while CRIU dumps,
+          // and the container stays frozen here (a rollback thaws it).
+          const relay = preRounds === 0 && answer.data?.pagesPort != null && dest.data != null
+            ? await this.pageRelay(dest.data.host, answer.data.pagesPort, dest.data.secret, outer, log)
+            : null
+          try {
+            await d.host.dump(c.name, imageDir, outer, { parentPath: preRounds > 0 ? `../pre-${preRounds}` : undefined, ...(relay != null ? { pageServer: `127.0.0.1:${relay.port}` } : {}) })
+            dumped = true
+            if (relay != null) {
+              const sent = await relay.done
+              result.bytes += sent.bytesOut
+              result.streamedPages = true
+              log.debug({ bytes: sent.bytesOut, ms: Date.now() - freezeAt }, 'pages streamed to the target while dumping')
+            }
+          } finally {
+            relay?.close()
+          }
         }
         await journal('dumped') // a failure here rolls back: the container resumes from the dump
         await testPause('source-dumped', log)
@@ -226,7 +247,7 @@ export class MigrationSource {
         // ---- restore on the target ----
         clock.enter('restore')
         const handover = await d.cluster.signHandover({ container: c.name, epoch: c.epoch + 1, to: target })
-        await control.writeJson({ type: 'restore', lazy: lazy != null, preRounds, handover }, outer)
+        await control.writeJson({ type: 'restore', lazy: lazy != null, preRounds, ...(result.streamedPages ? { streamedPages: true } : {}), handover }, outer)
         const rr = await control.readJson(RestoreResultSchema, AbortSignal.any([outer, AbortSignal.timeout(d.restoreTimeoutMs)]))
         if (rr.type === 'failed') throw new MscError('CRIU_ERROR', `restore on ${result.toName} failed: ${rr.reason}`, rr.details)
         restored = true // the point of no return: from now on the source never resumes
@@ -370,6 +391,20 @@ export class MigrationSource {
       throw new MscError(e.code === 'INVALID_ARGUMENT' ? 'RUNTIME_ERROR' : e.code, `the ${label} transfer to ${this.d.cluster.peerName(peer)} failed: ${e.message}`, e.details)
     } finally {
       dog.stop()
+    }
+  }
+
+  /**
+   * The relay to the target's page server, or null when its page connection does not
+   * answer: the dump then writes the pages here and they go in the images tree.
+   */
+  private async pageRelay (host: string, port: number, secret: Uint8Array, signal: AbortSignal, log: Logger): Promise<PageRelay | null> {
+    try {
+      return await openPageRelay(host, port, secret, signal, { cutAfterBytes: testCutStreamedPagesAfter(), idleTimeoutMs: this.d.stallTimeoutMs })
+    } catch (err) {
+      signal.throwIfAborted()
+      log.warn({ where: `${host}:${port}`, err: errText(err) }, 'the page connection did not answer: the pages go after the dump')
+      return null
     }
   }
 

@@ -24,6 +24,12 @@ export interface TargetDeps {
    * listening until closed; null where this node offers none.
    */
   openDataChannel?: (migrationId: string) => Promise<{ port: number; secret: Uint8Array; close: () => void } | null>
+  /**
+   * Stop-copy: a page server that takes the pages as the source's CRIU dumps them, over
+   * one sealed connection keyed with `secret`, into `dir` of the staging. `placeInto`
+   * moves what it wrote into the received images once `done`.
+   */
+  openPageReceiver?: (migrationId: string, secret: Uint8Array, dir: string) => Promise<PageReceiverPort>
   logger: Logger
   /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
   bundlePolicy: BundlePolicy
@@ -34,6 +40,14 @@ export interface TargetDeps {
   decisionTimeoutMs: number
   /** How long to watch membership to settle an unacknowledged outcome. */
   settleTimeoutMs: number
+}
+
+export interface PageReceiverPort {
+  port: number
+  /** Every page written (the page server exited 0). */
+  done: Promise<unknown>
+  placeInto: (imageDir: string) => Promise<number>
+  close: () => void
 }
 
 interface Expected {
@@ -132,6 +146,7 @@ export class MigrationTarget {
     let adopted = false
     let pages: { port: number; close: () => void } | undefined
     let channel: { port: number; secret: Uint8Array; close: () => void } | null = null
+    let pageReceiver: PageReceiverPort | null = null
     // Lives as long as this migration: the page tunnel must outlast the restore.
     const lifetime = new AbortController()
     try {
@@ -174,7 +189,16 @@ export class MigrationTarget {
           return null
         }) ?? null
       }
-      const data = channel != null ? { port: channel.port, secret: Buffer.from(channel.secret).toString('base64') } : undefined
+      // Stop-copy: the pages can come while the source dumps, to a page server here.
+      if (channel != null && choice.strategy === 'stop-copy' && offer.features.streamedPages === true && this.d.openPageReceiver != null) {
+        pageReceiver = await this.d.openPageReceiver(offer.migrationId, channel.secret, path.join(staging, 'pages')).catch((err: Error) => {
+          log.warn({ err: err.message }, 'no page receiver: the pages come in the images tree')
+          return null
+        })
+      }
+      const data = channel != null
+        ? { port: channel.port, secret: Buffer.from(channel.secret).toString('base64'), ...(pageReceiver != null ? { pagesPort: pageReceiver.port } : {}) }
+        : undefined
       await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features, ...(data != null ? { data } : {}) })
       log.info({ strategy: choice.strategy, cachedBundle: cached != null }, 'migration accepted')
 
@@ -201,8 +225,18 @@ export class MigrationTarget {
       if ((req.preRounds ?? 0) !== pre.length) throw new MscError('INVALID_ARGUMENT', `restore names ${req.preRounds ?? 0} pre-copy rounds, ${pre.length} were announced`)
       const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
+      if (req.streamedPages === true) {
+        if (pageReceiver == null) throw new MscError('INVALID_ARGUMENT', 'the restore request says the pages were streamed, but no page server was offered for them')
+        pending.push(pageReceiver.done.then(() => {}))
+      } else {
+        pageReceiver?.close()
+      }
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
       channel?.close()
+      if (req.streamedPages === true) {
+        const bytes = await pageReceiver!.placeInto(path.join(staging, 'images'))
+        log.debug({ bytes }, 'streamed pages placed into the images')
+      }
       // CRIU finds earlier rounds through `parent` links, which the trees leave out.
       for (let r = 2; r <= pre.length; r++) await fs.symlink(`../pre-${r - 1}`, path.join(staging, `pre-${r}`, 'parent'))
       if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
@@ -302,6 +336,7 @@ export class MigrationTarget {
     } finally {
       lifetime.abort()
       pages?.close()
+      pageReceiver?.close()
       channel?.close()
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)

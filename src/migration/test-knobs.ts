@@ -62,3 +62,12 @@ export function testCutPagesAfter (): number | undefined {
   const v = Number(process.env.MSC_TEST_CUT_PAGES_AFTER)
   return Number.isSafeInteger(v) && v > 0 ? v : undefined
 }
+
+/**
+ * MSC_TEST_CUT_STREAMED_PAGES_AFTER=N (source node, tests only): the sealed page
+ * connection of a stop-copy dump fails after N bytes went out, so the dump fails midway.
+ */
+export function testCutStreamedPagesAfter (): number | undefined {
+  const v = Number(process.env.MSC_TEST_CUT_STREAMED_PAGES_AFTER)
+  return Number.isSafeInteger(v) && v > 0 ? v : undefined
+}

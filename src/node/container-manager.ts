@@ -47,6 +47,12 @@ export interface ContainerRecord {
   leaseLost?: LeaseLost
   /** Being restored here by a failover, not yet running: not claimed (replica-ops.ts). */
   failoverPending?: boolean
+  /**
+   * The migration (its id) whose dump sent the pages to the target and left the
+   * container frozen here, when the node ended before the target said "restored".
+   * Nothing thaws it automatically (the target may run it); `msc restore` does.
+   */
+  frozenByMigration?: string
 }
 
 /**
@@ -362,6 +368,16 @@ export class ContainerManager {
           `container ${name} was fenced: another node (${f.ownerName ?? f.owner}, peer ${f.owner}) owns it at epoch ${f.epoch} since ${f.at}; this copy never runs again (its checkpoints and log stay here until \`msc rm ${name}\`)`)
       }
       const st = await this.runc.state(name)
+      if (r.frozenByMigration != null && st?.status === 'paused') {
+        // Its memory is whole in the frozen processes: thawing is the restore.
+        await this.runc.resume(name)
+        const id = r.frozenByMigration
+        delete r.frozenByMigration
+        delete r.leaseLost
+        await this.writeRecord(r)
+        this.log.info({ name, migration: id }, 'container thawed: frozen by an interrupted migration')
+        return toInfo(r, await this.runc.state(name), await this.checkpoints(name))
+      }
       if (st != null && st.status !== 'stopped') {
         throw new MscError('INVALID_STATE', `container ${name} is ${st.status}: stop it before restoring (a container never runs twice)`)
       }
@@ -499,11 +515,11 @@ async function recordNames (dd: DataDir): Promise<string[]> {
   return out.sort()
 }
 
-async function writeRecordFile (dd: DataDir, r: ContainerRecord): Promise<void> {
+export async function writeRecordFile (dd: DataDir, r: ContainerRecord): Promise<void> {
   await writeFileAtomic(dd.recordFile(r.name), JSON.stringify(r, null, 2), { mode: 0o600 })
 }
 
-async function readRecordFile (dd: DataDir, name: string): Promise<ContainerRecord | null> {
+export async function readRecordFile (dd: DataDir, name: string): Promise<ContainerRecord | null> {
   try {
     return JSON.parse(await fs.readFile(dd.recordFile(name), 'utf8')) as ContainerRecord
   } catch {
@@ -550,7 +566,8 @@ async function dirSize (dir: string): Promise<number> {
  * or null when they can. `files` is the directory's listing, `dumpLog` its dump.log.
  * Pure. CRIU writes inventory.img at the very end of a dump and then logs success; a
  * post-copy (lazy) dump is never usable: its memory pages were only in the page
- * server, which died with the node.
+ * server, which died with the node; nor is a stop-copy dump that streamed its pages to
+ * the target's page server (the container was left frozen here instead).
  */
 export function interruptedDumpProblem (files: string[], dumpLog: string | null): string | null {
   if (!files.includes('inventory.img')) return 'the final dump did not complete (no inventory.img)'
@@ -558,6 +575,9 @@ export function interruptedDumpProblem (files: string[], dumpLog: string | null)
   if (!/Dumping finished successfully/.test(dumpLog)) return 'CRIU did not log "Dumping finished successfully"'
   if (/Starting lazy pages server/.test(dumpLog) || /Pagemap generated: \d+ pages \([1-9]\d* lazy\)/.test(dumpLog)) {
     return 'a post-copy dump: its memory pages were never written to the images'
+  }
+  if (!files.some((f) => /^pages-\d+\.img$/.test(f)) && /Disconnect from the page server/.test(dumpLog)) {
+    return 'a dump that streamed its memory pages to the target: they are not in the images'
   }
   return null
 }

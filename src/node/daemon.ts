@@ -302,12 +302,14 @@ export class MscNode {
         const strategy = req.strategy ?? 'auto'
         if (!['auto', 'stop-copy', 'post-copy', 'pre-copy'].includes(strategy)) throw new MscError('INVALID_ARGUMENT', `unknown strategy ${String(strategy)}: auto, stop-copy, post-copy or pre-copy`)
         if (req.dataChannel != null && typeof req.dataChannel !== 'boolean') throw new MscError('INVALID_ARGUMENT', 'dataChannel must be true or false')
+        if (req.streamPages != null && typeof req.streamPages !== 'boolean') throw new MscError('INVALID_ARGUMENT', 'streamPages must be true or false')
         await this.requireCriu()
         return await this.migrate({
           container: name,
           to: req.to,
           strategy,
           dataChannel: req.dataChannel !== false,
+          streamPages: req.streamPages !== false,
           signal,
           onProgress: (p) => onEvent({ type: 'progress', phase: p.phase, bytes: p.bytes, totalBytes: p.totalBytes })
         }) as MigrationResultInfo
@@ -500,6 +502,9 @@ export class MscNode {
       if ('released' in r) {
         this.log.warn({ container: r.released, to: r.to, toName: r.toName, phase: r.phase },
           `an outgoing migration of ${r.released} was interrupted by the node's end after ${r.toName} had restored it: past the point of no return, so it was released to ${r.toName} (which keeps and owns it) and its dump here deleted`)
+      } else if ('frozen' in r) {
+        this.log.warn({ container: r.frozen, migration: r.migrationId }, `an outgoing migration of ${r.frozen} was interrupted by the node's end after a dump that sent its pages to the target: ${r.frozen} is kept frozen here. ` +
+          `Nothing thaws it automatically: if no other node runs ${r.frozen} (the target may have taken it over; see \`msc peer ls\`), \`msc restore ${r.frozen}\` thaws it`)
       } else if ('container' in r) {
         this.log.warn({ container: r.container, checkpoint: r.checkpoint.id }, `an outgoing migration of ${r.container} was interrupted by the node's end after its final dump: the dump is now its checkpoint ${r.checkpoint.id}. ` +
           `Nothing restores it automatically: if no other node runs ${r.container} (the target may have taken it over; see \`msc peer ls\`), \`msc restore ${r.container}\` brings it back here`)

@@ -9,7 +9,7 @@ import { removeTree } from '../runtime/mounts.ts'
 import { checkpointLazy, startLazyPagesDaemon } from '../runtime/lazy-pages.ts'
 import type { ContainerHost, LazyDump, LocalContainer } from '../migration/host.ts'
 import type { Features } from '../migration/messages.ts'
-import { recoverInterruptedDump, type ContainerManager, type ContainerRecord, type DumpRecovery, type DumpRecoveryEnv } from './container-manager.ts'
+import { readRecordFile, recoverInterruptedDump, writeRecordFile, type ContainerManager, type ContainerRecord, type DumpRecovery, type DumpRecoveryEnv } from './container-manager.ts'
 import { HandoverSchema, type Handover } from '../cluster/handover.ts'
 import { readOutgoingJournal, sourceReleased, JOURNAL_FILE } from '../migration/journal.ts'
 import { testFailCommit } from '../migration/test-knobs.ts'
@@ -73,12 +73,14 @@ export class NodeMigrationHost implements ContainerHost {
     return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
   }
 
-  async dump (name: string, imageDir: string, signal: AbortSignal, parentPath?: string): Promise<void> {
+  async dump (name: string, imageDir: string, signal: AbortSignal, opts: { parentPath?: string | undefined; pageServer?: string } = {}): Promise<void> {
     // Frozen by us first: CRIU then skips its own freezing, which polls the cgroup in
     // 100 ms steps, and a dump that fails leaves the container frozen for resume().
+    // With a page server the dump leaves it running as CRIU found it: frozen. Its pages
+    // are on the target only, so a rollback thaws it instead of restoring.
     await this.runc.pause(name)
     try {
-      await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: false, parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
+      await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.pageServer != null, pageServer: opts.pageServer, parentPath: opts.parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
     } catch (err) {
       await this.resumeAfterFailedDump(name)
       throw err
@@ -123,8 +125,10 @@ export class NodeMigrationHost implements ContainerHost {
     // off during the migration) may run elsewhere by now: a failover took it.
     const r = await this.m.readRecord(name)
     if (r?.leaseLost != null || r?.fenced != null || !this.mayRun(name)) {
-      // Nothing of it runs here then: runc's stopped container (left by dump()) goes.
-      if ((await this.runc.state(name).catch(() => null))?.status === 'stopped') await this.runc.delete(name, { force: true }).catch(() => {})
+      // Nothing of it runs here then: runc's stopped container (left by dump()), or the
+      // frozen one a dump to a page server leaves, goes.
+      const left = (await this.runc.state(name).catch(() => null))?.status
+      if (left === 'stopped' || left === 'paused') await this.runc.delete(name, { force: true }).catch(() => {})
       throw new MscError('INVALID_STATE', `${name} is not resumed here: its lease ran out while it was frozen, and a standby may run it by now (msc ps on the others)`)
     }
     const st = await this.runc.state(name)
@@ -343,14 +347,29 @@ export class NodeMigrationHost implements ContainerHost {
  * - otherwise (dumped, or no journal): the dump is the container; it becomes the
  *   checkpoint `migration-ID` (recoverInterruptedDump), never restored automatically.
  */
-export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery | { released: string; to: string; toName: string; phase: string }> {
+export async function recoverOutgoing (env: DumpRecoveryEnv, staging: string): Promise<DumpRecovery | { released: string; to: string; toName: string; phase: string } | { frozen: string; migrationId: string }> {
   const j = await readOutgoingJournal(staging)
+  if (j != null && !sourceReleased(j) && j.streamedPages === true) {
+    // The pages are on the target only; the container's memory is whole in its frozen
+    // processes here. The target may have restored it (and keeps it once it sees this
+    // node gone), so nothing thaws it automatically: `msc restore` does.
+    const r = await readRecordFile(env.dataDir, j.container)
+    const st = await env.runc.state(j.container)
+    if (r != null && (r.epoch ?? 1) === j.epoch && st?.status === 'paused') {
+      r.frozenByMigration = j.migrationId
+      await writeRecordFile(env.dataDir, r)
+      await removeTree(staging)
+      return { frozen: j.container, migrationId: j.migrationId }
+    }
+  }
   if (j != null && sourceReleased(j)) {
     const dd = env.dataDir
     const name = j.container
     const r = JSON.parse(await fs.readFile(dd.recordFile(name), 'utf8').catch(() => 'null')) as ContainerRecord | null
     const st = await env.runc.state(name)
-    if (st != null && st.status !== 'stopped') return { reason: `runc has ${name} ${st.status} although the target restored it: kept for the operator` }
+    // Paused: a dump that streamed its pages to the target leaves the container frozen
+    // here; past the point of no return that copy must never run again.
+    if (st != null && st.status !== 'stopped' && st.status !== 'paused') return { reason: `runc has ${name} ${st.status} although the target restored it: kept for the operator` }
     if (r != null && (r.epoch ?? 1) === j.epoch && r.pendingMigration !== true) {
       if (st != null) await env.runc.delete(name, { force: true })
       await dd.writeMoved(name, { peerId: j.target, name: j.targetName })

@@ -6,7 +6,7 @@ import type { Runc } from '../runtime/runc.ts'
 import type { Overlay } from '../overlay/overlay.ts'
 import { MIGRATE_PROTOCOL } from '../migration/messages.ts'
 import { MigrationSource, type MigrateRequest, type MigrationResult } from '../migration/source.ts'
-import { MigrationTarget } from '../migration/target.ts'
+import { MigrationTarget, type PageReceiverPort } from '../migration/target.ts'
 import { settleLeftIncoming } from '../migration/settle.ts'
 import { testCutPagesAfter } from '../migration/test-knobs.ts'
 import type { ClusterPort } from '../migration/host.ts'
@@ -19,6 +19,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { ContainerManager } from './container-manager.ts'
 import type { DataDir } from './data-dir.ts'
 import { NodeMigrationHost } from './migration-host.ts'
+import { mergePageImages, openPageReceiver } from './page-receiver.ts'
 import { clusterPort } from './cluster-port.ts'
 import type { ClusterService } from '../cluster/cluster-service.ts'
 import type { PrivateKey } from '@libp2p/interface'
@@ -84,7 +85,12 @@ export class MigrationService {
       transferTimeoutMs: 30 * 60_000,
       decisionTimeoutMs: init.timeouts.decisionTimeoutMs,
       settleTimeoutMs: init.timeouts.settleTimeoutMs,
-      ...(init.dataChannel !== false ? { openDataChannel: async (migrationId: string) => await this.openDataChannel(migrationId) } : {}),
+      ...(init.dataChannel !== false
+        ? {
+          openDataChannel: async (migrationId: string) => await this.openDataChannel(migrationId),
+          openPageReceiver: async (migrationId: string, secret: Uint8Array, dir: string) => await this.openPageReceiver(migrationId, secret, dir, init.runc.config.criuPath)
+        }
+        : {}),
       openPages: async (peer, transferId, signal, onBroken) => {
         const t = await openPagesTunnel(init.overlay.host, peerIdFromString(peer), transferId, { signal, beforeReset: onBroken })
         return { port: t.port, close: () => {
@@ -162,6 +168,14 @@ export class MigrationService {
       onRefused: (reason, remote) => log.warn({ remote, reason }, 'sealed data channel: connection refused')
     })
     return { port: l.port, secret, close: l.close }
+  }
+
+  /** A stop-copy's page server, behind one sealed connection on the data channel's address. */
+  private async openPageReceiver (migrationId: string, secret: Uint8Array, dir: string, criuPath: string): Promise<PageReceiverPort> {
+    const host = this.overlay.listenIp()
+    if (host == null) throw new Error('no listen address for a page connection')
+    const r = await openPageReceiver({ host, secret, criuPath, dir, logger: this.log.child({ migrationId }) })
+    return { port: r.port, done: r.done, close: r.close, placeInto: async (imageDir) => await mergePageImages(dir, imageDir) }
   }
 
   /**

@@ -100,8 +100,8 @@ async function runCounter (node: ClusterNode, name: string): Promise<number> {
 }
 
 /** `msc migrate` (stop-copy) from `from`; `result` is null when the command printed no JSON (its node died). */
-async function migrate (from: ClusterNode, name: string, to: ClusterNode): Promise<{ exitCode: number; stderr: string; result: MigrationResultInfo | null }> {
-  const r = await c.mscTimed(from, 180_000, 'migrate', name, '--to', to.name, '--strategy', 'stop-copy', '--json')
+async function migrate (from: ClusterNode, name: string, to: ClusterNode, ...extra: string[]): Promise<{ exitCode: number; stderr: string; result: MigrationResultInfo | null }> {
+  const r = await c.mscTimed(from, 180_000, 'migrate', name, '--to', to.name, '--strategy', 'stop-copy', '--json', ...extra)
   let result: MigrationResultInfo | null = null
   try {
     result = JSON.parse(r.stdout) as MigrationResultInfo
@@ -311,7 +311,8 @@ describe('migration crashes: a node restarted at any phase settles it, exactly o
       const at = logSize(to)
       const mig = migrate(from, 'tr', to)
       await waitLog(to, /MSC_TEST_PAUSE_AT: pausing at target-adopted/, at, 60_000)
-      assert.deepEqual(await whereRuns('tr'), { n2: 'running' }, 'restored on n2 (pending), dumped on n1')
+      // The dump streamed its pages to n2 and left n1's copy frozen (never running).
+      assert.deepEqual(await whereRuns('tr'), { n1: 'paused', n2: 'running' }, 'restored on n2 (pending), dumped and frozen on n1')
       const stopAt = Date.now()
       assert.equal(await c.stop(to), 0, c.logTail(to))
       const stoppedMs = Date.now() - stopAt
@@ -374,7 +375,8 @@ describe('migration crashes: a node restarted at any phase settles it, exactly o
     try {
       await runCounter(from, 'sd')
       const at = logSize(from)
-      const mig = migrate(from, 'sd', to)
+      // The dump writes the pages here (a dump that streams them is the next test).
+      const mig = migrate(from, 'sd', to, '--no-stream-pages')
       await waitLog(from, /MSC_TEST_PAUSE_AT: pausing at source-dumped/, at, 60_000)
       const journal = JSON.parse(readFileSync(path.join(from.dataDir, 'tmp', (await c.tmpEntries(from)).find((e) => e.startsWith('mig-out-'))!, 'journal.json'), 'utf8'))
       assert.equal(journal.phase, 'dumped')
@@ -409,6 +411,63 @@ describe('migration crashes: a node restarted at any phase settles it, exactly o
     }
   })
 
+  test('source killed after a dump that streamed its pages: frozen there, runs nowhere; the restart keeps it frozen, msc restore thaws it', { timeout: 150_000 }, async (t) => {
+    await allUp({ n1: pause('source-dumped') })
+    const [from, to] = [n('n1'), n('n2')]
+    try {
+      const pid = await runCounter(from, 'sf')
+      const at = logSize(from)
+      const mig = migrate(from, 'sf', to)
+      await waitLog(from, /MSC_TEST_PAUSE_AT: pausing at source-dumped/, at, 60_000)
+      const journal = JSON.parse(readFileSync(path.join(from.dataDir, 'tmp', (await c.tmpEntries(from)).find((e) => e.startsWith('mig-out-'))!, 'journal.json'), 'utf8'))
+      assert.equal(journal.phase, 'dumped')
+      assert.equal(journal.streamedPages, true, 'the pages went to the target while CRIU dumped')
+      await killNode(from)
+      const m = await mig
+      assert.notEqual(m.exitCode, 0, 'the migrate command fails with its node')
+      await waitFor(async () => (await c.tmpEntries(to)).length === 0, 20_000, 'n2 to drop its staging')
+      assert.deepEqual(await whereRuns('sf'), { n1: 'paused' }, 'frozen on the source, nowhere else')
+      const frozenAt = logValues(from, 'sf').at(-1)!
+
+      await setEnv(from, {})
+      const restartAt = logSize(from)
+      await c.start(from)
+      assert.match(logSince(from, restartAt), /sf is kept frozen here/)
+      await c.waitAllAlive(20_000)
+      assert.deepEqual(await whereRuns('sf'), { n1: 'paused' }, 'nothing thaws it automatically')
+      assert.equal(logValues(from, 'sf').at(-1), frozenAt, 'it printed nothing while frozen')
+      const r = await c.msc(from, 'restore', 'sf')
+      assert.equal(r.exitCode, 0, r.stderr)
+      t.diagnostic(`frozen at ${frozenAt}; msc restore thawed it`)
+      await assertOnlyOn('sf', from, pid)
+      await keepsCounting(from, 'sf')
+      assertOneSequence(logValues(from, 'sf'), 'sf on n1, thawed')
+      await assertNoLeaks()
+    } finally {
+      await removeEverywhere('sf')
+    }
+  })
+
+  test('the page connection cut while CRIU dumps: the dump fails, the container thaws on the source and goes on', { timeout: 150_000 }, async (t) => {
+    await allUp({ n1: { MSC_TEST_CUT_STREAMED_PAGES_AFTER: '65536' } })
+    const [from, to] = [n('n1'), n('n2')]
+    try {
+      const pid = await runCounter(from, 'pc')
+      const m = await migrate(from, 'pc', to)
+      t.diagnostic(`exit ${m.exitCode}: ${m.result?.error?.message}; phases ${JSON.stringify(m.result?.phases)}`)
+      assert.notEqual(m.exitCode, 0, 'the migration fails')
+      assert.equal(m.result?.ok, false)
+      assert.equal(m.result?.runningOn, from.peerId, 'it says the container runs on the source')
+      assert.ok(m.result != null && !('restore' in m.result.phases), `it never asked the target to restore: ${JSON.stringify(m.result?.phases)}`)
+      await assertOnlyOn('pc', from, pid)
+      await keepsCounting(from, 'pc')
+      assertOneSequence(logValues(from, 'pc'), 'pc on n1, thawed after the failed dump')
+      await assertNoLeaks()
+    } finally {
+      await removeEverywhere('pc')
+    }
+  })
+
   test('source killed after the target restored: its restart finishes the release, the target settles it as its own', { timeout: 150_000 }, async (t) => {
     await allUp({ n1: pause('source-restored') })
     const [from, to] = [n('n1'), n('n2')]
@@ -425,7 +484,7 @@ describe('migration crashes: a node restarted at any phase settles it, exactly o
       await mig
       await waitLog(to, /no decision from the source; settling it from membership/, toAt, 30_000)
       await new Promise((resolve) => setTimeout(resolve, 2_000))
-      assert.deepEqual(await whereRuns('sr'), { n2: 'running' }, 'n2 keeps its copy, unowned, while its source is away')
+      assert.deepEqual(await whereRuns('sr'), { n1: 'paused', n2: 'running' }, 'n2 keeps its copy, unowned, while its source is away; n1 has its frozen one, which never runs again')
       assert.doesNotMatch(logSince(to, toAt), /settled from membership/, 'and waits for the source to show what it did')
 
       await setEnv(from, {})

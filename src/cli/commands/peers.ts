@@ -32,12 +32,13 @@ export function registerPeerCommands (program: Command): void {
       .action(joinAction)
   }
 
-  const migrateAction = async (name: string, opts: TargetOpts & { to?: string; strategy: string; dataChannel: boolean }): Promise<void> => {
+  const migrateAction = async (name: string, opts: TargetOpts & { to?: string; strategy: string; dataChannel: boolean; streamPages: boolean }): Promise<void> => {
     const { ProgressLine } = await import('../progress.ts')
     const bar = opts.json !== true && process.stderr.isTTY === true ? new ProgressLine(process.stderr) : null
-    const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto', ...(opts.dataChannel === false ? { dataChannel: false } : {}) }, (e) => {
-      if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
-    })
+    const r = await (await clientFor(opts)).migrate(name, { to: opts.to, strategy: opts.strategy as 'auto', ...(opts.dataChannel === false ? { dataChannel: false } : {}), ...(opts.streamPages === false ? { streamPages: false } : {}) },
+      (e) => {
+        if (e.type === 'progress') bar?.update(e.phase, e.bytes, e.totalBytes)
+      })
     bar?.done()
     if (opts.json === true) {
       // Exactly one JSON document on stdout, the result (ok: false on failure); the
@@ -71,6 +72,7 @@ export function registerPeerCommands (program: Command): void {
       .option('--to <peer>', 'target peer id or node name (default: an alive peer with room)')
       .addOption(new Option('--strategy <s>', 'stop-copy | post-copy | pre-copy | auto (the fastest both nodes support)').choices(['auto', 'stop-copy', 'post-copy', 'pre-copy']).default('auto'))
       .option('--no-data-channel', 'send the trees over libp2p (/msc/image), not the sealed data channel')
+      .option('--no-stream-pages', 'stop-copy: dump the pages on this node and send them after the dump, not to the target while dumping')
       .option('--json', 'print one result object (schema in docs/cli.md)'))
       .action(migrateAction)
   }

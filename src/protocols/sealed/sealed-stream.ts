@@ -83,6 +83,7 @@ export class SealedStream extends EventTarget {
    */
   private readonly unread: Uint8Array[] = []
   private listening = false
+  private paused = false
 
   /** The socket has sent or received the salt already; see dialSealed / acceptSealed. */
   constructor (socket: net.Socket, secret: Uint8Array, salt: Uint8Array, role: SealedRole) {
@@ -166,11 +167,19 @@ export class SealedStream extends EventTarget {
     this.dispatchEvent(new StreamCloseEvent(true, err))
   }
 
+  /** As a libp2p stream's: 'paused' between pause() and resume(), 'closed' once the remote ended. */
+  get readStatus (): 'readable' | 'paused' | 'closed' {
+    if (this.readableEnded || (this.status !== 'open' && this.status !== 'closing')) return 'closed'
+    return this.paused ? 'paused' : 'readable'
+  }
+
   pause (): void {
+    this.paused = true
     this.socket.pause()
   }
 
   resume (): void {
+    this.paused = false
     this.socket.resume()
   }
 
