@@ -8,6 +8,9 @@
  *   msc            a beacon (src/bundles/beacon.c: N MiB of seeded memory, a datagram
  *                  `SEQ CHECKSUM PASS INCARNATION` every 5 ms) run by n1; per strategy
  *                  `msc peer migrate --to n2 --strategy S --json`, then back to n1.
+ *                  `stop-copy` streams the pages to the target while CRIU dumps;
+ *                  `stop-copy/after-dump` (--no-stream-pages) dumps them on the source
+ *                  and sends them after the dump, the way it was done before.
  *   runc by hand   a second beacon (same bundle, its own observer port) run by runc
  *                  directly in h1: `runc checkpoint` to an image dir, `cp -a` of it (the
  *                  hosts share one filesystem: the copy stands for the transfer), `runc
@@ -16,7 +19,7 @@
  * The downtime of a hop is the longest gap between two datagrams the observer saw in the
  * hop's window, from just before the request until the checks below are done. msc's own
  * `downtimeMs` (freeze until the target reported it running) is recorded beside it.
- * Per round the three units (runc by hand, then each strategy, two hops each) run in a
+ * Per round the units (runc by hand, then each strategy, two hops each) run in a
  * rotated order, so a machine that drifts during the run affects all of them.
  *
  * After every hop, or the benchmark stops: no sequence number twice (two copies), none
@@ -30,7 +33,7 @@
  * Everything is removed at the end, also after a failure or Ctrl-C: the runc-by-hand
  * container and its cgroups, the observers, then Cluster.destroy().
  *
- *   node benchmarks/downtime.ts [--memory 64,256] [--runs 2] [--strategies stop-copy,post-copy]
+ *   node benchmarks/downtime.ts [--memory 64,256] [--runs 2] [--strategies stop-copy,post-copy,stop-copy/after-dump]
  *
  * Needs root, runc, CRIU >= 4.2 (npm run setup), gcc with static glibc, iproute2, nsenter,
  * and fs.pipe-max-size >= 16 MiB for post-copy. Only testbed addresses are used.
@@ -51,10 +54,10 @@ import type { ContainerInfo, MigrationResultInfo } from '../src/api/types.ts'
 import { log, machineInfo, median, parseFlags, ratio, round, table, writeResults, runBenchmark, cleanupOnSignals, criuLogTail, dirBytes, unmountUnder } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 
-const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy]
+const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy,stop-copy/after-dump]
   (as root; see the comment at the top of this file)
 `
-const STRATEGIES = ['stop-copy', 'post-copy'] as const
+const STRATEGIES = ['stop-copy', 'post-copy', 'stop-copy/after-dump'] as const
 const MAX_MEMORY_MIB = 1024
 const BASELINE = 'runc by hand'
 /**
@@ -192,8 +195,11 @@ class MscBeacon {
   }
 
   /** `msc peer migrate NAME --to TO --strategy S --json` against `from`; its result, checked. */
-  private async migrate (from: ClusterNode, to: ClusterNode, strategy: string, what: string): Promise<MigrationResultInfo> {
-    const r = await this.c.mscTimed(from, 300_000, 'peer', 'migrate', this.name, '--to', to.name, '--strategy', strategy, '--json')
+  private async migrate (from: ClusterNode, to: ClusterNode, variant: string, what: string): Promise<MigrationResultInfo> {
+    // `stop-copy/after-dump`: the pages are dumped on the source and sent after the dump
+    // (--no-stream-pages), as before they streamed to the target's page server.
+    const [strategy, how] = variant.split('/') as [string, string | undefined]
+    const r = await this.c.mscTimed(from, 300_000, 'peer', 'migrate', this.name, '--to', to.name, '--strategy', strategy, ...(how === 'after-dump' ? ['--no-stream-pages'] : []), '--json')
     const detail = (): string => `exit ${r.exitCode}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${from.name} log:\n${this.c.logTail(from, 15)}\n${to.name} log:\n${this.c.logTail(to, 15)}`
     let res: MigrationResultInfo
     try {
@@ -203,6 +209,7 @@ class MscBeacon {
     }
     check(r.exitCode === 0 && res.ok, `${what} failed: ${detail()}`)
     check(res.strategy === strategy, `${what}: the nodes ran ${res.strategy} instead`)
+    if (strategy === 'stop-copy') check(res.streamedPages === (how !== 'after-dump'), `${what}: the pages ${res.streamedPages === true ? 'streamed' : 'went after the dump'}`)
     check(res.runningOn === to.peerId, `${what}: the result says it runs on ${res.runningOn}, not ${to.peerId}`)
     return res
   }
