@@ -10,7 +10,9 @@
  *                  `msc peer migrate --to n2 --strategy S --json`, then back to n1.
  *                  `stop-copy` streams the pages to the target while CRIU dumps;
  *                  `stop-copy/after-dump` (--no-stream-pages) dumps them on the source
- *                  and sends them after the dump, the way it was done before.
+ *                  and sends them after the dump, the way it was done before;
+ *                  `post-copy/libp2p-pages` fetches post-copy's pages over /msc/pages
+ *                  instead of the page link (also --no-stream-pages).
  *   runc by hand   a second beacon (same bundle, its own observer port) run by runc
  *                  directly in h1: `runc checkpoint` to an image dir, `cp -a` of it (the
  *                  hosts share one filesystem: the copy stands for the transfer), `runc
@@ -33,7 +35,7 @@
  * Everything is removed at the end, also after a failure or Ctrl-C: the runc-by-hand
  * container and its cgroups, the observers, then Cluster.destroy().
  *
- *   node benchmarks/downtime.ts [--memory 64,256] [--runs 2] [--strategies stop-copy,post-copy,stop-copy/after-dump]
+ *   node benchmarks/downtime.ts [--memory 64,256] [--runs 2] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
  *
  * Needs root, runc, CRIU >= 4.2 (npm run setup), gcc with static glibc, iproute2, nsenter,
  * and fs.pipe-max-size >= 16 MiB for post-copy. Only testbed addresses are used.
@@ -54,10 +56,10 @@ import type { ContainerInfo, MigrationResultInfo } from '../src/api/types.ts'
 import { log, machineInfo, median, parseFlags, ratio, round, table, writeResults, runBenchmark, cleanupOnSignals, criuLogTail, dirBytes, unmountUnder } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 
-const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy,stop-copy/after-dump]
+const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
   (as root; see the comment at the top of this file)
 `
-const STRATEGIES = ['stop-copy', 'post-copy', 'stop-copy/after-dump'] as const
+const STRATEGIES = ['stop-copy', 'post-copy', 'stop-copy/after-dump', 'post-copy/libp2p-pages'] as const
 const MAX_MEMORY_MIB = 1024
 const BASELINE = 'runc by hand'
 /**
@@ -196,10 +198,10 @@ class MscBeacon {
 
   /** `msc peer migrate NAME --to TO --strategy S --json` against `from`; its result, checked. */
   private async migrate (from: ClusterNode, to: ClusterNode, variant: string, what: string): Promise<MigrationResultInfo> {
-    // `stop-copy/after-dump`: the pages are dumped on the source and sent after the dump
-    // (--no-stream-pages), as before they streamed to the target's page server.
+    // `stop-copy/after-dump` and `post-copy/libp2p-pages`: the pages go the way they did
+    // before page connections (--no-stream-pages).
     const [strategy, how] = variant.split('/') as [string, string | undefined]
-    const r = await this.c.mscTimed(from, 300_000, 'peer', 'migrate', this.name, '--to', to.name, '--strategy', strategy, ...(how === 'after-dump' ? ['--no-stream-pages'] : []), '--json')
+    const r = await this.c.mscTimed(from, 300_000, 'peer', 'migrate', this.name, '--to', to.name, '--strategy', strategy, ...(how != null ? ['--no-stream-pages'] : []), '--json')
     const detail = (): string => `exit ${r.exitCode}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n${from.name} log:\n${this.c.logTail(from, 15)}\n${to.name} log:\n${this.c.logTail(to, 15)}`
     let res: MigrationResultInfo
     try {
@@ -209,7 +211,7 @@ class MscBeacon {
     }
     check(r.exitCode === 0 && res.ok, `${what} failed: ${detail()}`)
     check(res.strategy === strategy, `${what}: the nodes ran ${res.strategy} instead`)
-    if (strategy === 'stop-copy') check(res.streamedPages === (how !== 'after-dump'), `${what}: the pages ${res.streamedPages === true ? 'streamed' : 'went after the dump'}`)
+    check(res.streamedPages === (how == null), `${what}: the pages ${res.streamedPages === true ? 'crossed over a page connection' : 'went the old way'}`)
     check(res.runningOn === to.peerId, `${what}: the result says it runs on ${res.runningOn}, not ${to.peerId}`)
     return res
   }

@@ -212,7 +212,7 @@ export interface MigrateRequestBody {
   strategy?: 'auto' | 'stop-copy' | 'post-copy' | 'pre-copy'
   /** false: the trees go over /msc/image, not the sealed data channel. */
   dataChannel?: boolean
-  /** false: a stop-copy dump writes its pages on the source and sends them after it. */
+  /** false: the pages go the old way (stop-copy: after the dump; post-copy: over /msc/pages). */
   streamPages?: boolean
 }
 
@@ -236,7 +236,7 @@ export interface MigrationResultInfo {
   goodputMBps: number | null
   /** The trees went over the sealed data channel (not /msc/image). */
   dataChannel?: boolean
-  /** Stop-copy: the pages went to the target's page server while CRIU dumped. */
+  /** The pages crossed over a sealed page connection (stop-copy: while CRIU dumped; post-copy: the page link). */
   streamedPages?: boolean
   phases: Record<string, number>
   error?: { code: string; message: string; details: string[] }

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto'
+import net from 'node:net'
 import path from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import type { Logger } from '../util/logger.ts'
@@ -6,6 +7,8 @@ import { MscError, errText, toMscError } from '../util/errors.ts'
 import { FramedStream, type ByteStream } from '../protocols/framing.ts'
 import { dialSealed } from '../protocols/sealed/channel.ts'
 import { openPageRelay, type PageRelay } from '../protocols/sealed/page-relay.ts'
+import type { SealedStream } from '../protocols/sealed/sealed-stream.ts'
+import { spliceSocket } from '../protocols/socket-splice.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
 import { AnswerSchema, CommittedSchema, DiscardedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
@@ -13,7 +16,7 @@ import { PhaseClock, type Progress } from './phase-clock.ts'
 import { bundleDigest } from './bundle-digest.ts'
 import { Watchdog } from './watchdog.ts'
 import { writeOutgoingJournal, type OutgoingPhase } from './journal.ts'
-import { testCutStreamedPagesAfter, testPause } from './test-knobs.ts'
+import { testCutPagesAfter, testCutStreamedPagesAfter, testPause } from './test-knobs.ts'
 
 export interface MigrateRequest {
   container: string
@@ -21,7 +24,7 @@ export interface MigrateRequest {
   strategy: Strategy | 'auto'
   /** false: never offer the sealed data channel (the trees go over /msc/image). */
   dataChannel?: boolean
-  /** false: a stop-copy dump writes its pages here and sends them after it (no page server on the target). */
+  /** false: the pages go the old way (stop-copy: dumped here and sent after the dump; post-copy: over /msc/pages). */
   streamPages?: boolean
   signal?: AbortSignal
   onProgress?: (p: Progress) => void
@@ -43,7 +46,7 @@ export interface MigrationResult {
   goodputMBps: number | null
   /** The trees went over the target's sealed data channel. */
   dataChannel: boolean
-  /** Stop-copy: the memory pages went to the target's page server while CRIU dumped. */
+  /** The pages crossed over a sealed page connection (stop-copy: to the target's page server while CRIU dumped; post-copy: the page link). */
   streamedPages: boolean
   phases: Partial<Record<Phase, number>>
   /** On failure: what happened, and where the container runs now. */
@@ -202,6 +205,11 @@ export class MigrationSource {
           lazy = await d.host.dumpLazy(c.name, imageDir, port, outer)
           dumped = true
           await lazy.imagesReady
+          // The page server's one connection over the target's page link (a sealed
+          // connection), not /msc/pages, when the target offered one that answers.
+          if (answer.data?.pagesPort != null && dest.data != null) {
+            result.streamedPages = await this.pageLink(dest.data.host, answer.data.pagesPort, dest.data.secret, port, outer, log)
+          }
         } else {
           // Stop-copy with the target's page server: the pages cross while CRIU dumps,
           // and the container stays frozen here (a rollback thaws it).
@@ -395,6 +403,35 @@ export class MigrationSource {
   }
 
   /**
+   * Post-copy: dials the target's page link and splices it into this node's page server
+   * on 127.0.0.1:`port` (in the background, until CRIU's lazy dump ends). False when the
+   * link does not answer: the target's lazy-pages daemon then comes over /msc/pages.
+   */
+  private async pageLink (host: string, port: number, secret: Uint8Array, pageServerPort: number, signal: AbortSignal, log: Logger): Promise<boolean> {
+    let stream: SealedStream
+    try {
+      stream = await dialSealed(host, port, secret, AbortSignal.any([signal, AbortSignal.timeout(3_000)]))
+    } catch (err) {
+      signal.throwIfAborted()
+      log.warn({ where: `${host}:${port}`, err: errText(err) }, 'the page link did not answer: the pages go over /msc/pages')
+      return false
+    }
+    let socket: net.Socket
+    try {
+      socket = await connectLocal(pageServerPort, signal)
+    } catch (err) {
+      stream.abort(err as Error)
+      throw err
+    }
+    const stats = { bytesIn: 0, bytesOut: 0 }
+    spliceSocket(socket, stream, stats, new AbortController().signal, { cutAfterBytes: testCutPagesAfter() }).then(
+      () => log.debug({ bytes: stats.bytesOut }, 'page link done'),
+      (err: Error) => log.warn({ err: err.message, bytes: stats.bytesOut }, 'page link failed')
+    )
+    return true
+  }
+
+  /**
    * The relay to the target's page server, or null when its page connection does not
    * answer: the dump then writes the pages here and they go in the images tree.
    */
@@ -457,4 +494,25 @@ interface TreeTarget {
   data?: { host: string; port: number; secret: Uint8Array }
   /** A tree went over /msc/image because the channel did not answer. */
   fellBack?: boolean
+}
+
+/** A connection to this node's page server, paused until the splice reads it. */
+function connectLocal (port: number, signal: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true, noDelay: true })
+    const onAbort = (): void => {
+      socket.destroy()
+      reject(signal.reason as Error)
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.once('error', (err) => {
+      signal.removeEventListener('abort', onAbort)
+      reject(err)
+    })
+    socket.once('connect', () => {
+      signal.removeEventListener('abort', onAbort)
+      socket.pause()
+      resolve(socket)
+    })
+  })
 }

@@ -30,6 +30,11 @@ export interface TargetDeps {
    * moves what it wrote into the received images once `done`.
    */
   openPageReceiver?: (migrationId: string, secret: Uint8Array, dir: string) => Promise<PageReceiverPort>
+  /**
+   * Post-copy: a sealed page connection the source dials once its page server listens;
+   * `tunnel` then gives the lazy-pages daemon a local port carried over it.
+   */
+  openPageLink?: (migrationId: string, secret: Uint8Array) => Promise<PageLinkPort>
   logger: Logger
   /** What a received config.json may ask of this host (hooks, mounts, capabilities, ...). */
   bundlePolicy: BundlePolicy
@@ -47,6 +52,12 @@ export interface PageReceiverPort {
   /** Every page written (the page server exited 0). */
   done: Promise<unknown>
   placeInto: (imageDir: string) => Promise<number>
+  close: () => void
+}
+
+export interface PageLinkPort {
+  port: number
+  tunnel: (signal: AbortSignal, onBroken: () => Promise<void>) => Promise<{ port: number; close: () => void }>
   close: () => void
 }
 
@@ -147,6 +158,7 @@ export class MigrationTarget {
     let pages: { port: number; close: () => void } | undefined
     let channel: { port: number; secret: Uint8Array; close: () => void } | null = null
     let pageReceiver: PageReceiverPort | null = null
+    let pageLink: PageLinkPort | null = null
     // Lives as long as this migration: the page tunnel must outlast the restore.
     const lifetime = new AbortController()
     try {
@@ -196,8 +208,16 @@ export class MigrationTarget {
           return null
         })
       }
+      // Post-copy: the page server's connection can come over a sealed one, not libp2p.
+      if (channel != null && choice.strategy === 'post-copy' && offer.features.streamedPages === true && this.d.openPageLink != null) {
+        pageLink = await this.d.openPageLink(offer.migrationId, channel.secret).catch((err: Error) => {
+          log.warn({ err: err.message }, 'no page link: the pages come over /msc/pages')
+          return null
+        })
+      }
+      const pagesPort = pageReceiver?.port ?? pageLink?.port
       const data = channel != null
-        ? { port: channel.port, secret: Buffer.from(channel.secret).toString('base64'), ...(pageReceiver != null ? { pagesPort: pageReceiver.port } : {}) }
+        ? { port: channel.port, secret: Buffer.from(channel.secret).toString('base64'), ...(pagesPort != null ? { pagesPort } : {}) }
         : undefined
       await control.writeJson({ type: 'accept', strategy: choice.strategy, needBundle: cached == null, features, ...(data != null ? { data } : {}) })
       log.info({ strategy: choice.strategy, cachedBundle: cached != null }, 'migration accepted')
@@ -225,15 +245,17 @@ export class MigrationTarget {
       if ((req.preRounds ?? 0) !== pre.length) throw new MscError('INVALID_ARGUMENT', `restore names ${req.preRounds ?? 0} pre-copy rounds, ${pre.length} were announced`)
       const pending = [imagesT.done.promise, logT.done.promise, ...pre]
       if (bundleT != null) pending.push(bundleT.done.promise)
-      if (req.streamedPages === true) {
+      if (req.streamedPages === true && !req.lazy) {
         if (pageReceiver == null) throw new MscError('INVALID_ARGUMENT', 'the restore request says the pages were streamed, but no page server was offered for them')
         pending.push(pageReceiver.done.then(() => {}))
       } else {
         pageReceiver?.close()
       }
+      if (req.streamedPages === true && req.lazy && pageLink == null) throw new MscError('INVALID_ARGUMENT', 'the restore request says the pages come over a page link, but none was offered')
+      if (req.streamedPages !== true) pageLink?.close()
       await Promise.race([Promise.all(pending), rejectAfter(30_000, 'the announced transfers did not complete')])
       channel?.close()
-      if (req.streamedPages === true) {
+      if (req.streamedPages === true && !req.lazy) {
         const bytes = await pageReceiver!.placeInto(path.join(staging, 'images'))
         log.debug({ bytes }, 'streamed pages placed into the images')
       }
@@ -242,7 +264,9 @@ export class MigrationTarget {
       if (pre.length > 0) await fs.symlink(`../pre-${pre.length}`, path.join(staging, 'images', 'parent'))
       let restored: { type: 'restored'; pid: number; restoreMs: number }
       try {
-        if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal, async () => await this.d.host.freeze(offer.container))
+        const onBroken = async (): Promise<void> => await this.d.host.freeze(offer.container)
+        if (req.lazy && req.streamedPages === true) pages = await pageLink!.tunnel(lifetime.signal, onBroken)
+        else if (req.lazy) pages = await this.d.openPages(remotePeer, t.pages, lifetime.signal, onBroken)
         const started = Date.now()
         const r = await this.d.host.adopt({
           name: offer.container,
@@ -337,6 +361,7 @@ export class MigrationTarget {
       lifetime.abort()
       pages?.close()
       pageReceiver?.close()
+      pageLink?.close()
       channel?.close()
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)

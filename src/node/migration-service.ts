@@ -6,7 +6,7 @@ import type { Runc } from '../runtime/runc.ts'
 import type { Overlay } from '../overlay/overlay.ts'
 import { MIGRATE_PROTOCOL } from '../migration/messages.ts'
 import { MigrationSource, type MigrateRequest, type MigrationResult } from '../migration/source.ts'
-import { MigrationTarget, type PageReceiverPort } from '../migration/target.ts'
+import { MigrationTarget, type PageLinkPort, type PageReceiverPort } from '../migration/target.ts'
 import { settleLeftIncoming } from '../migration/settle.ts'
 import { testCutPagesAfter } from '../migration/test-knobs.ts'
 import type { ClusterPort } from '../migration/host.ts'
@@ -14,12 +14,12 @@ import { IMAGE_PROTOCOL, receiveTree, type TreeDestination, type TreeHeader } fr
 import type { ByteStream } from '../protocols/framing.ts'
 import { listenSealed } from '../protocols/sealed/channel.ts'
 import { SECRET_BYTES } from '../protocols/sealed/sealed-stream.ts'
-import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel } from '../protocols/pages/tunnel.ts'
+import { PAGES_PROTOCOL, handlePagesStream, openPagesTunnel, serveLocalTunnel } from '../protocols/pages/tunnel.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { ContainerManager } from './container-manager.ts'
 import type { DataDir } from './data-dir.ts'
 import { NodeMigrationHost } from './migration-host.ts'
-import { mergePageImages, openPageReceiver } from './page-receiver.ts'
+import { listenPageLink, mergePageImages, openPageReceiver } from './page-receiver.ts'
 import { clusterPort } from './cluster-port.ts'
 import type { ClusterService } from '../cluster/cluster-service.ts'
 import type { PrivateKey } from '@libp2p/interface'
@@ -88,7 +88,8 @@ export class MigrationService {
       ...(init.dataChannel !== false
         ? {
           openDataChannel: async (migrationId: string) => await this.openDataChannel(migrationId),
-          openPageReceiver: async (migrationId: string, secret: Uint8Array, dir: string) => await this.openPageReceiver(migrationId, secret, dir, init.runc.config.criuPath)
+          openPageReceiver: async (migrationId: string, secret: Uint8Array, dir: string) => await this.openPageReceiver(migrationId, secret, dir, init.runc.config.criuPath),
+          openPageLink: async (migrationId: string, secret: Uint8Array) => await this.openPageLink(migrationId, secret)
         }
         : {}),
       openPages: async (peer, transferId, signal, onBroken) => {
@@ -178,6 +179,25 @@ export class MigrationService {
     return { port: r.port, done: r.done, close: r.close, placeInto: async (imageDir) => await mergePageImages(dir, imageDir) }
   }
 
+  /** A post-copy's page link: the source's page server over one sealed connection. */
+  private async openPageLink (migrationId: string, secret: Uint8Array): Promise<PageLinkPort> {
+    const host = this.overlay.listenIp()
+    if (host == null) throw new Error('no listen address for a page connection')
+    const link = await listenPageLink({ host, secret, logger: this.log.child({ migrationId }) })
+    return {
+      port: link.port,
+      close: link.close,
+      tunnel: async (signal, onBroken) => {
+        // The source dialled it before it sent the trees; a restore without it fails.
+        const stream = await Promise.race([link.stream, rejectAfter(10_000, 'the source never connected its page link')])
+        const t = await serveLocalTunnel(async () => {
+          throw new Error('the page link carries one connection')
+        }, stream, `page link of migration ${migrationId}`, { signal, beforeReset: onBroken })
+        return { port: t.port, close: () => void t.close() }
+      }
+    }
+  }
+
   /**
    * Before the overlay stops: incoming migrations stop waiting; one restored here but
    * not yet reported is removed (the source resumes it), one reported but undecided
@@ -220,4 +240,8 @@ async function freePort (): Promise<number> {
     })
     s.on('error', reject)
   })
+}
+
+function rejectAfter (ms: number, why: string): Promise<never> {
+  return new Promise((_resolve, reject) => setTimeout(() => reject(new Error(why)), ms).unref())
 }

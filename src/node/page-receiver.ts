@@ -1,15 +1,20 @@
 /**
- * Streamed pages, the target's side: one sealed listener per incoming stop-copy
- * migration, keyed with that migration's data-channel secret, whose one authenticated
- * connection is spliced into a `criu page-server` writing the pages into a directory of
- * the migration's staging. The source's dump sends them as CRIU dumps them, so they are
- * here when the dump ends instead of crossing after it.
+ * Page connections, the target's side: one sealed listener per incoming migration,
+ * keyed with that migration's data-channel secret, that takes one authenticated
+ * connection.
+ * - Stop-copy (openPageReceiver): the connection is spliced into a `criu page-server`
+ *   writing the pages into a directory of the migration's staging. The source's dump
+ *   sends them as CRIU dumps them, so they are here when the dump ends.
+ * - Post-copy (listenPageLink): the connection reaches the source's page server, and
+ *   carries the lazy-pages daemon's connection once the restore starts, instead of a
+ *   libp2p stream (/msc/pages).
  */
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import type { Logger } from '../util/logger.ts'
 import { MscError } from '../util/errors.ts'
 import { listenSealed } from '../protocols/sealed/channel.ts'
+import type { SealedStream } from '../protocols/sealed/sealed-stream.ts'
 import { spliceSocket, type SpliceStats } from '../protocols/socket-splice.ts'
 import { startPageServer, type PageServer } from '../runtime/page-server.ts'
 
@@ -30,6 +35,41 @@ export interface OpenPageReceiverOptions {
   logger: Logger
   /** Fails when no byte moved for this long once the source connected. Default 30 s. */
   idleTimeoutMs?: number
+}
+
+export interface PageLink {
+  port: number
+  /** The source's authenticated connection, once it came. */
+  stream: Promise<SealedStream>
+  close: () => void
+}
+
+/** Post-copy: the listener for the source's page server connection. */
+export async function listenPageLink (o: { host: string; secret: Uint8Array; logger: Logger }): Promise<PageLink> {
+  const got = Promise.withResolvers<SealedStream>()
+  got.promise.catch(() => {})
+  let taken: SealedStream | undefined
+  const listener = await listenSealed({
+    host: o.host,
+    secret: o.secret,
+    maxPending: 2,
+    onStream: (s) => {
+      if (taken != null) {
+        s.abort(new Error('one page connection per migration'))
+        return
+      }
+      taken = s
+      listener.close()
+      got.resolve(s)
+    },
+    onRefused: (reason, remote) => o.logger.warn({ remote, reason }, 'page connection refused')
+  })
+  const close = (): void => {
+    listener.close()
+    got.reject(new MscError('RUNTIME_ERROR', 'the page link closed before the source connected'))
+    taken?.abort(new Error('page link closed'))
+  }
+  return { port: listener.port, stream: got.promise, close }
 }
 
 export async function openPageReceiver (o: OpenPageReceiverOptions): Promise<PageReceiver> {

@@ -86,6 +86,9 @@ function assertSucceeded (m: { exitCode: number; stderr: string; result: Migrati
   for (const p of Object.keys(r.phases)) assert.ok(PHASE_NAMES.includes(p), `${what}: known phase ${p}`)
   for (const p of ['prepare', 'freeze-dump', 'transfer', 'restore', 'commit']) assert.ok(p in r.phases, `${what}: phase ${p} timed`)
   if (strategy === 'post-copy') assert.ok('lazy-pages' in r.phases, `${what}: phase lazy-pages timed`)
+  // The nodes have sealed data channels: stop-copy's pages stream to the target's page
+  // server while CRIU dumps, post-copy's page server is reached over a page link.
+  if (strategy === 'stop-copy' || strategy === 'post-copy') assert.equal(r.streamedPages, true, `${what}: the pages crossed over a sealed page connection`)
   assert.ok(!('rollback' in r.phases), `${what}: no rollback`)
   return r
 }

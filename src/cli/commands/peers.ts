@@ -72,7 +72,7 @@ export function registerPeerCommands (program: Command): void {
       .option('--to <peer>', 'target peer id or node name (default: an alive peer with room)')
       .addOption(new Option('--strategy <s>', 'stop-copy | post-copy | pre-copy | auto (the fastest both nodes support)').choices(['auto', 'stop-copy', 'post-copy', 'pre-copy']).default('auto'))
       .option('--no-data-channel', 'send the trees over libp2p (/msc/image), not the sealed data channel')
-      .option('--no-stream-pages', 'stop-copy: dump the pages on this node and send them after the dump, not to the target while dumping')
+      .option('--no-stream-pages', 'the pages go the old way: stop-copy dumps them here and sends them after the dump, post-copy fetches them over libp2p')
       .option('--json', 'print one result object (schema in docs/cli.md)'))
       .action(migrateAction)
   }

@@ -21,7 +21,7 @@ import net from 'node:net'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { MscError } from '../../util/errors.ts'
-import { reset, spliceSocket } from '../socket-splice.ts'
+import { reset, spliceSocket, type SpliceStream } from '../socket-splice.ts'
 
 export const PAGES_PROTOCOL = '/msc/pages/1.0.0'
 
@@ -82,12 +82,8 @@ export interface OpenPagesTunnelOptions {
 
 /** Target side: a local TCP port whose connections are carried to `peer`. */
 export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr | Multiaddr[], transferId: string, opts: OpenPagesTunnelOptions = {}): Promise<PagesTunnel> {
-  const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
-  const closing = new AbortController()
-  const signal = opts.signal != null ? AbortSignal.any([opts.signal, closing.signal]) : closing.signal
-  const sockets = new Set<net.Socket>()
-  let lastError: Error | null = null
-
+  const stopped = new AbortController()
+  const signal = opts.signal != null ? AbortSignal.any([opts.signal, stopped.signal]) : stopped.signal
   /** A stream to the source that has passed the header exchange. */
   const handshake = async (): Promise<Stream> => {
     const stream = await libp2p.dialProtocol(peer, PAGES_PROTOCOL, { signal: AbortSignal.any([signal, AbortSignal.timeout(CONNECT_TIMEOUT_MS)]) })
@@ -104,15 +100,38 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
       throw err
     }
   }
-  let preopened: Stream | null = opts.eager === false ? null : await handshake()
+  const preopened = opts.eager === false ? null : await handshake()
+  try {
+    const t = await serveLocalTunnel(handshake, preopened, `page tunnel for ${transferId}`, opts)
+    return { ...t, close: async () => {
+      stopped.abort()
+      await t.close()
+    } }
+  } catch (err) {
+    preopened?.abort(err as Error)
+    throw err
+  }
+}
+
+/**
+ * A local TCP port (for CRIU's lazy-pages daemon) whose connections are each carried
+ * by a stream from `open` (the first by `preopened` when given), until both ends ended.
+ */
+export async function serveLocalTunnel (open: () => Promise<SpliceStream>, first: SpliceStream | null, label: string, opts: Omit<OpenPagesTunnelOptions, 'eager'> = {}): Promise<PagesTunnel> {
+  const stats: PagesTunnelStats = { bytesIn: 0, bytesOut: 0, connections: 0 }
+  const closing = new AbortController()
+  const signal = opts.signal != null ? AbortSignal.any([opts.signal, closing.signal]) : closing.signal
+  const sockets = new Set<net.Socket>()
+  let lastError: Error | null = null
+  let preopened = first
 
   // allowHalfOpen: CRIU's end of writing must not end our writing back to it.
   // noDelay: page requests are small request/response exchanges (libp2p's TCP does the same).
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
   const serve = async (socket: net.Socket): Promise<void> => {
-    let stream: Stream | undefined
+    let stream: SpliceStream | undefined
     try {
-      stream = preopened ?? await handshake()
+      stream = preopened ?? await open()
       preopened = null
       await spliceSocket(socket, stream, stats, signal, { beforeReset: opts.beforeReset })
     } catch (err) {
@@ -141,6 +160,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
     })
   } catch (err) {
     preopened?.abort(err as Error)
+    preopened = null
     throw err
   }
   const addr = server.address()
@@ -149,7 +169,7 @@ export async function openPagesTunnel (libp2p: Dialer, peer: PeerId | Multiaddr 
   let closed: Promise<void> | undefined
   const close = async (): Promise<void> => {
     closed ??= (async () => {
-      const reason = new MscError('RUNTIME_ERROR', `page tunnel for ${transferId} closed`)
+      const reason = new MscError('RUNTIME_ERROR', `${label} closed`)
       closing.abort(reason)
       preopened?.abort(reason)
       preopened = null
