@@ -392,7 +392,7 @@ export class FramedStream {
 }
 
 /** The parts as one array: the only one as it is, several copied into a new one. */
-function joined (parts: Uint8Array[]): Uint8Array {
+export function joined (parts: Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!
   const n = parts.reduce((sum, p) => sum + p.byteLength, 0)
   const out = new Uint8Array(n)

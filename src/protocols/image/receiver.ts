@@ -8,7 +8,7 @@ import fs from 'node:fs/promises'
 import { constants as C } from 'node:fs'
 import crypto from 'node:crypto'
 import path from 'node:path'
-import { FramedStream, type ByteStream, parseJsonFrame, type ProtocolError } from '../framing.ts'
+import { FramedStream, type ByteStream, joined, parseJsonFrame, type ProtocolError } from '../framing.ts'
 import { pathProblem, parentOf, symlinkProblem, type LookupResult, type SymlinkMode } from './paths.ts'
 import { commitTree, checkDestination, checkSameFilesystem, type Received } from './commit.ts'
 import {
@@ -187,7 +187,7 @@ async function receiveBody (framed: FramedStream, h: TreeHeader, tmp: string, de
         o.onProgress?.(bytes, h.bytes)
         continue
       }
-      const f = { type: fp.type, payload: fp.parts.length === 1 ? fp.parts[0]! : Buffer.concat(fp.parts) }
+      const f = { type: fp.type, payload: joined(fp.parts) }
       if (f.type !== FRAME_MSG) throw refusal('MALFORMED', `unknown frame type ${f.type}`)
       const m = parseJsonFrame(f, BodyMessageSchema)
       if (m.type === 'trailer') {
