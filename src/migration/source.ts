@@ -8,7 +8,7 @@ import { FramedStream, type ByteStream } from '../protocols/framing.ts'
 import { dialSealed } from '../protocols/sealed/channel.ts'
 import { openPageRelay, type PageRelay } from '../protocols/sealed/page-relay.ts'
 import type { SealedStream } from '../protocols/sealed/sealed-stream.ts'
-import { spliceSocket } from '../protocols/socket-splice.ts'
+import { spliceSocket, type SpliceStats } from '../protocols/socket-splice.ts'
 import { IMAGE_PROTOCOL, sendTree, treeManifest, changedSince } from '../protocols/image/index.ts'
 import type { ClusterPort, ContainerHost, LazyDump } from './host.ts'
 import { AnswerSchema, CommittedSchema, DiscardedSchema, MAX_CONTROL_FRAME, MIGRATE_PROTOCOL, MIGRATE_VERSION, PreReadySchema, RestoreResultSchema, type Offer, type Phase, type Strategy } from './messages.ts'
@@ -113,6 +113,9 @@ export class MigrationSource {
       let staging: string | undefined
       let dumped = false
       let lazy: LazyDump | undefined
+      let pageLinkStats: SpliceStats | null = null
+      /** Pages sent outside the transfer phase (streamed while dumping, or lazily): not in its goodput. */
+      let pageBytes = 0
       let restored = false
       let pagesFailed = false
       let freezeAt = 0
@@ -208,7 +211,8 @@ export class MigrationSource {
           // The page server's one connection over the target's page link (a sealed
           // connection), not /msc/pages, when the target offered one that answers.
           if (answer.data?.pagesPort != null && dest.data != null) {
-            result.streamedPages = await this.pageLink(dest.data.host, answer.data.pagesPort, dest.data.secret, port, outer, log)
+            pageLinkStats = await this.pageLink(dest.data.host, answer.data.pagesPort, dest.data.secret, port, outer, log)
+            result.streamedPages = pageLinkStats != null
           }
         } else {
           // Stop-copy with the target's page server: the pages cross while CRIU dumps,
@@ -222,6 +226,7 @@ export class MigrationSource {
             if (relay != null) {
               const sent = await relay.done
               result.bytes += sent.bytesOut
+              pageBytes += sent.bytesOut
               result.streamedPages = true
               log.debug({ bytes: sent.bytesOut, ms: Date.now() - freezeAt }, 'pages streamed to the target while dumping')
             }
@@ -269,6 +274,9 @@ export class MigrationSource {
           clock.enter('lazy-pages')
           try {
             await lazy.done
+            // The lazy pages that crossed the page link count as sent (over /msc/pages they are not counted).
+            pageBytes += pageLinkStats?.bytesOut ?? 0
+            result.bytes += pageLinkStats?.bytesOut ?? 0
           } catch (err) {
             // CRIU gave up before the target fetched every page (the link or the target
             // failed): our frozen copy runs on, whole, and the target, which lacks
@@ -332,7 +340,7 @@ export class MigrationSource {
         } catch {}
         if (staging != null) await d.removeStaging(staging).catch(() => {})
         result.totalMs = clock.totalMs()
-        const mb = result.bytes / 1e6
+        const mb = (result.bytes - pageBytes) / 1e6
         result.goodputMBps = transferMs > 0 ? Math.round(mb / (transferMs / 1000) * 10) / 10 : null
       }
       return result
@@ -404,17 +412,18 @@ export class MigrationSource {
 
   /**
    * Post-copy: dials the target's page link and splices it into this node's page server
-   * on 127.0.0.1:`port` (in the background, until CRIU's lazy dump ends). False when the
-   * link does not answer: the target's lazy-pages daemon then comes over /msc/pages.
+   * on 127.0.0.1:`port` (in the background, until CRIU's lazy dump ends). Its byte counts
+   * (live), or null when the link does not answer: the target's lazy-pages daemon then
+   * comes over /msc/pages.
    */
-  private async pageLink (host: string, port: number, secret: Uint8Array, pageServerPort: number, signal: AbortSignal, log: Logger): Promise<boolean> {
+  private async pageLink (host: string, port: number, secret: Uint8Array, pageServerPort: number, signal: AbortSignal, log: Logger): Promise<SpliceStats | null> {
     let stream: SealedStream
     try {
       stream = await dialSealed(host, port, secret, AbortSignal.any([signal, AbortSignal.timeout(3_000)]))
     } catch (err) {
       signal.throwIfAborted()
       log.warn({ where: `${host}:${port}`, err: errText(err) }, 'the page link did not answer: the pages go over /msc/pages')
-      return false
+      return null
     }
     let socket: net.Socket
     try {
@@ -423,12 +432,12 @@ export class MigrationSource {
       stream.abort(err as Error)
       throw err
     }
-    const stats = { bytesIn: 0, bytesOut: 0 }
+    const stats: SpliceStats = { bytesIn: 0, bytesOut: 0 }
     spliceSocket(socket, stream, stats, new AbortController().signal, { cutAfterBytes: testCutPagesAfter() }).then(
       () => log.debug({ bytes: stats.bytesOut }, 'page link done'),
       (err: Error) => log.warn({ err: err.message, bytes: stats.bytesOut }, 'page link failed')
     )
-    return true
+    return stats
   }
 
   /**
