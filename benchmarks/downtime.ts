@@ -35,7 +35,11 @@
  * Everything is removed at the end, also after a failure or Ctrl-C: the runc-by-hand
  * container and its cgroups, the observers, then Cluster.destroy().
  *
- *   node benchmarks/downtime.ts [--memory 64,256] [--runs 2] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
+ *   node benchmarks/downtime.ts [--memory 64,256] [--dirty 0] [--runs 2] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
+ *
+ * --dirty takes pages (4 KiB) the beacon rewrites per datagram, with the same content (the
+ * checksum stays): 0 leaves memory alone; 64 is 256 KiB per 5 ms, 50 MiB/s. Each memory
+ * size runs with each dirty rate.
  *
  * Needs root, runc, CRIU >= 4.2 (npm run setup), gcc with static glibc, iproute2, nsenter,
  * and fs.pipe-max-size >= 16 MiB for post-copy. Only testbed addresses are used.
@@ -56,11 +60,13 @@ import type { ContainerInfo, MigrationResultInfo } from '../src/api/types.ts'
 import { log, machineInfo, median, parseFlags, ratio, round, table, writeResults, runBenchmark, cleanupOnSignals, criuLogTail, dirBytes, unmountUnder } from './lib.ts'
 import { plotAfterRun } from './plot.ts'
 
-const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--runs N] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
+const USAGE = `usage: node benchmarks/downtime.ts [--memory 64,256] [--dirty 0,64] [--runs N] [--strategies stop-copy,post-copy,stop-copy/after-dump,post-copy/libp2p-pages]
   (as root; see the comment at the top of this file)
 `
 const STRATEGIES = ['stop-copy', 'post-copy', 'stop-copy/after-dump', 'post-copy/libp2p-pages'] as const
 const MAX_MEMORY_MIB = 1024
+/** 1,024 pages per 5 ms datagram: 800 MiB/s, beyond what a core rewrites here. */
+const MAX_DIRTY_PAGES = 1024
 const BASELINE = 'runc by hand'
 /**
  * Fast membership; peers are not declared dead for a few seconds of slow heartbeats (a
@@ -78,6 +84,8 @@ const TARGETS = { stopCopy: 1.1, defaultAt256: 0.35 }
 interface HopSample {
   method: string
   memoryMiB: number
+  /** Pages the beacon rewrites per datagram (its dirty rate). */
+  dirtyPagesPerTick: number
   round: number
   hop: string
   /** Longest time without a datagram in the hop's window: the downtime a client sees. */
@@ -152,18 +160,20 @@ class MscBeacon {
   readonly obs: Observer
   readonly name: string
   readonly memoryMiB: number
+  readonly dirtyPagesPerTick: number
   checksum = ''
 
-  constructor (c: Cluster, obs: Observer, memoryMiB: number) {
+  constructor (c: Cluster, obs: Observer, w: Workload) {
     this.c = c
     this.obs = obs
-    this.memoryMiB = memoryMiB
-    this.name = `beacon-${memoryMiB}`
+    this.memoryMiB = w.memoryMiB
+    this.dirtyPagesPerTick = w.dirtyPagesPerTick
+    this.name = `beacon-${w.memoryMiB}-d${w.dirtyPagesPerTick}`
   }
 
   async start (on: ClusterNode): Promise<void> {
     const bundle = path.join(this.c.root, 'bundles', this.name)
-    await writeBeaconBundle(bundle, { memoryMiB: this.memoryMiB, target: this.obs.target, intervalMs: INTERVAL_MS })
+    await writeBeaconBundle(bundle, { memoryMiB: this.memoryMiB, target: this.obs.target, intervalMs: INTERVAL_MS, dirtyPagesPerTick: this.dirtyPagesPerTick })
     const t0 = Date.now()
     const run = await this.c.msc(on, 'run', this.name, bundle)
     if (run.exitCode !== 0) throw new Error(`msc run ${this.name} on ${on.name}: ${run.stderr}`)
@@ -186,6 +196,7 @@ class MscBeacon {
     return {
       method: strategy,
       memoryMiB: this.memoryMiB,
+      dirtyPagesPerTick: this.dirtyPagesPerTick,
       round,
       hop: `${from.name}->${to.name}`,
       ...gapOf(seen, t0),
@@ -242,6 +253,7 @@ class HandBeacon {
   readonly runc: string
   readonly criu: string
   readonly memoryMiB: number
+  readonly dirtyPagesPerTick: number
   readonly id: string
   readonly dir: string
   readonly root: string
@@ -252,14 +264,15 @@ class HandBeacon {
   private readonly shells: ChildProcess[] = []
   private started = false
 
-  constructor (c: Cluster, obs: Observer, runc: string, criu: string, memoryMiB: number) {
+  constructor (c: Cluster, obs: Observer, runc: string, criu: string, w: Workload) {
     this.c = c
     this.obs = obs
     this.runc = runc
     this.criu = criu
-    this.memoryMiB = memoryMiB
-    this.id = `beacon-hand-${memoryMiB}`
-    this.dir = path.join(c.root, 'hand', String(memoryMiB))
+    this.memoryMiB = w.memoryMiB
+    this.dirtyPagesPerTick = w.dirtyPagesPerTick
+    this.id = `beacon-hand-${w.memoryMiB}-d${w.dirtyPagesPerTick}`
+    this.dir = path.join(c.root, 'hand', this.id)
     this.root = path.join(this.dir, 'runc')
     this.bundle = path.join(this.dir, 'bundle')
     this.cgroupParent = `msc-bench-dt-${randomBytes(3).toString('hex')}`
@@ -289,7 +302,7 @@ class HandBeacon {
   }
 
   async start (host: TestHost): Promise<void> {
-    await writeBeaconBundle(this.bundle, { memoryMiB: this.memoryMiB, target: this.obs.target, intervalMs: INTERVAL_MS })
+    await writeBeaconBundle(this.bundle, { memoryMiB: this.memoryMiB, target: this.obs.target, intervalMs: INTERVAL_MS, dirtyPagesPerTick: this.dirtyPagesPerTick })
     const cfgFile = path.join(this.bundle, 'config.json')
     const cfg = JSON.parse(await fs.readFile(cfgFile, 'utf8')) as { linux?: Record<string, unknown>; process?: Record<string, unknown> }
     cfg.linux = { ...cfg.linux, cgroupsPath: `/${this.cgroupParent}/${this.id}` }
@@ -329,6 +342,7 @@ class HandBeacon {
     return {
       method: BASELINE,
       memoryMiB: this.memoryMiB,
+      dirtyPagesPerTick: this.dirtyPagesPerTick,
       round,
       hop: `${from.name}->${to.name}`,
       ...gapOf(seen, t0),
@@ -397,7 +411,26 @@ async function startTokenCluster (): Promise<Cluster> {
 }
 
 // ---------------------------------------------------------------------------------
-// one memory size: both beacons, the rounds, then both removed
+// one workload (memory size and dirty rate): both beacons, the rounds, then both removed
+
+/** What the beacon does: its memory and how fast it rewrites it. */
+interface Workload {
+  memoryMiB: number
+  dirtyPagesPerTick: number
+}
+
+/** The beacon's dirty rate in MiB/s: pages of 4 KiB per datagram, a datagram per INTERVAL_MS. */
+function dirtyMiBps (dirtyPagesPerTick: number): number {
+  return r1((dirtyPagesPerTick * 4096 * (1000 / INTERVAL_MS)) / (1024 * 1024))
+}
+
+function workloadLabel (w: Workload): string {
+  return w.dirtyPagesPerTick === 0 ? `${w.memoryMiB} MiB` : `${w.memoryMiB} MiB dirtied at ${dirtyMiBps(w.dirtyPagesPerTick)} MiB/s`
+}
+
+function sameWorkload (a: Workload, b: Workload): boolean {
+  return a.memoryMiB === b.memoryMiB && a.dirtyPagesPerTick === b.dirtyPagesPerTick
+}
 
 interface SizeRun {
   samples: HopSample[]
@@ -410,18 +443,19 @@ function roundOrder (strategies: string[], round: number): string[] {
   return [...units.slice(k), ...units.slice(0, k)]
 }
 
-async function runSize (c: Cluster, status: { runc: string; criu: string }, memoryMiB: number, runs: number, strategies: string[], track: (b: HandBeacon | null) => void): Promise<SizeRun> {
+async function runWorkload (c: Cluster, status: { runc: string; criu: string }, w: Workload, runs: number, strategies: string[], track: (b: HandBeacon | null) => void): Promise<SizeRun> {
   const n1 = c.node('n1')
   const n2 = c.node('n2')
   const h3 = c.node('n3').host
   const samples: HopSample[] = []
   const mscObs = await Observer.start(c.tb, h3, { port: MSC_PORT })
   const handObs = await Observer.start(c.tb, h3, { port: RAW_PORT })
-  const hand = new HandBeacon(c, handObs, status.runc, status.criu, memoryMiB)
+  const hand = new HandBeacon(c, handObs, status.runc, status.criu, w)
   track(hand)
-  const beacon = new MscBeacon(c, mscObs, memoryMiB)
+  const beacon = new MscBeacon(c, mscObs, w)
+  const label = workloadLabel(w)
   try {
-    log(`${memoryMiB} MiB: a beacon on n1 (msc) and one run by runc by hand in h1`)
+    log(`${label}: a beacon on n1 (msc) and one run by runc by hand in h1`)
     await beacon.start(n1)
     await hand.start(n1.host)
     for (let r = 1; r <= runs; r++) {
@@ -429,7 +463,7 @@ async function runSize (c: Cluster, status: { runc: string; criu: string }, memo
         for (const [from, to] of [[n1, n2], [n2, n1]] as const) {
           const s = unit === BASELINE ? await hand.hop(from.host, to.host, r) : await beacon.hop(from, to, unit, r)
           samples.push(s)
-          log(`${memoryMiB} MiB round ${r}: ${unit} ${s.hop}: observer gap ${s.observerGapMs} ms` +
+          log(`${label} round ${r}: ${unit} ${s.hop}: observer gap ${s.observerGapMs} ms` +
             `${s.mscDowntimeMs == null ? '' : `, msc downtimeMs ${s.mscDowntimeMs}`}, total ${s.totalMs} ms, ${r1(s.bytes / 1e6)} MB, ${s.lost} lost`)
           await sleep(300)
         }
@@ -448,13 +482,15 @@ async function runSize (c: Cluster, status: { runc: string; criu: string }, memo
 // ---------------------------------------------------------------------------------
 // summary
 
-function methodSummary (samples: HopSample[], memoryMiB: number, method: string) {
-  const ss = samples.filter((s) => s.memoryMiB === memoryMiB && s.method === method)
+function methodSummary (samples: HopSample[], w: Workload, method: string) {
+  const ss = samples.filter((s) => sameWorkload(s, w) && s.method === method)
   const phaseNames = [...new Set(ss.flatMap((s) => Object.keys(s.phases)))]
   const gaps = ss.map((s) => s.observerGapMs)
   const msc = ss.flatMap((s) => s.mscDowntimeMs == null ? [] : [s.mscDowntimeMs])
   return {
-    memoryMiB,
+    memoryMiB: w.memoryMiB,
+    dirtyPagesPerTick: w.dirtyPagesPerTick,
+    dirtyMiBps: dirtyMiBps(w.dirtyPagesPerTick),
     method,
     samples: ss.length,
     observerGapMs: r1(median(gaps)),
@@ -472,23 +508,25 @@ function methodSummary (samples: HopSample[], memoryMiB: number, method: string)
 
 type MethodSummary = ReturnType<typeof methodSummary>
 
-/** The issue's target for a strategy at a memory size, if it has one. */
-function targetOf (strategy: string, memoryMiB: number): number | null {
+/** The issue's target for a strategy at a workload, if it has one (they are set for an idle beacon). */
+function targetOf (strategy: string, w: Workload): number | null {
+  if (w.dirtyPagesPerTick !== 0) return null
   if (strategy === 'stop-copy') return TARGETS.stopCopy
   // 'auto' picks post-copy when both nodes support it (src/migration/messages.ts).
-  if (strategy === 'post-copy' && memoryMiB === 256) return TARGETS.defaultAt256
+  if (strategy === 'post-copy' && w.memoryMiB === 256) return TARGETS.defaultAt256
   return null
 }
 
-function ratiosOf (summary: MethodSummary[], memory: number[], strategies: string[]) {
-  return memory.flatMap((m) => {
-    const base = summary.find((s) => s.memoryMiB === m && s.method === BASELINE)
+function ratiosOf (summary: MethodSummary[], workloads: Workload[], strategies: string[]) {
+  return workloads.flatMap((w) => {
+    const base = summary.find((s) => sameWorkload(s, w) && s.method === BASELINE)
     return strategies.map((st) => {
-      const s = summary.find((x) => x.memoryMiB === m && x.method === st)
+      const s = summary.find((x) => sameWorkload(x, w) && x.method === st)
       const gapRatio = ratio(s?.observerGapMs, base?.observerGapMs)
-      const target = targetOf(st, m)
+      const target = targetOf(st, w)
       return {
-        memoryMiB: m,
+        memoryMiB: w.memoryMiB,
+        dirtyMiBps: dirtyMiBps(w.dirtyPagesPerTick),
         strategy: st,
         'observer gap / runc by hand': gapRatio,
         target: target == null ? null : `<= ${target}`,
@@ -501,7 +539,7 @@ function ratiosOf (summary: MethodSummary[], memory: number[], strategies: strin
 
 function toCsv (samples: HopSample[]): string {
   const phaseNames = [...new Set(samples.flatMap((s) => Object.keys(s.phases)))]
-  const cols = ['memoryMiB', 'method', 'round', 'hop', 'observerGapMs', 'gapStartMs', 'lost', 'mscDowntimeMs', 'totalMs', 'bytes', ...phaseNames.map((p) => `phase:${p}`)]
+  const cols = ['memoryMiB', 'dirtyPagesPerTick', 'method', 'round', 'hop', 'observerGapMs', 'gapStartMs', 'lost', 'mscDowntimeMs', 'totalMs', 'bytes', ...phaseNames.map((p) => `phase:${p}`)]
   const rows = samples.map((s) => {
     const rec: Record<string, unknown> = { ...s }
     return cols.map((c) => c.startsWith('phase:') ? s.phases[c.slice(6)] ?? '' : rec[c] ?? '').join(',')
@@ -515,6 +553,7 @@ function printTables (ratios: ReturnType<typeof ratiosOf>, summary: MethodSummar
   process.stdout.write('\ndowntime seen by the observer, per memory size (medians):\n')
   process.stdout.write(table(summary.map((s) => ({
     MiB: s.memoryMiB,
+    'dirty MiB/s': s.dirtyMiBps,
     method: s.method,
     hops: s.samples,
     'observer gap ms': s.observerGapMs,
@@ -530,22 +569,25 @@ function printTables (ratios: ReturnType<typeof ratiosOf>, summary: MethodSummar
 // ---------------------------------------------------------------------------------
 
 function parseOptions () {
-  const o = parseFlags(process.argv.slice(2), { memory: '64,256', runs: 2, strategies: STRATEGIES.join(',') }, USAGE)
+  const o = parseFlags(process.argv.slice(2), { memory: '64,256', dirty: '0', runs: 2, strategies: STRATEGIES.join(',') }, USAGE)
   const strategies = o.strategies.split(',').map((s) => s.trim()).filter(Boolean)
   for (const s of strategies) if (!(STRATEGIES as readonly string[]).includes(s)) throw new Error(`unknown strategy ${s} (${STRATEGIES.join(', ')})`)
   const memory = o.memory.split(',').map((s) => Number(s.trim()))
   for (const m of memory) if (!Number.isInteger(m) || m < 1 || m > MAX_MEMORY_MIB) throw new Error(`--memory takes MiB from 1 to ${MAX_MEMORY_MIB}, got ${m}`)
+  const dirty = o.dirty.split(',').map((s) => Number(s.trim()))
+  for (const d of dirty) if (!Number.isInteger(d) || d < 0 || d > MAX_DIRTY_PAGES) throw new Error(`--dirty takes pages per datagram from 0 to ${MAX_DIRTY_PAGES}, got ${d}`)
   if (!Number.isInteger(o.runs) || o.runs < 1) throw new Error('--runs must be a positive integer')
   if (process.getuid?.() !== 0) throw new Error('run as root: the benchmark builds a testbed (network namespaces) and runs runc/CRIU')
   if (strategies.includes('post-copy')) {
     const pipeMax = Number(readFileSync('/proc/sys/fs/pipe-max-size', 'utf8').trim())
     if (pipeMax < 16 * 1024 * 1024) throw new Error(`post-copy needs fs.pipe-max-size >= 16777216 (it is ${pipeMax}), or pass --strategies stop-copy`)
   }
-  return { options: o, strategies, memory }
+  const workloads = memory.flatMap((memoryMiB) => dirty.map((dirtyPagesPerTick) => ({ memoryMiB, dirtyPagesPerTick })))
+  return { options: o, strategies, workloads }
 }
 
 async function main (): Promise<void> {
-  const { options, strategies, memory } = parseOptions()
+  const { options, strategies, workloads } = parseOptions()
   const machine = machineInfo()
 
   let c: Cluster | undefined
@@ -568,16 +610,16 @@ async function main (): Promise<void> {
     log(`n1 ${c.node('n1').host.ip}, n2 ${c.node('n2').host.ip}, observer on ${c.node('n3').host.ip}; runc ${status.runc}, criu ${status.criu}`)
 
     const samples: HopSample[] = []
-    for (const m of memory) {
-      const run = await runSize(c, status, m, options.runs, strategies, (b) => {
+    for (const w of workloads) {
+      const run = await runWorkload(c, status, w, options.runs, strategies, (b) => {
         hand = b
       })
       samples.push(...run.samples)
     }
     machine.loadEnd = os.loadavg().map((x) => round(x, 2))
 
-    const summary = memory.flatMap((m) => [BASELINE, ...strategies].map((method) => methodSummary(samples, m, method)))
-    const ratios = ratiosOf(summary, memory, strategies)
+    const summary = workloads.flatMap((w) => [BASELINE, ...strategies].map((method) => methodSummary(samples, w, method)))
+    const ratios = ratiosOf(summary, workloads, strategies)
     const file = await writeResults('downtime', {
       benchmark: 'downtime',
       machine,
@@ -589,7 +631,7 @@ async function main (): Promise<void> {
       samples
     })
     await fs.writeFile(file.replace(/\.json$/, '.csv'), toCsv(samples))
-    process.stdout.write(`\nbeacon (datagram every ${INTERVAL_MS} ms), ${memory.join(', ')} MiB, medians of ${options.runs} rounds x 2 hops per method; ` +
+    process.stdout.write(`\nbeacon (datagram every ${INTERVAL_MS} ms), ${workloads.map(workloadLabel).join('; ')}, medians of ${options.runs} rounds x 2 hops per method; ` +
       `${machine.cpus} cpus, load ${machine.loadStart.join('/')} -> ${machine.loadEnd.join('/')}\n`)
     printTables(ratios, summary)
     process.stdout.write(`\nresults: ${file}\n         ${file.replace(/\.json$/, '.csv')}\n`)

@@ -45,6 +45,9 @@ interface DowntimeResults extends Run {
   targets: { stopCopy: number; defaultAt256: number }
   summary: Array<{
     memoryMiB: number
+    /** Absent in runs from before --dirty: those beacons left their memory alone. */
+    dirtyPagesPerTick?: number
+    dirtyMiBps?: number
     method: string
     samples: number
     observerGapMs: number
@@ -362,7 +365,9 @@ function failover (d: FailoverResults, file: string): Chart[] {
 const BY_HAND = 'runc by hand'
 
 function downtime (d: DowntimeResults, file: string): Chart[] {
-  const { summary, targets } = d
+  const { targets } = d
+  // The charts against memory are of the idle beacon; the dirty rates get a chart of their own.
+  const summary = d.summary.filter((s) => (s.dirtyPagesPerTick ?? 0) === 0)
   const sizes = [...new Set(summary.map((s) => s.memoryMiB))].sort((a, b) => a - b)
   const strategies = [...new Set(summary.map((s) => s.method))].filter((m) => m !== BY_HAND)
   const get = (m: number, method: string): typeof summary[number] | undefined => summary.find((s) => s.memoryMiB === m && s.method === method)
@@ -442,7 +447,75 @@ function downtime (d: DowntimeResults, file: string): Chart[] {
     },
     figures: { memoryMiB: at, phasesMs: Object.fromEntries(strategies.map((st) => [st, get(at, st)?.phasesMs ?? {}])) }
   }
-  return [gapLine, ratioBars, phaseBars]
+  const totalLine = {
+    name: 'downtime-total',
+    spec: {
+      kind: 'line' as const,
+      title: 'Whole migration time against memory, per strategy',
+      subtitle: `${what}. From the request until the source released the container (msc), or checkpoint + copy + restore (runc by hand); post-copy's includes fetching every lazy page. Labels: ms.`,
+      machine: d.machine,
+      xLabel: 'beacon memory, MiB',
+      yLabel: 'whole migration, ms',
+      series: [BY_HAND, ...strategies].map((method, i) => ({
+        name: method === BY_HAND ? 'runc by hand (checkpoint, cp -a, restore)' : `msc ${method}`,
+        color: color(method, i - 1),
+        points: sizes.flatMap((m) => {
+          const s = get(m, method)
+          return s == null ? [] : [{ x: m, value: s.totalMs, label: String(Math.round(s.totalMs)) }]
+        })
+      })),
+      notes: [`medians; ${source(file)}`]
+    },
+    figures: { total: Object.fromEntries([BY_HAND, ...strategies].map((m) => [m, sizes.map((x) => ({ memoryMiB: x, totalMs: get(x, m)?.totalMs ?? null }))])) }
+  }
+  const bytesBars = {
+    name: 'downtime-bytes',
+    spec: {
+      kind: 'bar' as const,
+      title: 'Bytes on the wire per migration',
+      subtitle: `${what}. msc: what the source sent (trees, pages streamed while dumping, lazy pages over the page link); runc by hand: the size of the images it copied. Labels: MB.`,
+      machine: d.machine,
+      yLabel: 'MB sent (medians)',
+      groups: sizes.map((m) => `${m} MiB`),
+      series: [BY_HAND, ...strategies].map((method, i) => ({
+        name: method === BY_HAND ? 'runc by hand (image size)' : `msc ${method}`,
+        color: color(method, i - 1),
+        values: sizes.map((m): Value | null => phaseValue(get(m, method)?.MB))
+      })),
+      notes: [`${source(file)}`]
+    },
+    figures: { MB: Object.fromEntries([BY_HAND, ...strategies].map((m) => [m, sizes.map((x) => ({ memoryMiB: x, MB: get(x, m)?.MB ?? null }))])) }
+  }
+  return [gapLine, ratioBars, phaseBars, totalLine, bytesBars, ...dirtyChart(d, what, color, file)]
+}
+
+/** Observer gap against the beacon's dirty rate at the largest memory run with more than one rate. */
+function dirtyChart (d: DowntimeResults, what: string, color: (method: string, i: number) => string, file: string): Chart[] {
+  const sizes = [...new Set(d.summary.map((s) => s.memoryMiB))].sort((a, b) => a - b)
+  const at = sizes.filter((m) => new Set(d.summary.filter((s) => s.memoryMiB === m).map((s) => s.dirtyPagesPerTick ?? 0)).size > 1).at(-1)
+  if (at == null) return []
+  const rows = d.summary.filter((s) => s.memoryMiB === at)
+  const methods = [...new Set(rows.map((s) => s.method))]
+  const strategies = methods.filter((m) => m !== BY_HAND)
+  return [{
+    name: 'downtime-dirty',
+    spec: {
+      kind: 'line' as const,
+      title: `Downtime seen from outside against the dirty rate, ${at} MiB`,
+      subtitle: `${what}. The beacon rewrites pages with their own content between datagrams (a dirty rate that keeps its checksum). Labels: ms.`,
+      machine: d.machine,
+      xLabel: 'dirty rate, MiB/s',
+      yLabel: 'observer gap, ms',
+      series: methods.map((method) => ({
+        name: method === BY_HAND ? 'runc by hand (checkpoint, cp -a, restore)' : `msc ${method}`,
+        color: color(method, strategies.indexOf(method)),
+        points: rows.filter((s) => s.method === method).map((s) => ({ x: s.dirtyMiBps ?? 0, value: s.observerGapMs, min: s.observerGapMinMs, max: s.observerGapMaxMs, label: String(Math.round(s.observerGapMs)) }))
+          .sort((a, b) => a.x - b.x)
+      })),
+      notes: [`medians; whiskers: min-max of the hops; ${source(file)}`]
+    },
+    figures: { memoryMiB: at, rows: rows.map((s) => ({ method: s.method, dirtyMiBps: s.dirtyMiBps ?? 0, observerGapMs: s.observerGapMs, totalMs: s.totalMs })) }
+  }]
 }
 
 const PHASE_COLORS = ['#56B4E9', '#E69F00', '#009E73', '#F0E442', '#0072B2', '#D55E00', '#CC79A7', '#999999']
