@@ -112,7 +112,13 @@ export async function receiveTree (stream: ByteStream, o: ReceiveTreeOptions): P
   }
 }
 
-/** Tells the sender why, then resets the stream so it stops sending. */
+/**
+ * Tells the sender why, then resets the stream so it stops sending. Before the reset it
+ * reads and drops what the sender still has in flight, for at most REFUSAL_LINGER_MS:
+ * closing a TCP connection with unread bytes sends a TCP reset, and a sender whose
+ * write fails on that reset loses the verdict it had not read yet, and with it the
+ * reason. A sender that read the verdict stops and resets its end, which ends this at once.
+ */
 async function answerRefusal (framed: FramedStream, r: ProtocolError): Promise<void> {
   const verdict: Verdict = { type: 'verdict', ok: false, reason: r.reason, error: r.message.slice(0, 4096) }
   const grace = AbortSignal.timeout(2000)
@@ -120,8 +126,15 @@ async function answerRefusal (framed: FramedStream, r: ProtocolError): Promise<v
     await framed.writeJson(verdict, grace)
     await framed.closeWrite(grace)
   } catch { /* the stream may already be gone */ }
+  const linger = AbortSignal.timeout(REFUSAL_LINGER_MS)
+  try {
+    while (await framed.readFrameParts(linger) != null) { /* dropped */ }
+  } catch { /* reset by the sender, or the linger is over */ }
   framed.abort(r)
 }
+
+/** How long a refusing receiver drains the sender's bytes before it resets the stream. */
+const REFUSAL_LINGER_MS = 1500
 
 function parseHeader (h: TreeHeader): TreeHeader {
   if (h.v !== IMAGE_VERSION) throw refusal('UNSUPPORTED_VERSION', `protocol version ${h.v} is not supported (this node speaks ${IMAGE_VERSION})`)
