@@ -64,7 +64,7 @@ export function parseLanAddress (raw: unknown): { address: string; prefix: numbe
   const n = ipv4ToInt(address)
   const mask = maskOf(prefix)
   if ((n & ~mask) >>> 0 === 0) throw new MscError('INVALID_ARGUMENT', `--ip ${raw}: that is the subnet's network address`)
-  if ((n | ~mask) >>> 0 === 0xffffffff) throw new MscError('INVALID_ARGUMENT', `--ip ${raw}: that is the subnet's broadcast address`)
+  if ((n & ~mask) >>> 0 === (~mask >>> 0)) throw new MscError('INVALID_ARGUMENT', `--ip ${raw}: that is the subnet's broadcast address`)
   if (address.startsWith('127.') || n >>> 28 >= 14) throw new MscError('INVALID_ARGUMENT', `--ip ${raw}: not a unicast LAN address`)
   return { address, prefix }
 }
