@@ -5,31 +5,45 @@
  *     and records every error and the longest gap between two answers;
  *   - a second connection is subscribed to channel `ch` and prints each message.
  * It prints `ready` once both connections are up, `message TEXT` per message, and on
- * a line `report` on stdin one JSON line: { pings, errors, maxGapMs, maxGapAt, closed }.
- * A lost connection is never re-made: what the client sees is what an application
- * holding one connection would.
+ * a line `report` on stdin one JSON line: { pings, errors, maxGapMs, maxGapAt, closed,
+ * reconnects }. A lost connection is never re-made: what the client sees is what an
+ * application holding one connection would.
+ *
+ * `node lan-client.ts HOST1,HOST2,... PORT reconnect`: a client of a service in the
+ * host's network instead (no subscriber): when its connection is lost it connects to
+ * the hosts in turn until one answers PING (where the service moved to), and the gap
+ * includes that. Errors are then the lost connections, counted as reconnects.
  */
 import net from 'node:net'
 import readline from 'node:readline'
 import { RedisConnection } from './redis-client.ts'
 
-const [host, portText] = process.argv.slice(2)
+const [hostList, portText, mode] = process.argv.slice(2)
+const hosts = hostList!.split(',')
+const host = hosts[0]!
 const port = Number(portText)
 const INTERVAL_MS = 5
+const reconnect = mode === 'reconnect'
 
-const pinger = await RedisConnection.connect(host!, port)
+let pinger = await RedisConnection.connect(host, port)
 const errors: string[] = []
+let reconnects = 0
 let pings = 0
 let last = Date.now()
 let maxGapMs = 0
 let maxGapAt = 0
 let closed = false
 
-const sub = net.connect({ host: host!, port })
-await new Promise<void>((resolve, reject) => {
-  sub.once('connect', () => resolve())
-  sub.once('error', reject)
-})
+const sub = net.connect({ host, port })
+if (!reconnect) {
+  await new Promise<void>((resolve, reject) => {
+    sub.once('connect', () => resolve())
+    sub.once('error', reject)
+  })
+} else {
+  sub.on('error', () => {})
+  sub.destroy()
+}
 let subBuf = ''
 let subscribed = false
 sub.on('data', (d) => {
@@ -48,10 +62,28 @@ sub.on('data', (d) => {
     }
   }
 })
-sub.on('close', () => process.stdout.write('subscriber-closed\n'))
-sub.on('error', (err) => errors.push(`subscriber: ${err.message}`))
-sub.write('*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n')
-while (!subscribed) await new Promise((resolve) => setTimeout(resolve, 5))
+if (!reconnect) {
+  sub.on('close', () => process.stdout.write('subscriber-closed\n'))
+  sub.on('error', (err) => errors.push(`subscriber: ${err.message}`))
+  sub.write('*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n')
+  while (!subscribed) await new Promise((resolve) => setTimeout(resolve, 5))
+}
+
+/** Connects to the hosts in turn until one answers PING. */
+async function reconnectAnywhere (): Promise<void> {
+  for (let i = 0; !closed; i++) {
+    try {
+      const c = await RedisConnection.connect(hosts[i % hosts.length]!, port, 500)
+      if (await c.command('PING') === 'PONG') {
+        pinger = c
+        reconnects++
+        return
+      }
+      c.close()
+    } catch {}
+    await new Promise((resolve) => setTimeout(resolve, INTERVAL_MS))
+  }
+}
 
 const loop = async (): Promise<void> => {
   while (!closed) {
@@ -66,6 +98,11 @@ const loop = async (): Promise<void> => {
       }
       last = now
     } catch (err) {
+      if (reconnect) {
+        pinger.close()
+        await reconnectAnywhere()
+        continue
+      }
       errors.push((err as Error).message)
       closed = true
       break
@@ -78,7 +115,7 @@ process.stdout.write('ready\n')
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (line.trim() === 'report') {
-    process.stdout.write(JSON.stringify({ pings, errors, maxGapMs, maxGapAt, closed }) + '\n')
+    process.stdout.write(JSON.stringify({ pings, errors, maxGapMs, maxGapAt, closed, reconnects }) + '\n')
   } else if (line.trim() === 'reset') {
     maxGapMs = 0
     process.stdout.write('reset-done\n')

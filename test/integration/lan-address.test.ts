@@ -12,6 +12,9 @@
  *   - refused, with nothing left behind (no namespace, no link): an address a member's
  *     container holds, an --ip outside the subnet, a LAN interface that does not exist
  *     (n3 restarted with --lan-interface nosuch0), and a migration to that node (NETWORK).
+ *   - for comparison, the same client's view of a redis in the host's network moved the
+ *     same way: its connection is reset and it reconnects to the new node's address
+ *     (the longest gap, reconnection included, is reported).
  *
  * Needs root, runc, CRIU 4.2 (npm run setup), redis, iproute2, iptables, arping,
  * nsenter, fs.pipe-max-size >= 16 MiB for post-copy.
@@ -38,6 +41,7 @@ interface ClientReport {
   maxGapMs: number
   maxGapAt: number
   closed: boolean
+  reconnects: number
 }
 
 let c: Cluster
@@ -113,8 +117,8 @@ async function publish (text: string): Promise<string> {
   return r.stdout.trim()
 }
 
-async function migrate (from: ClusterNode, to: ClusterNode, strategy: string): Promise<MigrationResultInfo> {
-  const r = await c.mscTimed(from, 240_000, 'peer', 'migrate', NAME, '--to', to.name, '--strategy', strategy, '--json')
+async function migrate (from: ClusterNode, to: ClusterNode, strategy: string, name = NAME): Promise<MigrationResultInfo> {
+  const r = await c.mscTimed(from, 240_000, 'peer', 'migrate', name, '--to', to.name, '--strategy', strategy, '--json')
   const what = `migrate ${from.name} -> ${to.name} (${strategy}) exit ${r.exitCode}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n` +
     `${from.name} log:\n${c.logTail(from, 25)}\n${to.name} log:\n${c.logTail(to, 25)}`
   let result: MigrationResultInfo
@@ -205,6 +209,33 @@ describe('--network lan: an address that moves with its container', { timeout: 9
     delete n1.env.MSC_TEST_CORRUPT_TRANSFER
     await c.start(n1)
     await c.waitAllAlive(30_000)
+  })
+
+  test('for comparison: a redis in the host network, whose client reconnects to the new node', async (t) => {
+    const name = 'hostkv'
+    const port = 6390
+    const bundle = await makeBundle('redis', path.join(c.root, 'redis-host'), '--port', String(port))
+    const r = await c.msc(n('n1'), 'run', name, bundle, '--replicas', '0')
+    assert.equal(r.exitCode, 0, `run: ${r.stderr}`)
+    const hosts = [n('n1').host.ip, n('n2').host.ip].join(',')
+    await waitFor(async () => (await c.tb.exec('h3', REDIS_CLI, ['-h', n('n1').host.ip, '-p', String(port), 'PING'])).stdout.trim() === 'PONG', 20_000, 'host-network redis to answer')
+    const proc = await c.tb.spawn('h3', process.execPath, [CLIENT, hosts, String(port), 'reconnect'], { stdio: ['pipe', 'pipe', 'inherit'] })
+    const hc = new Client(proc)
+    try {
+      await hc.waitLine((l) => l === 'ready', 10_000, 'ready')
+      for (const [from, to, strategy] of [['n1', 'n2', 'stop-copy'], ['n2', 'n1', 'post-copy']] as const) {
+        await hc.resetGap()
+        const before = (await hc.report()).reconnects
+        const res = await migrate(n(from), n(to), strategy, name)
+        await waitFor(async () => (await hc.report()).reconnects > before, 30_000, 'the client to reconnect')
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        const rep = await hc.report()
+        t.diagnostic(`host network, ${strategy} ${from} -> ${to}: client-observed longest gap ${rep.maxGapMs} ms, reconnection included (migration downtime ${res.downtimeMs} ms)`)
+      }
+    } finally {
+      proc.kill('SIGKILL')
+      await c.msc(n('n1'), 'rm', '--force', name)
+    }
   })
 
   test('refused, nothing left behind: a taken address, an address outside the subnet, a missing interface', async () => {
