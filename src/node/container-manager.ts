@@ -421,6 +421,8 @@ export class ContainerManager {
       if (r.frozenByMigration != null && st?.status === 'paused') {
         // Its memory is whole in the frozen processes: thawing is the restore.
         await this.runc.resume(name)
+        // Its address went quiet for that migration's dump: live here again.
+        if (r.network != null) await this.mustLan().activate(name, r.network)
         const id = r.frozenByMigration
         delete r.frozenByMigration
         delete r.leaseLost
@@ -456,6 +458,8 @@ export class ContainerManager {
         pidFile: this.dd.pidFileOf(name),
         signal: opts.signal
       })
+      // A dump a migration left here (recoverInterruptedDump) was taken with the address quiet.
+      if (r.network != null) await this.mustLan().activate(name, r.network)
       r.startedAt = new Date().toISOString()
       r.checkpointed = false
       delete r.leaseLost
