@@ -175,9 +175,11 @@ export class LanNetworks {
    * background (its second packet leaves a second later).
    */
   async activate (container: string, net: LanNetwork): Promise<void> {
+    // Flushed, not deleted rule by rule: one iptables-restore (this runs inside the
+    // downtime), and only msc writes rules here (the container has no CAP_NET_ADMIN
+    // unless its bundle was allowed to be privileged).
     const unquiet = [
-      `while iptables -w -D INPUT ! -i lo -m comment --comment ${FREEZE_TAG} -j DROP 2>/dev/null; do :; done`,
-      `while iptables -w -D OUTPUT ! -o lo -m comment --comment ${FREEZE_TAG} -j DROP 2>/dev/null; do :; done`,
+      "printf '*filter\\n-F INPUT\\n-F OUTPUT\\nCOMMIT\\n' | iptables-restore -w --noflush",
       'ip link set eth0 arp on'
     ].join('\n')
     await this.inNs(container, unquiet, 'making the lan link live')
@@ -192,9 +194,9 @@ export class LanNetworks {
   }
 }
 
+/** Both rules in one iptables-restore: one process less inside the downtime. */
 function quietCommands (): string[] {
   return [
-    `iptables -w -I INPUT 1 ! -i lo -m comment --comment ${FREEZE_TAG} -j DROP`,
-    `iptables -w -I OUTPUT 1 ! -o lo -m comment --comment ${FREEZE_TAG} -j DROP`
+    `printf '*filter\\n-I INPUT 1 ! -i lo -m comment --comment ${FREEZE_TAG} -j DROP\\n-I OUTPUT 1 ! -o lo -m comment --comment ${FREEZE_TAG} -j DROP\\nCOMMIT\\n' | iptables-restore -w --noflush`
   ]
 }

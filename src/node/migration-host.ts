@@ -80,9 +80,9 @@ export class NodeMigrationHost implements ContainerHost {
     // With a page server the dump leaves it running as CRIU found it: frozen. Its pages
     // are on the target only, so a rollback thaws it instead of restoring.
     const r = await this.m.readRecord(name)
-    await this.quietForDump(name, r?.network)
     try {
-      await this.runc.pause(name)
+      // In parallel: both must be done before CRIU reads the sockets, and both count as downtime.
+      await Promise.all([this.quietForDump(name, r?.network), this.runc.pause(name)])
       await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.pageServer != null, pageServer: opts.pageServer, parentPath: opts.parentPath, tcpEstablished: this.m.tcpEstablishedFor(r), signal })
     } catch (err) {
       await this.resumeAfterFailedDump(name, r?.network)
@@ -103,10 +103,9 @@ export class NodeMigrationHost implements ContainerHost {
     // running beside the other. The source resumes it when the target's copy is gone.
     // (CRIU also skips its own freezing, which waits in 100 ms steps.)
     const r = await this.m.readRecord(name)
-    await this.quietForDump(name, r?.network)
     let d: Awaited<ReturnType<typeof checkpointLazy>>
     try {
-      await this.runc.pause(name)
+      await Promise.all([this.quietForDump(name, r?.network), this.runc.pause(name)])
       d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.tcpEstablishedFor(r), signal })
     } catch (err) {
       await this.resumeAfterFailedDump(name, r?.network)
@@ -126,13 +125,7 @@ export class NodeMigrationHost implements ContainerHost {
    * sockets. It stays quiet here until resume() or release().
    */
   private async quietForDump (name: string, net: LanNetwork | undefined): Promise<void> {
-    if (net == null) return
-    try {
-      await this.m.mustLan().quiet(name)
-    } catch (err) {
-      await this.m.mustLan().activate(name, net).catch(() => {})
-      throw err
-    }
+    if (net != null) await this.m.mustLan().quiet(name) // a failure: resumeAfterFailedDump() makes it live again
   }
 
   /** A dump that failed before it began leaves the container as we froze it: it runs on. */
