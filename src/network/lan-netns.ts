@@ -159,6 +159,10 @@ export class LanNetworks {
     const ns = this.nsName(container)
     await execa('ip', ['link', 'delete', this.tmpLink(container)], { reject: false, timeout: 10_000 })
     if (!(await this.exists(container))) return
+    // The link first, synchronously: a namespace is torn down asynchronously once
+    // unnamed, and until then its macvlan keeps the MAC, so the same address could not
+    // come back here at once (a migration back: "Address already in use").
+    await execa('ip', ['-n', ns, 'link', 'delete', 'eth0'], { reject: false, timeout: 10_000 })
     const r = await execa('ip', ['netns', 'delete', ns], { reject: false, timeout: 10_000 })
     if (r.exitCode !== 0) this.log.warn({ ns, err: String(r.stderr).trim() }, 'could not delete a network namespace')
     else this.log.info({ container, ns }, 'lan network removed')
