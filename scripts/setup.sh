@@ -26,10 +26,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # ---- Debian packages from the machine's own sources -----------------------------
+# iputils-arping announces a `--network lan` container's address where it moved to.
 # busybox-static is a single static binary (the example bundles' base); the three
 # libraries are what the unpacked redis binaries link; gcc and libc6-dev (static
 # glibc) build msc's own static helpers (the log shim below, the beacon workload).
-APT_PKGS=(runc iproute2 iptables busybox-static util-linux procps psmisc kmod python3
+APT_PKGS=(runc iproute2 iptables iputils-arping busybox-static util-linux procps psmisc kmod python3
           libjemalloc2 liblzf1 libatomic1 gcc libc6-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -58,8 +58,10 @@ export class ControlClient {
     return this.request('GET', `/v1/containers/${enc(name)}`)
   }
   /** `replicas` absent: the node's --default-replicas applies. */
-  run (name: string, bundle: string, replicas?: number): Promise<ContainerInfo> {
+  run (name: string, bundle: string, replicas?: number, net?: { network?: 'host' | 'lan'; ip?: string }): Promise<ContainerInfo> {
     const req: RunRequest = replicas == null ? { name, bundle } : { name, bundle, replicas }
+    if (net?.network != null) req.network = net.network
+    if (net?.ip != null) req.ip = net.ip
     return this.request('POST', '/v1/containers', req)
   }
   stop (name: string): Promise<ContainerInfo> {

@@ -42,6 +42,7 @@ const STATUS: Record<MscErrorCode, number> = {
   CRIU_MISSING: 500,
   RUNC_MISSING: 500,
   NO_SPACE: 507,
+  NETWORK: 422,
   DAEMON_UNREACHABLE: 503,
   INTERNAL: 500
 }

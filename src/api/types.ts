@@ -44,6 +44,8 @@ export interface ContainerInfo {
   epoch?: number
   /** Standbys it should have (0: not replicated). */
   replicas?: number
+  /** Its own address on the LAN (`--network lan`); absent: the host's network. */
+  network?: { mode: 'lan'; address: string; prefix: number; driver: 'macvlan' | 'ipvlan' }
   /** Replication as its owner sees it (only on the node that runs it). */
   replication?: ReplicationInfo
   /**
@@ -188,6 +190,10 @@ export interface RunRequest {
   name: string
   bundle: string
   replicas?: number
+  /** 'host' (default) or 'lan' (then `ip` is required). */
+  network?: 'host' | 'lan'
+  /** `--ip ADDR/PREFIX`: the container's address on the LAN. */
+  ip?: string
 }
 export interface CheckpointRequest {
   stop?: boolean

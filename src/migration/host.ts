@@ -1,5 +1,6 @@
 import type { Features } from './messages.ts'
 import type { Handover, HandoverBody } from '../cluster/handover.ts'
+import type { LanNetwork } from '../network/lan-address.ts'
 
 /**
  * What migration needs from the node's containers, on either side. The node
@@ -17,6 +18,8 @@ export interface LocalContainer {
   rootfs: string
   /** Output files, oldest first. */
   logFiles: string[]
+  /** Its own address on the LAN, which moves with it (absent: the host's network). */
+  network?: LanNetwork
 }
 
 export interface LazyDump {
@@ -61,6 +64,14 @@ export interface ContainerHost {
   freeBytes: () => Promise<number>
   /** The name is free on this node (no record, nothing in runc). */
   nameFree: (name: string) => Promise<boolean>
+  /**
+   * Builds the network an incoming lan container needs, quiet (no traffic, no ARP) until
+   * adopt() restored the container: throws NETWORK when this node cannot (no LAN
+   * interface, another subnet) or ALREADY_EXISTS when the address is taken here.
+   */
+  prepareNetwork: (name: string, network: LanNetwork) => Promise<void>
+  /** Removes what prepareNetwork made (nothing there is fine). */
+  removeNetwork: (name: string) => Promise<void>
   /** A cached copy of a bundle with this content digest, if this node has one. */
   cachedBundle: (digest: string) => Promise<string | null>
   /** Keeps bundleDir's rootfs under `digest`, if `config` and it really have that digest. */
@@ -71,7 +82,7 @@ export interface ContainerHost {
    * disk before it runs: a node restarted before the decision settles it with that
    * (settle.ts), and commit needs no new disk space.
    */
-  adopt: (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; signal: AbortSignal }) => Promise<{ pid: number }>
+  adopt: (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; network?: LanNetwork; signal: AbortSignal }) => Promise<{ pid: number }>
   /** Commit: the container is ours at `epoch` (proven by `handover`), and the membership says so at once. */
   commit: (name: string, epoch: number, handover: Handover) => Promise<void>
   /** Containers restored here by incoming migrations that are not committed yet. */

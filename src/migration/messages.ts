@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import { HandoverSchema } from '../cluster/handover.ts'
+import { LanNetworkSchema } from '../network/lan-address.ts'
 
 /**
  * `/msc/migrate/1.0.0`: the control conversation of one migration, as length-prefixed
@@ -53,7 +54,9 @@ export const OfferSchema = z.object({
   source: z.object({ peerId: z.string().min(1).max(128), name: z.string().min(1).max(64) }).strict(),
   /** The peer id the source chose: a target that is not it refuses (no offer goes astray). */
   target: z.string().min(1).max(128),
-  transfers: z.object({ bundle: id, delta: id, images: id, log: id, pages: id }).strict()
+  transfers: z.object({ bundle: id, delta: id, images: id, log: id, pages: id }).strict(),
+  /** The container's own LAN address, which the target must give it (or refuse: NETWORK). */
+  network: LanNetworkSchema.optional()
 }).strict()
 export type Offer = z.infer<typeof OfferSchema>
 

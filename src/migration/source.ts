@@ -147,7 +147,8 @@ export class MigrationSource {
           features: { ...features, sealedData: d.peerIp != null && req.dataChannel !== false, streamedPages: d.peerIp != null && req.dataChannel !== false && req.streamPages !== false },
           source: { peerId: d.cluster.selfId, name: d.cluster.selfName },
           target,
-          transfers
+          transfers,
+          ...(c.network != null ? { network: c.network } : {})
         }
         control = new FramedStream(await d.dial(target, MIGRATE_PROTOCOL, AbortSignal.any([outer, AbortSignal.timeout(15_000)])), { maxFrameBytes: MAX_CONTROL_FRAME, idleTimeoutMs: 0 })
         await control.writeJson(offer, outer)

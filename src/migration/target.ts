@@ -149,6 +149,16 @@ export class MigrationTarget {
       return await refuse('NO_SPACE', `${this.d.cluster.selfName} has ${Math.floor(free / 1e6)} MB free, needs about ${Math.ceil((offer.estimatedBytes + this.d.diskReserveBytes) / 1e6)} MB`)
     }
 
+    if (offer.network != null) {
+      // Built now, quiet, so that the restore finds it; live only once restored.
+      try {
+        await this.d.host.prepareNetwork(offer.container, offer.network)
+      } catch (err) {
+        return await refuse('NETWORK', `${this.d.cluster.selfName} cannot give ${offer.container} its address ${offer.network.address}/${offer.network.prefix}: ${(err as Error).message}`)
+      }
+    }
+    let keepNetwork = false
+
     this.busy.add(offer.container)
     this.reservedBytes += offer.estimatedBytes
     const staging = await this.d.host.staging(offer.migrationId)
@@ -277,6 +287,7 @@ export class MigrationTarget {
           lazyPagesPort: pages?.port,
           handover: req.handover,
           replicas: offer.replicas,
+          ...(offer.network != null ? { network: offer.network } : {}),
           signal: AbortSignal.timeout(300_000)
         })
         adopted = true
@@ -329,10 +340,12 @@ export class MigrationTarget {
       if (decision === 'unknown') {
         // This node stops: the container stays, pending; the restart settles it (settle.ts).
         adopted = false
+        keepNetwork = true
         log.warn('node stopping before the migration was decided: the restored copy stays pending; the next start settles it')
       } else if (decision === 'commit') {
         // Never discarded from here: the source has released it (or will).
         adopted = false
+        keepNetwork = true
         const ok = await commitWithRetry({
           commit: async () => {
             await this.d.host.commit(offer.container, offer.epoch + 1, req.handover)
@@ -366,6 +379,7 @@ export class MigrationTarget {
       for (const id of ids) this.expected.delete(id)
       this.busy.delete(offer.container)
       this.reservedBytes -= offer.estimatedBytes
+      if (offer.network != null && !keepNetwork) await this.d.host.removeNetwork(offer.container).catch((err: Error) => log.warn({ err: err.message }, 'could not remove the prepared network'))
       await this.d.host.removeStaging(staging).catch(() => {})
       await control.closeWrite().catch(() => {})
     }

@@ -3,6 +3,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { MscError } from '../util/errors.ts'
 import { parseListenAddress } from '../metrics/listen-address.ts'
+import { LAN_DRIVERS, type LanDriver } from '../network/lan-address.ts'
 
 /**
  * Every option of `msc node start`, in one table: its flag, its environment
@@ -180,6 +181,27 @@ export const NODE_OPTIONS = {
     default: () => false,
     parse: bool
   } satisfies OptionSpec<boolean>,
+  lanInterface: {
+    key: 'lanInterface',
+    flag: '--lan-interface',
+    env: ['MSC_LAN_INTERFACE'],
+    description: 'The interface whose subnet is the LAN that `--network lan` containers get their own address on (a macvlan or ipvlan link on it per container).',
+    defaultText: 'the interface of the default route',
+    default: () => '',
+    parse: (raw: string, source: string) => {
+      if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(raw)) throw new MscError('INVALID_ARGUMENT', `${source}: not an interface name: "${raw}"`)
+      return raw
+    }
+  } satisfies OptionSpec<string>,
+  lanDriver: {
+    key: 'lanDriver',
+    flag: '--lan-driver',
+    env: ['MSC_LAN_DRIVER'],
+    description: "The link a `--network lan` container gets: macvlan (its own MAC; the switch must accept several MACs per port) or ipvlan (the interface's MAC, for switches that allow one per port).",
+    defaultText: 'macvlan',
+    default: () => 'macvlan' as LanDriver,
+    parse: oneOf(LAN_DRIVERS)
+  } satisfies OptionSpec<LanDriver>,
   dataChannel: {
     key: 'dataChannel',
     flag: '--no-data-channel',

@@ -13,6 +13,8 @@ import { KeyedMutex } from '../util/keyed-mutex.ts'
 import type { Handover } from '../cluster/handover.ts'
 import type { LeaseProof } from '../failover/grant.ts'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
+import type { LanNetwork } from '../network/lan-address.ts'
+import type { LanNetworks } from '../network/lan-netns.ts'
 
 /** What msc remembers of a container, in DIR/containers/NAME/container.json. */
 export interface ContainerRecord {
@@ -53,6 +55,8 @@ export interface ContainerRecord {
    * Nothing thaws it automatically (the target may run it); `msc restore` does.
    */
   frozenByMigration?: string
+  /** Its own address on the LAN (`--network lan`); absent: the host's network. Travels with it. */
+  network?: LanNetwork
 }
 
 /**
@@ -71,6 +75,10 @@ export interface ContainerManagerInit {
   tcpEstablished: boolean
   logger: Logger
   claimName?: NameClaimer
+  /** `--network lan`: the node's namespaces and links for containers with their own address. */
+  lan?: LanNetworks
+  /** Throws when a member's container holds ADDRESS (the cluster's view). */
+  claimAddress?: (address: string, name: string) => void
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
@@ -195,12 +203,41 @@ export class ContainerManager {
    * connections established (`--tcp-established`), CRIU gets the node's configuration
    * that dumps connections stateless and restores them closed (CRIU_HOST_NETWORK_CONFIG).
    */
-  runtimeConfigFor (name: string, bundle: LoadedBundle): OciConfig {
+  runtimeConfigFor (name: string, bundle: LoadedBundle, network?: LanNetwork): OciConfig {
+    if (network != null) {
+      // Its address is the same on every node: connections are restored established.
+      return runtimeConfig(bundle, {
+        cgroupsPath: this.cgroupsPath(name),
+        requestSocket: this.dd.requestSocket,
+        criuConfig: this.dd.criuLanConfigFile,
+        netnsPath: this.mustLan().nsPath(name)
+      })
+    }
     return runtimeConfig(bundle, {
       cgroupsPath: this.cgroupsPath(name),
       requestSocket: this.dd.requestSocket,
       criuConfig: this.init.tcpEstablished ? null : this.dd.criuConfigFile
     })
+  }
+
+  /** Whether CRIU restores NAME's connections established (its own address, or the node's option). */
+  tcpEstablishedFor (r: Pick<ContainerRecord, 'network'> | null): boolean {
+    return r?.network != null || this.init.tcpEstablished
+  }
+
+  mustLan (): LanNetworks {
+    if (this.init.lan == null) throw new MscError('NETWORK', 'this node has no LAN networking')
+    return this.init.lan
+  }
+
+  /** Throws when ADDRESS is taken by another container of this node or claimed by a member's. */
+  async checkAddressFree (address: string, name: string): Promise<void> {
+    for (const n of await this.names()) {
+      if (n === name) continue
+      const r = await this.readRecord(n)
+      if (r?.network?.address === address && r.fenced == null) throw new MscError('ALREADY_EXISTS', `address ${address} is taken by container ${n} on this node`)
+    }
+    this.init.claimAddress?.(address, name)
   }
 
   /**
@@ -228,7 +265,7 @@ export class ContainerManager {
     return toInfo(r, st, cps)
   }
 
-  async run (name: string, bundleDir: string, signal?: AbortSignal, opts: { replicas?: number } = {}): Promise<ContainerInfo> {
+  async run (name: string, bundleDir: string, signal?: AbortSignal, opts: { replicas?: number; network?: LanNetwork } = {}): Promise<ContainerInfo> {
     validateName(name)
     if (typeof bundleDir !== 'string' || bundleDir === '') throw new MscError('INVALID_ARGUMENT', 'a bundle directory is required')
     return await this.locked(name, async () => {
@@ -239,14 +276,25 @@ export class ContainerManager {
         throw new MscError('ALREADY_EXISTS', `runc already has a container ${name} under this node's root`)
       }
       const bundle = await loadBundle(bundleDir)
+      const net = opts.network
+      if (net != null) {
+        // Everything that can refuse comes before anything is made.
+        await this.mustLan().check(net)
+        await this.checkAddressFree(net.address, name)
+      }
       const epoch = this.init.claimName != null ? await this.init.claimName(name) : 1
       const dir = this.dd.containerDir(name)
       await fs.mkdir(dir, { recursive: true, mode: 0o700 })
       const now = new Date().toISOString()
-      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0 }
+      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0, ...(net != null ? { network: net } : {}) }
+      let netMade = false
       try {
         await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle))
+        if (net != null) {
+          await this.mustLan().create(name, net)
+          netMade = true
+        }
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle, net))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
           logFile: this.dd.logFile(name),
           logMaxBytes: this.init.logMaxBytes,
@@ -260,6 +308,7 @@ export class ContainerManager {
         // Whatever runc got to make (an interrupted run) goes too, or the name would be
         // stuck: unknown to msc, yet taken in runc's root.
         await this.runc.delete(name, { force: true }).catch(() => {})
+        if (netMade) await this.mustLan().remove(name)
         await removeTree(dir)
         throw err
       }
@@ -285,7 +334,7 @@ export class ContainerManager {
   /** Removes a stopped container with its checkpoints and logs. */
   async remove (name: string, opts: { force?: boolean } = {}): Promise<void> {
     await this.locked(name, async () => {
-      await this.mustRecord(name)
+      const r = await this.mustRecord(name)
       const st = await this.runc.state(name)
       if (st != null && st.status !== 'stopped') {
         if (opts.force !== true) throw new MscError('INVALID_STATE', `container ${name} is ${st.status}: stop it first (or --force)`)
@@ -293,6 +342,7 @@ export class ContainerManager {
       } else if (st != null) {
         await this.runc.delete(name, { force: true })
       }
+      if (r.network != null) await this.init.lan?.remove(name)
       await removeTree(this.dd.containerDir(name))
       this.log.info({ name }, 'container removed')
     })
@@ -326,7 +376,7 @@ export class ContainerManager {
       const imageDir = this.dd.checkpointDir(name, id)
       const started = Date.now()
       try {
-        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.stop !== true, tcpEstablished: this.init.tcpEstablished, signal: opts.signal })
+        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.stop !== true, tcpEstablished: this.tcpEstablishedFor(r), signal: opts.signal })
       } catch (err) {
         // Keep CRIU's log for whoever debugs it; drop the partial images.
         await fs.mkdir(this.dd.workDir(name, 'failed'), { recursive: true })
@@ -371,6 +421,8 @@ export class ContainerManager {
       if (r.frozenByMigration != null && st?.status === 'paused') {
         // Its memory is whole in the frozen processes: thawing is the restore.
         await this.runc.resume(name)
+        // Its address went quiet for that migration's dump: live here again.
+        if (r.network != null) await this.mustLan().activate(name, r.network)
         const id = r.frozenByMigration
         delete r.frozenByMigration
         delete r.leaseLost
@@ -400,12 +452,14 @@ export class ContainerManager {
       const { pid } = await this.runc.restore(name, this.dd.runtimeBundle(name), {
         imageDir: this.dd.checkpointDir(name, cp.id),
         workDir,
-        tcpEstablished: this.init.tcpEstablished,
+        tcpEstablished: this.tcpEstablishedFor(r),
         logFile: this.dd.logFile(name),
         logMaxBytes: this.init.logMaxBytes,
         pidFile: this.dd.pidFileOf(name),
         signal: opts.signal
       })
+      // A dump a migration left here (recoverInterruptedDump) was taken with the address quiet.
+      if (r.network != null) await this.mustLan().activate(name, r.network)
       r.startedAt = new Date().toISOString()
       r.checkpointed = false
       delete r.leaseLost
@@ -423,7 +477,7 @@ export class ContainerManager {
   }
 
   /** What this node owns, for its membership heartbeat. */
-  async claims (): Promise<Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof }>> {
+  async claims (): Promise<Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof; address?: string }>> {
     const out: Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof }> = []
     // One shared `runc list` for all (this runs at every heartbeat), not one `runc state` each.
     const states = new Map((await this.runcStates().catch(() => [])).map((x) => [x.id, x]))
@@ -443,7 +497,7 @@ export class ContainerManager {
         : r.lease != null && r.lease.epoch === r.epoch
         ? { grant: r.lease }
         : {}
-      out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof })
+      out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof, ...(r.network != null ? { address: r.network.address } : {}) })
     }
     return out
   }
@@ -547,6 +601,7 @@ function baseInfo (r: ContainerRecord, cps: CheckpointInfo[]): Omit<ContainerInf
     lastCheckpoint: cps.at(-1)?.id ?? null,
     epoch: r.epoch ?? 1,
     replicas: r.replicas ?? 0,
+    ...(r.network != null ? { network: { mode: 'lan' as const, address: r.network.address, prefix: r.network.prefix, driver: r.network.driver } } : {}),
     ...(r.leaseLost != null ? { leaseLost: r.leaseLost } : {})
   }
 }

@@ -30,6 +30,8 @@ import { createMetricsService, type MetricsService } from '../metrics/metrics-se
 import { parseListenAddress } from '../metrics/listen-address.ts'
 import type { NodeReader } from '../metrics/snapshot.ts'
 import { logShimBinary } from '../runtime/shim/binary.ts'
+import { LanNetworks } from '../network/lan-netns.ts'
+import { parseRunNetwork } from '../network/lan-address.ts'
 import type { MigrateRequest, MigrationResult } from '../migration/source.ts'
 
 /**
@@ -100,7 +102,9 @@ export class MscNode {
       stopTimeoutMs: this.config.stopTimeoutMs,
       tcpEstablished: this.config.tcpEstablished,
       logger: this.rootLog.child({ component: 'containers' }),
-      claimName: async (name) => this.claimName(name)
+      claimName: async (name) => this.claimName(name),
+      lan: new LanNetworks({ nodeId: this.nodeId, iface: this.config.lanInterface, driver: this.config.lanDriver, logger: this.rootLog.child({ component: 'lan' }) }),
+      claimAddress: (address, name) => this.claimAddress(address, name)
     })
     await this.dropStalePendingMigrations()
     const adopted = await this.containers.list()
@@ -249,9 +253,13 @@ export class MscNode {
       },
       run: async (req, signal) => {
         if (cfg.witness) throw new MscError('INVALID_STATE', `${cfg.name} is a witness: it votes on leases and runs no container`)
-        const replicas = req.replicas ?? cfg.defaultReplicas
+        const network = parseRunNetwork(req.network, req.ip, cfg.lanDriver) ?? undefined
+        // A lan container is not replicated (failover at the same address is not built
+        // yet): asked for, that is refused; by the node's default, it gets none.
+        if (network != null && req.replicas != null && req.replicas !== 0) throw new MscError('INVALID_ARGUMENT', '--replicas is not supported with --network lan yet: a standby cannot take over its address (docs/networking.md)')
+        const replicas = network != null ? 0 : req.replicas ?? cfg.defaultReplicas
         if (!Number.isInteger(replicas) || replicas < 0 || replicas > 8) throw new MscError('INVALID_ARGUMENT', `--replicas takes a whole number from 0 to 8, not ${String(req.replicas)}`)
-        return withReplication(await c.run(req.name, req.bundle, signal, { replicas }), failover)
+        return withReplication(await c.run(req.name, req.bundle, signal, { replicas, network }), failover)
       },
       stop: async (name) => await c.stop(name),
       remove: async (name, force) => {
@@ -458,6 +466,12 @@ export class MscNode {
       throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${who} (epoch ${own.epoch})`)
     }
     return o.view.nextEpoch(name)
+  }
+
+  /** Refuses ADDRESS when a member's container holds it (its claim says so). */
+  private claimAddress (address: string, name: string): void {
+    const h = this.overlay?.view.addressHolder(address)
+    if (h != null && h.name !== name) throw new MscError('ALREADY_EXISTS', `address ${address} is taken in the cluster by container ${h.name} on peer ${this.peerName(h.peerId)}`)
   }
 
   /** The name a peer was admitted under; what its heartbeat says only for a non-member. */

@@ -49,6 +49,10 @@ export class DataDir {
   get criuConfigFile (): string {
     return path.join(this.root, 'criu-host-network.conf')
   }
+  /** The CRIU configuration for `--network lan` containers (CRIU_LAN_NETWORK_CONFIG). */
+  get criuLanConfigFile (): string {
+    return path.join(this.root, 'criu-lan-network.conf')
+  }
   get pidFile (): string {
     return path.join(this.root, 'node.pid')
   }
@@ -126,6 +130,7 @@ export class DataDir {
     for (const d of [this.runcRoot, this.containersDir, this.tmp]) await fs.mkdir(d, { recursive: true, mode: 0o700 })
     if (kind !== 'msc') await writeFileAtomic(this.markerFile, JSON.stringify({ format: DATA_DIR_FORMAT }) + '\n', { mode: 0o600 })
     await writeFileAtomic(this.criuConfigFile, CRIU_HOST_NETWORK_CONFIG, { mode: 0o600 })
+    await writeFileAtomic(this.criuLanConfigFile, CRIU_LAN_NETWORK_CONFIG, { mode: 0o600 })
   }
 
   /** A short id made once per data dir; it names the node's cgroup parent. */
@@ -152,6 +157,13 @@ export class DataDir {
  * of a redis taking 20 new connections a second; their clients send their SYN again.
  */
 export const CRIU_HOST_NETWORK_CONFIG = '# Written by msc at node start; edits are overwritten.\ntcp-close\nskip-in-flight\n'
+
+/**
+ * A container with its own address on the LAN keeps it on every node, so its TCP
+ * connections move with it: CRIU dumps them with TCP repair and restores them
+ * established. Connections not yet accepted are skipped, as for the host's network.
+ */
+export const CRIU_LAN_NETWORK_CONFIG = '# Written by msc at node start; edits are overwritten.\ntcp-established\nskip-in-flight\n'
 
 /** The layout version this msc writes and reads (the marker's `format`). */
 export const DATA_DIR_FORMAT = 1

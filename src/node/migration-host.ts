@@ -16,6 +16,7 @@ import { testFailCommit } from '../migration/test-knobs.ts'
 import { renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 import { bundleDigest } from '../migration/bundle-digest.ts'
 import type { DataDir } from './data-dir.ts'
+import type { LanNetwork } from '../network/lan-address.ts'
 
 /**
  * The node's side of migration: ContainerHost over its containers, runc and data dir.
@@ -70,7 +71,7 @@ export class NodeMigrationHost implements ContainerHost {
       await fs.writeFile(log, '')
       logFiles.push(log)
     }
-    return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles }
+    return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles, ...(r.network != null ? { network: r.network } : {}) }
   }
 
   async dump (name: string, imageDir: string, signal: AbortSignal, opts: { parentPath?: string | undefined; pageServer?: string } = {}): Promise<void> {
@@ -78,11 +79,13 @@ export class NodeMigrationHost implements ContainerHost {
     // 100 ms steps, and a dump that fails leaves the container frozen for resume().
     // With a page server the dump leaves it running as CRIU found it: frozen. Its pages
     // are on the target only, so a rollback thaws it instead of restoring.
-    await this.runc.pause(name)
+    const r = await this.m.readRecord(name)
     try {
-      await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.pageServer != null, pageServer: opts.pageServer, parentPath: opts.parentPath, tcpEstablished: this.m.settings.tcpEstablished, signal })
+      // In parallel: both must be done before CRIU reads the sockets, and both count as downtime.
+      await Promise.all([this.quietForDump(name, r?.network), this.runc.pause(name)])
+      await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: opts.pageServer != null, pageServer: opts.pageServer, parentPath: opts.parentPath, tcpEstablished: this.m.tcpEstablishedFor(r), signal })
     } catch (err) {
-      await this.resumeAfterFailedDump(name)
+      await this.resumeAfterFailedDump(name, r?.network)
       throw err
     }
     // runc's stopped container stays until release() (or resume(), on a rollback):
@@ -99,12 +102,13 @@ export class NodeMigrationHost implements ContainerHost {
     // fails once the target runs its copy (the page link cut) leaves ours frozen, not
     // running beside the other. The source resumes it when the target's copy is gone.
     // (CRIU also skips its own freezing, which waits in 100 ms steps.)
-    await this.runc.pause(name)
+    const r = await this.m.readRecord(name)
     let d: Awaited<ReturnType<typeof checkpointLazy>>
     try {
-      d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.settings.tcpEstablished, signal })
+      await Promise.all([this.quietForDump(name, r?.network), this.runc.pause(name)])
+      d = await checkpointLazy(this.runc, name, { imageDir, workDir: imageDir, pageServer: `127.0.0.1:${port}`, tcpEstablished: this.m.tcpEstablishedFor(r), signal })
     } catch (err) {
-      await this.resumeAfterFailedDump(name)
+      await this.resumeAfterFailedDump(name, r?.network)
       throw err
     }
     const done = d.done.then(async () => {
@@ -114,10 +118,21 @@ export class NodeMigrationHost implements ContainerHost {
     return { imagesReady: d.imagesReady, done, cancel: d.cancel }
   }
 
+  /**
+   * A lan container's address must go still before CRIU reads its sockets: CRIU does
+   * not lock a network namespace it does not own, and whatever the kernel still
+   * answers (ACKs, a window update) after the dump would not match the restored
+   * sockets. It stays quiet here until resume() or release().
+   */
+  private async quietForDump (name: string, net: LanNetwork | undefined): Promise<void> {
+    if (net != null) await this.m.mustLan().quiet(name) // a failure: resumeAfterFailedDump() makes it live again
+  }
+
   /** A dump that failed before it began leaves the container as we froze it: it runs on. */
-  private async resumeAfterFailedDump (name: string): Promise<void> {
+  private async resumeAfterFailedDump (name: string, net?: LanNetwork): Promise<void> {
     const st = await this.runc.state(name).catch(() => null)
     if (st?.status === 'paused') await this.runc.resume(name).catch((err) => this.log.error({ name, err: (err as Error).message }, 'could not resume the container after a failed dump'))
+    if (net != null) await this.m.mustLan().activate(name, net).catch((err) => this.log.error({ name, err: (err as Error).message }, 'could not make the address live again after a failed dump'))
   }
 
   async resume (name: string, imageDir: string, signal: AbortSignal): Promise<void> {
@@ -131,6 +146,12 @@ export class NodeMigrationHost implements ContainerHost {
       if (left === 'stopped' || left === 'paused') await this.runc.delete(name, { force: true }).catch(() => {})
       throw new MscError('INVALID_STATE', `${name} is not resumed here: its lease ran out while it was frozen, and a standby may run it by now (msc ps on the others)`)
     }
+    await this.resumeHere(name, imageDir, r, signal)
+    // Its address is live here again (the target never made it live, or has gone).
+    if (r?.network != null) await this.m.mustLan().activate(name, r.network)
+  }
+
+  private async resumeHere (name: string, imageDir: string, r: ContainerRecord | null, signal: AbortSignal): Promise<void> {
     const st = await this.runc.state(name)
     if (st?.status === 'running') return // the dump never stopped it (post-copy cancelled before the freeze)
     if (st?.status === 'paused') {
@@ -143,7 +164,7 @@ export class NodeMigrationHost implements ContainerHost {
     await this.runc.restore(name, this.dd.runtimeBundle(name), {
       imageDir,
       workDir,
-      tcpEstablished: this.m.settings.tcpEstablished,
+      tcpEstablished: this.m.tcpEstablishedFor(r),
       logFile: this.dd.logFile(name),
       logMaxBytes: this.m.settings.logMaxBytes,
       pidFile: this.dd.pidFileOf(name),
@@ -153,7 +174,10 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async release (name: string, movedTo: { peerId: string; name: string }): Promise<void> {
+    const r = await this.m.readRecord(name)
     await this.runc.delete(name, { force: true }).catch(() => {})
+    // Quiet since the dump, so its sockets' end here never reset the moved connections.
+    if (r?.network != null) await this.m.mustLan().remove(name)
     await this.dd.writeMoved(name, movedTo)
     await removeTree(this.dd.containerDir(name))
     this.announce()
@@ -177,6 +201,15 @@ export class NodeMigrationHost implements ContainerHost {
 
   async nameFree (name: string): Promise<boolean> {
     return (await this.m.readRecord(name)) == null && (await this.runc.state(name)) == null
+  }
+
+  async prepareNetwork (name: string, network: LanNetwork): Promise<void> {
+    await this.m.checkAddressFree(network.address, name)
+    await this.m.mustLan().create(name, network, { quiet: true })
+  }
+
+  async removeNetwork (name: string): Promise<void> {
+    await this.m.mustLan().remove(name)
   }
 
   async cachedBundle (digest: string): Promise<string | null> {
@@ -217,7 +250,9 @@ export class NodeMigrationHost implements ContainerHost {
     return path.join(this.dd.containerDir(name), 'commit.json')
   }
 
-  async adopt (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; signal: AbortSignal }): Promise<{ pid: number }> {
+  async adopt (
+    req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; network?: LanNetwork; signal: AbortSignal }
+  ): Promise<{ pid: number }> {
     const t0 = Date.now()
     // Checked before anything moves: the log shim appends to these as root, and a link
     // would have it write to a host file.
@@ -234,11 +269,12 @@ export class NodeMigrationHost implements ContainerHost {
     await fs.rename(req.bundleDir, src)
     for (const f of logs) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
     const bundle = await loadBundle(src)
-    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), this.m.runtimeConfigFor(req.name, bundle))
+    await writeRuntimeBundle(this.dd.runtimeBundle(req.name), this.m.runtimeConfigFor(req.name, bundle, req.network))
     const now = new Date().toISOString()
-    const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0 }
+    const net = req.network != null ? { network: req.network } : {}
+    const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0, ...net }
     await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })
-    await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true })
+    await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true, ...net })
     await fs.mkdir(req.workDir, { recursive: true })
     let daemon: { exited: Promise<void>; kill: () => void } | undefined
     if (req.lazyPagesPort != null) {
@@ -259,12 +295,14 @@ export class NodeMigrationHost implements ContainerHost {
         imageDir: req.imageDir,
         workDir: req.workDir,
         lazyPages: req.lazyPagesPort != null,
-        tcpEstablished: this.m.settings.tcpEstablished,
+        tcpEstablished: this.m.tcpEstablishedFor(req),
         logFile: this.dd.logFile(req.name),
         logMaxBytes: this.m.settings.logMaxBytes,
         pidFile: this.dd.pidFileOf(req.name),
         signal: req.signal
       })
+      // The source's copy is quiet (frozen, no traffic, no ARP): the address is live here now.
+      if (req.network != null) await this.m.mustLan().activate(req.name, req.network)
       this.log.debug({ name: req.name, prepareMs: t1 - t0, runcRestoreMs: Date.now() - t1 }, 'adopted')
       return { pid: st.pid }
     } catch (err) {
@@ -332,6 +370,7 @@ export class NodeMigrationHost implements ContainerHost {
     })
     this.lazyDaemons.get(name)?.kill()
     this.lazyDaemons.delete(name)
+    if ((await this.m.readRecord(name))?.network != null) await this.m.mustLan().remove(name)
     await removeTree(this.dd.containerDir(name))
   }
 }

@@ -86,6 +86,8 @@ export interface RuntimeConfigOptions {
   requestSocket?: string
   /** The node's CRIU configuration file; null leaves the container without one. */
   criuConfig?: string | null
+  /** A network namespace to join (a `--network lan` container's); absent: the bundle's own choice. */
+  netnsPath?: string
 }
 
 /**
@@ -105,6 +107,12 @@ export function runtimeConfig (b: LoadedBundle, opts: RuntimeConfigOptions): Oci
   }
   c.process = { ...c.process, terminal: false }
   c.linux = { ...(c.linux ?? {}), cgroupsPath: opts.cgroupsPath }
+  if (opts.netnsPath != null) {
+    // runc joins it, and tells CRIU it is external: a dump leaves it out, a restore
+    // puts the container back into the namespace config.json names on that node.
+    const others = (Array.isArray(c.linux.namespaces) ? c.linux.namespaces : []).filter((n) => n.type !== 'network')
+    c.linux.namespaces = [...others, { type: 'network', path: opts.netnsPath }]
+  }
   const annotations: Record<string, unknown> = { ...(isRecord(c.annotations) ? c.annotations : {}) }
   delete annotations[CRIU_CONFIG_ANNOTATION]
   if (opts.criuConfig != null) annotations[CRIU_CONFIG_ANNOTATION] = opts.criuConfig

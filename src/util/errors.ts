@@ -14,6 +14,7 @@ export type MscErrorCode =
   | 'CRIU_MISSING'
   | 'RUNC_MISSING'
   | 'NO_SPACE'
+  | 'NETWORK'
   | 'DAEMON_UNREACHABLE'
   | 'INTERNAL'
 

@@ -379,6 +379,16 @@ export class Cluster {
         }
       })
     }
+    // The named network namespaces of `--network lan` containers (/run/netns/msc-NODEID-NAME).
+    for (const n of this.nodes) {
+      await step(async () => {
+        const nodeId = await fs.readFile(path.join(n.dataDir, 'node-id'), 'utf8').then((s) => s.trim()).catch(() => '')
+        if (!/^[0-9a-f]{8}$/.test(nodeId)) return
+        for (const e of await fs.readdir('/run/netns').catch(() => [] as string[])) {
+          if (e.startsWith(`msc-${nodeId}-`)) await execa('ip', ['netns', 'delete', e], { reject: false })
+        }
+      })
+    }
     // destroy() SIGKILLs whatever is left in the hosts (shims, a node that would not die).
     await step(() => this.tb.destroy())
     for (const n of this.nodes) {

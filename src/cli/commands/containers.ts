@@ -1,5 +1,7 @@
 import type { Command } from 'commander'
 import { clientFor, parseReplicas, printJson, withTarget, type TargetOpts } from './common.ts'
+import { parseLanAddress } from '../../network/lan-address.ts'
+import { MscError } from '../../util/errors.ts'
 import { checkpointsTable, containersTable, containerText, bytes } from '../render.ts'
 
 /** run, ps, inspect, logs, stop, rm, checkpoint, checkpoints, restore: each one API call. */
@@ -9,14 +11,17 @@ export function registerContainerCommands (program: Command): void {
     .argument('<name>', 'container name, unique on the node')
     .argument('<bundle>', 'OCI bundle directory')
     .option('--replicas <n>', "standbys that keep a copy of it for failover, 0 to 8 (default: the node's --default-replicas, 1 unless set)")
+    .option('--network <mode>', "host (default: the node's network) or lan (an address of its own on the node's LAN, kept across migrations)")
+    .option('--ip <addr/prefix>', "with --network lan: the address, e.g. 192.168.1.50/24 (in the subnet of the node's --lan-interface)")
     .option('--json', 'print the container as JSON'))
-    .action(async (name: string, bundle: string, opts: TargetOpts & { replicas?: string }) => {
+    .action(async (name: string, bundle: string, opts: TargetOpts & { replicas?: string; network?: string; ip?: string }) => {
       // Checked here, before any request: a bad value never reaches the node.
       const replicas = opts.replicas == null ? undefined : parseReplicas(opts.replicas)
+      const network = parseNetworkOption(opts.network, opts.ip)
       const { resolve } = await import('node:path')
-      const c = await (await clientFor(opts)).run(name, resolve(bundle), replicas)
+      const c = await (await clientFor(opts)).run(name, resolve(bundle), replicas, { network, ip: opts.ip })
       if (opts.json === true) printJson(c)
-      else process.stdout.write(`${c.name} running (pid ${c.pid})${c.replicas == null || c.replicas === 0 ? '' : `, replicas: ${c.replicas}`}\n`)
+      else process.stdout.write(`${c.name} running (pid ${c.pid})${c.network != null ? `, address ${c.network.address}/${c.network.prefix}` : ''}${c.replicas == null || c.replicas === 0 ? '' : `, replicas: ${c.replicas}`}\n`)
     })
 
   withTarget(program.command('ps')
@@ -110,4 +115,18 @@ export function registerContainerCommands (program: Command): void {
       if (opts.json === true) printJson(c)
       else process.stdout.write(`${c.name} restored (pid ${c.pid})\n`)
     })
+}
+
+/** `--network` and `--ip` as given: the mode to ask for, the address checked for its form. */
+function parseNetworkOption (network: string | undefined, ip: string | undefined): 'host' | 'lan' | undefined {
+  if (network == null) {
+    if (ip != null) throw new MscError('INVALID_ARGUMENT', '--ip needs --network lan')
+    return undefined
+  }
+  if (network !== 'host' && network !== 'lan') throw new MscError('INVALID_ARGUMENT', `--network: expected host or lan, got "${network}"`)
+  if (network === 'lan') {
+    if (ip == null) throw new MscError('INVALID_ARGUMENT', '--network lan needs --ip ADDR/PREFIX')
+    parseLanAddress(ip)
+  } else if (ip != null) throw new MscError('INVALID_ARGUMENT', '--ip needs --network lan')
+  return network
 }

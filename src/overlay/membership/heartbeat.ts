@@ -27,6 +27,8 @@ export const MAX_EPOCH_JUMP = 2 ** 20
 
 const peerIdText = z.string().min(20).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/)
 const containerName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/)
+/** A dotted IPv4 address: four decimal bytes, no leading zeros, nothing around them. */
+const ipv4 = z.string().max(15).regex(/^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/)
 
 export const ContainerClaimSchema = z.object({
   name: containerName,
@@ -43,7 +45,9 @@ export const ContainerClaimSchema = z.object({
    * proof a view needs to move the name from an owner that died. Checked against the
    * persisted member list (protocols/lease.md).
    */
-  grant: LeaseProofSchema.optional()
+  grant: LeaseProofSchema.optional(),
+  /** The container's own LAN address (`--network lan`): one container in the cluster holds it. */
+  address: ipv4.optional()
 }).strict()
 
 /** The sender's claim set in brief (claim-set.ts, ClaimSummary). */

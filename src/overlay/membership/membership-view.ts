@@ -543,6 +543,20 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   ownership (): Ownership[] {
     return [...this.owners.values()].sort((a, b) => a.container.localeCompare(b.container))
   }
+  /**
+   * Which other peer's container holds ADDRESS (its claim says so and the view has the
+   * peer as the name's owner), if any.
+   */
+  addressHolder (address: string): { peerId: string; name: string } | undefined {
+    for (const [peerId, copy] of this.copies) {
+      if (peerId === this.selfId) continue
+      for (const c of copy.claims.values()) {
+        if (c.address === address && this.owners.get(c.name)?.owner === peerId) return { peerId, name: c.name }
+      }
+    }
+    return undefined
+  }
+
   ownerOf (container: string): Ownership | undefined {
     return this.owners.get(container)
   }
