@@ -10,7 +10,7 @@ import type { Chart, Value } from './plot.ts'
 import { ROOT, median } from './lib.ts'
 
 /** The benchmarks that have charts (shim-memory and membership-scale draw their own). */
-export const CHARTED = ['cli-startup', 'image-transfer', 'migration', 'failover', 'downtime']
+export const CHARTED = ['cli-startup', 'image-transfer', 'migration', 'failover', 'downtime', 'client-downtime']
 
 const BASELINE_GREY = '#999999'
 
@@ -63,6 +63,11 @@ interface DowntimeResults extends Run {
   ratios: Array<{ memoryMiB: number; strategy: string; 'observer gap / runc by hand': number; 'msc downtimeMs / observer gap': number | null }>
 }
 
+interface ClientDowntimeResults extends Run {
+  summary: Array<{ strategy: string; mode: string; clientGapMs: number; clientGapMinMs: number; clientGapMaxMs: number; mscDowntimeMs: number | null }>
+  ratios: Array<{ strategy: string; 'client gap lan / host': number }>
+}
+
 interface FailoverResults extends Run {
   rto?: {
     leaseMs: number
@@ -112,6 +117,8 @@ export function chartsFor (bench: string, data: Results, file: string): Chart[] 
       return failover(data as unknown as FailoverResults, file)
     case 'downtime':
       return downtime(data as unknown as DowntimeResults, file)
+    case 'client-downtime':
+      return clientDowntime(data as unknown as ClientDowntimeResults, file)
     default:
       return []
   }
@@ -522,4 +529,37 @@ const PHASE_COLORS = ['#56B4E9', '#E69F00', '#009E73', '#F0E442', '#0072B2', '#D
 
 function phaseValue (v: number | undefined): Value | null {
   return v == null ? null : { value: v, label: String(Math.round(v)) }
+}
+
+/** What a redis client with one connection saw, with the address moving (lan) and without (host). */
+function clientDowntime (d: ClientDowntimeResults, file: string): Chart[] {
+  const strategies = [...new Set(d.summary.map((s) => s.strategy))]
+  const get = (mode: string, st: string) => d.summary.find((s) => s.mode === mode && s.strategy === st)
+  const gap = (mode: string) =>
+    strategies.map((st): Value | null => {
+      const s = get(mode, st)
+      return s == null ? null : { value: s.clientGapMs, min: s.clientGapMinMs, max: s.clientGapMaxMs, label: String(Math.round(s.clientGapMs)) }
+    })
+  const msc = (mode: string) => strategies.map((st): Value | null => phaseValue(get(mode, st)?.mscDowntimeMs ?? undefined))
+  return [{
+    name: 'client-downtime',
+    spec: {
+      kind: 'bar' as const,
+      title: 'A migrated redis as its client sees it: own LAN address against the host network',
+      subtitle: `A client on a third host sends PING every 5 ms on one connection to a redis with ${
+        String(d.options.keys)
+      } keys, migrated n1 -> n2 and back. lan: --network lan --ip, the connection survives; host: the connection is reset and the client reconnects to the new node. Labels: ms.`,
+      machine: d.machine,
+      yLabel: 'longest gap between answers, ms (medians)',
+      groups: strategies,
+      series: [
+        { name: 'lan: client gap (same connection)', color: '#0072B2', values: gap('lan') },
+        { name: 'host: client gap (reconnect included)', color: '#E69F00', values: gap('host') },
+        { name: 'lan: msc downtimeMs', color: '#56B4E9', values: msc('lan') },
+        { name: 'host: msc downtimeMs', color: '#F0E442', values: msc('host') }
+      ],
+      notes: [`whiskers: min-max of the hops; ${source(file)}`]
+    },
+    figures: { summary: d.summary, ratios: d.ratios }
+  }]
 }
