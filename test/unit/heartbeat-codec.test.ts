@@ -73,8 +73,8 @@ function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): v
 }
 
 describe('round trip', () => {
-  test('this is version 3, with every drop reason named', () => {
-    assert.equal(HEARTBEAT_VERSION, 3)
+  test('this is version 4, with every drop reason named', () => {
+    assert.equal(HEARTBEAT_VERSION, 4)
     assert.deepEqual([...DROP_REASONS], [
       'oversized',
       'malformed',
@@ -369,20 +369,20 @@ describe('malformed', () => {
 })
 
 describe('version', () => {
-  test('v: 2 (the previous version) and v: 4 are version drops, even when the rest would not parse', () => {
+  test('v: 3 (the previous version) and v: 5 are version drops, even when the rest would not parse', () => {
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = 2
-    }), alice), 'version', /version 2/)
+      o.v = 3
+    }), alice), 'version', /version 3/)
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = 4
-    }), alice), 'version', /version 4/)
-    assertDropped(decodeHeartbeat(text('{"v":4,"future":"format"}'), alice), 'version', /version 4/)
+      o.v = 5
+    }), alice), 'version', /version 5/)
+    assertDropped(decodeHeartbeat(text('{"v":5,"future":"format"}'), alice), 'version', /version 5/)
   })
 
-  test('v: "3" (a string) is a version drop', () => {
+  test('v: "4" (a string) is a version drop', () => {
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = '3'
-    }), alice), 'version', /version "3"/)
+      o.v = '4'
+    }), alice), 'version', /version "4"/)
   })
 
   test('v: null and v: 0 are version drops', () => {
