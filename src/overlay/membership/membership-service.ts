@@ -364,9 +364,14 @@ export class MembershipService {
     }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))
     this.scheduleProbe()
     this.syncTimer = setInterval(() => {
-      const peers = this.o.view.members().filter((m) => m.state === 'alive')
-      const pick = peers[Math.floor(Math.random() * peers.length)]
+      const members = this.o.view.members()
+      const alive = members.filter((m) => m.state === 'alive')
+      const pick = alive[Math.floor(Math.random() * alive.length)]
       if (pick != null) void this.sync(pick.peerId)
+      // And one connected member held suspect or dead here: it learns it, and refutes if it can.
+      const doubted = members.filter((m) => (m.state === 'suspect' || m.state === 'dead') && this.o.connector.connected(m.peerId))
+      const other = doubted[Math.floor(Math.random() * doubted.length)]
+      if (other != null) void this.sync(other.peerId)
     }, syncEveryMs(this.o.intervalMs))
     await this.publish('heartbeat')
   }
@@ -510,6 +515,8 @@ export class MembershipService {
     // restarted host comes back without anyone running `msc join`.
     for (const m of this.o.view.members()) {
       if (m.state === 'dead') void this.o.connector.ensure(m.peerId, m.addrs)
+      // Heartbeats are rare now: a set still wanted is fetched again once its backoff ran out.
+      else if (m.state === 'alive' && this.o.view.claimsWanted(m.peerId) != null) void this.fetchClaimsOf(m.peerId)
     }
     // Members the view forgot (long dead, or removed from the cluster) leave the detector too.
     for (const peer of this.detector.known()) {

@@ -200,10 +200,8 @@ export class SwimDetector {
       if (m == null || incarnation >= m.incarnation) this.set(peer, { peer, incarnation, refuted: m?.incarnation === incarnation ? m.refuted : 0, state: 'left' })
       return
     }
-    if (m == null || incarnation > m.incarnation) {
-      this.set(peer, { peer, incarnation, refuted: 0, state: 'alive' })
-      this.enqueue({ peer, incarnation, refuted: 0, state: 'alive', by: peer })
-    }
+    // Not queued for piggy-backing: others take a member's alive only from the member itself.
+    if (m == null || incarnation > m.incarnation) this.set(peer, { peer, incarnation, refuted: 0, state: 'alive' })
   }
 
   /** Forgets a member (removed from the cluster, or forgotten by the view). */
@@ -243,7 +241,8 @@ export class SwimDetector {
     if (c.state === 'alive') {
       if (sender !== c.peer || cmp <= 0) return
       this.set(c.peer, { peer: c.peer, incarnation: c.incarnation, refuted: c.refuted, state: 'alive' })
-      this.enqueue(c)
+      // A suspicion of it still queued here is stale now.
+      this.queue.delete(c.peer)
       return
     }
     if (cmp < 0) return
