@@ -168,6 +168,21 @@ describe('suspicion (Lifeguard)', () => {
     assert.equal(a.state('B'), 'dead')
   })
 
+  test("suspect on another's word, then its own probe fails: this node's suspicion counts too, and is published", async () => {
+    const net = Net.full(['A', 'B', 'C', 'D'])
+    net.down.add('B')
+    const a = net.get('A')
+    a.receive([change('B', 'suspect', 'C')], 'C')
+    assert.deepEqual(net.verdicts, [])
+    await a.probe('B')
+    assert.deepEqual(net.verdicts, [{ at: 'A', change: change('B', 'suspect', 'A') }])
+    // C and A: one confirmation of the first suspicion, of K = 2 expected (N = 4).
+    a.receive([change('B', 'suspect', 'D')], 'D')
+    net.clock += MIN
+    a.tick()
+    assert.equal(a.state('B'), 'dead')
+  })
+
   test('a suspicion relayed by another member (by is not the sender) does not confirm', async () => {
     const net = Net.full(['A', 'B', 'C', 'D', 'E'])
     net.down.add('B')

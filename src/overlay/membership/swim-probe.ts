@@ -264,12 +264,13 @@ export class SwimDetector {
     this.o.onVerdict?.(change)
   }
 
-  private suspect (peer: string, incarnation: number, refuted: number, by: string, confirmer: string | undefined): void {
+  /** `by` is who reached the verdict; only this node's own (by === selfId from a probe here) is published. */
+  private suspect (peer: string, incarnation: number, refuted: number, by: string, confirmer: string | undefined, own = false): void {
     const s: Suspicion = { since: this.now(), confirmers: new Set(confirmer != null ? [confirmer] : []) }
     this.set(peer, { peer, incarnation, refuted, state: 'suspect', suspicion: s })
     const change: SwimChange = { peer, incarnation, refuted, state: 'suspect', by }
     this.enqueue(change)
-    if (by === this.selfId) this.o.onVerdict?.(change)
+    if (own) this.o.onVerdict?.(change)
   }
 
   /**
@@ -400,8 +401,16 @@ export class SwimDetector {
       // Lifeguard: no nack either means our own messages are not getting through.
       this.healthDelta(helpers.length > 0 && replies.every((r) => r == null) ? 2 : 1)
       const now = this.members.get(target)
-      if (now == null || now.state !== 'alive') return
-      this.suspect(target, now.incarnation, now.refuted, this.selfId, this.selfId)
+      if (now == null || (now.state !== 'alive' && now.state !== 'suspect')) return
+      if (now.state === 'alive') {
+        this.suspect(target, now.incarnation, now.refuted, this.selfId, this.selfId, true)
+        return
+      }
+      // Already suspect on another's word: this node's own failed probe is one more
+      // independent suspicion, which the others should hear in its name.
+      if (now.suspicion == null || now.suspicion.confirmers.has(this.selfId)) return
+      now.suspicion.confirmers.add(this.selfId)
+      this.o.onVerdict?.({ peer: target, incarnation: now.incarnation, refuted: now.refuted, state: 'suspect', by: this.selfId })
     } finally {
       this.probing.delete(target)
     }
