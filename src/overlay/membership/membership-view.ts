@@ -15,6 +15,11 @@ import { claimDigest, MAX_CLAIM_SET, rebuild, type ClaimSetCopy, type ClaimSumma
  *   any --(leave message)--> left;  dead/left --(newer heartbeat)--> alive
  *   dead/left --(forgetAfter)--> forgotten
  *
+ * With `externalVerdicts` (what msc runs: the SWIM detector, swim-probe.ts), states
+ * come from setVerdict instead of silence and pings: a heartbeat makes a new member,
+ * or a new incarnation, alive, a leave makes it left, and nothing else changes a state
+ * here; tick() only forgets and prunes.
+ *
  * A heartbeat from a peer that `isMember` refuses is dropped (`not-member`) before any
  * other check. Ownership rules, for a claim of NAME at epoch E by peer P (the same for
  * the node's own claims, applied silently), against the record the view holds:
