@@ -4,12 +4,12 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from '../../util/logger.ts'
 import type { MscLibp2p } from '../libp2p-host.ts'
 import type { PeerConnector } from '../connector.ts'
-import { decodeMessage, encodeHeartbeat, HEARTBEAT_VERSION, MAX_TOPIC_CHANGES, type ContainerClaim, type Heartbeat } from './heartbeat.ts'
+import { decodeHeartbeat, decodeMessage, encodeHeartbeat, HEARTBEAT_VERSION, MAX_TOPIC_CHANGES, type ContainerClaim, type Heartbeat } from './heartbeat.ts'
 import type { MembershipView } from './membership-view.ts'
 import { ClaimLedger } from './claim-set.ts'
 import { CLAIMS_PROTOCOL, ClaimsPageError, encodePages, FETCH_TIMEOUT_MS, fetchClaims, serveClaims } from './claims-protocol.ts'
 import { SwimDetector, type ProbeReply, type SwimChange, type SwimState } from './swim-probe.ts'
-import { exchange, MAX_SWIM_STREAMS, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, SwimRefusal } from './swim-protocol.ts'
+import { exchange, MAX_SYNC_ADDRS, MAX_SWIM_STREAMS, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, SwimRefusal, type SyncMessage } from './swim-protocol.ts'
 
 export const MEMBERSHIP_TOPIC = '/msc/membership/1'
 
@@ -41,8 +41,18 @@ export interface MembershipServiceInit {
 const MAX_CLAIMS_STREAMS = 2
 /** After a failed fetch of a peer's claims, the next waits this long, doubling, at most MAX_FETCH_BACKOFF_MS. */
 const MAX_FETCH_BACKOFF_MS = 30_000
-/** The shortest direct probe timeout: a loaded 2-core host answers within it. */
-const MIN_PROBE_TIMEOUT_MS = 500
+/**
+ * The shortest direct probe timeout. memberlist's 0.5 s is too short for nodes sharing
+ * a loaded 2-core host: while a cluster forms, answers took longer and members were
+ * suspected (and refuted) for nothing.
+ */
+const MIN_PROBE_TIMEOUT_MS = 1000
+/**
+ * Added to a probe's timeout when there is no connection to the target yet: a new
+ * connection's handshakes (noise, pnet) cost more than an answer. A killed node's
+ * refused dial still fails at once.
+ */
+const DIAL_ALLOWANCE_MS = 2000
 /** Changes messages older (or further in the future) than this are stale. */
 const MAX_CHANGES_AGE_MS = 30_000
 
@@ -92,6 +102,8 @@ export class MembershipService {
   private probeTimer?: NodeJS.Timeout
   private syncTimer?: NodeJS.Timeout
   private lastPublished = 0
+  /** The latest heartbeat built, as sent in syncs. */
+  private heartbeatText?: string
   private publishedRev = -1
   private publishedAddrs = ''
   private readonly refused: Record<SwimRefusalReason, number> = { 'not-member': 0, malformed: 0, 'target-not-member': 0 }
@@ -107,7 +119,7 @@ export class MembershipService {
       suspicionMinMs: init.suspicionMinMs,
       suspicionMaxMs: init.suspicionMaxMs,
       transport: {
-        ping: async (target, changes, timeoutMs) => await this.sendProbe(target, { v: SWIM_VERSION, type: 'ping', changes }, timeoutMs),
+        ping: async (target, changes, timeoutMs) => await this.sendProbe(target, { v: SWIM_VERSION, type: 'ping', changes }, timeoutMs + (this.o.connector.connected(target) ? 0 : DIAL_ALLOWANCE_MS)),
         pingReq: async (via, target, changes, timeoutMs) => await this.sendProbe(via, { v: SWIM_VERSION, type: 'ping-req', target, timeoutMs: Math.round(timeoutMs), changes }, timeoutMs * 2)
       },
       onState: (peer, state) => {
@@ -150,14 +162,46 @@ export class MembershipService {
     }
   }
 
-  /** Push-pull: sends every member this node knows to `peer` and merges what it knows. */
+  /** This node's side of a push-pull sync: its latest heartbeat, and every member it knows with where to dial it. */
+  private syncMessage (): SyncMessage {
+    const self = this.detector.selfId
+    const own = dialableAddrs(this.o.libp2p.getMultiaddrs().map((m) => m.toString()))
+    const members = this.detector.snapshot().map((c) => ({ ...c, addrs: (c.peer === self ? own : this.o.view.get(c.peer)?.addrs ?? []).slice(0, MAX_SYNC_ADDRS) }))
+    return { v: SWIM_VERSION, type: 'sync', ...(this.heartbeatText != null ? { heartbeat: this.heartbeatText } : {}), members }
+  }
+
+  /**
+   * The other side of a sync: its heartbeat (checked as one from the topic, attributed to
+   * the stream's peer), its view of the members (SWIM's rules), and members this node
+   * has not heard of, which it dials: so a node that joins through one member, or missed
+   * gossip, catches up.
+   */
+  private onSync (peer: string, m: SyncMessage): void {
+    if (m.heartbeat != null) {
+      const r = decodeHeartbeat(new TextEncoder().encode(m.heartbeat), peer)
+      if (!r.ok) this.o.view.countDrop(peer, r.reason, `in a sync: ${r.detail}`)
+      else {
+        const known = this.o.view.get(peer)
+        const seen = known != null && (r.heartbeat.incarnation < known.incarnation || (r.heartbeat.incarnation === known.incarnation && r.heartbeat.seq <= known.seq))
+        if (!seen) this.ingestHeartbeat(r.heartbeat)
+      }
+    }
+    this.detector.receive(m.members, peer, false)
+    for (const x of m.members) {
+      if (x.peer === this.detector.selfId || x.addrs.length === 0 || this.o.view.get(x.peer) != null) continue
+      if (this.o.isMember != null && !this.o.isMember(x.peer)) continue
+      void this.o.connector.ensure(x.peer, x.addrs)
+    }
+  }
+
+  /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it. */
   private async sync (peer: string): Promise<void> {
     if (this.stopped) return
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(5_000, this.o.intervalMs * 5))])
     try {
       const stream = await this.o.libp2p.dialProtocol(peerIdFromString(peer), SWIM_PROTOCOL, { signal })
-      const r = await exchange(stream, { v: SWIM_VERSION, type: 'sync', members: this.detector.snapshot() }, signal)
-      if (r.type === 'sync') this.detector.receive(r.members, peer, false)
+      const r = await exchange(stream, this.syncMessage(), signal)
+      if (r.type === 'sync') this.onSync(peer, r)
     } catch (err) {
       this.log.debug({ peer, err: (err as Error).message }, 'sync failed')
     }
@@ -205,8 +249,8 @@ export class MembershipService {
         await reply(framed, { v: SWIM_VERSION, type: ack ? 'ack' : 'nack', changes: this.detector.piggyback(peer) }, signal)
         return
       }
-      this.detector.receive(request.members, peer, false)
-      await reply(framed, { v: SWIM_VERSION, type: 'sync', members: this.detector.snapshot() }, signal)
+      this.onSync(peer, request)
+      await reply(framed, this.syncMessage(), signal)
     } catch (err) {
       if (err instanceof SwimRefusal) this.refuse(peer, err)
       else this.log.debug({ peer, err: (err as Error).message }, 'swim request not served')
@@ -254,7 +298,11 @@ export class MembershipService {
       this.detector.receive(c.changes, c.peerId)
       return
     }
-    const hb = r.heartbeat
+    this.ingestHeartbeat(r.heartbeat)
+  }
+
+  /** A validated heartbeat of `hb.peerId`'s own (from the topic, or from a sync with it). */
+  private ingestHeartbeat (hb: Heartbeat): void {
     const known = this.o.view.get(hb.peerId)
     const before = known?.state
     if (this.o.view.ingest(hb)) {
@@ -335,8 +383,11 @@ export class MembershipService {
   private readonly onConnect = (evt: CustomEvent<PeerId>): void => {
     this.publishSoon()
     const peer = evt.detail.toString()
-    // A member reconnecting after a cut may be dead here (and we there): a sync tells each side, and each refutes.
-    if (!this.stopped && this.detector.state(peer) != null) void this.sync(peer)
+    // Each side's heartbeat and members, whatever gossipsub delivers: a joining node is
+    // known to its first contact at once, and learns (and dials) the rest. A member
+    // reconnecting after a cut may be dead here (and we there): each side learns it, and refutes.
+    if (this.stopped || (this.o.isMember != null && !this.o.isMember(peer))) return
+    void this.sync(peer)
   }
 
   private readonly onSubscriptionChange = (): void => {
@@ -381,6 +432,8 @@ export class MembershipService {
     if (this.stopped) return
     this.probeTimer = setTimeout(() => {
       void this.detector.probe()
+      // Suspects too, each round: the suspicion rides first on the probe, the refutation on the ack.
+      for (const peer of this.detector.suspects()) void this.detector.probe(peer, false)
       this.scheduleProbe()
     }, this.detector.intervalMs())
   }
@@ -477,6 +530,7 @@ export class MembershipService {
     let bytes: Uint8Array
     try {
       bytes = encodeHeartbeat(hb)
+      if (type === 'heartbeat') this.heartbeatText = new TextDecoder().decode(bytes)
     } catch (err) {
       // Bounded by construction (claim-set.ts): reaching this is a bug, and peers go without our heartbeat.
       this.log.error({ err: (err as Error).message }, 'heartbeat over its size bound, not sent')

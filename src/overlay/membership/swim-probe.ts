@@ -231,7 +231,10 @@ export class SwimDetector {
 
   private apply (c: SwimChange, sender: string, confirm: boolean): void {
     if (c.peer === this.selfId) {
-      if (c.state !== 'alive' && c.incarnation === this.incarnation && c.refuted >= this.refutedCount) this.refute(c.refuted)
+      if (c.state === 'alive' || c.incarnation !== this.incarnation) return
+      if (c.refuted >= this.refutedCount) this.refute(c.refuted)
+      // An older suspicion still going round: the sender missed the refutation, so say it again.
+      else if (!this.queue.has(this.selfId)) this.enqueue({ peer: this.selfId, incarnation: this.incarnation, refuted: this.refutedCount, state: 'alive', by: this.selfId })
       return
     }
     const m = this.members.get(c.peer)
@@ -322,9 +325,12 @@ export class SwimDetector {
       const buddy = own ?? { change: { peer: m.peer, incarnation: m.incarnation, refuted: m.refuted, state: m.state, by: this.selfId } as SwimChange, sent: 0 }
       picked.push(buddy)
     }
+    // This node's own refutation next: the receiver may be one that suspects it.
+    const mine = this.queue.get(this.selfId)
+    if (mine != null) picked.push(mine)
     for (const e of entries) {
       if (picked.length >= max) break
-      if (e !== own || picked.length === 0) picked.push(e)
+      if (!picked.includes(e)) picked.push(e)
     }
     const out: SwimChange[] = []
     for (const e of picked) {
@@ -369,7 +375,7 @@ export class SwimDetector {
    * member answered (directly or through a helper) or is suspect. One round per target
    * at a time: a second call for a target being probed returns at once.
    */
-  async probe (target = this.nextTarget()): Promise<void> {
+  async probe (target = this.nextTarget(), indirect = true): Promise<void> {
     if (target == null || this.probing.has(target)) return
     const m = this.members.get(target)
     if (m == null || (m.state !== 'alive' && m.state !== 'suspect')) return
@@ -386,7 +392,8 @@ export class SwimDetector {
         this.receive(direct.changes, target)
         return
       }
-      const helpers = this.helpers(target)
+      // A suspect probed again needs no helpers: the probe is there to carry the suspicion to it.
+      const helpers = indirect || m.state === 'alive' ? this.helpers(target) : []
       const replies = await Promise.all(helpers.map(async (via) => {
         const r = await this.o.transport.pingReq(via, target, this.piggyback(via), Math.max(timeout, this.intervalMs() - timeout))
         if (r != null) this.receive(r.changes, via)
@@ -399,7 +406,7 @@ export class SwimDetector {
       }
       this.counters.failed++
       // Lifeguard: no nack either means our own messages are not getting through.
-      this.healthDelta(helpers.length > 0 && replies.every((r) => r == null) ? 2 : 1)
+      if (helpers.length > 0) this.healthDelta(replies.every((r) => r == null) ? 2 : 1)
       const now = this.members.get(target)
       if (now == null || (now.state !== 'alive' && now.state !== 'suspect')) return
       if (now.state === 'alive') {
@@ -420,6 +427,11 @@ export class SwimDetector {
   private helpers (target: string): string[] {
     const alive = [...this.members.values()].filter((m) => m.state === 'alive' && m.peer !== target).map((m) => m.peer)
     return this.shuffle(alive).slice(0, this.o.indirectProbes ?? 3)
+  }
+
+  /** Members this node holds suspect: probed every round besides the round-robin one, so a refutation is heard in time. */
+  suspects (): string[] {
+    return [...this.members.values()].filter((m) => m.state === 'suspect').map((m) => m.peer)
   }
 
   /** Whether `peer` may be the target of a ping-req (a member this node holds alive or suspect). */

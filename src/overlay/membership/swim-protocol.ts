@@ -12,7 +12,7 @@ import { MAX_PIGGYBACK, type SwimChange } from './swim-probe.ts'
  *
  *   ping      -> ack                       (the answerer is up)
  *   ping-req  -> ack | nack                (the answerer probed `target` for the asker)
- *   sync      -> sync                      (push-pull: both send every member they know)
+ *   sync      -> sync                      (push-pull: both send their heartbeat and every member they know)
  */
 
 export const SWIM_PROTOCOL = '/msc/swim/1'
@@ -21,8 +21,12 @@ export const SWIM_VERSION = 1
 export const MAX_PROBE_BYTES = 8 * 1024
 /** Members listed in one sync. */
 export const MAX_SYNC_MEMBERS = 1024
-/** A sync frame: 1024 members of about 200 bytes. */
-export const MAX_SYNC_BYTES = 256 * 1024
+/** Addresses given per member in a sync (the first of its heartbeat's). */
+export const MAX_SYNC_ADDRS = 2
+/** The sender's own heartbeat in a sync, as its JSON text (a heartbeat is at most 64 KiB). */
+export const MAX_SYNC_HEARTBEAT_CHARS = 64 * 1024
+/** A sync frame: its heartbeat and 1024 members with their addresses. */
+export const MAX_SYNC_BYTES = 1024 * 1024
 /** Inbound /msc/swim/1 streams per connection: a peer has one probe, a few ping-reqs and a sync in flight. */
 export const MAX_SWIM_STREAMS = 8
 
@@ -39,17 +43,32 @@ export const SwimChangeSchema = z.object({
 
 const changes = z.array(SwimChangeSchema).max(MAX_PIGGYBACK)
 
+/** A member in a sync: its change, and where to dial it (a member the receiver may not know yet). */
+export const SyncMemberSchema = SwimChangeSchema.extend({
+  addrs: z.array(z.string().min(1).max(256)).max(MAX_SYNC_ADDRS)
+}).strict()
+
+const sync = z.object({
+  v: z.literal(SWIM_VERSION),
+  type: z.literal('sync'),
+  /** The sender's own heartbeat, validated as one received on the topic (it is the stream's remote peer's). */
+  heartbeat: z.string().min(1).max(MAX_SYNC_HEARTBEAT_CHARS).optional(),
+  members: z.array(SyncMemberSchema).max(MAX_SYNC_MEMBERS)
+}).strict()
+
 export const SwimRequestSchema = z.discriminatedUnion('type', [
   z.object({ v: z.literal(SWIM_VERSION), type: z.literal('ping'), changes }).strict(),
   z.object({ v: z.literal(SWIM_VERSION), type: z.literal('ping-req'), target: peerIdText, timeoutMs: z.number().int().min(1).max(60_000), changes }).strict(),
-  z.object({ v: z.literal(SWIM_VERSION), type: z.literal('sync'), members: z.array(SwimChangeSchema).max(MAX_SYNC_MEMBERS) }).strict()
+  sync
 ])
 
 export const SwimReplySchema = z.discriminatedUnion('type', [
   z.object({ v: z.literal(SWIM_VERSION), type: z.literal('ack'), changes }).strict(),
   z.object({ v: z.literal(SWIM_VERSION), type: z.literal('nack'), changes }).strict(),
-  z.object({ v: z.literal(SWIM_VERSION), type: z.literal('sync'), members: z.array(SwimChangeSchema).max(MAX_SYNC_MEMBERS) }).strict()
+  sync
 ])
+
+export type SyncMessage = z.infer<typeof sync>
 
 export type SwimRequest = z.infer<typeof SwimRequestSchema>
 export type SwimReply = z.infer<typeof SwimReplySchema>
