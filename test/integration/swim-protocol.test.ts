@@ -21,6 +21,7 @@ let b: MscLibp2p
 let outsider: MscLibp2p
 let service: MembershipService
 let members: Set<string>
+let view: MembershipView
 
 before(async () => {
   a = await loopbackHost()
@@ -28,7 +29,7 @@ before(async () => {
   outsider = await loopbackHost()
   members = new Set([a.peerId.toString(), b.peerId.toString()])
   const isMember = (p: string): boolean => members.has(p)
-  const view = new MembershipView({ selfId: a.peerId.toString(), timers: { suspectAfterMs: 1500, deadAfterMs: 3000, forgetAfterMs: 600_000, maxAgeMs: 30_000 }, externalVerdicts: true, isMember })
+  view = new MembershipView({ selfId: a.peerId.toString(), timers: { suspectAfterMs: 1500, deadAfterMs: 3000, forgetAfterMs: 600_000, maxAgeMs: 30_000 }, externalVerdicts: true, isMember })
   const log = silentLogger()
   const connector = new PeerConnector(a, log)
   connector.start()
@@ -135,6 +136,19 @@ describe('/msc/swim/1', () => {
         throw new Error(`${what}: ${err.message}`)
       })
     }
+  })
+
+  test('a sync whose heartbeat speaks for another peer is dropped as forged-sender, and names nobody a member', async () => {
+    const before = view.stats().dropped['forged-sender']
+    const other = outsider.peerId.toString()
+    const hb = { v: HEARTBEAT_VERSION, type: 'heartbeat', peerId: other, incarnation: 1, seq: 1, sentAt: Date.now(), name: 'x', version: '0.1.0', role: 'node', addrs: [], containers: [],
+      resources: { memFreeBytes: 0, memTotalBytes: 0, diskFreeBytes: 0 } }
+    const member = { peer: other, incarnation: 1, refuted: 0, state: 'alive' as const, by: other, addrs: [] }
+    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', heartbeat: JSON.stringify(hb), members: [member] })
+    assert.equal(r.type, 'sync')
+    assert.equal(view.stats().dropped['forged-sender'], before + 1)
+    assert.equal(view.get(other), undefined)
+    assert.equal(service.detector.state(other), undefined)
   })
 
   test("after all the refusals, members' probes are still answered", async () => {

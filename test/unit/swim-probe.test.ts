@@ -229,6 +229,31 @@ describe('refutation', () => {
     assert.equal(net.get('A').state('B'), 'alive')
   })
 
+  test('a member that already refuted answers a stale suspicion with its refutation again', async () => {
+    const net = Net.full(['A', 'B', 'C'])
+    const b = net.get('B')
+    b.receive([change('B', 'suspect', 'C', 0)], 'C')
+    assert.equal(b.refuted, 1)
+    // Drain B's queue: its refutation has been sent as often as it will be.
+    while (b.piggyback().length > 0) {}
+    // A missed it and still holds B suspect at 0: its probe carries that, and B's ack the refutation.
+    net.get('A').receive([change('B', 'suspect', 'C', 0)], 'C')
+    await net.get('A').probe('B', false)
+    assert.equal(b.refuted, 1, 'no new refutation for an old suspicion')
+    assert.equal(net.get('A').state('B'), 'alive')
+  })
+
+  test('suspects are listed for the extra probe of each round, and that probe asks no helper', async () => {
+    const net = Net.full(['A', 'B', 'C', 'D'])
+    const a = net.get('A')
+    a.receive([change('B', 'suspect', 'C')], 'C')
+    assert.deepEqual(a.suspects(), ['B'])
+    net.cut.add('A>B')
+    await a.probe('B', false)
+    assert.equal(a.stats.indirectAcks, 0, 'no ping-req was sent')
+    assert.equal(a.state('B'), 'suspect')
+  })
+
   test('only the member itself may bring it back: an alive change from another is ignored', () => {
     const net = Net.full(['A', 'B', 'C'])
     const a = net.get('A')
