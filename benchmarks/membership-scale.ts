@@ -158,8 +158,10 @@ async function detection (c: Cluster, victim: ClusterNode): Promise<Array<number
 
 async function measureScale (count: number, windowS: number, pauseS: number): Promise<ScaleRow> {
   log(`N=${count}: starting ${count} nodes`)
-  const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' } })
+  const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' }, start: false })
   try {
+    // One at a time: many Node starts at once on a 2-core machine outlast the harness's start timeout.
+    for (const n of c.nodes) await c.start(n)
     const statuses = await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))
     const lastStart = Math.max(...statuses.map((s) => Date.parse(s.startedAt)))
     let aliveMs: number | null = null
