@@ -12,14 +12,17 @@ import { verifyHandover, type Handover } from '../cluster/handover.ts'
  * container again and releases it; before that (or without it) it resumes it. So the
  * answer is in what the source says of the container in its heartbeats:
  *
- *   claims it running or paused (at the offered epoch or above)  -> it resumed it: abort
+ *   claims it running (at the offered epoch or above)           -> it resumed it: abort
  *   does not claim it                                            -> it released it: commit
  *   claims it checkpointed                                       -> it holds only images
  *        (a source that died after its dump); it never restores them by itself, and
  *        fences its copy once it sees ours at epoch + 1: commit
- *   claims it stopped or created                                 -> the source is between
+ *   claims it stopped, created or paused                         -> the source is between
  *        its dump and its resume or release (or stopped there, and its restart will
- *        show which): wait
+ *        show which): wait. Paused is not resumed: stop-copy keeps the source's copy
+ *        frozen from the dump until it thaws it (rollback: running) or releases it
+ *        (no claim), and a source killed in between claims it paused until it is
+ *        seen dead. Aborting on it discarded the only copy that was to run.
  *   a source that left (a graceful stop) is judged by its last heartbeat's claims
  *   suspect, dead, or not heard yet                              -> wait
  *
@@ -32,7 +35,7 @@ export function settleVerdict (sourceState: string | undefined, claim: { epoch: 
   if (sourceState !== 'alive' && sourceState !== 'left') return 'wait'
   if (claim == null) return 'commit'
   if (claim.epoch < epoch) return 'commit' // an older claim is not about this migration
-  if (claim.state === 'running' || claim.state === 'paused') return 'abort'
+  if (claim.state === 'running') return 'abort'
   if (claim.state === 'checkpointed') return 'commit'
   return 'wait'
 }

@@ -66,7 +66,7 @@ describe('the settle rule', () => {
     const cases: Array<[string | undefined, { epoch: number; state: string } | undefined, string, string]> = [
       ['alive', undefined, 'commit', 'released: no claim'],
       ['alive', { epoch: 3, state: 'running' }, 'abort', 'resumed at its epoch'],
-      ['alive', { epoch: 3, state: 'paused' }, 'abort', 'paused counts as running'],
+      ['alive', { epoch: 3, state: 'paused' }, 'wait', 'frozen for the migration: its thaw or its release shows which'],
       ['alive', { epoch: 4, state: 'running' }, 'abort', 'running at a later epoch'],
       ['alive', { epoch: 2, state: 'running' }, 'commit', 'an older claim is not this migration'],
       ['alive', { epoch: 3, state: 'checkpointed' }, 'commit', 'only images (a source restarted after its dump)'],
