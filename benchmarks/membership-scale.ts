@@ -16,6 +16,12 @@
  *                host-side veth of its namespace; everything: gossip, pings, mDNS)
  *   flaps        suspect and dead transitions logged by all nodes in the window
  *                ("peer suspect" / "peer dead" lines of their JSON logs)
+ *   pause deaths after the window, one node is stopped (SIGSTOP) for --pause seconds:
+ *                the "peer dead" lines about it logged by the others in the 15 s after
+ *                (the target is 0: a stall shorter than the suspicion timeout is refuted)
+ *   detect ms    then the last node's processes are killed (Testbed.kill): from the kill
+ *                until each other node lists it dead (its `stateSince`); median and max
+ *                over the observers (the target: --ping-timeout + 2 probe intervals)
  * Ratios are against N = 2 in the same run (N = 2 is always measured first).
  *
  * The records part: two nodes; n1 first with --small records (stopped containers:
@@ -25,7 +31,7 @@
  * claim pages, pings and mDNS), its CPU (as above: reading its records at every
  * heartbeat is part of it) and n2's view of n1's claim count. Ratios large/small.
  *
- *   node benchmarks/membership-scale.ts [--counts 2,4,8] [--window 60] [--parts scale,records]
+ *   node benchmarks/membership-scale.ts [--counts 2,8,16,32] [--window 60] [--pause 2] [--parts scale,records]
  *        [--small 10] [--large 1000] [--records-window 30]
  *
  * Writes benchmarks/results/membership-scale-<timestamp>.json and .csv (one row per
@@ -42,7 +48,7 @@ import { startCluster, waitFor, type Cluster, type ClusterNode } from '../test/h
 import { sleep } from '../test/helpers/node-harness.ts'
 import { log, machineInfo, median, parseFlags, ratio, round, runBenchmark, table, writeResults, type MachineInfo } from './lib.ts'
 
-const USAGE = `usage: node benchmarks/membership-scale.ts [--counts 2,4,8] [--window 60] [--parts scale,records]
+const USAGE = `usage: node benchmarks/membership-scale.ts [--counts 2,8,16,32] [--window 60] [--pause 2] [--parts scale,records]
        [--small 10] [--large 1000] [--records-window 30]   (as root; see the comment at the top)
 `
 const CLK_TCK = 100
@@ -56,6 +62,9 @@ interface ScaleRow {
   cpuChildrenPct: number
   inBytesPerS: number
   flaps: number
+  pauseDeaths: number
+  detectMedianMs: number | null
+  detectMaxMs: number | null
   perNode: Array<{ name: string; cpuNodePct: number; cpuChildrenPct: number; inBytesPerS: number }>
 }
 
@@ -103,10 +112,56 @@ const pidOf = (n: ClusterNode): number => {
   return n.proc.pid
 }
 
-async function measureScale (count: number, windowS: number): Promise<ScaleRow> {
-  log(`N=${count}: starting ${count} nodes`)
-  const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' } })
+/** "peer dead" lines about `subject` in `node`'s JSON log since `from`. */
+async function deathsOf (node: ClusterNode, subject: ClusterNode, from: number): Promise<number> {
+  const text = await fs.readFile(node.logFile, 'utf8').catch(() => '')
+  let n = 0
+  for (const line of text.split('\n')) {
+    if (!line.includes('"peer dead"') || !line.includes(subject.peerId)) continue
+    try {
+      const o = JSON.parse(line) as { time?: number; msg?: string; peer?: string }
+      if (o.msg === 'peer dead' && o.peer === subject.peerId && o.time != null && o.time >= from) n++
+    } catch {}
+  }
+  return n
+}
+
+/** A node stopped for `pauseS`: how many "peer dead" verdicts about it the others logged. */
+async function pauseDeaths (c: Cluster, victim: ClusterNode, pauseS: number): Promise<number> {
+  const from = Date.now()
+  const pid = pidOf(victim)
+  process.kill(pid, 'SIGSTOP')
   try {
+    await sleep(pauseS * 1000)
+  } finally {
+    process.kill(pid, 'SIGCONT')
+  }
+  await sleep(15_000)
+  let n = 0
+  for (const o of c.nodes) if (o !== victim) n += await deathsOf(o, victim, from)
+  return n
+}
+
+/** Kills the victim's processes; per other node, ms until it listed the victim dead (null: not within 60 s). */
+async function detection (c: Cluster, victim: ClusterNode): Promise<Array<number | null>> {
+  const killedAt = Date.now()
+  await c.tb.kill(victim.host)
+  return await Promise.all(c.nodes.filter((o) => o !== victim).map(async (o) => {
+    try {
+      const p = await c.waitState(o, victim, 'dead', 60_000)
+      return Date.parse(p.stateSince) - killedAt
+    } catch {
+      return null
+    }
+  }))
+}
+
+async function measureScale (count: number, windowS: number, pauseS: number): Promise<ScaleRow> {
+  log(`N=${count}: starting ${count} nodes`)
+  const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' }, start: false })
+  try {
+    // One at a time: many Node starts at once on a 2-core machine outlast the harness's start timeout.
+    for (const n of c.nodes) await c.start(n)
     const statuses = await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))
     const lastStart = Math.max(...statuses.map((s) => Date.parse(s.startedAt)))
     let aliveMs: number | null = null
@@ -135,9 +190,18 @@ async function measureScale (count: number, windowS: number): Promise<ScaleRow> 
     }))
     let flaps = 0
     for (const n of c.nodes) flaps += await flapsIn(n, t0, t1)
+    log(`N=${count}: ${flaps} flaps; pausing n${Math.min(2, count)} for ${pauseS} s`)
+    const paused = await pauseDeaths(c, c.node(`n${Math.min(2, count)}`), pauseS)
+    await c.waitAllAlive(60_000).catch(() => {})
+    const detected = await detection(c, c.node(`n${count}`))
+    const seen = detected.filter((x): x is number => x != null)
+    log(`N=${count}: ${paused} dead verdicts about the paused node; killed node dead in ${seen.length}/${detected.length} views, max ${Math.max(...seen)} ms`)
     return {
       nodes: count,
       aliveMs,
+      pauseDeaths: paused,
+      detectMedianMs: seen.length === detected.length && seen.length > 0 ? round(median(seen), 0) : null,
+      detectMaxMs: seen.length === detected.length && seen.length > 0 ? Math.max(...seen) : null,
       cpuNodePct: round(median(perNode.map((p) => p.cpuNodePct)), 2),
       cpuChildrenPct: round(median(perNode.map((p) => p.cpuChildrenPct)), 2),
       inBytesPerS: round(median(perNode.map((p) => p.inBytesPerS)), 0),
@@ -259,6 +323,23 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
           series: [{ name: 'all alive', points: scale.filter((r) => r.aliveMs != null).map((r) => ({ x: r.nodes, value: r.aliveMs as number })) }]
         },
         figures: scale.map((r) => ({ nodes: r.nodes, aliveMs: r.aliveMs, flaps: r.flaps }))
+      },
+      {
+        name: 'membership-scale-detection',
+        spec: {
+          kind: 'line' as const,
+          title: 'A killed node: until every other node lists it dead',
+          machine,
+          notes: [...notes, "from the kill to each observer's stateSince of the dead verdict; median and last observer"],
+          xLabel: 'nodes',
+          yLabel: 'ms',
+          series: [
+            { name: 'median observer', points: scale.filter((r) => r.detectMedianMs != null).map((r) => ({ x: r.nodes, value: r.detectMedianMs as number })) },
+            { name: 'last observer', points: scale.filter((r) => r.detectMaxMs != null).map((r) => ({ x: r.nodes, value: r.detectMaxMs as number })) }
+          ],
+          lines: [{ value: 5000 + 2 * 1000, label: 'PING_TIMEOUT + 2 probe intervals (issue #12 target)' }]
+        },
+        figures: scale.map((r) => ({ nodes: r.nodes, detectMedianMs: r.detectMedianMs, detectMaxMs: r.detectMaxMs, pauseDeaths: r.pauseDeaths }))
       }
     ]
     for (const chart of charts) process.stdout.write(`plot:    ${path.relative(process.cwd(), await writeChart(chart, file))}\n`)
@@ -268,13 +349,13 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
 }
 
 await runBenchmark('membership-scale', async () => {
-  const o = parseFlags(process.argv.slice(2), { counts: '2,4,8', window: 60, parts: 'scale,records', small: 10, large: 1000, recordsWindow: 30 }, USAGE)
+  const o = parseFlags(process.argv.slice(2), { counts: '2,8,16,32', window: 60, pause: 2, parts: 'scale,records', small: 10, large: 1000, recordsWindow: 30 }, USAGE)
   if (process.getuid?.() !== 0) throw new Error('run as root (network namespaces)')
   const parts = o.parts.split(',')
   const counts = [...new Set([2, ...o.counts.split(',').map(Number)])].sort((a, b) => a - b)
   const machine = machineInfo()
   const scale: ScaleRow[] = []
-  if (parts.includes('scale')) { for (const n of counts) scale.push(await measureScale(n, o.window)) }
+  if (parts.includes('scale')) { for (const n of counts) scale.push(await measureScale(n, o.window, o.pause)) }
   const records = parts.includes('records') ? await measureRecords([o.small, o.large], o.recordsWindow) : []
   machine.loadEnd = os.loadavg().map((x) => round(x, 2))
 
@@ -286,6 +367,9 @@ await runBenchmark('membership-scale', async () => {
     'cpu children %': r.cpuChildrenPct,
     'in B/s': r.inBytesPerS,
     flaps: r.flaps,
+    'pause deaths': r.pauseDeaths,
+    'detect ms (median)': r.detectMedianMs,
+    'detect ms (max)': r.detectMaxMs,
     'x alive': ratio(r.aliveMs, base?.aliveMs),
     'x cpu': ratio(r.cpuNodePct, base?.cpuNodePct),
     'x in': ratio(r.inBytesPerS, base?.inBytesPerS)
@@ -304,9 +388,9 @@ await runBenchmark('membership-scale', async () => {
   if (records.length > 0) process.stdout.write(`\none node's claims: its bytes out per second, ratio against ${o.small} records:\n${table(recordsTable)}`)
   const file = await writeResults('membership-scale', { machine, options: o, scale, records, scaleTable, recordsTable })
   const csv = file.replace(/\.json$/, '.csv')
-  await fs.writeFile(csv, 'part,n,alive_ms,cpu_node_pct,cpu_children_pct,in_bytes_per_s,flaps,out_bytes_per_s,claims_seen\n' +
-    [...scale.map((r) => `scale,${r.nodes},${r.aliveMs ?? ''},${r.cpuNodePct},${r.cpuChildrenPct},${r.inBytesPerS},${r.flaps},,`),
-      ...records.map((r) => `records,${r.records},,${r.cpuNodePct},${r.cpuChildrenPct},,,${r.outBytesPerS},${r.claimsSeen}`)].join('\n') +
+  await fs.writeFile(csv, 'part,n,alive_ms,cpu_node_pct,cpu_children_pct,in_bytes_per_s,flaps,pause_deaths,detect_median_ms,detect_max_ms,out_bytes_per_s,claims_seen\n' +
+    [...scale.map((r) => `scale,${r.nodes},${r.aliveMs ?? ''},${r.cpuNodePct},${r.cpuChildrenPct},${r.inBytesPerS},${r.flaps},${r.pauseDeaths},${r.detectMedianMs ?? ''},${r.detectMaxMs ?? ''},,`),
+      ...records.map((r) => `records,${r.records},,${r.cpuNodePct},${r.cpuChildrenPct},,,,,,${r.outBytesPerS},${r.claimsSeen}`)].join('\n') +
     '\n')
   process.stdout.write(`\nwritten: ${file}\n         ${csv}\n`)
   await plot(scale, machine, file)

@@ -312,7 +312,7 @@ export const NODE_OPTIONS = {
     key: 'pingIntervalMs',
     flag: '--ping-interval',
     env: ['PING_INTERVAL', 'MSC_PING_INTERVAL'],
-    description: 'Seconds between membership heartbeats (decimals allowed).',
+    description: 'Seconds between SWIM probes: each interval the node probes one member (decimals allowed).',
     defaultText: '1',
     default: () => 1000,
     parse: seconds(0.05, 3600)
@@ -321,7 +321,7 @@ export const NODE_OPTIONS = {
     key: 'pingTimeoutMs',
     flag: '--ping-timeout',
     env: ['PING_TIMEOUT', 'MSC_PING_TIMEOUT'],
-    description: 'Seconds of silence after which a suspect peer whose direct ping also failed is declared dead.',
+    description: 'Seconds a suspicion lasts, with no other member confirming it, before the suspect is declared dead (x log10(N) past 10 members).',
     defaultText: '5',
     default: () => 5000,
     parse: seconds(0.1, 86400)
@@ -330,7 +330,7 @@ export const NODE_OPTIONS = {
     key: 'suspectTimeoutMs',
     flag: '--suspect-timeout',
     env: ['MSC_SUSPECT_TIMEOUT'],
-    description: 'Seconds of silence after which a peer becomes suspect (and is pinged directly).',
+    description: 'Seconds a suspicion lasts when other members confirm it (the shortest suspicion timeout).',
     defaultText: 'the smaller of 3 x PING_INTERVAL and PING_TIMEOUT / 2',
     default: (p) => Math.min(3 * (p.pingIntervalMs as number), (p.pingTimeoutMs as number) / 2),
     parse: seconds(0.05, 86400)

@@ -31,6 +31,11 @@ export interface Libp2pHostOptions {
   metrics?: Libp2pOptions['metrics']
 }
 
+/** Inbound connections in their handshakes at once (libp2p's default: 10). */
+export const MAX_INCOMING_PENDING_CONNECTIONS = 64
+/** Inbound connections accepted per second from one IP address (libp2p's default: 5). */
+export const INBOUND_CONNECTIONS_PER_SECOND = 32
+
 /** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
 export const MDNS_SERVICE_TAG = '_msc._udp.local'
 
@@ -55,6 +60,14 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     ...(o.logger != null ? { logger: o.logger } : {}),
     ...(o.connectionGater != null ? { connectionGater: o.connectionGater } : {}),
     ...(o.metrics != null ? { metrics: o.metrics } : {}),
+    connectionManager: {
+      // A node joining a cluster of N is dialled by the N - 1 others within about a
+      // second (full mesh). libp2p's defaults (10 pending inbound connections, 5 per
+      // second per IP address) refused most of them past 10 nodes, and the refused
+      // dialled again only after their backoff, so large clusters took minutes to form.
+      maxIncomingPendingConnections: MAX_INCOMING_PENDING_CONNECTIONS,
+      inboundConnectionThreshold: INBOUND_CONNECTIONS_PER_SECOND
+    },
     services: {
       identify: identify(),
       ping: ping(),

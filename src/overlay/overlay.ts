@@ -90,6 +90,7 @@ export class Overlay {
         forgetAfterMs: Math.max(600_000, cfg.pingTimeoutMs * 10),
         maxAgeMs: Math.max(30_000, cfg.pingTimeoutMs * 3)
       },
+      externalVerdicts: true,
       verifyGrant: deps.verifyGrant
     })
   }
@@ -136,6 +137,8 @@ export class Overlay {
       view: this.view,
       connector: this.connector,
       intervalMs: this.cfg.pingIntervalMs,
+      suspicionMinMs: this.cfg.suspectTimeoutMs,
+      suspicionMaxMs: this.cfg.pingTimeoutMs,
       isMember: this.isMember,
       logger: this.log.child({ component: 'membership' }),
       local: { name: this.cfg.name, version: this.cfg.version, role: this.cfg.role ?? 'node', containers: this.claims, resources: async () => await this.resources() }

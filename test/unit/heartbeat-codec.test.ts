@@ -11,14 +11,16 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { signHandover } from '../../src/cluster/handover.ts'
 import {
   decodeHeartbeat,
+  decodeMessage,
   DROP_REASONS,
+  MAX_TOPIC_CHANGES,
   encodeHeartbeat,
   HEARTBEAT_VERSION,
   MAX_CONTAINERS,
   MAX_EPOCH,
   MAX_HEARTBEAT_BYTES
 } from '../../src/overlay/membership/heartbeat.ts'
-import type { ContainerClaim, DecodeResult, DropReason, Heartbeat } from '../../src/overlay/membership/heartbeat.ts'
+import type { ContainerClaim, DecodeResult, DropReason, Heartbeat, MessageResult } from '../../src/overlay/membership/heartbeat.ts'
 
 let alice = ''
 let bob = ''
@@ -63,7 +65,7 @@ function text (s: string): Uint8Array {
   return new TextEncoder().encode(s)
 }
 
-function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): void {
+function assertDropped (r: DecodeResult | MessageResult, reason: DropReason, detail?: RegExp): void {
   assert.equal(r.ok, false, `expected a drop for ${reason}, got ${JSON.stringify(r).slice(0, 200)}`)
   if (r.ok) return
   assert.equal(r.reason, reason, `detail: ${r.detail}`)
@@ -73,8 +75,8 @@ function assertDropped (r: DecodeResult, reason: DropReason, detail?: RegExp): v
 }
 
 describe('round trip', () => {
-  test('this is version 3, with every drop reason named', () => {
-    assert.equal(HEARTBEAT_VERSION, 3)
+  test('this is version 4, with every drop reason named', () => {
+    assert.equal(HEARTBEAT_VERSION, 4)
     assert.deepEqual([...DROP_REASONS], [
       'oversized',
       'malformed',
@@ -369,20 +371,20 @@ describe('malformed', () => {
 })
 
 describe('version', () => {
-  test('v: 2 (the previous version) and v: 4 are version drops, even when the rest would not parse', () => {
+  test('v: 3 (the previous version) and v: 5 are version drops, even when the rest would not parse', () => {
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = 2
-    }), alice), 'version', /version 2/)
+      o.v = 3
+    }), alice), 'version', /version 3/)
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = 4
-    }), alice), 'version', /version 4/)
-    assertDropped(decodeHeartbeat(text('{"v":4,"future":"format"}'), alice), 'version', /version 4/)
+      o.v = 5
+    }), alice), 'version', /version 5/)
+    assertDropped(decodeHeartbeat(text('{"v":5,"future":"format"}'), alice), 'version', /version 5/)
   })
 
-  test('v: "3" (a string) is a version drop', () => {
+  test('v: "4" (a string) is a version drop', () => {
     assertDropped(decodeHeartbeat(raw(heartbeat(), (o) => {
-      o.v = '3'
-    }), alice), 'version', /version "3"/)
+      o.v = '4'
+    }), alice), 'version', /version "4"/)
   })
 
   test('v: null and v: 0 are version drops', () => {
@@ -407,5 +409,42 @@ describe('forged-sender', () => {
 
   test('a leave message for another peer is forged', () => {
     assertDropped(decodeHeartbeat(encodeHeartbeat(heartbeat({ type: 'leave', peerId: bob, containers: [] })), alice), 'forged-sender')
+  })
+})
+
+describe('changes messages (SWIM verdicts on the topic)', () => {
+  const msg = (o: Record<string, unknown> = {}): Uint8Array =>
+    text(JSON.stringify({
+      v: HEARTBEAT_VERSION,
+      type: 'changes',
+      peerId: alice,
+      incarnation: 1_700_000_000_000,
+      seq: 8,
+      sentAt: 1_700_000_123_456,
+      changes: [{ peer: bob, incarnation: 5, refuted: 0, state: 'suspect', by: alice }],
+      ...o
+    }))
+
+  test('a valid one decodes as changes; decodeHeartbeat refuses it', () => {
+    const r = decodeMessage(msg(), alice)
+    assert.ok(r.ok && 'changes' in r, JSON.stringify(r))
+    assert.equal(r.changes.changes[0]?.state, 'suspect')
+    assertDropped(decodeHeartbeat(msg(), alice), 'malformed', /changes message/)
+  })
+
+  test('signed by another peer than its peerId: forged-sender', () => {
+    assertDropped(decodeMessage(msg(), bob), 'forged-sender')
+  })
+
+  test('bounds and shapes: none, too many, unknown state, unknown field, bad peer id, wrong version', () => {
+    const c = { peer: bob, incarnation: 5, refuted: 0, state: 'suspect', by: alice }
+    assertDropped(decodeMessage(msg({ changes: [] }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ changes: Array.from({ length: MAX_TOPIC_CHANGES + 1 }, () => c) }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ changes: [{ ...c, state: 'left' }] }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ changes: [{ ...c, extra: true }] }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ extra: true }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ changes: [{ ...c, peer: 'O0Il' }] }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ changes: [{ ...c, refuted: -1 }] }), alice), 'malformed')
+    assertDropped(decodeMessage(msg({ v: HEARTBEAT_VERSION - 1 }), alice), 'version')
   })
 })

@@ -1039,3 +1039,41 @@ describe('bounded state', () => {
     assert.deepEqual(view.records(), { owned: 513, tombstones: 0 })
   })
 })
+
+describe('verdicts from a failure detector (externalVerdicts)', () => {
+  test('a heartbeat makes a new member alive but does not bring back a suspect or dead one of the same incarnation', () => {
+    const { view, take } = setup({ externalVerdicts: true })
+    view.ingest(hb(A, 1))
+    assert.deepEqual(take(), [{ type: 'member:state', peerId: A, from: null, to: 'alive' }])
+    view.setVerdict(A, 'suspect')
+    view.ingest(hb(A, 2))
+    assert.equal(view.get(A)?.state, 'suspect')
+    view.setVerdict(A, 'dead')
+    view.ingest(hb(A, 3))
+    assert.equal(view.get(A)?.state, 'dead')
+    assert.deepEqual(take(), [
+      { type: 'member:state', peerId: A, from: 'alive', to: 'suspect' },
+      { type: 'member:state', peerId: A, from: 'suspect', to: 'dead' }
+    ])
+    // A restart (a new incarnation) is alive at once.
+    view.ingest(hb(A, 1, { incarnation: 101 }))
+    assert.deepEqual(take(), [{ type: 'member:state', peerId: A, from: 'dead', to: 'alive' }])
+  })
+
+  test('silence makes nobody suspect; heard() updates lastHeard and rtt only; a left member stays left', () => {
+    const { view, take } = setup({ externalVerdicts: true })
+    view.ingest(hb(A, 1))
+    take()
+    t += TIMERS.deadAfterMs * 10
+    view.tick()
+    assert.equal(view.get(A)?.state, 'alive')
+    view.heard(A, 7)
+    assert.equal(view.get(A)?.lastHeard, t)
+    assert.equal(view.get(A)?.rttMs, 7)
+    view.ingest(hb(A, 2, { type: 'leave' }))
+    view.setVerdict(A, 'alive')
+    view.setVerdict(A, 'dead')
+    assert.equal(view.get(A)?.state, 'left')
+    assert.deepEqual(take(), [{ type: 'member:state', peerId: A, from: 'alive', to: 'left' }])
+  })
+})

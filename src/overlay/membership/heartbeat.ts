@@ -2,6 +2,7 @@ import { z } from 'zod'
 import { HandoverSchema, MAX_EPOCH } from '../../cluster/handover.ts'
 import { LeaseProofSchema } from '../../failover/grant.ts'
 import { MAX_CLAIM_SET, MAX_REMOVED_NAMES } from './claim-set.ts'
+import { SwimChangeSchema } from './swim-protocol.ts'
 
 export { MAX_EPOCH }
 
@@ -12,7 +13,7 @@ export { MAX_EPOCH }
  * membership view looks at it; anything else is dropped with a named reason.
  */
 
-export const HEARTBEAT_VERSION = 3
+export const HEARTBEAT_VERSION = 4
 export const MAX_HEARTBEAT_BYTES = 64 * 1024
 /**
  * Claims listed in one heartbeat (the whole set when it is small, otherwise what changed
@@ -83,6 +84,21 @@ export const HeartbeatSchema = z.object({
 }).strict()
 
 export type Heartbeat = z.infer<typeof HeartbeatSchema>
+
+/** SWIM verdicts published on the topic: a few state changes, not the sender's whole state. */
+export const MAX_TOPIC_CHANGES = 16
+
+export const ChangesMessageSchema = z.object({
+  v: z.literal(HEARTBEAT_VERSION),
+  type: z.literal('changes'),
+  peerId: peerIdText,
+  incarnation: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  seq: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  sentAt: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  changes: z.array(SwimChangeSchema).min(1).max(MAX_TOPIC_CHANGES)
+}).strict()
+
+export type ChangesMessage = z.infer<typeof ChangesMessageSchema>
 export type ContainerClaim = z.infer<typeof ContainerClaimSchema>
 
 export const DROP_REASONS = [
@@ -117,6 +133,18 @@ export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
  * (StrictSign): a heartbeat speaking for another peer is forged.
  */
 export function decodeHeartbeat (data: Uint8Array, from: string): DecodeResult {
+  const r = decodeMessage(data, from)
+  if (r.ok && 'changes' in r) return { ok: false, reason: 'malformed', detail: 'a changes message where a heartbeat was expected' }
+  return r
+}
+
+export type MessageResult = DecodeResult | { ok: true; changes: ChangesMessage }
+
+/**
+ * Decodes and validates any message of the topic: a heartbeat, a leave, or SWIM
+ * changes. `from` is the sender gossipsub authenticated (StrictSign).
+ */
+export function decodeMessage (data: Uint8Array, from: string): MessageResult {
   if (data.length > MAX_HEARTBEAT_BYTES) return { ok: false, reason: 'oversized', detail: `${data.length} bytes` }
   let json: unknown
   try {
@@ -126,6 +154,15 @@ export function decodeHeartbeat (data: Uint8Array, from: string): DecodeResult {
   }
   if (json != null && typeof json === 'object' && 'v' in json && (json as { v: unknown }).v !== HEARTBEAT_VERSION) {
     return { ok: false, reason: 'version', detail: `version ${JSON.stringify((json as { v: unknown }).v).slice(0, 20)}` }
+  }
+  if (json != null && typeof json === 'object' && (json as { type?: unknown }).type === 'changes') {
+    const c = ChangesMessageSchema.safeParse(json)
+    if (!c.success) {
+      const issue = c.error.issues[0]
+      return { ok: false, reason: 'malformed', detail: `${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`.slice(0, 160) }
+    }
+    if (c.data.peerId !== from) return { ok: false, reason: 'forged-sender', detail: `claims ${c.data.peerId}` }
+    return { ok: true, changes: c.data }
   }
   const parsed = HeartbeatSchema.safeParse(json)
   if (!parsed.success) {

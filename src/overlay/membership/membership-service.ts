@@ -4,10 +4,12 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from '../../util/logger.ts'
 import type { MscLibp2p } from '../libp2p-host.ts'
 import type { PeerConnector } from '../connector.ts'
-import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_VERSION, type ContainerClaim, type Heartbeat } from './heartbeat.ts'
+import { decodeHeartbeat, decodeMessage, encodeHeartbeat, HEARTBEAT_VERSION, MAX_TOPIC_CHANGES, type ContainerClaim, type Heartbeat } from './heartbeat.ts'
 import type { MembershipView } from './membership-view.ts'
 import { ClaimLedger } from './claim-set.ts'
 import { CLAIMS_PROTOCOL, ClaimsPageError, encodePages, FETCH_TIMEOUT_MS, fetchClaims, serveClaims } from './claims-protocol.ts'
+import { SwimDetector, type ProbeReply, type SwimChange, type SwimState } from './swim-probe.ts'
+import { exchange, MAX_SYNC_ADDRS, MAX_SWIM_STREAMS, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, SwimRefusal, type SyncMessage } from './swim-protocol.ts'
 
 export const MEMBERSHIP_TOPIC = '/msc/membership/1'
 
@@ -25,7 +27,11 @@ export interface MembershipServiceInit {
   view: MembershipView
   connector: PeerConnector
   local: LocalState
+  /** The probe interval (--ping-interval). */
   intervalMs: number
+  /** Suspicion timeouts before Lifeguard's log10(N) scaling: all confirmations in (min), none (max). */
+  suspicionMinMs: number
+  suspicionMaxMs: number
   logger: Logger
   /** Heartbeats from peers that are not members of the cluster are dropped. */
   isMember?: (peerId: string) => boolean
@@ -35,14 +41,48 @@ export interface MembershipServiceInit {
 const MAX_CLAIMS_STREAMS = 2
 /** After a failed fetch of a peer's claims, the next waits this long, doubling, at most MAX_FETCH_BACKOFF_MS. */
 const MAX_FETCH_BACKOFF_MS = 30_000
+/**
+ * The shortest direct probe timeout. memberlist's 0.5 s is too short for nodes sharing
+ * a loaded 2-core host: while a cluster forms, answers took longer and members were
+ * suspected (and refuted) for nothing.
+ */
+const MIN_PROBE_TIMEOUT_MS = 1000
+/**
+ * Added to a probe's timeout when there is no connection to the target yet: a new
+ * connection's handshakes (noise, pnet) cost more than an answer. A killed node's
+ * refused dial still fails at once.
+ */
+const DIAL_ALLOWANCE_MS = 2000
+/** Changes messages older (or further in the future) than this are stale. */
+const MAX_CHANGES_AGE_MS = 30_000
+
+export type SwimRefusalReason = SwimRefusal['reason']
+
+/** The full heartbeat is published at least this often (anti-entropy): 20 probe intervals, within 10 to 30 s. */
+export function antiEntropyMs (intervalMs: number): number {
+  return Math.min(30_000, Math.max(10_000, 20 * intervalMs))
+}
+
+/** A push-pull sync with one random member this often: 10 probe intervals, within 5 to 30 s. */
+export function syncEveryMs (intervalMs: number): number {
+  return Math.min(30_000, Math.max(5_000, 10 * intervalMs))
+}
+
+/** The direct probe timeout: half the interval, at least MIN_PROBE_TIMEOUT_MS, at most a third of the longest suspicion. */
+export function probeTimeoutMs (intervalMs: number, suspicionMaxMs: number): number {
+  return Math.max(50, Math.min(suspicionMaxMs / 3, Math.max(MIN_PROBE_TIMEOUT_MS, intervalMs / 2)))
+}
 
 /**
- * Runs membership on gossipsub: publishes this node's heartbeat every interval,
- * validates every message on the topic (invalid ones are rejected, so gossipsub
- * neither delivers nor forwards them, and counted), feeds the view, pings suspects
- * directly, and cuts connections to the dead. Serves this node's claim set over
- * /msc/claims/1 to members, and fetches a peer's set when the view cannot rebuild it
- * from heartbeats (one fetch per peer at a time, backing off after failures).
+ * Runs membership: the SWIM failure detector (swim-probe.ts) over /msc/swim/1, whose
+ * verdicts are the view's member states; SWIM verdicts published on the gossipsub
+ * topic as small changes messages; and this node's full heartbeat on the same topic,
+ * rarely (at start, when its claims or addresses change, on a new connection, and
+ * every antiEntropyMs). Every message on the topic is validated (invalid ones are
+ * rejected, so gossipsub neither delivers nor forwards them, and counted). Serves this
+ * node's claim set over /msc/claims/1 to members, and fetches a peer's set when the
+ * view cannot rebuild it from heartbeats (one fetch per peer at a time, backing off
+ * after failures). Cuts connections to the dead and redials them.
  */
 export class MembershipService {
   private readonly o: MembershipServiceInit
@@ -51,7 +91,6 @@ export class MembershipService {
   private seq = 0
   private publishTimer?: NodeJS.Timeout
   private tickTimer?: NodeJS.Timeout
-  private readonly pinging = new Set<string>()
   private stopped = false
   private readonly ledger = new ClaimLedger()
   private omittedClaims = 0
@@ -59,10 +98,166 @@ export class MembershipService {
   private readonly fetchBackoff = new Map<string, { until: number; ms: number }>()
   private readonly stopping = new AbortController()
   private pages?: { rev: number; pages: Uint8Array[] }
+  readonly detector: SwimDetector
+  private probeTimer?: NodeJS.Timeout
+  private syncTimer?: NodeJS.Timeout
+  private lastPublished = 0
+  /** The latest heartbeat built, as sent in syncs. */
+  private heartbeatText?: string
+  private publishedRev = -1
+  private publishedAddrs = ''
+  private readonly refused: Record<SwimRefusalReason, number> = { 'not-member': 0, malformed: 0, 'target-not-member': 0 }
 
   constructor (init: MembershipServiceInit) {
     this.o = init
     this.log = init.logger
+    this.detector = new SwimDetector({
+      selfId: init.libp2p.peerId.toString(),
+      incarnation: this.incarnation,
+      probeIntervalMs: init.intervalMs,
+      probeTimeoutMs: probeTimeoutMs(init.intervalMs, init.suspicionMaxMs),
+      suspicionMinMs: init.suspicionMinMs,
+      suspicionMaxMs: init.suspicionMaxMs,
+      transport: {
+        ping: async (target, changes, timeoutMs) => await this.sendProbe(target, { v: SWIM_VERSION, type: 'ping', changes }, timeoutMs + (this.o.connector.connected(target) ? 0 : DIAL_ALLOWANCE_MS)),
+        pingReq: async (via, target, changes, timeoutMs) => await this.sendProbe(via, { v: SWIM_VERSION, type: 'ping-req', target, timeoutMs: Math.round(timeoutMs), changes }, timeoutMs * 2)
+      },
+      onState: (peer, state) => {
+        this.onVerdict(peer, state)
+      },
+      onVerdict: (change) => {
+        void this.publishChanges([change])
+      },
+      onAck: (peer, rttMs) => {
+        this.o.view.heard(peer, rttMs)
+      }
+    })
+  }
+
+  /** /msc/swim/1 requests refused, by reason (a test per reason: test/unit/swim-service.test.ts). */
+  swimRefused (): Record<SwimRefusalReason, number> {
+    return { ...this.refused }
+  }
+
+  private onVerdict (peer: string, state: SwimState): void {
+    if (state === 'left') return
+    const before = this.o.view.get(peer)?.state
+    this.o.view.setVerdict(peer, state)
+    if (state !== before) this.log.debug({ peer, from: before, to: state, health: this.detector.health }, 'swim verdict')
+  }
+
+  /** One request to `peer`, its reply as a ProbeReply; null when none valid came within `timeoutMs`. */
+  private async sendProbe (peer: string, request: Parameters<typeof exchange>[1], timeoutMs: number): Promise<ProbeReply | null> {
+    if (this.stopped) return null
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(1, timeoutMs))])
+    try {
+      const stream = await this.o.libp2p.dialProtocol(peerIdFromString(peer), SWIM_PROTOCOL, { signal })
+      const r = await exchange(stream, request, signal)
+      if (r.type === 'sync') return null
+      this.o.view.heard(peer)
+      return { ack: r.type === 'ack', changes: r.changes }
+    } catch (err) {
+      this.log.debug({ peer, err: (err as Error).message }, 'probe not answered')
+      return null
+    }
+  }
+
+  /** This node's side of a push-pull sync: its latest heartbeat, and every member it knows with where to dial it. */
+  private syncMessage (): SyncMessage {
+    const self = this.detector.selfId
+    const own = dialableAddrs(this.o.libp2p.getMultiaddrs().map((m) => m.toString()))
+    const members = this.detector.snapshot().map((c) => ({ ...c, addrs: (c.peer === self ? own : this.o.view.get(c.peer)?.addrs ?? []).slice(0, MAX_SYNC_ADDRS) }))
+    return { v: SWIM_VERSION, type: 'sync', ...(this.heartbeatText != null ? { heartbeat: this.heartbeatText } : {}), members }
+  }
+
+  /**
+   * The other side of a sync: its heartbeat (checked as one from the topic, attributed to
+   * the stream's peer), its view of the members (SWIM's rules), and members this node
+   * has not heard of, which it dials: so a node that joins through one member, or missed
+   * gossip, catches up.
+   */
+  private onSync (peer: string, m: SyncMessage): void {
+    if (m.heartbeat != null) {
+      const r = decodeHeartbeat(new TextEncoder().encode(m.heartbeat), peer)
+      if (!r.ok) this.o.view.countDrop(peer, r.reason, `in a sync: ${r.detail}`)
+      else {
+        const known = this.o.view.get(peer)
+        const seen = known != null && (r.heartbeat.incarnation < known.incarnation || (r.heartbeat.incarnation === known.incarnation && r.heartbeat.seq <= known.seq))
+        if (!seen) this.ingestHeartbeat(r.heartbeat)
+      }
+    }
+    this.detector.receive(m.members, peer, false)
+    for (const x of m.members) {
+      if (x.peer === this.detector.selfId || x.addrs.length === 0 || this.o.view.get(x.peer) != null) continue
+      if (this.o.isMember != null && !this.o.isMember(x.peer)) continue
+      void this.o.connector.ensure(x.peer, x.addrs)
+    }
+  }
+
+  /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it. */
+  private async sync (peer: string): Promise<void> {
+    if (this.stopped) return
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(5_000, this.o.intervalMs * 5))])
+    try {
+      const stream = await this.o.libp2p.dialProtocol(peerIdFromString(peer), SWIM_PROTOCOL, { signal })
+      const r = await exchange(stream, this.syncMessage(), signal)
+      if (r.type === 'sync') this.onSync(peer, r)
+    } catch (err) {
+      this.log.debug({ peer, err: (err as Error).message }, 'sync failed')
+    }
+  }
+
+  private readonly onSwimStream = (stream: Stream, connection: { remotePeer: PeerId }): void => {
+    const peer = connection.remotePeer.toString()
+    if (this.o.isMember != null && !this.o.isMember(peer)) {
+      this.refuse(peer, new SwimRefusal('not-member', 'the sender is not a member of this cluster'))
+      stream.abort(new Error('not a member of this cluster'))
+      return
+    }
+    void this.serveSwim(stream, peer)
+  }
+
+  private refuse (peer: string, err: SwimRefusal): void {
+    this.refused[err.reason]++
+    this.log.warn({ peer, reason: err.reason, detail: err.message }, 'swim request refused')
+  }
+
+  private async serveSwim (stream: Stream, peer: string): Promise<void> {
+    const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(10_000)])
+    try {
+      const { request, framed } = await readRequest(stream, signal)
+      this.o.view.heard(peer)
+      if (request.type === 'ping') {
+        this.detector.receive(request.changes, peer)
+        await reply(framed, { v: SWIM_VERSION, type: 'ack', changes: this.detector.piggyback(peer) }, signal)
+        return
+      }
+      if (request.type === 'ping-req') {
+        const target = request.target
+        if (target === peer || (this.o.isMember != null && !this.o.isMember(target)) || (target !== this.detector.selfId && this.detector.state(target) == null)) {
+          throw new SwimRefusal('target-not-member', `ping-req for ${target}, not a member this node knows`)
+        }
+        this.detector.receive(request.changes, peer)
+        let ack = target === this.detector.selfId
+        if (!ack && this.detector.mayProbe(target)) {
+          const r = await this.sendProbe(target, { v: SWIM_VERSION, type: 'ping', changes: this.detector.piggyback(target) }, Math.min(request.timeoutMs, 10_000))
+          if (r?.ack === true) {
+            ack = true
+            this.detector.receive(r.changes, target)
+          }
+        }
+        await reply(framed, { v: SWIM_VERSION, type: ack ? 'ack' : 'nack', changes: this.detector.piggyback(peer) }, signal)
+        return
+      }
+      this.onSync(peer, request)
+      await reply(framed, this.syncMessage(), signal)
+    } catch (err) {
+      if (err instanceof SwimRefusal) this.refuse(peer, err)
+      else this.log.debug({ peer, err: (err as Error).message }, 'swim request not served')
+      try {
+        stream.abort(err as Error)
+      } catch {}
+    }
   }
 
   private get pubsub (): MscLibp2p['services']['pubsub'] {
@@ -78,7 +273,7 @@ export class MembershipService {
       this.o.view.countDrop(msg.from.toString(), 'not-member', 'the sender is not a member of this cluster')
       return TopicValidatorResult.Reject
     }
-    const r = decodeHeartbeat(msg.data, msg.from.toString())
+    const r = decodeMessage(msg.data, msg.from.toString())
     if (!r.ok) {
       this.o.view.countDrop(msg.from.toString(), r.reason, r.detail)
       this.log.debug({ from: msg.from.toString(), reason: r.reason, detail: r.detail }, 'heartbeat dropped')
@@ -90,14 +285,37 @@ export class MembershipService {
   private readonly onMessage = (evt: CustomEvent<Message>): void => {
     const msg = evt.detail
     if (msg.topic !== MEMBERSHIP_TOPIC || msg.type !== 'signed') return
-    const r = decodeHeartbeat(msg.data, msg.from.toString())
+    const r = decodeMessage(msg.data, msg.from.toString())
     if (!r.ok) return
-    const before = this.o.view.get(r.heartbeat.peerId)?.state
-    if (this.o.view.ingest(r.heartbeat) && r.heartbeat.type === 'heartbeat') {
+    if ('changes' in r) {
+      const c = r.changes
+      if (c.peerId === this.detector.selfId) return
+      if (Math.abs(Date.now() - c.sentAt) > MAX_CHANGES_AGE_MS) {
+        this.o.view.countDrop(c.peerId, 'stale', `changes sent ${Date.now() - c.sentAt} ms ago`)
+        return
+      }
+      if (this.o.view.get(c.peerId) == null) return // not heard of yet: its heartbeat comes first
+      this.detector.receive(c.changes, c.peerId)
+      return
+    }
+    this.ingestHeartbeat(r.heartbeat)
+  }
+
+  /** A validated heartbeat of `hb.peerId`'s own (from the topic, or from a sync with it). */
+  private ingestHeartbeat (hb: Heartbeat): void {
+    const known = this.o.view.get(hb.peerId)
+    const before = known?.state
+    if (this.o.view.ingest(hb)) {
+      this.detector.heard(hb.peerId, hb.incarnation, hb.type === 'leave')
+      if (hb.type !== 'heartbeat') return
       // Full mesh: a member we hear of through another must be dialled directly.
-      void this.o.connector.ensure(r.heartbeat.peerId, r.heartbeat.addrs)
-      if (before !== 'alive') this.publishSoon()
-      if (this.o.view.claimsWanted(r.heartbeat.peerId) != null) void this.fetchClaimsOf(r.heartbeat.peerId)
+      void this.o.connector.ensure(hb.peerId, hb.addrs)
+      if (known == null || known.incarnation !== hb.incarnation) this.publishSoon()
+      // It talks, but this node holds it suspect or dead: tell it, so that it refutes.
+      const now = this.detector.state(hb.peerId)
+      if (now === 'suspect' || now === 'dead') void this.sync(hb.peerId)
+      else if (before !== 'alive' && before != null) this.publishSoon()
+      if (this.o.view.claimsWanted(hb.peerId) != null) void this.fetchClaimsOf(hb.peerId)
     }
   }
 
@@ -157,11 +375,19 @@ export class MembershipService {
   }
 
   private readonly onDisconnect = (evt: CustomEvent<PeerId>): void => {
-    this.o.view.markDisconnected(evt.detail.toString())
+    // A lost connection is a hint, not a verdict: probe it now rather than in its turn.
+    const peer = evt.detail.toString()
+    if (!this.stopped && this.detector.mayProbe(peer)) void this.detector.probe(peer)
   }
 
-  private readonly onConnect = (): void => {
+  private readonly onConnect = (evt: CustomEvent<PeerId>): void => {
     this.publishSoon()
+    const peer = evt.detail.toString()
+    // Each side's heartbeat and members, whatever gossipsub delivers: a joining node is
+    // known to its first contact at once, and learns (and dials) the rest. A member
+    // reconnecting after a cut may be dead here (and we there): each side learns it, and refutes.
+    if (this.stopped || (this.o.isMember != null && !this.o.isMember(peer))) return
+    void this.sync(peer)
   }
 
   private readonly onSubscriptionChange = (): void => {
@@ -175,16 +401,41 @@ export class MembershipService {
     this.o.libp2p.addEventListener('peer:disconnect', this.onDisconnect)
     this.o.libp2p.addEventListener('peer:connect', this.onConnect)
     await this.o.libp2p.handle(CLAIMS_PROTOCOL, this.onClaimsStream, { maxInboundStreams: MAX_CLAIMS_STREAMS })
+    await this.o.libp2p.handle(SWIM_PROTOCOL, this.onSwimStream, { maxInboundStreams: MAX_SWIM_STREAMS })
     // Our own containers first: a claim heard before them must not take a name in our view.
     this.o.view.setLocalClaims(await this.o.local.containers())
     this.pubsub.subscribe(MEMBERSHIP_TOPIC)
+    // Every interval the heartbeat is rebuilt (which also checks this node's containers),
+    // but published only when it changed or anti-entropy is due.
     this.publishTimer = setInterval(() => {
-      void this.publish('heartbeat')
+      void this.publish('heartbeat', false, true)
     }, this.o.intervalMs)
     this.tickTimer = setInterval(() => {
       this.tick()
     }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))
+    this.scheduleProbe()
+    this.syncTimer = setInterval(() => {
+      const members = this.o.view.members()
+      const alive = members.filter((m) => m.state === 'alive')
+      const pick = alive[Math.floor(Math.random() * alive.length)]
+      if (pick != null) void this.sync(pick.peerId)
+      // And one connected member held suspect or dead here: it learns it, and refutes if it can.
+      const doubted = members.filter((m) => (m.state === 'suspect' || m.state === 'dead') && this.o.connector.connected(m.peerId))
+      const other = doubted[Math.floor(Math.random() * doubted.length)]
+      if (other != null) void this.sync(other.peerId)
+    }, syncEveryMs(this.o.intervalMs))
     await this.publish('heartbeat')
+  }
+
+  /** The next probe round, one interval (stretched by local health) from now. */
+  private scheduleProbe (): void {
+    if (this.stopped) return
+    this.probeTimer = setTimeout(() => {
+      void this.detector.probe()
+      // Suspects too, each round: the suspicion rides first on the probe, the refutation on the ack.
+      for (const peer of this.detector.suspects()) void this.detector.probe(peer, false)
+      this.scheduleProbe()
+    }, this.detector.intervalMs())
   }
 
   /** Says goodbye (best effort, bounded), then stops. */
@@ -193,6 +444,8 @@ export class MembershipService {
     this.stopped = true
     clearInterval(this.publishTimer)
     clearInterval(this.tickTimer)
+    clearInterval(this.syncTimer)
+    clearTimeout(this.probeTimer)
     clearTimeout(this.soonTimer)
     this.stopping.abort(new Error('membership stopped'))
     await Promise.race([this.publish('leave', true), new Promise((resolve) => setTimeout(resolve, 500))])
@@ -202,6 +455,7 @@ export class MembershipService {
     this.o.libp2p.removeEventListener('peer:connect', this.onConnect)
     this.pubsub.topicValidators.delete(MEMBERSHIP_TOPIC)
     await this.o.libp2p.unhandle(CLAIMS_PROTOCOL).catch(() => {})
+    await this.o.libp2p.unhandle(SWIM_PROTOCOL).catch(() => {})
     try {
       this.pubsub.unsubscribe(MEMBERSHIP_TOPIC)
     } catch {}
@@ -255,7 +509,11 @@ export class MembershipService {
     }
   }
 
-  private async publish (type: Heartbeat['type'], force = false): Promise<void> {
+  /**
+   * Publishes this node's heartbeat. `onlyIfChanged`: only when its claims or addresses
+   * changed since the last one published, or anti-entropy is due.
+   */
+  private async publish (type: Heartbeat['type'], force = false, onlyIfChanged = false): Promise<void> {
     if (this.stopped && !force) return
     let hb: Heartbeat
     try {
@@ -264,9 +522,15 @@ export class MembershipService {
       this.log.warn({ err: (err as Error).message }, 'heartbeat not built')
       return
     }
+    const addrs = hb.addrs.join(' ')
+    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs)) return
+    this.publishedRev = this.ledger.rev
+    this.publishedAddrs = addrs
+    this.lastPublished = Date.now()
     let bytes: Uint8Array
     try {
       bytes = encodeHeartbeat(hb)
+      if (type === 'heartbeat') this.heartbeatText = new TextDecoder().decode(bytes)
     } catch (err) {
       // Bounded by construction (claim-set.ts): reaching this is a bug, and peers go without our heartbeat.
       this.log.error({ err: (err as Error).message }, 'heartbeat over its size bound, not sent')
@@ -279,30 +543,40 @@ export class MembershipService {
     }
   }
 
+  /** SWIM verdicts of this node's own, on the topic: each member hears them first-hand. */
+  private async publishChanges (changes: SwimChange[]): Promise<void> {
+    if (this.stopped && changes.every((c) => c.peer !== this.detector.selfId)) return
+    const msg = {
+      v: HEARTBEAT_VERSION,
+      type: 'changes' as const,
+      peerId: this.detector.selfId,
+      incarnation: this.incarnation,
+      seq: ++this.seq,
+      sentAt: Date.now(),
+      changes: changes.slice(0, MAX_TOPIC_CHANGES)
+    }
+    try {
+      await this.pubsub.publish(MEMBERSHIP_TOPIC, new TextEncoder().encode(JSON.stringify(msg)))
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'changes not published')
+    }
+  }
+
   private tick (): void {
-    const { confirm } = this.o.view.tick()
+    this.o.view.tick()
+    this.detector.tick()
     // The dead are redialled (with the connector's backoff): a healed link or a
     // restarted host comes back without anyone running `msc join`.
     for (const m of this.o.view.members()) {
       if (m.state === 'dead') void this.o.connector.ensure(m.peerId, m.addrs)
+      // Heartbeats are rare now: a set still wanted is fetched again once its backoff ran out.
+      else if (m.state === 'alive' && this.o.view.claimsWanted(m.peerId) != null) void this.fetchClaimsOf(m.peerId)
     }
-    for (const peerId of confirm) {
-      if (this.pinging.has(peerId)) continue
-      this.pinging.add(peerId)
-      const member = this.o.view.get(peerId)
-      void this.o.connector.ensure(peerId, member?.addrs ?? [])
-        .then(async () => await this.o.libp2p.services.ping.ping(peerIdFromMember(this.o.libp2p, peerId), { signal: AbortSignal.timeout(Math.max(500, this.o.intervalMs)) }))
-        .then((rtt) => this.o.view.confirmAlive(peerId, rtt))
-        .catch(() => this.o.view.confirmFailed(peerId))
-        .finally(() => this.pinging.delete(peerId))
+    // Members the view forgot (long dead, or removed from the cluster) leave the detector too.
+    for (const peer of this.detector.known()) {
+      if (this.o.view.get(peer) == null) this.detector.forget(peer)
     }
   }
-}
-
-function peerIdFromMember (libp2p: MscLibp2p, peerId: string): PeerId {
-  const conn = libp2p.getConnections().find((c) => c.remotePeer.toString() === peerId)
-  if (conn == null) throw new Error('not connected')
-  return conn.remotePeer
 }
 
 /**

@@ -15,6 +15,11 @@ import { claimDigest, MAX_CLAIM_SET, rebuild, type ClaimSetCopy, type ClaimSumma
  *   any --(leave message)--> left;  dead/left --(newer heartbeat)--> alive
  *   dead/left --(forgetAfter)--> forgotten
  *
+ * With `externalVerdicts` (what msc runs: the SWIM detector, swim-probe.ts), states
+ * come from setVerdict instead of silence and pings: a heartbeat makes a new member,
+ * or a new incarnation, alive, a leave makes it left, and nothing else changes a state
+ * here; tick() only forgets and prunes.
+ *
  * A heartbeat from a peer that `isMember` refuses is dropped (`not-member`) before any
  * other check. Ownership rules, for a claim of NAME at epoch E by peer P (the same for
  * the node's own claims, applied silently), against the record the view holds:
@@ -114,6 +119,12 @@ export interface MembershipViewInit {
   tombstoneTtlMs?: number
   /** How far above the held epoch (0 for an unknown name) a claim may be (default MAX_EPOCH_JUMP, 2^20). */
   maxEpochJump?: number
+  /**
+   * Verdicts come from a failure detector (the SWIM detector, swim-probe.ts) through
+   * setVerdict: a heartbeat then makes a new member, or a new incarnation, alive, but
+   * leaves a known member's state as it is, and tick() suspects nobody for silence.
+   */
+  externalVerdicts?: boolean
 }
 
 export const DEFAULT_MAX_CLAIMS_PER_PEER = MAX_CLAIM_SET
@@ -163,6 +174,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
 
   private acceptedCount = 0
   private workCount = 0
+  private readonly externalVerdicts: boolean
 
   constructor (init: MembershipViewInit) {
     super()
@@ -175,6 +187,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     this.maxTombstonesPerPeer = init.maxTombstonesPerPeer ?? DEFAULT_MAX_TOMBSTONES_PER_PEER
     this.tombstoneTtlMs = init.tombstoneTtlMs ?? DEFAULT_TOMBSTONE_TTL_MS
     this.maxEpochJump = init.maxEpochJump ?? MAX_EPOCH_JUMP
+    this.externalVerdicts = init.externalVerdicts === true
   }
 
   /** Counts a message the codec refused (it never reached ingest). */
@@ -218,7 +231,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     }
     this.byPeer.set(hb.peerId, m)
     this.pingFailedSince.delete(hb.peerId)
-    this.setState(m, hb.type === 'leave' ? 'left' : 'alive', known == null ? null : known.state)
+    const keep = this.externalVerdicts && known != null && known.incarnation === hb.incarnation && known.state !== 'left'
+    this.setState(m, hb.type === 'leave' ? 'left' : keep ? known.state : 'alive', known == null ? null : known.state)
     this.syncClaims(m, hb)
     return true
   }
@@ -475,6 +489,22 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     if (m?.state === 'alive') this.setState(m, 'suspect', 'alive')
   }
 
+  /** The failure detector's verdict on a member this view knows (externalVerdicts). A left member stays left. */
+  setVerdict (peerId: string, state: 'alive' | 'suspect' | 'dead'): void {
+    const m = this.byPeer.get(peerId)
+    if (m == null || m.state === 'left') return
+    if (state === 'alive') m.lastHeard = this.now()
+    this.setState(m, state, m.state)
+  }
+
+  /** Direct evidence the member is up (it answered a probe): when it was last heard, not its state. */
+  heard (peerId: string, rttMs?: number): void {
+    const m = this.byPeer.get(peerId)
+    if (m == null || m.state === 'left') return
+    m.lastHeard = this.now()
+    if (rttMs != null) m.rttMs = rttMs
+  }
+
   /** A direct ping answered. */
   confirmAlive (peerId: string, rttMs: number): void {
     const m = this.byPeer.get(peerId)
@@ -505,8 +535,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     }
     for (const m of [...this.byPeer.values()]) {
       const silent = now - m.lastHeard
-      if (m.state === 'alive' && silent > this.timers.suspectAfterMs) this.setState(m, 'suspect', 'alive')
-      if (m.state === 'suspect') {
+      if (m.state === 'alive' && !this.externalVerdicts && silent > this.timers.suspectAfterMs) this.setState(m, 'suspect', 'alive')
+      if (m.state === 'suspect' && !this.externalVerdicts) {
         if (silent >= this.timers.deadAfterMs && this.pingFailedSince.has(m.peerId)) this.setState(m, 'dead', 'suspect')
         else confirm.push(m.peerId)
       }
