@@ -16,6 +16,7 @@ import { pskKeyBytes } from '../../src/overlay/psk.ts'
 import { admissionKey, hmacAdmission, keyClusterId } from '../../src/cluster/records.ts'
 import { JOIN_PROTOCOL, JoinAnswerSchema, MAX_CLUSTER_FRAME, SYNC_PROTOCOL, SyncAnswerSchema } from '../../src/cluster/messages.ts'
 import { decodeToken } from '../../src/cluster/tokens.ts'
+import { readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION } from '../../src/overlay/membership/swim-protocol.ts'
 
 export interface RawPeer {
   host: MscLibp2p
@@ -25,7 +26,7 @@ export interface RawPeer {
 
 const raws = new Set<MscLibp2p>()
 
-export async function rawPeer (opts: { psk?: Uint8Array; listen?: string } = {}): Promise<RawPeer> {
+export async function rawPeer (opts: { psk?: Uint8Array; listen?: string; answerProbes?: boolean } = {}): Promise<RawPeer> {
   const key = await generateKeyPair('Ed25519')
   const host = await createLibp2pHost({
     privateKey: key,
@@ -39,7 +40,29 @@ export async function rawPeer (opts: { psk?: Uint8Array; listen?: string } = {})
   })
   raws.add(host)
   await host.start()
+  if (opts.answerProbes !== false) await answerProbes(host)
   return { host, key, id: host.peerId.toString() }
+}
+
+/**
+ * Answers a node's SWIM probes as a live member does (ack a ping, nack a ping-req, an
+ * empty sync), so a hostile peer stays alive in the node's view for as long as its
+ * host runs and a test's checks are not raced by a suspicion. What it publishes is
+ * still judged by its content alone.
+ */
+async function answerProbes (host: MscLibp2p): Promise<void> {
+  await host.handle(SWIM_PROTOCOL, (stream) => {
+    void (async () => {
+      const signal = AbortSignal.timeout(10_000)
+      try {
+        const { request, framed } = await readRequest(stream, signal)
+        if (request.type === 'sync') await reply(framed, { v: SWIM_VERSION, type: 'sync', members: [] }, signal)
+        else await reply(framed, { v: SWIM_VERSION, type: request.type === 'ping' ? 'ack' : 'nack', changes: [] }, signal)
+      } catch {
+        stream.abort(new Error('not a probe'))
+      }
+    })()
+  })
 }
 
 export async function stopRaw (h: MscLibp2p): Promise<void> {
