@@ -26,7 +26,7 @@ import { quorum, type LeaseProof } from '../failover/grant.ts'
 import { FailoverController } from '../failover/failover.ts'
 import { ReplicaStore } from '../replication/replica-store.ts'
 import { ReplicationReceiver } from '../replication/receiver.ts'
-import { Replicator } from '../replication/replicator.ts'
+import { Replicator, type ReplicatedContainer } from '../replication/replicator.ts'
 import { REPLICATE_PROTOCOL } from '../replication/messages.ts'
 import { loadBundle } from '../runtime/bundle.ts'
 import type { ContainerManager, ContainerRecord } from './container-manager.ts'
@@ -147,7 +147,17 @@ export class FailoverService {
       },
       bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
       diskReserveBytes: 256 * 1024 * 1024,
-      onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) })
+      onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) }),
+      // A standby of a lan container must be able to take its address over.
+      networkProblem: async (net, name) => {
+        try {
+          await init.manager.mustLan().check(net)
+          await init.manager.checkAddressFree(net.address, name)
+          return null
+        } catch (err) {
+          return errText(err)
+        }
+      }
     }, init.logger.child({ component: 'replicas' }))
     if (init.witness) return
     this.replicator = new Replicator({
@@ -395,13 +405,13 @@ export class FailoverService {
   }
 
   /** The containers to replicate now: ours, running, replicated, with the lease held. */
-  private async replicated (): Promise<Array<{ name: string; epoch: number; replicas: number; rootfs: string; config: Record<string, unknown> }>> {
-    const out = []
+  private async replicated (): Promise<ReplicatedContainer[]> {
+    const out: ReplicatedContainer[] = []
     // Every 250 ms: only the records of containers whose lease this node holds are read.
     for (const r of await this.records((n) => this.lease.holds(n))) {
       const b = await loadBundle(r.bundle).catch(() => null)
       if (b == null) continue
-      out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown> })
+      out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown>, ...(r.network != null ? { network: r.network } : {}) })
     }
     return out
   }
