@@ -302,6 +302,9 @@ export class FailoverService {
     r.startedAt = null
     await this.i.manager.writeRecord(r)
     await this.i.runc.delete(name, { force: true }).catch(() => {})
+    // Its address stayed on this host if only the daemon and the container died (the
+    // guard killed it, a crash): a standby may hold the address by now.
+    if (r.network != null) await this.i.manager.releaseAddress(name)
     this.i.events.emit('lease', { type: 'self-fenced', container: name, epoch, reason: 'it died while this node was down' })
     this.expireLater(name, epoch)
     return true
