@@ -30,7 +30,7 @@ import { createMetricsService, type MetricsService } from '../metrics/metrics-se
 import { parseListenAddress } from '../metrics/listen-address.ts'
 import type { NodeReader } from '../metrics/snapshot.ts'
 import { logShimBinary } from '../runtime/shim/binary.ts'
-import { LanNetworks } from '../network/lan-netns.ts'
+import { LanNetworks, lanNetnsPrefix } from '../network/lan-netns.ts'
 import { parseRunNetwork } from '../network/lan-address.ts'
 import type { MigrateRequest, MigrationResult } from '../migration/source.ts'
 
@@ -201,6 +201,7 @@ export class MscNode {
       dataDir: this.dataDir,
       events: this.events,
       logger: this.rootLog.child({ component: 'failover' }),
+      lanNetnsPrefix: lanNetnsPrefix(this.nodeId),
       fence: async (name, owner, epoch) => {
         await this.fence(name, owner, epoch)
       }

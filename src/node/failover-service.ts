@@ -47,6 +47,8 @@ export interface FailoverServiceInit {
   dataDir: DataDir
   events: EventLog
   logger: Logger
+  /** `msc-NODEID-`: the lease guard takes down the LAN link of a lan container it kills (src/network/lan-netns.ts names its namespace so). */
+  lanNetnsPrefix?: string
   /** The daemon's fencing: another node owns `name` at `epoch`; our copy stops for good. */
   fence: (name: string, owner: string, epoch: number) => Promise<void>
 }
@@ -86,6 +88,7 @@ export class FailoverService {
       runcPath: init.runc.config.runcPath,
       runcRoot: init.runc.config.root,
       scriptPath: LEASE_GUARD_SCRIPT,
+      ...(init.lanNetnsPrefix != null ? { netnsPrefix: init.lanNetnsPrefix } : {}),
       logger: init.logger.child({ component: 'lease-guard' })
     })
     const emit = init.events
