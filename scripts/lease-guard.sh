@@ -1,5 +1,5 @@
 #!/bin/sh
-# lease-guard.sh DIR RUNC RUNC_ROOT
+# lease-guard.sh DIR RUNC RUNC_ROOT [NETNS_PREFIX]
 #
 # The lease guard (src/failover/lease-guard.ts, protocols/lease.md "The guard"): kills
 # a container whose lease deadline has passed, even when the msc daemon that should
@@ -18,17 +18,21 @@
 # Every ~100 ms while a deadline is less than 0.6 s away, else every 0.5 s: for each
 # armed NAME whose deadline is reached, run
 # `RUNC --root RUNC_ROOT kill --all NAME KILL` (errors ignored: a container that is
-# already gone is fine) and rename DIR/NAME to DIR/.NAME.fenced. Exits when DIR/.stop
-# exists or DIR is gone. POSIX sh only.
+# already gone is fine) and rename DIR/NAME to DIR/.NAME.fenced. With NETNS_PREFIX
+# (`msc-NODEID-`), a NAME that has the network namespace /run/netns/NETNS_PREFIX+NAME
+# (a `--network lan` container) also loses that namespace's eth0, its LAN link: with
+# the daemon dead and the host up, the address must not answer here once a standby
+# took it over. Exits when DIR/.stop exists or DIR is gone. POSIX sh only.
 set -u
 
-if [ "$#" -ne 3 ]; then
-  echo "usage: lease-guard.sh DIR RUNC RUNC_ROOT" >&2
+if [ "$#" -ne 3 ] && [ "$#" -ne 4 ]; then
+  echo "usage: lease-guard.sh DIR RUNC RUNC_ROOT [NETNS_PREFIX]" >&2
   exit 2
 fi
 dir=$1
 runc=$2
 root=$3
+netns_prefix=${4:-}
 
 [ -d "$dir" ] || exit 1
 echo "$$" > "$dir/.guard.pid.tmp" && mv -f "$dir/.guard.pid.tmp" "$dir/.guard.pid"
@@ -65,6 +69,9 @@ while :; do
     case $deadline in ''|*[!0-9]*) continue ;; esac
     if [ "$now" -ge "$deadline" ]; then
       "$runc" --root "$root" kill --all "$name" KILL > /dev/null 2>&1 || :
+      if [ -n "$netns_prefix" ] && [ -e "/run/netns/$netns_prefix$name" ]; then
+        ip -n "$netns_prefix$name" link delete eth0 > /dev/null 2>&1 || :
+      fi
       mv -f "$f" "$dir/.$name.fenced" 2> /dev/null || :
     elif [ "$deadline" -le $((now + 60)) ]; then
       soon=1

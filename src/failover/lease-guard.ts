@@ -34,6 +34,12 @@ export interface LeaseGuardInit {
   runcRoot: string
   /** Default: LEASE_GUARD_SCRIPT. */
   scriptPath?: string
+  /**
+   * `msc-NODEID-`: a container the guard kills that has a namespace of this prefix and
+   * its name (`--network lan`) also loses its LAN link, so that a node whose daemon is
+   * dead but whose host is up stops answering for an address a standby takes over.
+   */
+  netnsPrefix?: string
   logger: Logger
 }
 
@@ -50,6 +56,7 @@ export class LeaseGuard {
   private readonly runcPath: string
   private readonly runcRoot: string
   private readonly scriptPath: string
+  private readonly netnsPrefix: string | undefined
   private readonly log: Logger
   private guardPid: number | undefined
 
@@ -58,6 +65,7 @@ export class LeaseGuard {
     this.runcPath = init.runcPath
     this.runcRoot = init.runcRoot
     this.scriptPath = path.resolve(init.scriptPath ?? LEASE_GUARD_SCRIPT)
+    this.netnsPrefix = init.netnsPrefix
     this.log = init.logger
   }
 
@@ -85,7 +93,7 @@ export class LeaseGuard {
     }
     await fsp.rm(path.join(this.dir, '.stop'), { force: true })
     await fsp.rm(path.join(this.dir, '.guard.pid'), { force: true })
-    const child = spawn('sh', [this.scriptPath, this.dir, this.runcPath, this.runcRoot], { detached: true, stdio: 'ignore' })
+    const child = spawn('sh', [this.scriptPath, this.dir, this.runcPath, this.runcRoot, ...(this.netnsPrefix != null ? [this.netnsPrefix] : [])], { detached: true, stdio: 'ignore' })
     child.on('error', (err) => this.log.error({ err: err.message }, 'lease guard could not be started'))
     child.unref()
     const pid = child.pid

@@ -95,3 +95,23 @@ export function parseRunNetwork (network: unknown, ip: unknown, driver: LanDrive
   if (ip == null) throw new MscError('INVALID_ARGUMENT', '--network lan needs --ip ADDR/PREFIX')
   return lanNetworkFor(ip as string, driver)
 }
+
+/**
+ * A network that arrived from another node (a replication generation's `network`, kept
+ * by a standby to restore the container at the same address): hostile until checked.
+ * The shape (LanNetworkSchema), then what `--ip` would refuse (a network or broadcast
+ * address, loopback, multicast), then the MAC: a macvlan link's is the one its address
+ * gives (macForAddress), an ipvlan link has none. Returns the network as this node
+ * would have made it; throws INVALID_ARGUMENT naming the first problem.
+ */
+export function checkReceivedNetwork (raw: unknown): LanNetwork {
+  const p = LanNetworkSchema.safeParse(raw)
+  if (!p.success) throw new MscError('INVALID_ARGUMENT', `network: ${p.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`).join('; ').slice(0, 300)}`)
+  const net = p.data
+  const { address, prefix } = parseLanAddress(`${net.address}/${net.prefix}`)
+  const want = lanNetworkFor(`${address}/${prefix}`, net.driver)
+  if ((net.mac ?? null) !== (want.mac ?? null)) {
+    throw new MscError('INVALID_ARGUMENT', net.driver === 'macvlan' ? `network: a macvlan link of ${address} has the MAC ${want.mac!}, not ${net.mac ?? 'none'}` : 'network: an ipvlan link has no MAC of its own')
+  }
+  return want
+}

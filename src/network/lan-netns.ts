@@ -18,6 +18,11 @@ import { inSubnet, type LanDriver, type LanNetwork } from './lan-address.ts'
  */
 
 const NETNS_DIR = '/run/netns'
+
+/** What a node's lan namespaces are named by, before the container's name (`ip netns` names, under /run/netns). */
+export function lanNetnsPrefix (nodeId: string): string {
+  return `msc-${nodeId}-`
+}
 const FREEZE_TAG = 'msc-lan-quiet'
 
 export interface LanInterface {
@@ -95,7 +100,7 @@ export class LanNetworks {
   }
 
   nsName (container: string): string {
-    return `msc-${this.init.nodeId}-${container}`
+    return `${lanNetnsPrefix(this.init.nodeId)}${container}`
   }
 
   /** The namespace's path: what config.json's network namespace names. */

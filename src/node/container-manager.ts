@@ -7,7 +7,7 @@ import { runStateOf } from '../runtime/run-state.ts'
 import { loadBundle, runtimeConfig, writeRuntimeBundle, type LoadedBundle, type OciConfig } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import { RecordCache } from './record-cache.ts'
-import type { DataDir } from './data-dir.ts'
+import { CRIU_HOST_NETWORK_CONFIG, CRIU_LAN_NETWORK_CONFIG, type DataDir } from './data-dir.ts'
 import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo, LeaseLost } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
 import type { Handover } from '../cluster/handover.ts'
@@ -205,11 +205,12 @@ export class ContainerManager {
    */
   runtimeConfigFor (name: string, bundle: LoadedBundle, network?: LanNetwork): OciConfig {
     if (network != null) {
-      // Its address is the same on every node: connections are restored established.
+      // Its address is the same on every node: connections are restored established
+      // (its own configuration file, which writeCriuConfig switches for replication and failover).
       return runtimeConfig(bundle, {
         cgroupsPath: this.cgroupsPath(name),
         requestSocket: this.dd.requestSocket,
-        criuConfig: this.dd.criuLanConfigFile,
+        criuConfig: this.dd.criuConfigOf(name),
         netnsPath: this.mustLan().nsPath(name)
       })
     }
@@ -218,6 +219,30 @@ export class ContainerManager {
       requestSocket: this.dd.requestSocket,
       criuConfig: this.init.tcpEstablished ? null : this.dd.criuConfigFile
     })
+  }
+
+  /**
+   * What a lan container's own CRIU configuration (DataDir.criuConfigOf) tells CRIU
+   * until the next call: `established`, connections dumped with TCP repair and restored
+   * established (a migration, a checkpoint: the same address, the peers still there);
+   * `closed`, dumped without their state and restored closed (a replication generation,
+   * restored by a failover long after the clients' view moved on: they get a reset).
+   * runc hands CRIU the file named in the container's config at every checkpoint and
+   * restore, and has no option of its own for closing connections. Callers hold the
+   * container's lock and put `established` back when done; a node restarted meanwhile
+   * does so at start (settleCriuConfigs).
+   */
+  async writeCriuConfig (name: string, tcp: 'established' | 'closed'): Promise<void> {
+    await writeFileAtomic(this.dd.criuConfigOf(name), tcp === 'established' ? CRIU_LAN_NETWORK_CONFIG : CRIU_HOST_NETWORK_CONFIG, { mode: 0o600 })
+  }
+
+  /** At start: every lan container's own CRIU configuration is back at `established` (a dump or restore may have been cut short). */
+  async settleCriuConfigs (): Promise<void> {
+    for (const n of await this.names()) {
+      const r = await this.readRecord(n)
+      if (r?.network == null) continue
+      if (await fs.access(this.dd.criuConfigOf(n)).then(() => true, () => false)) await this.writeCriuConfig(n, 'established')
+    }
   }
 
   /** Whether CRIU restores NAME's connections established (its own address, or the node's option). */
@@ -293,6 +318,7 @@ export class ContainerManager {
         if (net != null) {
           await this.mustLan().create(name, net)
           netMade = true
+          await this.writeCriuConfig(name, 'established')
         }
         await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle, net))
         const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
@@ -449,15 +475,30 @@ export class ContainerManager {
       const workDir = this.dd.workDir(name, `restore-${Date.now()}`)
       await fs.mkdir(workDir, { recursive: true })
       const started = Date.now()
-      const { pid } = await this.runc.restore(name, this.dd.runtimeBundle(name), {
-        imageDir: this.dd.checkpointDir(name, cp.id),
-        workDir,
-        tcpEstablished: this.tcpEstablishedFor(r),
-        logFile: this.dd.logFile(name),
-        logMaxBytes: this.init.logMaxBytes,
-        pidFile: this.dd.pidFileOf(name),
-        signal: opts.signal
-      })
+      // A lan container that lost its lease, or died with its host, gave its address up:
+      // it is built again, quiet until the restore ran.
+      let netMade = false
+      if (r.network != null && !(await this.mustLan().exists(name))) {
+        await this.mustLan().check(r.network)
+        await this.checkAddressFree(r.network.address, name)
+        await this.mustLan().create(name, r.network, { quiet: true })
+        netMade = true
+      }
+      let pid: number
+      try {
+        pid = (await this.runc.restore(name, this.dd.runtimeBundle(name), {
+          imageDir: this.dd.checkpointDir(name, cp.id),
+          workDir,
+          tcpEstablished: this.tcpEstablishedFor(r),
+          logFile: this.dd.logFile(name),
+          logMaxBytes: this.init.logMaxBytes,
+          pidFile: this.dd.pidFileOf(name),
+          signal: opts.signal
+        })).pid
+      } catch (err) {
+        if (netMade) await this.releaseAddress(name)
+        throw err
+      }
       // A dump a migration left here (recoverInterruptedDump) was taken with the address quiet.
       if (r.network != null) await this.mustLan().activate(name, r.network)
       r.startedAt = new Date().toISOString()
@@ -518,8 +559,20 @@ export class ContainerManager {
       r.startedAt = null
       await this.writeRecord(r)
       await this.runc.stop(name, 0) // no grace period: the other copy already runs
+      // Its address is the new owner's now: this copy never runs again, so its link goes.
+      if (r.network != null) await this.releaseAddress(name)
       return true
     })
+  }
+
+  /**
+   * A lan container that no longer runs here, and may run elsewhere (fenced, self-fenced,
+   * dead while the node was down), gives its address up: its namespace and link go, so
+   * that this node never answers for the address (ARP, resets) while a standby's copy
+   * holds it. `msc restore` builds them again. Errors are logged, never thrown.
+   */
+  async releaseAddress (name: string): Promise<void> {
+    await this.init.lan?.remove(name).catch((err: Error) => this.log.error({ name, err: err.message }, "could not remove a stopped container's lan network"))
   }
 
   private readonly killing = new Set<string>()

@@ -30,7 +30,7 @@ import { createMetricsService, type MetricsService } from '../metrics/metrics-se
 import { parseListenAddress } from '../metrics/listen-address.ts'
 import type { NodeReader } from '../metrics/snapshot.ts'
 import { logShimBinary } from '../runtime/shim/binary.ts'
-import { LanNetworks } from '../network/lan-netns.ts'
+import { LanNetworks, lanNetnsPrefix } from '../network/lan-netns.ts'
 import { parseRunNetwork } from '../network/lan-address.ts'
 import type { MigrateRequest, MigrationResult } from '../migration/source.ts'
 
@@ -107,6 +107,9 @@ export class MscNode {
       claimAddress: (address, name) => this.claimAddress(address, name)
     })
     await this.dropStalePendingMigrations()
+    // A replication dump or failover restore cut short by the node's end left a lan
+    // container's CRIU configuration at `closed`.
+    await this.containers.settleCriuConfigs()
     const adopted = await this.containers.list()
     const c = this.containers
     const cfg = this.config
@@ -198,6 +201,7 @@ export class MscNode {
       dataDir: this.dataDir,
       events: this.events,
       logger: this.rootLog.child({ component: 'failover' }),
+      lanNetnsPrefix: lanNetnsPrefix(this.nodeId),
       fence: async (name, owner, epoch) => {
         await this.fence(name, owner, epoch)
       }
@@ -254,10 +258,9 @@ export class MscNode {
       run: async (req, signal) => {
         if (cfg.witness) throw new MscError('INVALID_STATE', `${cfg.name} is a witness: it votes on leases and runs no container`)
         const network = parseRunNetwork(req.network, req.ip, cfg.lanDriver) ?? undefined
-        // A lan container is not replicated (failover at the same address is not built
-        // yet): asked for, that is refused; by the node's default, it gets none.
-        if (network != null && req.replicas != null && req.replicas !== 0) throw new MscError('INVALID_ARGUMENT', '--replicas is not supported with --network lan yet: a standby cannot take over its address (docs/networking.md)')
-        const replicas = network != null ? 0 : req.replicas ?? cfg.defaultReplicas
+        // A lan container is replicated like any other: a failover restores it at its
+        // address on the standby (docs/networking.md).
+        const replicas = req.replicas ?? cfg.defaultReplicas
         if (!Number.isInteger(replicas) || replicas < 0 || replicas > 8) throw new MscError('INVALID_ARGUMENT', `--replicas takes a whole number from 0 to 8, not ${String(req.replicas)}`)
         return withReplication(await c.run(req.name, req.bundle, signal, { replicas, network }), failover)
       },

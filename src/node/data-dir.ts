@@ -49,9 +49,20 @@ export class DataDir {
   get criuConfigFile (): string {
     return path.join(this.root, 'criu-host-network.conf')
   }
-  /** The CRIU configuration for `--network lan` containers (CRIU_LAN_NETWORK_CONFIG). */
+  /**
+   * The CRIU configuration of `--network lan` containers made before each had its own
+   * (CRIU_LAN_NETWORK_CONFIG); still written at every start for them.
+   */
   get criuLanConfigFile (): string {
     return path.join(this.root, 'criu-lan-network.conf')
+  }
+  /**
+   * A `--network lan` container's own CRIU configuration (criu.conf in its directory):
+   * connections repaired (CRIU_LAN_NETWORK_CONFIG), except while a replication
+   * generation is dumped or a failover restores one (CRIU_HOST_NETWORK_CONFIG: closed).
+   */
+  criuConfigOf (name: string): string {
+    return path.join(this.containerDir(name), 'criu.conf')
   }
   get pidFile (): string {
     return path.join(this.root, 'node.pid')

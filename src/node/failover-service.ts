@@ -26,7 +26,7 @@ import { quorum, type LeaseProof } from '../failover/grant.ts'
 import { FailoverController } from '../failover/failover.ts'
 import { ReplicaStore } from '../replication/replica-store.ts'
 import { ReplicationReceiver } from '../replication/receiver.ts'
-import { Replicator } from '../replication/replicator.ts'
+import { Replicator, type ReplicatedContainer } from '../replication/replicator.ts'
 import { REPLICATE_PROTOCOL } from '../replication/messages.ts'
 import { loadBundle } from '../runtime/bundle.ts'
 import type { ContainerManager, ContainerRecord } from './container-manager.ts'
@@ -47,6 +47,8 @@ export interface FailoverServiceInit {
   dataDir: DataDir
   events: EventLog
   logger: Logger
+  /** `msc-NODEID-`: the lease guard takes down the LAN link of a lan container it kills (src/network/lan-netns.ts names its namespace so). */
+  lanNetnsPrefix?: string
   /** The daemon's fencing: another node owns `name` at `epoch`; our copy stops for good. */
   fence: (name: string, owner: string, epoch: number) => Promise<void>
 }
@@ -86,6 +88,7 @@ export class FailoverService {
       runcPath: init.runc.config.runcPath,
       runcRoot: init.runc.config.root,
       scriptPath: LEASE_GUARD_SCRIPT,
+      ...(init.lanNetnsPrefix != null ? { netnsPrefix: init.lanNetnsPrefix } : {}),
       logger: init.logger.child({ component: 'lease-guard' })
     })
     const emit = init.events
@@ -147,7 +150,17 @@ export class FailoverService {
       },
       bundlePolicy: { allowPrivileged: init.allowPrivilegedBundles },
       diskReserveBytes: 256 * 1024 * 1024,
-      onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) })
+      onGeneration: (m) => emit.emit('replication', { type: 'replica-stored', container: m.container, owner: m.owner, epoch: m.epoch, generation: m.generations.at(-1) }),
+      // A standby of a lan container must be able to take its address over.
+      networkProblem: async (net, name) => {
+        try {
+          await init.manager.mustLan().check(net)
+          await init.manager.checkAddressFree(net.address, name)
+          return null
+        } catch (err) {
+          return errText(err)
+        }
+      }
     }, init.logger.child({ component: 'replicas' }))
     if (init.witness) return
     this.replicator = new Replicator({
@@ -292,6 +305,9 @@ export class FailoverService {
     r.startedAt = null
     await this.i.manager.writeRecord(r)
     await this.i.runc.delete(name, { force: true }).catch(() => {})
+    // Its address stayed on this host if only the daemon and the container died (the
+    // guard killed it, a crash): a standby may hold the address by now.
+    if (r.network != null) await this.i.manager.releaseAddress(name)
     this.i.events.emit('lease', { type: 'self-fenced', container: name, epoch, reason: 'it died while this node was down' })
     this.expireLater(name, epoch)
     return true
@@ -395,13 +411,13 @@ export class FailoverService {
   }
 
   /** The containers to replicate now: ours, running, replicated, with the lease held. */
-  private async replicated (): Promise<Array<{ name: string; epoch: number; replicas: number; rootfs: string; config: Record<string, unknown> }>> {
-    const out = []
+  private async replicated (): Promise<ReplicatedContainer[]> {
+    const out: ReplicatedContainer[] = []
     // Every 250 ms: only the records of containers whose lease this node holds are read.
     for (const r of await this.records((n) => this.lease.holds(n))) {
       const b = await loadBundle(r.bundle).catch(() => null)
       if (b == null) continue
-      out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown> })
+      out.push({ name: r.name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, rootfs: b.rootfs, config: b.config as Record<string, unknown>, ...(r.network != null ? { network: r.network } : {}) })
     }
     return out
   }

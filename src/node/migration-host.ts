@@ -270,6 +270,7 @@ export class NodeMigrationHost implements ContainerHost {
     for (const f of logs) await fs.rename(path.join(req.logDir, f), path.join(cdir, f))
     const bundle = await loadBundle(src)
     await writeRuntimeBundle(this.dd.runtimeBundle(req.name), this.m.runtimeConfigFor(req.name, bundle, req.network))
+    if (req.network != null) await this.m.writeCriuConfig(req.name, 'established')
     const now = new Date().toISOString()
     const net = req.network != null ? { network: req.network } : {}
     const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0, ...net }

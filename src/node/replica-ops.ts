@@ -16,6 +16,7 @@ import type { ContainerManager, ContainerRecord } from './container-manager.ts'
 import type { DataDir } from './data-dir.ts'
 import type { LeaseProof } from '../failover/grant.ts'
 import type { ReplicaMeta } from '../replication/replica-store.ts'
+import { checkReceivedNetwork, type LanNetwork } from '../network/lan-address.ts'
 
 export class ReplicaOps {
   private readonly m: ContainerManager
@@ -42,17 +43,26 @@ export class ReplicaOps {
       const st = await this.runc.state(name)
       if (st?.status !== 'running') throw new MscError('INVALID_STATE', `${name} is ${st?.status ?? 'stopped'}`)
       await fs.mkdir(imageDir, { recursive: true })
+      // A generation is only ever restored by a failover, long after its clients' view
+      // moved on: a lan container's connections are dumped without their state (and
+      // without touching them: the container runs on), like the host network's.
+      const lan = r.network != null
+      if (lan) await this.m.writeCriuConfig(name, 'closed')
       const t0 = performance.now()
       const at: number[] = []
-      await this.runc.pause(name)
       try {
-        at.push(performance.now())
-        await capture()
-        at.push(performance.now())
-        await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: true, tcpEstablished: this.m.settings.tcpEstablished, signal })
-        at.push(performance.now())
+        await this.runc.pause(name)
+        try {
+          at.push(performance.now())
+          await capture()
+          at.push(performance.now())
+          await this.runc.checkpoint(name, { imageDir, workDir: imageDir, leaveRunning: true, tcpEstablished: lan ? false : this.m.settings.tcpEstablished, signal })
+          at.push(performance.now())
+        } finally {
+          await this.runc.resume(name).catch((err) => this.log.error({ name, err: errText(err) }, 'could not resume a container after its replication dump'))
+        }
       } finally {
-        await this.runc.resume(name).catch((err) => this.log.error({ name, err: errText(err) }, 'could not resume a container after its replication dump'))
+        if (lan) await this.m.writeCriuConfig(name, 'established')
       }
       const ms = Math.round(performance.now() - t0)
       const [p = t0, c = p, d = c] = at
@@ -74,6 +84,8 @@ export class ReplicaOps {
       r.startedAt = null
       await this.m.writeRecord(r)
       await this.runc.stop(name, 0)
+      // A standby may take its address over now: this node must not answer for it.
+      if (r.network != null) await this.m.releaseAddress(name)
       return true
     })
   }
@@ -107,8 +119,17 @@ export class ReplicaOps {
     await this.m.exclusive(name, async () => {
       const existing = await this.m.readRecord(name)
       if (existing != null && existing.fenced == null) throw new MscError('ALREADY_EXISTS', `a container named ${name} exists on this node`)
+      // Its own address on the LAN: checked on receipt, and again here (replica.json is
+      // read back from disk), then whether this node can build it now.
+      const net: LanNetwork | undefined = meta.network != null ? checkReceivedNetwork(meta.network) : undefined
+      if (net != null) {
+        await this.m.mustLan().check(net)
+        await this.m.checkAddressFree(net.address, name)
+      }
       if (await this.runc.state(name) != null) await this.runc.delete(name, { force: true })
       if (existing != null) await this.setAsideFenced(existing)
+      // Nothing of ours runs under this name: a namespace left by a fenced copy goes.
+      if (net != null || existing?.network != null) await this.m.mustLan().remove(name)
       const cdir = this.dd.containerDir(name)
       const src = path.join(cdir, 'src')
       try {
@@ -118,19 +139,27 @@ export class ReplicaOps {
         const config = { ...meta.config, root: { ...(meta.config.root as Record<string, unknown> | undefined), path: 'rootfs' } }
         await fs.writeFile(path.join(src, 'config.json'), JSON.stringify(config, null, 2), { mode: 0o600 })
         const bundle = await loadBundle(src)
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.m.runtimeConfigFor(name, bundle))
+        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.m.runtimeConfigFor(name, bundle, net))
         const now = new Date().toISOString()
         // Not claimed while it restores (a failed restore must not take the name): a node
         // that dies meanwhile finds `failoverPending` and settles it at start.
-        const rec: ContainerRecord = { name, bundle: src, createdAt: now, startedAt: null, checkpointed: false, epoch, lease: proof, replicas: meta.replicas, failoverPending: true }
+        const rec: ContainerRecord = { name, bundle: src, createdAt: now, startedAt: null, checkpointed: false, epoch, lease: proof, replicas: meta.replicas, failoverPending: true, ...(net != null ? { network: net } : {}) }
         await this.m.writeRecord(rec)
+        if (net != null) {
+          // The address is built quiet (no traffic, no ARP) for the restore to bind its
+          // sockets to, and made live once the container runs. The generation is older
+          // than what its clients saw: its connections are restored closed (they get a
+          // reset and reconnect), never repaired into a state that no longer exists.
+          await this.m.mustLan().create(name, net, { quiet: true })
+          await this.m.writeCriuConfig(name, 'closed')
+        }
         const workDir = this.dd.workDir(name, `failover-${Date.now()}`)
         await fs.mkdir(workDir, { recursive: true })
         try {
           await this.runc.restore(name, this.dd.runtimeBundle(name), {
             imageDir: path.join(genDir, 'images'),
             workDir,
-            tcpEstablished: this.m.settings.tcpEstablished,
+            tcpEstablished: net != null ? false : this.m.settings.tcpEstablished,
             logFile: this.dd.logFile(name),
             logMaxBytes: this.m.settings.logMaxBytes,
             pidFile: this.dd.pidFileOf(name),
@@ -141,6 +170,11 @@ export class ReplicaOps {
           const keep = path.join(this.dd.tmp, `failover-${name}-${Date.now()}.restore.log`)
           await fs.copyFile(path.join(workDir, 'restore.log'), keep).catch(() => {})
           throw err
+        }
+        if (net != null) {
+          await this.m.writeCriuConfig(name, 'established')
+          // Live here: quiet rules gone, ARP on, a gratuitous ARP tells the LAN where it is now.
+          await this.m.mustLan().activate(name, net)
         }
         delete rec.failoverPending
         rec.startedAt = new Date().toISOString()
@@ -153,6 +187,7 @@ export class ReplicaOps {
         await fs.rename(path.join(src, 'rootfs'), path.join(genDir, 'rootfs')).catch((e: NodeJS.ErrnoException) => {
           if (e.code !== 'ENOENT') this.log.warn({ name, genDir, err: e.message }, "could not return a generation's rootfs after a failed restore: that generation is used up")
         })
+        if (net != null) await this.m.releaseAddress(name)
         await removeTree(cdir)
         throw err
       }

@@ -20,6 +20,7 @@
 import { z } from 'zod'
 import { MAX_EPOCH } from '../cluster/handover.ts'
 import { containerName, peerIdText } from '../failover/grant.ts'
+import { LanNetworkSchema } from '../network/lan-address.ts'
 
 export const REPLICATE_PROTOCOL = '/msc/replicate/1.0.0'
 export const REPLICATE_VERSION = 1
@@ -62,7 +63,12 @@ export const BeginSchema = z.object({
     delta: transferId.optional()
   }).strict(),
   /** Total bytes the generation will take on the standby (images + rootfs), for its disk check. */
-  estimatedBytes: bytes
+  estimatedBytes: bytes,
+  /**
+   * Its own address on the LAN (`--network lan`), which a failover restores it at;
+   * absent: the host's network. Checked again field by field on receipt (checkReceivedNetwork).
+   */
+  network: LanNetworkSchema.optional()
 }).strict()
 export type Begin = z.infer<typeof BeginSchema>
 
@@ -81,7 +87,7 @@ export const BodySchema = z.discriminatedUnion('type', [FileSchema, PagesSchema,
 export const DropSchema = z.object({ type: z.literal('drop'), v: z.literal(REPLICATE_VERSION), container: containerName, epoch: z.number().int().min(1).max(MAX_EPOCH) }).strict()
 export const OpeningSchema = z.discriminatedUnion('type', [BeginSchema, DropSchema])
 
-export const NACK_REASONS = ['not-owner', 'stale-epoch', 'policy', 'missing-base', 'no-space', 'busy', 'malformed', 'verify-failed', 'io-error', 'runs-here', 'witness'] as const
+export const NACK_REASONS = ['not-owner', 'stale-epoch', 'policy', 'missing-base', 'no-space', 'busy', 'malformed', 'verify-failed', 'io-error', 'runs-here', 'witness', 'network'] as const
 export type NackReason = typeof NACK_REASONS[number]
 
 export const ReplySchema = z.discriminatedUnion('type', [

@@ -29,6 +29,7 @@ import {
   type NackReason
 } from './messages.ts'
 import type { ReplicaMeta, ReplicaStore } from './replica-store.ts'
+import { checkReceivedNetwork, type LanNetwork } from '../network/lan-address.ts'
 
 const zstdDecompress = promisify(zlib.zstdDecompress)
 
@@ -47,6 +48,11 @@ export interface StandbyPort {
   diskReserveBytes: number
   /** A new replica (or a new generation) landed: for events and status. */
   onGeneration?: (meta: ReplicaMeta) => void
+  /**
+   * Why this node could not restore container NAME at the (checked) address NET: no
+   * LAN interface, another subnet, the address held by another container here. Null: it can.
+   */
+  networkProblem?: (net: LanNetwork, name: string) => Promise<string | null>
 }
 
 class Nack extends Error {
@@ -120,7 +126,7 @@ export class ReplicationReceiver {
     let staging: string | undefined
     const transfers: string[] = []
     try {
-      await this.admit(begin, peer)
+      const network = await this.admit(begin, peer)
       staging = await this.store.stage(begin.container, begin.generation, begin.base)
       const limits = { maxTotalBytes: Math.max(begin.estimatedBytes * 2, 64 * 1024 * 1024), maxFileBytes: Math.max(begin.estimatedBytes * 2, 64 * 1024 * 1024), maxFiles: 500_000 }
       const rootfs = path.join(staging, 'rootfs')
@@ -152,7 +158,7 @@ export class ReplicationReceiver {
         owner: peer,
         dumpedAt: end.dumpedAt ?? begin.dumpedAt,
         receivedAt: Date.now()
-      }, { container: begin.container, owner: peer, epoch: begin.epoch, config: begin.config, replicas: begin.replicas, standbys: begin.standbys })
+      }, { container: begin.container, owner: peer, epoch: begin.epoch, config: begin.config, replicas: begin.replicas, standbys: begin.standbys, ...(network != null ? { network } : {}) })
       staging = undefined
       await framed.writeJson({ type: 'ack', generation: begin.generation })
       await framed.closeWrite().catch(() => {})
@@ -167,8 +173,8 @@ export class ReplicationReceiver {
     }
   }
 
-  /** May this peer replicate this container here, at this generation? */
-  private async admit (begin: Begin, peer: string): Promise<void> {
+  /** May this peer replicate this container here, at this generation? Returns its checked network, if it has one. */
+  private async admit (begin: Begin, peer: string): Promise<LanNetwork | undefined> {
     const p = this.port
     if (p.witness) throw new Nack('witness', 'this node is a witness: it keeps no replicas')
     if (peer === p.selfId) throw new Nack('not-owner', 'a node does not replicate to itself')
@@ -191,8 +197,33 @@ export class ReplicationReceiver {
     }
     const policy = checkBundlePolicy(begin.config, p.bundlePolicy)
     if (!policy.ok) throw new Nack('policy', `this node refuses the bundle (it runs with --allow-privileged-bundles only): ${policy.violations.slice(0, 8).join('; ')}`.slice(0, 1000))
+    const network = await this.admitNetwork(begin, held)
     const free = await p.freeBytes()
     if (free - p.diskReserveBytes < begin.estimatedBytes) throw new Nack('no-space', `${begin.estimatedBytes} bytes needed, ${Math.max(0, free - p.diskReserveBytes)} free`)
+    return network
+  }
+
+  /**
+   * A lan container's address, which a failover here would take over: checked field by
+   * field like anything from the network, and, for a full generation or a changed
+   * address, against what this node can build (its LAN interface and subnet, the
+   * addresses of its own containers): a standby that could not restore it at that
+   * address must not be one.
+   */
+  private async admitNetwork (begin: Begin, held: ReplicaMeta | null): Promise<LanNetwork | undefined> {
+    if (begin.network == null) return undefined
+    let net: LanNetwork
+    try {
+      net = checkReceivedNetwork(begin.network)
+    } catch (err) {
+      throw new Nack('malformed', (err as Error).message)
+    }
+    const known = held?.network != null && JSON.stringify(held.network) === JSON.stringify(net)
+    if (begin.base == null || !known) {
+      const problem = this.port.networkProblem == null ? 'this node has no LAN networking' : await this.port.networkProblem(net, begin.container)
+      if (problem != null) throw new Nack('network', `cannot restore ${begin.container} at ${net.address}/${net.prefix} here: ${problem}`.slice(0, 1000))
+    }
+    return net
   }
 
   /** Image files and pages files, in order, until `end`; each verified against its hash. */

@@ -17,6 +17,7 @@ import path from 'node:path'
 import { execa } from 'execa'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 import { removeTree } from '../runtime/mounts.ts'
+import type { LanNetwork } from '../network/lan-address.ts'
 
 export interface ReplicaMeta {
   container: string
@@ -31,6 +32,8 @@ export interface ReplicaMeta {
   /** The owner's wall clock when the newest generation was frozen. */
   dumpedAt: number
   receivedAt: number
+  /** Its own address on the LAN (checked on receipt): a failover restores it there. Absent: the host's network. */
+  network?: LanNetwork
 }
 
 export interface GenerationInfo {

@@ -28,6 +28,7 @@ import { prepareImages, sendImages } from './sender.ts'
 import { copyEntries, rootfsChanges } from './rootfs-delta.ts'
 import { chooseStandbys, standbysToDrop } from './standby-choice.ts'
 import { testPause } from '../migration/test-knobs.ts'
+import type { LanNetwork } from '../network/lan-address.ts'
 
 export interface ReplicatedContainer {
   name: string
@@ -35,6 +36,8 @@ export interface ReplicatedContainer {
   replicas: number
   rootfs: string
   config: Record<string, unknown>
+  /** Its own address on the LAN, which a failover restores it at (absent: the host's network). */
+  network?: LanNetwork
 }
 
 /** What the replicator needs from its node. */
@@ -364,7 +367,8 @@ export class Replicator {
       standbys,
       dumpedAt,
       transfers: { ...(full ? { full: tid() } : {}), delta: tid() },
-      estimatedBytes: (s.lastImageBytes ?? 128 * 1024 * 1024) + (full ? rootfsBytes : 0)
+      estimatedBytes: (s.lastImageBytes ?? 128 * 1024 * 1024) + (full ? rootfsBytes : 0),
+      ...(c.network != null ? { network: c.network } : {})
     }
     const stream = await this.port.dial(l.peer, REPLICATE_PROTOCOL, AbortSignal.any([signal, AbortSignal.timeout(10_000)]))
     const framed = new FramedStream(stream, { maxFrameBytes: MAX_REPLICATE_FRAME, idleTimeoutMs: this.init.stallTimeoutMs ?? 60_000 })

@@ -28,7 +28,7 @@ import { Testbed, type TestHost } from '../testbed/testbed.ts'
 import assert from 'node:assert/strict'
 import { counterValues, MSC, removeCgroups, sleep, tempDir, waitFor, type CliResult } from './node-harness.ts'
 import { ControlClient } from '../../src/api/client.ts'
-import type { ContainerInfo, NodeStatus, PeerInfo } from '../../src/api/types.ts'
+import type { ContainerInfo, MigrationResultInfo, NodeStatus, PeerInfo } from '../../src/api/types.ts'
 
 export { sleep, tempDir, waitFor }
 
@@ -209,6 +209,29 @@ export class Cluster {
   async mscTimed (node: ClusterNode, timeoutMs: number, ...args: string[]): Promise<CliResult> {
     const r = await execa(MSC, [...args, '--data-dir', node.dataDir], { reject: false, env: this.env, timeout: timeoutMs })
     return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+  }
+
+  /**
+   * `msc peer migrate NAME --to TO --strategy S --json` against `from`, asserting that it
+   * worked: exit 0, `ok`, running on `to`, with the strategy asked for (unless `auto`).
+   * A failure names the command's output and the last `logLines` lines of both nodes' logs.
+   */
+  async migrate (from: ClusterNode, to: ClusterNode, name: string, strategy = 'auto', opts: { timeoutMs?: number; logLines?: number } = {}): Promise<MigrationResultInfo> {
+    const r = await this.mscTimed(from, opts.timeoutMs ?? 240_000, 'peer', 'migrate', name, '--to', to.name, '--strategy', strategy, '--json')
+    const lines = opts.logLines ?? 25
+    const what = `migrate ${name} ${from.name} -> ${to.name} (${strategy}) exit ${r.exitCode}\nstdout: ${r.stdout}\nstderr: ${r.stderr}\n` +
+      `${from.name} log:\n${this.logTail(from, lines)}\n${to.name} log:\n${this.logTail(to, lines)}`
+    let result: MigrationResultInfo
+    try {
+      result = JSON.parse(r.stdout) as MigrationResultInfo
+    } catch {
+      assert.fail(`no JSON result: ${what}`)
+    }
+    assert.equal(r.exitCode, 0, what)
+    assert.equal(result.ok, true, what)
+    if (strategy !== 'auto') assert.equal(result.strategy, strategy, what)
+    assert.equal(result.runningOn, to.peerId, what)
+    return result
   }
 
   /** What runc itself has under the node's root (`runc --root DIR/runc list`), whatever msc thinks. */

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
+import { execa } from 'execa'
 import { LeaseGuard } from '../../src/failover/lease-guard.ts'
 import { silentLogger } from '../../src/util/logger.ts'
 
@@ -132,5 +133,35 @@ describe('LeaseGuard', () => {
     // The guard exits when its directory is gone.
     await fs.rm(dir, { recursive: true, force: true })
     assert.equal(await waitFor(async () => !alive(pid), 2500), true)
+  })
+  test('with a netns prefix, a killed lan container loses its LAN link (eth0 of its namespace); another namespace keeps its own', { skip: process.getuid?.() !== 0 ? 'needs root (ip netns)' : false }, async (t) => {
+    await fs.rm(runcLog, { force: true })
+    const prefix = `msc-guardtest${process.pid}-`
+    const ns = `${prefix}lan1`
+    const other = `${prefix}keep`
+    t.after(async () => {
+      await execa('ip', ['netns', 'delete', ns], { reject: false })
+      await execa('ip', ['netns', 'delete', other], { reject: false })
+    })
+    for (const n of [ns, other]) {
+      await execa('ip', ['netns', 'add', n])
+      // A link named as lan-netns names the container's: eth0 (a veth pair: this kernel has no dummy links).
+      await execa('ip', ['-n', n, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'peer0'])
+    }
+    const hasEth0 = async (n: string): Promise<boolean> => (await execa('ip', ['-n', n, 'link', 'show', 'eth0'], { reject: false })).exitCode === 0
+    const dir = path.join(tmp, 'guard3')
+    const g = new LeaseGuard({ dir, runcPath: fakeRunc, runcRoot: '/run/fake-root', netnsPrefix: prefix, logger: silentLogger() })
+    await g.start()
+    const pid = g.pid as number
+    pids.add(pid)
+    const now = performance.now()
+    await g.arm('lan1', now - 1000, now)
+    await g.arm('keep', now + 3_600_000, now)
+    assert.equal(await waitFor(async () => (await g.fenced()).includes('lan1'), 2500), true)
+    assert.deepEqual(await runcCalls(), ['--root /run/fake-root kill --all lan1 KILL'])
+    assert.equal(await hasEth0(ns), false, "the fenced container's link is gone")
+    assert.equal(await hasEth0(other), true, 'an armed container keeps its link')
+    await g.stop({ keepArmed: false })
+    assert.equal(await waitFor(async () => !alive(pid), 2000), true)
   })
 })
