@@ -170,6 +170,9 @@ export class ContainerManager {
    * container that exits on its own is seen within the TTL.
    */
   async runcStates (): Promise<RuncState[]> {
+    // Every reader joins runc's list with msc's records: with none, runc is not asked
+    // (an idle node spawned one `runc list` a second for nothing).
+    if (this.listed === null && (await this.names()).length === 0) return []
     const now = Date.now()
     if (this.listed === null || now - this.listed.at > RUNC_LIST_TTL_MS) {
       const states = this.runc.list()

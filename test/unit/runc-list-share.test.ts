@@ -26,21 +26,51 @@ function fakeRunc (): { runc: Runc; lists: () => number; set: (s: RuncState[]) =
   } }
 }
 
-test('readers within the TTL share one runc list; a lifecycle operation or the TTL makes the next one fresh', async (t) => {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
-  t.after(async () => {
-    await fs.rm(dir, { recursive: true, force: true })
-  })
-  const f = fakeRunc()
+/** A manager over a fresh data dir holding a record of container `a`. */
+async function managerWithRecord (dir: string, runc: Runc): Promise<ContainerManager> {
+  const dd = new DataDir(dir)
+  await dd.init()
   const m = new ContainerManager({
-    dataDir: new DataDir(dir),
-    runc: f.runc,
+    dataDir: dd,
+    runc,
     cgroupParent: 'msc-test',
     logMaxBytes: 1 << 20,
     stopTimeoutMs: 1000,
     tcpEstablished: false,
     logger: silentLogger()
   })
+  const now = new Date().toISOString()
+  await fs.mkdir(dd.containerDir('a'), { recursive: true })
+  await m.writeRecord({ name: 'a', bundle: '/b/a', createdAt: now, startedAt: now, checkpointed: false })
+  return m
+}
+
+test('a node without container records does not ask runc', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
+  const f = fakeRunc()
+  f.set([{ id: 'stray', status: 'running' } as RuncState])
+  const dd = new DataDir(dir)
+  await dd.init()
+  const m = new ContainerManager({ dataDir: dd, runc: f.runc, cgroupParent: 'msc-test', logMaxBytes: 1 << 20, stopTimeoutMs: 1000, tcpEstablished: false, logger: silentLogger() })
+  assert.deepEqual(await m.runcStates(), [])
+  assert.equal(f.lists(), 0, 'no runc list spawned')
+  await fs.mkdir(dd.containerDir('a'), { recursive: true })
+  const now = new Date().toISOString()
+  await m.writeRecord({ name: 'a', bundle: '/b/a', createdAt: now, startedAt: now, checkpointed: false })
+  assert.deepEqual((await m.runcStates()).map((s) => s.id), ['stray'], 'with a record, runc is listed')
+  assert.equal(f.lists(), 1)
+})
+
+test('readers within the TTL share one runc list; a lifecycle operation or the TTL makes the next one fresh', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'msc-runc-list-'))
+  t.after(async () => {
+    await fs.rm(dir, { recursive: true, force: true })
+  })
+  const f = fakeRunc()
+  const m = await managerWithRecord(dir, f.runc)
   f.set([{ id: 'a', status: 'running' } as RuncState])
   const [x, y] = await Promise.all([m.runcStates(), m.runcStates()])
   assert.equal(f.lists(), 1, 'two readers at once: one list')
@@ -69,15 +99,7 @@ test('a failed runc list is not kept: the next reader tries again', async (t) =>
     if (calls === 1) throw new Error('runc: boom')
     return []
   } } as unknown as Runc
-  const m = new ContainerManager({
-    dataDir: new DataDir(dir),
-    runc,
-    cgroupParent: 'msc-test',
-    logMaxBytes: 1 << 20,
-    stopTimeoutMs: 1000,
-    tcpEstablished: false,
-    logger: silentLogger()
-  })
+  const m = await managerWithRecord(dir, runc)
   await assert.rejects(m.runcStates(), /boom/)
   assert.deepEqual(await m.runcStates(), [])
   assert.equal(calls, 2)
