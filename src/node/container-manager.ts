@@ -268,6 +268,12 @@ export class ContainerManager {
     this.init.claimAddress?.(address, name)
   }
 
+  /** Throws unless this node can give container NAME the address NET: its LAN interface and subnet fit, and the address is free. */
+  async checkNetworkUsable (net: LanNetwork, name: string): Promise<void> {
+    await this.mustLan().check(net)
+    await this.checkAddressFree(net.address, name)
+  }
+
   /**
    * Every container of this node (`msc ps`, `msc status`): one fresh `runc list` for
    * all, not one `runc state` process per container (a node with 500 containers took
@@ -307,8 +313,7 @@ export class ContainerManager {
       const net = opts.network
       if (net != null) {
         // Everything that can refuse comes before anything is made.
-        await this.mustLan().check(net)
-        await this.checkAddressFree(net.address, name)
+        await this.checkNetworkUsable(net, name)
       }
       const epoch = this.init.claimName != null ? await this.init.claimName(name) : 1
       const dir = this.dd.containerDir(name)
@@ -482,8 +487,7 @@ export class ContainerManager {
       // it is built again, quiet until the restore ran.
       let netMade = false
       if (r.network != null && !(await this.mustLan().exists(name))) {
-        await this.mustLan().check(r.network)
-        await this.checkAddressFree(r.network.address, name)
+        await this.checkNetworkUsable(r.network, name)
         await this.mustLan().create(name, r.network, { quiet: true })
         netMade = true
       }

@@ -154,8 +154,7 @@ export class FailoverService {
       // A standby of a lan container must be able to take its address over.
       networkProblem: async (net, name) => {
         try {
-          await init.manager.mustLan().check(net)
-          await init.manager.checkAddressFree(net.address, name)
+          await init.manager.checkNetworkUsable(net, name)
           return null
         } catch (err) {
           return errText(err)

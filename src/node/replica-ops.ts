@@ -122,10 +122,7 @@ export class ReplicaOps {
       // Its own address on the LAN: checked on receipt, and again here (replica.json is
       // read back from disk), then whether this node can build it now.
       const net: LanNetwork | undefined = meta.network != null ? checkReceivedNetwork(meta.network) : undefined
-      if (net != null) {
-        await this.m.mustLan().check(net)
-        await this.m.checkAddressFree(net.address, name)
-      }
+      if (net != null) await this.m.checkNetworkUsable(net, name)
       if (await this.runc.state(name) != null) await this.runc.delete(name, { force: true })
       if (existing != null) await this.setAsideFenced(existing)
       // Nothing of ours runs under this name: a namespace left by a fenced copy goes.
