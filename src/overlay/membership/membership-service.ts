@@ -53,19 +53,34 @@ const MIN_PROBE_TIMEOUT_MS = 1000
  * refused dial still fails at once.
  */
 const DIAL_ALLOWANCE_MS = 2000
+/** Attempts at the sync of a new connection (0.5, 1, 2 and 4 s apart). */
+const SYNC_ON_CONNECT_TRIES = 5
 /** Changes messages older (or further in the future) than this are stale. */
 const MAX_CHANGES_AGE_MS = 30_000
 
 export type SwimRefusalReason = SwimRefusal['reason']
 
-/** The full heartbeat is published at least this often (anti-entropy): 20 probe intervals, within 10 to 30 s. */
-export function antiEntropyMs (intervalMs: number): number {
-  return Math.min(30_000, Math.max(10_000, 20 * intervalMs))
+/**
+ * The full heartbeat is published at least this often (anti-entropy): 20 probe
+ * intervals (within 10 to 30 s) times half the cluster size. Each published heartbeat
+ * reaches every node about D + 1 times (gossipsub's flood publish, then its mesh of
+ * D = 6), so a fixed period per node cost each node bytes growing with N; this way the
+ * cluster as a whole republishes about one heartbeat per base period / 2, whatever N.
+ */
+export function antiEntropyMs (intervalMs: number, clusterSize = 2): number {
+  return Math.min(30_000, Math.max(10_000, 20 * intervalMs)) * Math.max(1, clusterSize / 2)
 }
 
-/** A push-pull sync with one random member this often: 10 probe intervals, within 5 to 30 s. */
-export function syncEveryMs (intervalMs: number): number {
-  return Math.min(30_000, Math.max(5_000, 10 * intervalMs))
+/**
+ * A push-pull sync with one random member this often: 10 probe intervals (within 5 to
+ * 30 s), times an eighth of the cluster size past 8 nodes. A sync lists every member,
+ * so its size grows with N: stretching the period keeps a node's sync bytes per second
+ * flat (as memberlist's push-pull scaling does), at the price of slower repair of
+ * missed gossip in a large cluster (SWIM's piggybacked changes still spread in
+ * O(log N) probe rounds).
+ */
+export function syncEveryMs (intervalMs: number, clusterSize = 2): number {
+  return Math.min(30_000, Math.max(5_000, 10 * intervalMs)) * Math.max(1, clusterSize / 8)
 }
 
 /** The direct probe timeout: half the interval, at least MIN_PROBE_TIMEOUT_MS, at most a third of the longest suspicion. */
@@ -195,15 +210,35 @@ export class MembershipService {
   }
 
   /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it. */
-  private async sync (peer: string): Promise<void> {
-    if (this.stopped) return
+  /** True when the peer answered with its own sync. */
+  private async sync (peer: string): Promise<boolean> {
+    if (this.stopped) return false
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(5_000, this.o.intervalMs * 5))])
     try {
       const stream = await this.o.libp2p.dialProtocol(peerIdFromString(peer), SWIM_PROTOCOL, { signal })
       const r = await exchange(stream, this.syncMessage(), signal)
-      if (r.type === 'sync') this.onSync(peer, r)
+      if (r.type !== 'sync') return false
+      this.onSync(peer, r)
+      return true
     } catch (err) {
       this.log.debug({ peer, err: (err as Error).message }, 'sync failed')
+      return false
+    }
+  }
+
+  /**
+   * The sync of a new connection, tried again after 0.5, 1, 2 and 4 s until answered.
+   * Each end admits the other to the cluster on its own schedule, and refuses a sync
+   * from a peer it has not admitted yet; nothing else hands the two their heartbeats
+   * soon (anti-entropy is 10 s or more away), so a refused first sync left a peer's
+   * claims unseen for that long.
+   */
+  private async syncOnConnect (peer: string): Promise<void> {
+    for (let i = 0; i < SYNC_ON_CONNECT_TRIES; i++) {
+      if (i > 0) await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** i))
+      if (this.stopped || !this.o.connector.connected(peer)) return
+      if (this.o.isMember != null && !this.o.isMember(peer)) continue
+      if (await this.sync(peer)) return
     }
   }
 
@@ -303,18 +338,17 @@ export class MembershipService {
 
   /** A validated heartbeat of `hb.peerId`'s own (from the topic, or from a sync with it). */
   private ingestHeartbeat (hb: Heartbeat): void {
-    const known = this.o.view.get(hb.peerId)
-    const before = known?.state
     if (this.o.view.ingest(hb)) {
       this.detector.heard(hb.peerId, hb.incarnation, hb.type === 'leave')
       if (hb.type !== 'heartbeat') return
       // Full mesh: a member we hear of through another must be dialled directly.
+      // (It learns our heartbeat from the sync each side starts on the new connection, not
+      // from a publish: every member publishing to every member on each join made a
+      // join cost the cluster N² deliveries, enough to starve a 2-core host at 16 nodes.)
       void this.o.connector.ensure(hb.peerId, hb.addrs)
-      if (known == null || known.incarnation !== hb.incarnation) this.publishSoon()
       // It talks, but this node holds it suspect or dead: tell it, so that it refutes.
       const now = this.detector.state(hb.peerId)
       if (now === 'suspect' || now === 'dead') void this.sync(hb.peerId)
-      else if (before !== 'alive' && before != null) this.publishSoon()
       if (this.o.view.claimsWanted(hb.peerId) != null) void this.fetchClaimsOf(hb.peerId)
     }
   }
@@ -381,23 +415,17 @@ export class MembershipService {
   }
 
   private readonly onConnect = (evt: CustomEvent<PeerId>): void => {
-    this.publishSoon()
     const peer = evt.detail.toString()
     // Each side's heartbeat and members, whatever gossipsub delivers: a joining node is
     // known to its first contact at once, and learns (and dials) the rest. A member
     // reconnecting after a cut may be dead here (and we there): each side learns it, and refutes.
-    if (this.stopped || (this.o.isMember != null && !this.o.isMember(peer))) return
-    void this.sync(peer)
-  }
-
-  private readonly onSubscriptionChange = (): void => {
-    this.publishSoon()
+    if (this.stopped) return
+    void this.syncOnConnect(peer)
   }
 
   async start (): Promise<void> {
     this.pubsub.topicValidators.set(MEMBERSHIP_TOPIC, this.validate)
     this.pubsub.addEventListener('message', this.onMessage)
-    this.pubsub.addEventListener('subscription-change', this.onSubscriptionChange)
     this.o.libp2p.addEventListener('peer:disconnect', this.onDisconnect)
     this.o.libp2p.addEventListener('peer:connect', this.onConnect)
     await this.o.libp2p.handle(CLAIMS_PROTOCOL, this.onClaimsStream, { maxInboundStreams: MAX_CLAIMS_STREAMS })
@@ -414,17 +442,33 @@ export class MembershipService {
       this.tick()
     }, Math.max(50, Math.min(250, this.o.intervalMs / 2)))
     this.scheduleProbe()
-    this.syncTimer = setInterval(() => {
-      const members = this.o.view.members()
-      const alive = members.filter((m) => m.state === 'alive')
-      const pick = alive[Math.floor(Math.random() * alive.length)]
-      if (pick != null) void this.sync(pick.peerId)
-      // And one connected member held suspect or dead here: it learns it, and refutes if it can.
-      const doubted = members.filter((m) => (m.state === 'suspect' || m.state === 'dead') && this.o.connector.connected(m.peerId))
-      const other = doubted[Math.floor(Math.random() * doubted.length)]
-      if (other != null) void this.sync(other.peerId)
-    }, syncEveryMs(this.o.intervalMs))
+    this.scheduleSync()
     await this.publish('heartbeat')
+  }
+
+  /** Members in the view, and this node. */
+  private clusterSize (): number {
+    return this.o.view.members().length + 1
+  }
+
+  /** The next push-pull round, after a period that grows with the cluster (syncEveryMs). */
+  private scheduleSync (): void {
+    if (this.stopped) return
+    this.syncTimer = setTimeout(() => {
+      this.syncRound()
+      this.scheduleSync()
+    }, syncEveryMs(this.o.intervalMs, this.clusterSize()))
+  }
+
+  /** One push-pull with a random alive member, and one with a connected member held suspect or dead here (it learns it, and refutes if it can). */
+  private syncRound (): void {
+    const members = this.o.view.members()
+    const alive = members.filter((m) => m.state === 'alive')
+    const pick = alive[Math.floor(Math.random() * alive.length)]
+    if (pick != null) void this.sync(pick.peerId)
+    const doubted = members.filter((m) => (m.state === 'suspect' || m.state === 'dead') && this.o.connector.connected(m.peerId))
+    const other = doubted[Math.floor(Math.random() * doubted.length)]
+    if (other != null) void this.sync(other.peerId)
   }
 
   /** The next probe round, one interval (stretched by local health) from now. */
@@ -444,13 +488,11 @@ export class MembershipService {
     this.stopped = true
     clearInterval(this.publishTimer)
     clearInterval(this.tickTimer)
-    clearInterval(this.syncTimer)
+    clearTimeout(this.syncTimer)
     clearTimeout(this.probeTimer)
-    clearTimeout(this.soonTimer)
     this.stopping.abort(new Error('membership stopped'))
     await Promise.race([this.publish('leave', true), new Promise((resolve) => setTimeout(resolve, 500))])
     this.pubsub.removeEventListener('message', this.onMessage)
-    this.pubsub.removeEventListener('subscription-change', this.onSubscriptionChange)
     this.o.libp2p.removeEventListener('peer:disconnect', this.onDisconnect)
     this.o.libp2p.removeEventListener('peer:connect', this.onConnect)
     this.pubsub.topicValidators.delete(MEMBERSHIP_TOPIC)
@@ -461,19 +503,8 @@ export class MembershipService {
     } catch {}
   }
 
-  private soonTimer?: NodeJS.Timeout
-
   publishNow (): void {
     void this.publish('heartbeat')
-  }
-
-  /** A new peer or mesh change: tell it who we are now, not at the next interval. */
-  private publishSoon (): void {
-    if (this.soonTimer != null || this.stopped) return
-    this.soonTimer = setTimeout(() => {
-      this.soonTimer = undefined
-      void this.publish('heartbeat')
-    }, 100)
   }
 
   /** Builds our heartbeat (also what `msc status` shows of ourselves). */
@@ -523,7 +554,7 @@ export class MembershipService {
       return
     }
     const addrs = hb.addrs.join(' ')
-    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs)) return
+    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs, this.clusterSize())) return
     this.publishedRev = this.ledger.rev
     this.publishedAddrs = addrs
     this.lastPublished = Date.now()
