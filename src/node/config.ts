@@ -282,7 +282,7 @@ export const NODE_OPTIONS = {
     key: 'mdnsIntervalMs',
     flag: '--mdns-interval',
     env: ['MSC_MDNS_INTERVAL'],
-    description: 'Seconds between mDNS queries.',
+    description: 'Seconds between mDNS queries while this node is connected to no other (it queries at start, then only while alone).',
     defaultText: '5',
     default: () => 5000,
     parse: seconds(0.1, 3600)

@@ -4,13 +4,13 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, type Identify } from '@libp2p/identify'
 import { ping, type Ping } from '@libp2p/ping'
-import { mdns } from '@libp2p/mdns'
+import { mdns, type MulticastDNSComponents } from '@libp2p/mdns'
 import { bootstrap } from '@libp2p/bootstrap'
 import { slicedPreSharedKey } from './pnet.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
-import type { ConnectionGater, PrivateKey, ComponentLogger } from '@libp2p/interface'
+import type { ConnectionGater, PrivateKey, ComponentLogger, PeerDiscovery, Startable } from '@libp2p/interface'
 
-export type MscServices = { identify: Identify; ping: Ping; pubsub: GossipSub }
+export type MscServices = { identify: Identify; ping: Ping; pubsub: GossipSub; mdns?: PeerDiscovery & Startable }
 export type MscLibp2p = Libp2p<MscServices>
 
 export interface Libp2pHostOptions {
@@ -19,8 +19,6 @@ export interface Libp2pHostOptions {
   announce: string[]
   bootstrap: string[]
   mdns: boolean
-  /** mDNS query interval: how fast new LAN peers are found. */
-  mdnsIntervalMs: number
   psk?: Uint8Array
   /** Frames above this are refused by gossipsub itself (it closes the stream). */
   maxPubsubMessageBytes: number
@@ -36,6 +34,9 @@ export const MAX_INCOMING_PENDING_CONNECTIONS = 64
 /** Inbound connections accepted per second from one IP address (libp2p's default: 5). */
 export const INBOUND_CONNECTIONS_PER_SECOND = 32
 
+/** Longer than any node runs, and within setInterval's range (2^31 - 1 ms): @libp2p/mdns repeats no query of its own. */
+const MDNS_NO_REPEAT_MS = 2_000_000_000
+
 /** msc's own mDNS service name: msc nodes find msc nodes, not every libp2p peer. */
 export const MDNS_SERVICE_TAG = '_msc._udp.local'
 
@@ -46,7 +47,6 @@ export const MDNS_SERVICE_TAG = '_msc._udp.local'
  */
 export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p> {
   const discovery: NonNullable<Libp2pOptions['peerDiscovery']> = []
-  if (o.mdns) discovery.push(mdns({ interval: o.mdnsIntervalMs, serviceTag: MDNS_SERVICE_TAG }))
   if (o.bootstrap.length > 0) discovery.push(bootstrap({ list: o.bootstrap, timeout: 100 }))
   return await createLibp2p({
     privateKey: o.privateKey,
@@ -60,6 +60,11 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     ...(o.logger != null ? { logger: o.logger } : {}),
     ...(o.connectionGater != null ? { connectionGater: o.connectionGater } : {}),
     ...(o.metrics != null ? { metrics: o.metrics } : {}),
+    // libp2p's connection monitor pings every connection every 10 s from both ends (with
+    // a connection to every member, traffic growing with the cluster) and aborts one
+    // whose ping is late. It stays on: with it off, CI's flapping-link failover test
+    // self-fenced, a connection stalled by a cut lingering in TCP's retransmission
+    // backoff after the heal while lease renewals timed out on it.
     connectionManager: {
       // A node joining a cluster of N is dialled by the N - 1 others within about a
       // second (full mesh). libp2p's defaults (10 pending inbound connections, 5 per
@@ -77,7 +82,10 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
         maxInboundDataLength: o.maxPubsubMessageBytes
-      })
+      }),
+      // A service, not a plain discovery, so that LanQueries can restart it: it queries
+      // once when it starts, and answers queries for as long as it runs.
+      ...(o.mdns ? { mdns: mdns({ interval: MDNS_NO_REPEAT_MS, serviceTag: MDNS_SERVICE_TAG }) as (c: MulticastDNSComponents) => PeerDiscovery & Startable } : {})
     }
   })
 }

@@ -7,6 +7,7 @@ import type { ConnectionGater, PeerId, PrivateKey, Stream } from '@libp2p/interf
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2pHost, type Libp2pHostOptions, type MscLibp2p } from './libp2p-host.ts'
 import { PeerConnector } from './connector.ts'
+import { LanQueries } from './lan-queries.ts'
 import { MembershipView, type Member, type MembershipViewInit } from './membership/membership-view.ts'
 import { MembershipService } from './membership/membership-service.ts'
 import type { ContainerClaim, Heartbeat } from './membership/heartbeat.ts'
@@ -103,7 +104,6 @@ export class Overlay {
       announce: cfg.announce,
       bootstrap: cfg.bootstrap,
       mdns: cfg.mdns,
-      mdnsIntervalMs: cfg.mdnsIntervalMs,
       psk: cfg.psk,
       maxPubsubMessageBytes: MAX_PUBSUB_MESSAGE_BYTES,
       connectionGater: deps.gate?.gater,
@@ -151,10 +151,16 @@ export class Overlay {
         void this.redialBootstrap()
       }, 5_000)
     }
+    const mdns = libp2p.services.mdns
+    if (mdns != null) {
+      this.lanQueries = new LanQueries(mdns, { intervalMs: this.cfg.mdnsIntervalMs, connections: () => libp2p.getConnections().length, logger: this.log.child({ component: 'mdns' }) })
+      this.lanQueries.start()
+    }
     this.log.info({ peerId: this.peerId, name: this.cfg.name, addrs: this.addresses() }, 'overlay started')
   }
 
   private bootstrapTimer?: NodeJS.Timeout
+  private lanQueries?: LanQueries
 
   private async redialBootstrap (): Promise<void> {
     for (const addr of this.cfg.bootstrap) {
@@ -166,6 +172,7 @@ export class Overlay {
 
   async stop (): Promise<void> {
     clearInterval(this.bootstrapTimer)
+    this.lanQueries?.stop()
     this.view.removeEventListener('member:state', this.onState)
     this.view.removeEventListener('drop', this.onDrop)
     await this.membership?.stop()

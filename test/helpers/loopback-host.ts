@@ -14,7 +14,6 @@ export async function loopbackHost (): Promise<MscLibp2p> {
     announce: [],
     bootstrap: [],
     mdns: false,
-    mdnsIntervalMs: 1000,
     maxPubsubMessageBytes: 1 << 20
   })
   await host.start()

@@ -34,7 +34,6 @@ export async function rawPeer (opts: { psk?: Uint8Array; listen?: string; answer
     announce: [],
     bootstrap: [],
     mdns: false,
-    mdnsIntervalMs: 1000,
     ...(opts.psk != null ? { psk: opts.psk } : {}),
     maxPubsubMessageBytes: 32 * 1024 * 1024
   })
