@@ -5,8 +5,8 @@
  * All see each other alive; a node stopped with SIGSTOP for 2 s (less than the
  * suspicion timeout) is never declared dead by anyone; a killed node is seen dead by
  * all. Timings are reported, not asserted (benchmarks/membership-scale.ts measures them).
- * Needs root, iproute2, nsenter, iptables/ebtables and runc (test/testbed/README.md),
- * and MSC_SWIM_16=1 (see RUN below).
+ * Needs root, iproute2, nsenter, iptables/ebtables and runc (test/testbed/README.md);
+ * MSC_SWIM_16=0 skips it.
  */
 import { after, before, describe, test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
@@ -39,12 +39,12 @@ before(async () => {
   await Testbed.destroyStale()
 })
 
-// On this shared 2-core machine (load average about 10 while it ran), the 13th node
-// did not open its API socket within the harness's 30 s, so the suite never got past
-// its start: it runs only when asked for, until start-up under load is fixed.
-const RUN = process.env.MSC_SWIM_16 === '1'
+// About 1.5 minutes. Until the join storm was fixed (every member published its
+// heartbeat to every member on each join), the 13th node did not open its API socket
+// within the harness's 30 s on this 2-core machine; MSC_SWIM_16=0 skips the suite.
+const RUN = process.env.MSC_SWIM_16 !== '0'
 
-describe(`${NODES} nodes, SWIM membership`, { skip: RUN ? false : 'set MSC_SWIM_16=1 (start-up of the 13th node times out on a loaded machine)' }, () => {
+describe(`${NODES} nodes, SWIM membership`, { skip: RUN ? false : 'MSC_SWIM_16=0' }, () => {
   let c: Cluster
 
   before(async () => {
