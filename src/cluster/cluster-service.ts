@@ -52,6 +52,25 @@ export interface MembersChange {
 
 /** How long a connected non-member may stay without becoming a member. */
 const NON_MEMBER_GRACE_MS = 15_000
+/** Members a node passes on records it learned from another member (it did not make them). */
+export const RELAY_FANOUT = 3
+
+/**
+ * Whom a node passes records on to that it learned from `from`: up to `fanout` connected
+ * members, chosen at random, never `from`. The node that makes a record (an admission
+ * by token, a removal) sends it to every connected member itself, and every new
+ * connection exchanges the whole list, so relaying is only a second path: relaying to
+ * every member made one join cost the cluster N² list exchanges (each of the N members
+ * that learned the joiner's admission sent the whole list to the N - 1 others).
+ */
+export function relayTargets (connected: string[], isMember: (peer: string) => boolean, from: string, fanout = RELAY_FANOUT, random: () => number = Math.random): string[] {
+  const pool = connected.filter((p) => p !== from && isMember(p))
+  for (let i = pool.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[pool[i], pool[j]] = [pool[j]!, pool[i]!]
+  }
+  return pool.slice(0, fanout)
+}
 
 /**
  * Who belongs to this node's cluster: the persisted, signed member list, join tokens,
@@ -373,7 +392,7 @@ export class ClusterService {
     await f.closeWrite().catch(() => {})
   }
 
-  /** Adds the records whose proofs hold; persists and spreads what was new. */
+  /** Adds the records whose proofs hold; persists what was new, and relays it to a few members (relayTargets). */
   private async merge (records: ClusterRecord[], from: string): Promise<number> {
     const membersBefore = new Set(this.list.members().map((m) => m.peerId))
     let added = 0
@@ -386,15 +405,18 @@ export class ClusterService {
       if (this.list.add(r)) added++
     }
     if (added === 0) return 0
-    await this.save()
     const nowRemoved = [...membersBefore].filter((p) => this.list.isRemoved(p))
     const nowMembers = this.list.members().filter((m) => !membersBefore.has(m.peerId))
-    if (nowMembers.length > 0) this.log.info({ members: nowMembers.map((m) => m.name), from }, 'new members in the cluster')
+    // Listeners first: isMember() answers from the list in memory already, and what they
+    // do (exchange heartbeats with a new member, drop a removed one) need not wait for
+    // the fsync, which took over a second on a host busy with a joining cluster.
     if (nowRemoved.length > 0 || nowMembers.length > 0) this.announce({ added: nowMembers.map((m) => m.peerId), removed: nowRemoved })
+    await this.save()
+    if (nowMembers.length > 0) this.log.info({ members: nowMembers.map((m) => m.name), from }, 'new members in the cluster')
     if (this.list.isRemoved(this.init.selfId)) this.log.error('this node was removed from the cluster: its peers will refuse it')
     const taken = this.list.conflicts().find((c) => c.peerId === this.init.selfId)
     if (taken != null) this.log.error({ name: taken.name, heldBy: taken.heldBy }, "this node's name is held by an earlier member: the cluster refuses this node until it is started with another --name (and a fresh data dir)")
-    this.pushAll(from)
+    if (this.net != null) { for (const p of relayTargets(this.net.connectedPeers(), (x) => this.isMember(x), from)) void this.syncWith(p) }
     return added
   }
 

@@ -14,6 +14,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { admissionKey, genesisClusterId, hmacAdmission, keyClusterId, signRecord, verifyRecordProof, type AdmitRecord } from '../../src/cluster/records.ts'
 import { MemberList } from '../../src/cluster/member-list.ts'
 import { decodeToken, encodeToken, TokenStore } from '../../src/cluster/tokens.ts'
+import { relayTargets, RELAY_FANOUT } from '../../src/cluster/cluster-service.ts'
 
 interface Node {
   key: PrivateKey
@@ -182,5 +183,30 @@ describe('join tokens', () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('relaying learnt records', () => {
+  const members = new Set(['a', 'b', 'c', 'd', 'e', 'f'])
+  const isMember = (p: string): boolean => members.has(p)
+
+  test('at most 3 connected members, never the sender, never a non-member', () => {
+    const connected = ['a', 'b', 'c', 'd', 'e', 'f', 'stranger']
+    const seen = new Set<string>()
+    for (let i = 0; i < 200; i++) {
+      const t = relayTargets(connected, isMember, 'a')
+      assert.equal(t.length, RELAY_FANOUT)
+      assert.equal(new Set(t).size, t.length, 'no member twice')
+      assert.ok(!t.includes('a'), 'not back to the sender')
+      assert.ok(!t.includes('stranger'), 'not to a non-member')
+      for (const p of t) seen.add(p)
+    }
+    // Chosen at random: over many rounds every other member is picked.
+    assert.deepEqual([...seen].sort(), ['b', 'c', 'd', 'e', 'f'])
+  })
+
+  test('fewer connected members than the fanout: all of them', () => {
+    assert.deepEqual(relayTargets(['a', 'b'], isMember, 'a').sort(), ['b'])
+    assert.deepEqual(relayTargets([], isMember, 'a'), [])
   })
 })
