@@ -211,8 +211,8 @@ export class MscNode {
     const o = this.overlay
     cluster.onChange(({ added, removed }) => {
       for (const p of removed) o.view.forget(p)
-      // A new member dropped our heartbeats until now: tell it who we are at once.
-      if (added.length > 0) o.announce()
+      // A new member dropped our heartbeats until now (and we its): exchange them at once.
+      if (added.length > 0) o.admitted(added)
     })
     await cluster.start({
       addresses: () => dialableAddrs(o.addresses()),

@@ -197,6 +197,11 @@ export class Overlay {
     return this.view.members()
   }
 
+  /** The cluster admitted these peers: exchange heartbeats with them now. */
+  admitted (peers: string[]): void {
+    this.membership?.admitted(peers)
+  }
+
   /** Publish our heartbeat now (an ownership change must not wait for the interval). */
   announce (): void {
     this.membership?.publishNow()

@@ -503,6 +503,17 @@ export class MembershipService {
     } catch {}
   }
 
+  /**
+   * Peers the cluster admitted just now dropped this node's heartbeats until now, as it
+   * dropped theirs: each connected one gets a push-pull sync at once, which hands both
+   * their heartbeats point to point. (Publishing to the topic instead, as every member
+   * did on each admission, cost each join N publishes of N deliveries each.) One not
+   * connected yet syncs when the connection comes up.
+   */
+  admitted (peers: string[]): void {
+    for (const p of peers) if (this.o.connector.connected(p)) void this.sync(p)
+  }
+
   publishNow (): void {
     void this.publish('heartbeat')
   }
