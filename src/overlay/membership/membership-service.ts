@@ -55,6 +55,8 @@ const MIN_PROBE_TIMEOUT_MS = 1000
 const DIAL_ALLOWANCE_MS = 2000
 /** Attempts at the sync of a new connection (0.5, 1, 2 and 4 s apart). */
 const SYNC_ON_CONNECT_TRIES = 5
+/** Peers named in syncs whose addresses are kept until the cluster admits them. */
+const MAX_UNADMITTED = 1024
 /** Changes messages older (or further in the future) than this are stale. */
 const MAX_CHANGES_AGE_MS = 30_000
 
@@ -121,6 +123,8 @@ export class MembershipService {
   private heartbeatText?: string
   private publishedRev = -1
   private publishedAddrs = ''
+  /** Addresses of peers named in syncs before the cluster admitted them here (rememberAddrs). */
+  private readonly unadmittedAddrs = new Map<string, string[]>()
   private readonly refused: Record<SwimRefusalReason, number> = { 'not-member': 0, malformed: 0, 'target-not-member': 0 }
 
   constructor (init: MembershipServiceInit) {
@@ -198,13 +202,16 @@ export class MembershipService {
       else {
         const known = this.o.view.get(peer)
         const seen = known != null && (r.heartbeat.incarnation < known.incarnation || (r.heartbeat.incarnation === known.incarnation && r.heartbeat.seq <= known.seq))
-        if (!seen) this.ingestHeartbeat(r.heartbeat)
+        if (!seen) this.ingestHeartbeat(r.heartbeat, true)
       }
     }
     this.detector.receive(m.members, peer, false)
     for (const x of m.members) {
       if (x.peer === this.detector.selfId || x.addrs.length === 0 || this.o.view.get(x.peer) != null) continue
-      if (this.o.isMember != null && !this.o.isMember(x.peer)) continue
+      if (this.o.isMember != null && !this.o.isMember(x.peer)) {
+        this.rememberAddrs(x.peer, x.addrs)
+        continue
+      }
       void this.o.connector.ensure(x.peer, x.addrs)
     }
   }
@@ -337,7 +344,13 @@ export class MembershipService {
   }
 
   /** A validated heartbeat of `hb.peerId`'s own (from the topic, or from a sync with it). */
-  private ingestHeartbeat (hb: Heartbeat): void {
+  /**
+   * `inSync`: it came in a sync with its sender, which carries this node's view of the
+   * sender already: no second sync to tell it. (With a fresh heartbeat in every sync, a
+   * sync answered by syncing back made two nodes, one holding the other suspect, sync
+   * with each other without pause: a storm that starved a 16-node testbed.)
+   */
+  private ingestHeartbeat (hb: Heartbeat, inSync = false): void {
     if (this.o.view.ingest(hb)) {
       this.detector.heard(hb.peerId, hb.incarnation, hb.type === 'leave')
       if (hb.type !== 'heartbeat') return
@@ -348,7 +361,7 @@ export class MembershipService {
       void this.o.connector.ensure(hb.peerId, hb.addrs)
       // It talks, but this node holds it suspect or dead: tell it, so that it refutes.
       const now = this.detector.state(hb.peerId)
-      if (now === 'suspect' || now === 'dead') void this.sync(hb.peerId)
+      if (!inSync && (now === 'suspect' || now === 'dead')) void this.sync(hb.peerId)
       if (this.o.view.claimsWanted(hb.peerId) != null) void this.fetchClaimsOf(hb.peerId)
     }
   }
@@ -508,10 +521,28 @@ export class MembershipService {
    * dropped theirs: each connected one gets a push-pull sync at once, which hands both
    * their heartbeats point to point. (Publishing to the topic instead, as every member
    * did on each admission, cost each join N publishes of N deliveries each.) One not
-   * connected yet syncs when the connection comes up.
+   * connected yet is dialled if a sync named its addresses before (rememberAddrs), and
+   * syncs when the connection comes up.
    */
   admitted (peers: string[]): void {
-    for (const p of peers) if (this.o.connector.connected(p)) void this.sync(p)
+    for (const p of peers) {
+      const addrs = this.unadmittedAddrs.get(p)
+      this.unadmittedAddrs.delete(p)
+      if (this.o.connector.connected(p)) void this.sync(p)
+      else if (addrs != null) void this.o.connector.ensure(p, addrs)
+    }
+  }
+
+  /**
+   * A member that a sync named before the cluster admitted it here (a node joining
+   * through one member learns the others from its sync before their admissions reach
+   * it): where to dial it once it is admitted. At most MAX_UNADMITTED entries, oldest
+   * dropped first: a sync is a member's word, not proof of anything.
+   */
+  private rememberAddrs (peer: string, addrs: string[]): void {
+    this.unadmittedAddrs.delete(peer)
+    this.unadmittedAddrs.set(peer, addrs)
+    if (this.unadmittedAddrs.size > MAX_UNADMITTED) this.unadmittedAddrs.delete(this.unadmittedAddrs.keys().next().value!)
   }
 
   publishNow (): void {
@@ -564,20 +595,23 @@ export class MembershipService {
       this.log.warn({ err: (err as Error).message }, 'heartbeat not built')
       return
     }
-    const addrs = hb.addrs.join(' ')
-    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs, this.clusterSize())) return
-    this.publishedRev = this.ledger.rev
-    this.publishedAddrs = addrs
-    this.lastPublished = Date.now()
     let bytes: Uint8Array
     try {
       bytes = encodeHeartbeat(hb)
-      if (type === 'heartbeat') this.heartbeatText = new TextDecoder().decode(bytes)
     } catch (err) {
       // Bounded by construction (claim-set.ts): reaching this is a bug, and peers go without our heartbeat.
       this.log.error({ err: (err as Error).message }, 'heartbeat over its size bound, not sent')
       return
     }
+    // What a sync hands over, fresh every interval even when nothing is published: with
+    // anti-entropy minutes apart in a large cluster, the last published heartbeat is older
+    // than receivers accept (30 s or more), and a joiner never listed the old members.
+    if (type === 'heartbeat') this.heartbeatText = new TextDecoder().decode(bytes)
+    const addrs = hb.addrs.join(' ')
+    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs, this.clusterSize())) return
+    this.publishedRev = this.ledger.rev
+    this.publishedAddrs = addrs
+    this.lastPublished = Date.now()
     try {
       await this.pubsub.publish(MEMBERSHIP_TOPIC, bytes)
     } catch (err) {
