@@ -216,8 +216,7 @@ export class MembershipService {
     }
   }
 
-  /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it. */
-  /** True when the peer answered with its own sync. */
+  /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it; true when it answered with its own. */
   private async sync (peer: string): Promise<boolean> {
     if (this.stopped) return false
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(5_000, this.o.intervalMs * 5))])
