@@ -30,6 +30,8 @@ import { z } from 'zod'
  * record only epochs below it, so the next epoch of any name is still valid.
  */
 export const MAX_EPOCH = 2 ** 40
+/** The most times a node counts running a container again at one epoch (ContainerRecord.resumes); it stops counting there. */
+export const MAX_RESUMES = 2 ** 31
 
 const SIGNING_CONTEXT = 'msc-handover-v1\n'
 const peerIdText = z.string().min(20).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/)

@@ -1,6 +1,7 @@
 import type { Features } from './messages.ts'
 import type { Handover, HandoverBody } from '../cluster/handover.ts'
 import type { LanNetwork } from '../network/lan-address.ts'
+import type { PendingIncoming, SourceClaim } from './settle.ts'
 
 /**
  * What migration needs from the node's containers, on either side. The node
@@ -11,6 +12,8 @@ import type { LanNetwork } from '../network/lan-address.ts'
 export interface LocalContainer {
   name: string
   epoch: number
+  /** How often this node ran it again at its epoch from a dump or checkpoint (ContainerRecord.resumes). */
+  resumes: number
   /** Standbys it keeps (0: not replicated). */
   replicas: number
   /** Directory with config.json and the rootfs the container runs on. */
@@ -82,11 +85,13 @@ export interface ContainerHost {
    * disk before it runs: a node restarted before the decision settles it with that
    * (settle.ts), and commit needs no new disk space.
    */
-  adopt: (req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; network?: LanNetwork; signal: AbortSignal }) => Promise<{ pid: number }>
+  adopt: (
+    req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; sourceResumes: number; replicas?: number; network?: LanNetwork; signal: AbortSignal }
+  ) => Promise<{ pid: number }>
   /** Commit: the container is ours at `epoch` (proven by `handover`), and the membership says so at once. */
   commit: (name: string, epoch: number, handover: Handover) => Promise<void>
   /** Containers restored here by incoming migrations that are not committed yet. */
-  pendingIncoming: () => Promise<Array<{ name: string; running: boolean; handover: Handover | null }>>
+  pendingIncoming: () => Promise<PendingIncoming[]>
   /** Abort: kills and removes an adopted, uncommitted container. */
   discard: (name: string) => Promise<void>
   /**
@@ -119,7 +124,7 @@ export interface ClusterPort {
   ownerOf: (container: string) => { owner: string | null; epoch: number } | undefined
   peerState: (peerId: string) => string | undefined
   /** What the peer's latest heartbeat says of the container, if it claims it. */
-  claimOf: (peerId: string, container: string) => { epoch: number; state: string } | undefined
+  claimOf: (peerId: string, container: string) => SourceClaim | undefined
   /** Resolves once the view shows `owner` at `epoch` (or rejects on timeout). */
   waitForOwner: (container: string, owner: string, epoch: number, timeoutMs: number) => Promise<void>
 }

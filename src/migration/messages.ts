@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { HandoverSchema } from '../cluster/handover.ts'
+import { HandoverSchema, MAX_RESUMES } from '../cluster/handover.ts'
 import { LanNetworkSchema } from '../network/lan-address.ts'
 
 /**
@@ -45,6 +45,12 @@ export const OfferSchema = z.object({
   config: z.record(z.string(), z.unknown()),
   /** The owner epoch the source holds; the target will own it at epoch + 1. */
   epoch: z.number().int().min(1),
+  /**
+   * How often the source had run the container again at that epoch (absent: never). A
+   * target that loses the decision counts a `running` claim as the source's resume only
+   * when the claim's count is above this (settle.ts).
+   */
+  resumes: z.number().int().min(1).max(MAX_RESUMES).optional(),
   /** Standbys the container keeps (failover); its replication follows it to the target. */
   replicas: z.number().int().min(0).max(8).optional(),
   bundle: z.object({ digest: z.string().regex(/^[0-9a-f]{64}$/), files: z.number().int().min(0), bytes: z.number().int().min(0) }).strict(),

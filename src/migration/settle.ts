@@ -12,7 +12,12 @@ import { verifyHandover, type Handover } from '../cluster/handover.ts'
  * container again and releases it; before that (or without it) it resumes it. So the
  * answer is in what the source says of the container in its heartbeats:
  *
- *   claims it running (at the offered epoch or above)           -> it resumed it: abort
+ *   claims it running at a later epoch, or at the offered epoch
+ *        having resumed it since the offer (its `resumes` count is above the offer's) -> it resumed it: abort
+ *   claims it running at the offered epoch, resumes not above      -> a claim from before the
+ *        freeze (the heartbeat that shows it frozen has not arrived, or never went out
+ *        because the source died first): wait. Taking it for a resume discarded the
+ *        copy of a source past its point of no return: the container ran nowhere.
  *   does not claim it                                            -> it released it: commit
  *   claims it checkpointed                                       -> it holds only images
  *        (a source that died after its dump); it never restores them by itself, and
@@ -31,11 +36,19 @@ import { verifyHandover, type Handover } from '../cluster/handover.ts'
  */
 export type Verdict = 'commit' | 'abort' | 'wait'
 
-export function settleVerdict (sourceState: string | undefined, claim: { epoch: number; state: string } | undefined, epoch: number): Verdict {
+/** What the source's heartbeats say of the container (ClusterPort.claimOf). */
+export interface SourceClaim {
+  epoch: number
+  state: string
+  resumes?: number
+}
+
+/** `resumes`: the source's count in its offer (OfferSchema): how often it had run the container again before this migration. */
+export function settleVerdict (sourceState: string | undefined, claim: SourceClaim | undefined, epoch: number, resumes = 0): Verdict {
   if (sourceState !== 'alive' && sourceState !== 'left') return 'wait'
   if (claim == null) return 'commit'
   if (claim.epoch < epoch) return 'commit' // an older claim is not about this migration
-  if (claim.state === 'running') return 'abort'
+  if (claim.state === 'running') return claim.epoch > epoch || (claim.resumes ?? 0) > resumes ? 'abort' : 'wait'
   if (claim.state === 'checkpointed') return 'commit'
   return 'wait'
 }
@@ -47,6 +60,8 @@ export interface SettleRequest {
   container: string
   /** The epoch the source held (the offer's); the target would own it at epoch + 1. */
   epoch: number
+  /** The source's resume count in its offer (0 when absent). */
+  resumes?: number
   timeoutMs: number
   logger: Logger
   pollMs?: number
@@ -63,7 +78,7 @@ export async function settle (r: SettleRequest): Promise<'commit' | 'abort' | 'u
     if (r.signal?.aborted === true) return 'unknown'
     const state = r.cluster.peerState(r.source)
     const claim = r.cluster.claimOf(r.source, r.container)
-    const v = settleVerdict(state, claim, r.epoch)
+    const v = settleVerdict(state, claim, r.epoch, r.resumes ?? 0)
     if (v !== 'wait') {
       r.logger.info({ source: r.source, sourceState: state, claim: claim ?? null, verdict: v }, v === 'commit'
         ? 'settled from membership: the source released the container; keeping the restored copy'
@@ -122,6 +137,8 @@ export interface PendingIncoming {
   running: boolean
   /** The handover the source sent with its restore request, kept at adopt (null: none kept). */
   handover: Handover | null
+  /** The resume count the source's offer carried, kept at adopt (0: none). */
+  sourceResumes: number
 }
 
 /**
@@ -151,7 +168,7 @@ export async function settleLeftIncoming (d: {
     }
     const started = Date.now()
     log.warn({ source: h.from, epoch: h.epoch - 1 }, 'an incoming migration restored here was not settled when this node stopped: settling it from membership')
-    const verdict = await settle({ cluster: d.cluster, source: h.from, container: p.name, epoch: h.epoch - 1, timeoutMs: d.settleTimeoutMs, logger: log, pollMs: d.pollMs, signal: d.signal })
+    const verdict = await settle({ cluster: d.cluster, source: h.from, container: p.name, epoch: h.epoch - 1, resumes: p.sourceResumes, timeoutMs: d.settleTimeoutMs, logger: log, pollMs: d.pollMs, signal: d.signal })
     if (verdict === 'unknown') return { name: p.name, outcome: verdict }
     const stillPending = async (): Promise<boolean> => (await d.host.pendingIncoming()).some((x) => x.name === p.name)
     if (verdict === 'commit') {

@@ -141,6 +141,7 @@ export class MigrationSource {
           strategy: req.strategy,
           config,
           epoch: c.epoch,
+          ...(c.resumes > 0 ? { resumes: c.resumes } : {}),
           replicas: c.replicas,
           bundle: digest,
           estimatedBytes: digest.bytes * 2 + 64 * 1024 * 1024,

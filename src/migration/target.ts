@@ -286,6 +286,7 @@ export class MigrationTarget {
           logDir: path.join(staging, 'log'),
           lazyPagesPort: pages?.port,
           handover: req.handover,
+          sourceResumes: offer.resumes ?? 0,
           replicas: offer.replicas,
           ...(offer.network != null ? { network: offer.network } : {}),
           signal: AbortSignal.timeout(300_000)
@@ -331,6 +332,7 @@ export class MigrationTarget {
             source: remotePeer,
             container: offer.container,
             epoch: offer.epoch,
+            resumes: offer.resumes ?? 0,
             timeoutMs: this.d.settleTimeoutMs,
             logger: log,
             signal: this.stopping.signal

@@ -40,7 +40,7 @@ export function clusterPort (o: Overlay, cluster: ClusterService, privateKey: Pr
     peerState: (peerId) => view.get(peerId)?.state,
     claimOf: (peerId, container) => {
       const c = view.get(peerId)?.containers.find((x) => x.name === container)
-      return c == null ? undefined : { epoch: c.epoch, state: c.state }
+      return c == null ? undefined : { epoch: c.epoch, state: c.state, ...(c.resumes != null ? { resumes: c.resumes } : {}) }
     },
     waitForOwner: async (container, owner, epoch, timeoutMs) => {
       const deadline = Date.now() + timeoutMs

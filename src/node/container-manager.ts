@@ -10,7 +10,7 @@ import { RecordCache } from './record-cache.ts'
 import { CRIU_HOST_NETWORK_CONFIG, CRIU_LAN_NETWORK_CONFIG, type DataDir } from './data-dir.ts'
 import type { CheckpointInfo, ContainerInfo, ContainerState, FenceInfo, LeaseLost } from '../api/types.ts'
 import { KeyedMutex } from '../util/keyed-mutex.ts'
-import type { Handover } from '../cluster/handover.ts'
+import { MAX_RESUMES, type Handover } from '../cluster/handover.ts'
 import type { LeaseProof } from '../failover/grant.ts'
 import { fsyncDir, fsyncTree, renameDurable, writeFileAtomic } from '../util/atomic-file.ts'
 import type { LanNetwork } from '../network/lan-address.ts'
@@ -57,6 +57,14 @@ export interface ContainerRecord {
   frozenByMigration?: string
   /** Its own address on the LAN (`--network lan`); absent: the host's network. Travels with it. */
   network?: LanNetwork
+  /**
+   * How often this node ran it again from a dump or checkpoint (a migration's rollback,
+   * a thaw, `msc restore`), claimed with it. A migration target that lost its decision
+   * must tell the source's resume from a claim made before the freeze.
+   */
+  resumes?: number
+  /** Target side, pending: the source's `resumes` in its offer (what settle.ts compares against). */
+  sourceResumes?: number
 }
 
 /**
@@ -460,6 +468,7 @@ export class ContainerManager {
         const id = r.frozenByMigration
         delete r.frozenByMigration
         delete r.leaseLost
+        countResume(r)
         await this.writeRecord(r)
         this.log.info({ name, migration: id }, 'container thawed: frozen by an interrupted migration')
         return toInfo(r, await this.runc.state(name), await this.checkpoints(name))
@@ -511,6 +520,7 @@ export class ContainerManager {
       r.startedAt = new Date().toISOString()
       r.checkpointed = false
       delete r.leaseLost
+      countResume(r)
       await this.writeRecord(r)
       this.log.info({ name, from: cp.id, ms: Date.now() - started, pid }, 'container restored')
       return toInfo(r, await this.runc.state(name), cps)
@@ -525,8 +535,8 @@ export class ContainerManager {
   }
 
   /** What this node owns, for its membership heartbeat. */
-  async claims (): Promise<Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof; address?: string }>> {
-    const out: Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof }> = []
+  async claims (): Promise<Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof; address?: string; resumes?: number }>> {
+    const out: Array<{ name: string; epoch: number; state: ClaimState; handover?: Handover; grant?: LeaseProof; address?: string; resumes?: number }> = []
     // One shared `runc list` for all (this runs at every heartbeat), not one `runc state` each.
     const states = new Map((await this.runcStates().catch(() => [])).map((x) => [x.id, x]))
     for (const n of await this.names()) {
@@ -545,7 +555,7 @@ export class ContainerManager {
         : r.lease != null && r.lease.epoch === r.epoch
         ? { grant: r.lease }
         : {}
-      out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof, ...(r.network != null ? { address: r.network.address } : {}) })
+      out.push({ name: n, epoch: r.epoch ?? 1, state: runState(r, st), ...proof, ...(r.network != null ? { address: r.network.address } : {}), ...((r.resumes ?? 0) > 0 ? { resumes: r.resumes } : {}) })
     }
     return out
   }
@@ -610,6 +620,11 @@ export class ContainerManager {
 
 /** The states a node claims for its own containers (a fenced one is never claimed). */
 export type ClaimState = Exclude<ContainerState, 'fenced'>
+
+/** One more run of the container from a dump or checkpoint (ContainerRecord.resumes), up to MAX_RESUMES. */
+export function countResume (r: ContainerRecord): void {
+  r.resumes = Math.min((r.resumes ?? 0) + 1, MAX_RESUMES)
+}
 
 function runState (r: ContainerRecord, st: RuncState | null): ClaimState {
   return runStateOf(st?.status, r.checkpointed)

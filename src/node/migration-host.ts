@@ -8,8 +8,9 @@ import { loadBundle, writeRuntimeBundle } from '../runtime/bundle.ts'
 import { removeTree } from '../runtime/mounts.ts'
 import { checkpointLazy, startLazyPagesDaemon } from '../runtime/lazy-pages.ts'
 import type { ContainerHost, LazyDump, LocalContainer } from '../migration/host.ts'
+import type { PendingIncoming } from '../migration/settle.ts'
 import type { Features } from '../migration/messages.ts'
-import { readRecordFile, recoverInterruptedDump, writeRecordFile, type ContainerManager, type ContainerRecord, type DumpRecovery, type DumpRecoveryEnv } from './container-manager.ts'
+import { countResume, readRecordFile, recoverInterruptedDump, writeRecordFile, type ContainerManager, type ContainerRecord, type DumpRecovery, type DumpRecoveryEnv } from './container-manager.ts'
 import { HandoverSchema, type Handover } from '../cluster/handover.ts'
 import { readOutgoingJournal, sourceReleased, JOURNAL_FILE } from '../migration/journal.ts'
 import { testFailCommit } from '../migration/test-knobs.ts'
@@ -71,7 +72,7 @@ export class NodeMigrationHost implements ContainerHost {
       await fs.writeFile(log, '')
       logFiles.push(log)
     }
-    return { name, epoch: r.epoch ?? 1, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles, ...(r.network != null ? { network: r.network } : {}) }
+    return { name, epoch: r.epoch ?? 1, resumes: r.resumes ?? 0, replicas: r.replicas ?? 0, bundleDir: b.dir, rootfs: b.rootfs, logFiles, ...(r.network != null ? { network: r.network } : {}) }
   }
 
   async dump (name: string, imageDir: string, signal: AbortSignal, opts: { parentPath?: string | undefined; pageServer?: string } = {}): Promise<void> {
@@ -145,6 +146,12 @@ export class NodeMigrationHost implements ContainerHost {
       const left = (await this.runc.state(name).catch(() => null))?.status
       if (left === 'stopped' || left === 'paused') await this.runc.delete(name, { force: true }).catch(() => {})
       throw new MscError('INVALID_STATE', `${name} is not resumed here: its lease ran out while it was frozen, and a standby may run it by now (msc ps on the others)`)
+    }
+    // Counted before it runs: a target that lost the decision takes our `running` claim
+    // for this resume only at the new count (an older one may predate the freeze).
+    if (r != null) {
+      countResume(r)
+      await this.m.writeRecord(r)
     }
     await this.resumeHere(name, imageDir, r, signal)
     // Its address is live here again (the target never made it live, or has gone).
@@ -251,7 +258,7 @@ export class NodeMigrationHost implements ContainerHost {
   }
 
   async adopt (
-    req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; replicas?: number; network?: LanNetwork; signal: AbortSignal }
+    req: { name: string; bundleDir: string; imageDir: string; workDir: string; logDir: string; lazyPagesPort?: number; handover: Handover; sourceResumes: number; replicas?: number; network?: LanNetwork; signal: AbortSignal }
   ): Promise<{ pid: number }> {
     const t0 = Date.now()
     // Checked before anything moves: the log shim appends to these as root, and a link
@@ -275,7 +282,7 @@ export class NodeMigrationHost implements ContainerHost {
     const net = req.network != null ? { network: req.network } : {}
     const committed: ContainerRecord = { name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: req.handover.epoch, handover: req.handover, pendingMigration: false, replicas: req.replicas ?? 0, ...net }
     await writeFileAtomic(this.committedFile(req.name), JSON.stringify(committed, null, 2), { mode: 0o600 })
-    await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true, ...net })
+    await this.m.writeRecord({ name: req.name, bundle: src, createdAt: now, startedAt: now, checkpointed: false, epoch: 0, pendingMigration: true, ...net, ...(req.sourceResumes > 0 ? { sourceResumes: req.sourceResumes } : {}) })
     await fs.mkdir(req.workDir, { recursive: true })
     let daemon: { exited: Promise<void>; kill: () => void } | undefined
     if (req.lazyPagesPort != null) {
@@ -331,13 +338,15 @@ export class NodeMigrationHost implements ContainerHost {
     this.announce()
   }
 
-  async pendingIncoming (): Promise<Array<{ name: string; running: boolean; handover: Handover | null }>> {
-    const out: Array<{ name: string; running: boolean; handover: Handover | null }> = []
+  async pendingIncoming (): Promise<PendingIncoming[]> {
+    const out: PendingIncoming[] = []
     for (const name of await this.m.names()) {
-      if ((await this.m.readRecord(name))?.pendingMigration !== true) continue
+      const pending = await this.m.readRecord(name)
+      if (pending?.pendingMigration !== true) continue
       const st = await this.runc.state(name).catch(() => null)
       const h = HandoverSchema.safeParse((await readJsonFile(this.committedFile(name)) as ContainerRecord | null)?.handover)
-      out.push({ name, running: st?.status === 'running' || st?.status === 'paused', handover: h.success ? h.data : null })
+      const resumes = pending.sourceResumes
+      out.push({ name, running: st?.status === 'running' || st?.status === 'paused', handover: h.success ? h.data : null, sourceResumes: Number.isSafeInteger(resumes) && resumes! > 0 ? resumes! : 0 })
     }
     return out
   }

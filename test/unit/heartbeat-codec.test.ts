@@ -109,6 +109,13 @@ describe('round trip', () => {
     assert.deepEqual(decodeHeartbeat(encodeHeartbeat(hb), alice), { ok: true, heartbeat: hb })
   })
 
+  test('a claim with a resume count round-trips', () => {
+    const hb = heartbeat({ containers: [{ name: 'web', epoch: 2, state: 'running', resumes: 2 ** 31 }] })
+    const r = decodeHeartbeat(encodeHeartbeat(hb), alice)
+    assert.equal(r.ok, true)
+    if (r.ok) assert.deepEqual(r.heartbeat.containers, hb.containers)
+  })
+
   test('the largest epoch, 2^40, is accepted on the wire', () => {
     assert.equal(MAX_EPOCH, 2 ** 40)
     const hb = heartbeat({ containers: [{ name: 'web', epoch: MAX_EPOCH, state: 'running' }] })
@@ -320,6 +327,15 @@ describe('malformed', () => {
       }],
       ['container state unknown', (o) => {
         ;(o.containers as Array<Record<string, unknown>>)[0]!.state = 'migrating'
+      }],
+      ['container resumes 0 (absent means never)', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.resumes = 0
+      }],
+      ['container resumes above 2^31', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.resumes = 2 ** 31 + 1
+      }],
+      ['container resumes fractional', (o) => {
+        ;(o.containers as Array<Record<string, unknown>>)[0]!.resumes = 1.5
       }],
       ['peerId as a number', (o) => {
         o.peerId = 12

@@ -15,7 +15,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { signHandover, type Handover } from '../../src/cluster/handover.ts'
-import { commitWithRetry, settle, settleLeftIncoming, settleVerdict } from '../../src/migration/settle.ts'
+import { commitWithRetry, settle, settleLeftIncoming, settleVerdict, type SourceClaim } from '../../src/migration/settle.ts'
 import { readOutgoingJournal, sourceReleased, writeOutgoingJournal } from '../../src/migration/journal.ts'
 import { recoverOutgoing } from '../../src/node/migration-host.ts'
 import { DataDir } from '../../src/node/data-dir.ts'
@@ -40,11 +40,11 @@ async function handover (container: string, epoch: number, to = TARGET): Promise
 
 /** A cluster port whose view of the source follows a script: one entry per poll, the last repeats. */
 function scriptedCluster (
-  script: Array<{ state?: string; claim?: { epoch: number; state: string } }>
-): { selfId: string; peerState: (p: string) => string | undefined; claimOf: (p: string, c: string) => { epoch: number; state: string } | undefined; polls: () => number } {
+  script: Array<{ state?: string; claim?: SourceClaim }>
+): { selfId: string; peerState: (p: string) => string | undefined; claimOf: (p: string, c: string) => SourceClaim | undefined; polls: () => number } {
   let i = 0
   let polls = 0
-  const cur = (): { state?: string; claim?: { epoch: number; state: string } } => script[Math.min(i, script.length - 1)]!
+  const cur = (): { state?: string; claim?: SourceClaim } => script[Math.min(i, script.length - 1)]!
   return {
     selfId: TARGET,
     peerState: (p) => {
@@ -63,9 +63,11 @@ function scriptedCluster (
 
 describe('the settle rule', () => {
   test('what the source shows decides', () => {
-    const cases: Array<[string | undefined, { epoch: number; state: string } | undefined, string, string]> = [
+    const cases: Array<[string | undefined, { epoch: number; state: string; resumes?: number } | undefined, string, string]> = [
       ['alive', undefined, 'commit', 'released: no claim'],
-      ['alive', { epoch: 3, state: 'running' }, 'abort', 'resumed at its epoch'],
+      ['alive', { epoch: 3, state: 'running', resumes: 3 }, 'abort', 'resumed at its epoch since the offer (count 2 then)'],
+      ['alive', { epoch: 3, state: 'running', resumes: 2 }, 'wait', 'running at the count of the offer: a claim from before the freeze'],
+      ['alive', { epoch: 3, state: 'running' }, 'wait', 'never resumed: a claim from before the freeze'],
       ['alive', { epoch: 3, state: 'paused' }, 'wait', 'frozen for the migration: its thaw or its release shows which'],
       ['alive', { epoch: 4, state: 'running' }, 'abort', 'running at a later epoch'],
       ['alive', { epoch: 2, state: 'running' }, 'commit', 'an older claim is not this migration'],
@@ -73,20 +75,28 @@ describe('the settle rule', () => {
       ['alive', { epoch: 3, state: 'stopped' }, 'wait', 'between its dump and its resume or release'],
       ['alive', { epoch: 3, state: 'created' }, 'wait', 'resuming'],
       ['left', undefined, 'commit', 'left without it'],
-      ['left', { epoch: 3, state: 'running' }, 'abort', 'left with it running (containers outlive the node)'],
+      ['left', { epoch: 3, state: 'running', resumes: 5 }, 'abort', 'left with it resumed and running (containers outlive the node)'],
       ['left', { epoch: 3, state: 'stopped' }, 'wait', 'left between its dump and its resume or release: its restart shows which'],
       ['left', { epoch: 3, state: 'checkpointed' }, 'commit', 'left holding only images'],
       ['suspect', undefined, 'wait', 'suspect'],
-      ['dead', { epoch: 3, state: 'running' }, 'wait', 'dead: its last claim may be stale'],
+      ['dead', { epoch: 3, state: 'running', resumes: 3 }, 'wait', 'dead: its last claim may be stale'],
       [undefined, undefined, 'wait', 'not heard yet (a restarted target)']
     ]
-    for (const [state, claim, want, why] of cases) assert.equal(settleVerdict(state, claim, 3), want, `${why}: ${state} ${JSON.stringify(claim)}`)
+    for (const [state, claim, want, why] of cases) assert.equal(settleVerdict(state, claim, 3, 2), want, `${why}: ${state} ${JSON.stringify(claim)}`)
+    assert.equal(settleVerdict('alive', { epoch: 3, state: 'running', resumes: 1 }, 3), 'abort', 'the first resume, against an offer without a count')
   })
 
   test('waits through a transient state, then follows the source', async () => {
-    const c = scriptedCluster([{}, { state: 'alive', claim: { epoch: 1, state: 'stopped' } }, { state: 'alive', claim: { epoch: 1, state: 'stopped' } }, { state: 'alive', claim: { epoch: 1, state: 'running' } }])
+    const c = scriptedCluster([{}, { state: 'alive', claim: { epoch: 1, state: 'stopped' } }, { state: 'alive', claim: { epoch: 1, state: 'stopped' } }, { state: 'alive', claim: { epoch: 1, state: 'running', resumes: 1 } }])
     assert.equal(await settle({ cluster: c, source: SOURCE, container: 'web', epoch: 1, timeoutMs: 5_000, pollMs: 5, logger: log }), 'abort')
     assert.equal(c.polls(), 4)
+    // The source killed right after "restored", before a heartbeat showed the freeze:
+    // its last claim still says running (count unchanged). The target waits through
+    // that and its death, and commits once the restarted source no longer claims it.
+    const k = scriptedCluster([{ state: 'alive', claim: { epoch: 1, state: 'running', resumes: 4 } }, { state: 'suspect', claim: { epoch: 1, state: 'running', resumes: 4 } }, { state: 'dead',
+      claim: { epoch: 1, state: 'running', resumes: 4 } }, { state: 'alive' }])
+    assert.equal(await settle({ cluster: k, source: SOURCE, container: 'web', epoch: 1, resumes: 4, timeoutMs: 5_000, pollMs: 5, logger: log }), 'commit')
+    assert.equal(k.polls(), 4)
     const r = scriptedCluster([{ state: 'dead', claim: { epoch: 1, state: 'running' } }, { state: 'alive' }])
     assert.equal(await settle({ cluster: r, source: SOURCE, container: 'web', epoch: 1, timeoutMs: 5_000, pollMs: 5, logger: log }), 'commit')
   })
@@ -130,7 +140,7 @@ describe('commit keeps trying', () => {
 })
 
 describe('a restarted target settles what it left pending', () => {
-  function fakeHost (pending: Array<{ name: string; running: boolean; handover: Handover | null }>): {
+  function fakeHost (pending: Array<{ name: string; running: boolean; handover: Handover | null; sourceResumes?: number }>): {
     host: Parameters<typeof settleLeftIncoming>[0]['host']
     committed: Array<[string, number, Handover]>
     discarded: string[]
@@ -142,7 +152,7 @@ describe('a restarted target settles what it left pending', () => {
       committed,
       discarded,
       host: {
-        pendingIncoming: async () => left,
+        pendingIncoming: async () => left.map((x) => ({ sourceResumes: 0, ...x })),
         commit: async (name, epoch, h) => {
           committed.push([name, epoch, h])
           left = left.filter((x) => x.name !== name)
@@ -159,15 +169,17 @@ describe('a restarted target settles what it left pending', () => {
   test('released by the source: committed with the kept handover; resumed by it: removed', async () => {
     const hA = await handover('a', 2)
     const hB = await handover('b', 5)
-    const f = fakeHost([{ name: 'a', running: true, handover: hA }, { name: 'b', running: true, handover: hB }])
+    const hC = await handover('c', 5)
+    const f = fakeHost([{ name: 'a', running: true, handover: hA }, { name: 'b', running: true, handover: hB, sourceResumes: 1 }, { name: 'c', running: true, handover: hC, sourceResumes: 1 }])
     const cluster = {
       selfId: TARGET,
       peerState: (p: string) => p === SOURCE ? 'alive' : undefined,
-      claimOf: (_p: string, c: string) => c === 'b' ? { epoch: 4, state: 'running' } : undefined
+      // b resumed since its offer (count 1 then); c's claim is the one from before the freeze.
+      claimOf: (_p: string, c: string) => c === 'b' ? { epoch: 4, state: 'running', resumes: 2 } : c === 'c' ? { epoch: 4, state: 'running', resumes: 1 } : undefined
     }
-    const out = await settleLeftIncoming({ host: f.host, cluster, logger: log, settleTimeoutMs: 5_000, pollMs: 5 })
-    assert.deepEqual(out, [{ name: 'a', outcome: 'commit' }, { name: 'b', outcome: 'abort' }])
-    assert.deepEqual(f.committed, [['a', 2, hA]])
+    const out = await settleLeftIncoming({ host: f.host, cluster, logger: log, settleTimeoutMs: 300, pollMs: 5 })
+    assert.deepEqual(out, [{ name: 'a', outcome: 'commit' }, { name: 'b', outcome: 'abort' }, { name: 'c', outcome: 'commit' }], 'c waited the window out, then committed')
+    assert.deepEqual(f.committed, [['a', 2, hA], ['c', 5, hC]])
     assert.deepEqual(f.discarded, ['b'])
   })
 

@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { HandoverSchema, MAX_EPOCH } from '../../cluster/handover.ts'
+import { HandoverSchema, MAX_EPOCH, MAX_RESUMES } from '../../cluster/handover.ts'
 import { LeaseProofSchema } from '../../failover/grant.ts'
 import { MAX_CLAIM_SET, MAX_REMOVED_NAMES } from './claim-set.ts'
 import { SwimChangeSchema } from './swim-protocol.ts'
@@ -48,7 +48,13 @@ export const ContainerClaimSchema = z.object({
    */
   grant: LeaseProofSchema.optional(),
   /** The container's own LAN address (`--network lan`): one container in the cluster holds it. */
-  address: ipv4.optional()
+  address: ipv4.optional(),
+  /**
+   * How often the sender ran the container again at this epoch from a dump or a
+   * checkpoint (absent: never). A migration target that lost the decision takes a
+   * `running` claim for a resume only when this is above the count in the offer.
+   */
+  resumes: z.number().int().min(1).max(MAX_RESUMES).optional()
 }).strict()
 
 /** The sender's claim set in brief (claim-set.ts, ClaimSummary). */
