@@ -173,6 +173,20 @@ export class FailoverService {
         const r = await init.manager.readRecord(name)
         if (r == null) return true // removed, or moved away (its new owner replicates it now)
         if (r.leaseLost != null || r.fenced != null || r.failoverPending === true) return false
+        // Killed by the lease guard: its deadline passed before the answer to a renewal
+        // sent in time arrived, so this daemon, counting from the send, still holds the
+        // lease. Not stopped for good: dropping its replicas then left it running
+        // nowhere. It is marked lease-lost and the grantors are told, so a standby
+        // brings it back.
+        if ((await this.guard.fenced().catch(() => [] as string[])).includes(name)) {
+          if (await this.markLeaseLost(name, 'renewal', 'the lease guard killed it: its deadline passed before a renewal was answered')) {
+            this.log.error({ container: name }, 'the lease guard killed this container (its deadline passed before a renewal was answered): a standby may bring it back')
+          }
+          // This daemon still renews that lease: it stops, and gives it back.
+          await this.lease.release(name).catch((err) => this.log.warn({ container: name, err: errText(err) }, 'could not give back the lease of a container the guard killed'))
+          await this.guard.clearFenced(name).catch(() => {})
+          return false
+        }
         // Stopped (by its user, or it exited): not to be brought back. A `runc list` that
         // failed says nothing: the replicas stay.
         const running = await this.running().catch(() => null)
@@ -297,17 +311,22 @@ export class FailoverService {
    * standby need not wait. False when there was nothing to mark.
    */
   private async markDiedWhileDown (name: string): Promise<boolean> {
+    return await this.markLeaseLost(name, 'node-down', 'it died while this node was down')
+  }
+
+  /** A replicated container that no longer runs for want of its lease: marked so, its lease given back, its standbys keep their replicas. */
+  private async markLeaseLost (name: string, cause: 'renewal' | 'node-down', reason: string): Promise<boolean> {
     const r = await this.i.manager.readRecord(name)
     if (r == null || r.leaseLost != null || r.fenced != null) return false
     const epoch = r.epoch ?? 1
-    r.leaseLost = { epoch, at: new Date().toISOString(), cause: 'node-down' }
+    r.leaseLost = { epoch, at: new Date().toISOString(), cause }
     r.startedAt = null
     await this.i.manager.writeRecord(r)
     await this.i.runc.delete(name, { force: true }).catch(() => {})
     // Its address stayed on this host if only the daemon and the container died (the
     // guard killed it, a crash): a standby may hold the address by now.
     if (r.network != null) await this.i.manager.releaseAddress(name)
-    this.i.events.emit('lease', { type: 'self-fenced', container: name, epoch, reason: 'it died while this node was down' })
+    this.i.events.emit('lease', { type: 'self-fenced', container: name, epoch, reason })
     this.expireLater(name, epoch)
     return true
   }
