@@ -61,6 +61,22 @@ function logsAbout (name: string, lines: number): string {
   return c.nodes.map((y) => `--- ${y.name}\n${c.logTail(y, 4000).split('\n').filter((l) => l.includes(`"${name}"`)).slice(-lines).join('\n')}`).join('\n')
 }
 
+/** What each node says about the container and its lease, for a failure message. */
+async function describe (name: string): Promise<string> {
+  const lines: string[] = []
+  for (const x of c.nodes) {
+    if (!up(x)) {
+      lines.push(`${x.name}: down`)
+      continue
+    }
+    const info = await c.inspectApi(x, name).then((i) => JSON.stringify({ state: i.state, epoch: i.epoch, replication: i.replication }), (e: Error) => e.message)
+    const peers = await c.peersApi(x).then((ps) => JSON.stringify(ps.map((p) => [p.name, p.state])), (e: Error) => e.message)
+    const events = (await c.msc(x, 'events', '--json', '--no-follow')).stdout.split('\n').filter((l) => l.includes(`"${name}"`)).slice(-10).join('\n')
+    lines.push(`${x.name}: ${info}\n  view ${peers}\n  events:\n${events}`)
+  }
+  return lines.join('\n')
+}
+
 function up (x: ClusterNode): boolean {
   return x.proc != null && x.proc.exitCode == null && x.proc.signalCode == null
 }
@@ -79,7 +95,7 @@ async function settle (): Promise<void> {
       info = await c.inspectApi(w[0]!, name).catch(() => null)
       return (info?.replication?.ackedGeneration ?? 0) >= 1
     }, 120_000, async () =>
-      `${name} running once and replicated again: runs on [${w.map((x) => x.name).join(', ')}], ` +
+      `${name} running once and replicated again (seed ${SEED}): runs on [${w.map((x) => x.name).join(', ')}], ` +
       `replication ${JSON.stringify((info as ContainerInfo | null)?.replication)}\n` +
       (await Promise.all(c.nodes.map(async (x) => `${x.name}: ${JSON.stringify(await c.inspectApi(x, name).then((i) => ({ state: i.state, epoch: i.epoch }), (e: Error) => e.message))}`))).join('\n') +
       (w[0] == null ? '' : `\nview of ${w[0].name}: ${JSON.stringify((await c.peersApi(w[0]).catch(() => [])).map((p) => [p.name, p.state]))}` +
@@ -153,7 +169,9 @@ test(`a randomized trial of ${TRIALS} power cuts and partitions: never two copie
         await waitFor(async () => {
           now = (await where(name)).find((x) => x !== owner)
           return now != null
-        }, 90_000, () => `trial ${trial}: ${name} back after ${kind} of ${victim.name}`)
+        }, 90_000, async () =>
+          `trial ${trial} (seed ${SEED}): ${name} back after ${kind} of ${victim.name}\n` +
+          `${await describe(name)}\n${logsAbout(name, 40)}`)
         f.rtoMs = Date.now() - at
         await waitFor(() => logValues(now!, name).length > 0, 10_000, 'output on the new node')
         f.rpoMs = Math.max(0, (last - logValues(now!, name)[0]!) * 100)
