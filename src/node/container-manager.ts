@@ -69,9 +69,15 @@ export interface ContainerRecord {
 
 /**
  * Asked before a container name is taken on this node: returns the ownership epoch
- * to use, or throws when the cluster already has that name elsewhere.
+ * to use, or throws when the cluster already has that name elsewhere. The name stays
+ * claimed (reserved) until `releaseName` is called, when the start is over.
  */
 export type NameClaimer = (name: string) => Promise<number>
+
+export interface RunOptions {
+  replicas?: number
+  network?: LanNetwork
+}
 
 export interface ContainerManagerInit {
   dataDir: DataDir
@@ -83,6 +89,8 @@ export interface ContainerManagerInit {
   tcpEstablished: boolean
   logger: Logger
   claimName?: NameClaimer
+  /** A start that claimed a name is over (its record written, or everything undone). */
+  releaseName?: (name: string) => void
   /** `--network lan`: the node's namespaces and links for containers with their own address. */
   lan?: LanNetworks
   /** Throws when a member's container holds ADDRESS (the cluster's view). */
@@ -307,7 +315,7 @@ export class ContainerManager {
     return toInfo(r, st, cps)
   }
 
-  async run (name: string, bundleDir: string, signal?: AbortSignal, opts: { replicas?: number; network?: LanNetwork } = {}): Promise<ContainerInfo> {
+  async run (name: string, bundleDir: string, signal?: AbortSignal, opts: RunOptions = {}): Promise<ContainerInfo> {
     validateName(name)
     if (typeof bundleDir !== 'string' || bundleDir === '') throw new MscError('INVALID_ARGUMENT', 'a bundle directory is required')
     return await this.locked(name, async () => {
@@ -324,37 +332,47 @@ export class ContainerManager {
         await this.checkNetworkUsable(net, name)
       }
       const epoch = this.init.claimName != null ? await this.init.claimName(name) : 1
-      const dir = this.dd.containerDir(name)
-      await fs.mkdir(dir, { recursive: true, mode: 0o700 })
-      const now = new Date().toISOString()
-      const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0, ...(net != null ? { network: net } : {}) }
-      let netMade = false
       try {
-        await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
-        if (net != null) {
-          await this.mustLan().create(name, net)
-          netMade = true
-          await this.writeCriuConfig(name, 'established')
-        }
-        await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle, net))
-        const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
-          logFile: this.dd.logFile(name),
-          logMaxBytes: this.init.logMaxBytes,
-          pidFile: this.dd.pidFileOf(name),
-          signal
-        })
-        await this.writeRecord(rec)
-        this.log.info({ name, pid: st.pid, bundle: bundle.dir }, 'container started')
-        return toInfo(rec, st, [])
-      } catch (err) {
-        // Whatever runc got to make (an interrupted run) goes too, or the name would be
-        // stuck: unknown to msc, yet taken in runc's root.
-        await this.runc.delete(name, { force: true }).catch(() => {})
-        if (netMade) await this.mustLan().remove(name)
-        await removeTree(dir)
-        throw err
+        return await this.runNew(name, bundle, epoch, opts, signal)
+      } finally {
+        this.init.releaseName?.(name)
       }
     })
+  }
+
+  /** run(), once everything that can refuse has been checked and the name claimed. The caller holds the name's lock. */
+  private async runNew (name: string, bundle: LoadedBundle, epoch: number, opts: RunOptions, signal?: AbortSignal): Promise<ContainerInfo> {
+    const net = opts.network
+    const dir = this.dd.containerDir(name)
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 })
+    const now = new Date().toISOString()
+    const rec: ContainerRecord = { name, bundle: bundle.dir, createdAt: now, startedAt: now, checkpointed: false, epoch, replicas: opts.replicas ?? 0, ...(net != null ? { network: net } : {}) }
+    let netMade = false
+    try {
+      await fsyncDir(this.dd.containersDir) // the new containers/NAME entry itself, before anything runs
+      if (net != null) {
+        await this.mustLan().create(name, net)
+        netMade = true
+        await this.writeCriuConfig(name, 'established')
+      }
+      await writeRuntimeBundle(this.dd.runtimeBundle(name), this.runtimeConfigFor(name, bundle, net))
+      const st = await this.runc.run(name, this.dd.runtimeBundle(name), {
+        logFile: this.dd.logFile(name),
+        logMaxBytes: this.init.logMaxBytes,
+        pidFile: this.dd.pidFileOf(name),
+        signal
+      })
+      await this.writeRecord(rec)
+      this.log.info({ name, pid: st.pid, bundle: bundle.dir }, 'container started')
+      return toInfo(rec, st, [])
+    } catch (err) {
+      // Whatever runc got to make (an interrupted run) goes too, or the name would be
+      // stuck: unknown to msc, yet taken in runc's root.
+      await this.runc.delete(name, { force: true }).catch(() => {})
+      if (netMade) await this.mustLan().remove(name)
+      await removeTree(dir)
+      throw err
+    }
   }
 
   async stop (name: string): Promise<ContainerInfo> {

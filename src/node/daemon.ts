@@ -103,6 +103,11 @@ export class MscNode {
       tcpEstablished: this.config.tcpEstablished,
       logger: this.rootLog.child({ component: 'containers' }),
       claimName: async (name) => this.claimName(name),
+      releaseName: (name) => {
+        this.overlay?.view.unreserveLocal(name)
+        // Peers learn of the new container now, not at the next interval.
+        this.overlay?.announce()
+      },
       lan: new LanNetworks({ nodeId: this.nodeId, iface: this.config.lanInterface, driver: this.config.lanDriver, logger: this.rootLog.child({ component: 'lan' }) }),
       claimAddress: (address, name) => this.claimAddress(address, name)
     })
@@ -468,7 +473,11 @@ export class MscNode {
       if (m?.state === 'dead') throw new MscError('ALREADY_EXISTS', `the name ${name} belongs to peer ${who} (epoch ${own.epoch}), which is dead: its container may come back with it; \`msc peer rm ${who}\` frees the name`)
       throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster by peer ${who} (epoch ${own.epoch})`)
     }
-    return o.view.nextEpoch(name)
+    const epoch = o.view.nextEpoch(name)
+    // Ours in this node's view from now, before the record exists: a member's claim of
+    // the name heard before our next heartbeat must not take it (and fence our copy).
+    if (!o.view.reserveLocal(name, epoch)) throw new MscError('ALREADY_EXISTS', `the name ${name} is taken in the cluster`)
+    return epoch
   }
 
   /** Refuses ADDRESS when a member's container holds it (its claim says so). */

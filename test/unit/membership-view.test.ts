@@ -753,6 +753,41 @@ describe('ownership', () => {
       assert.deepEqual(take(), [{ type: 'owner:change', container: 'web', from: null, to: SELF, epoch: 4 }])
     })
   })
+
+  describe('reserveLocal (a container being started here)', () => {
+    test("a member's claim heard before the new container's record is refused, not taken", () => {
+      const { view, take } = setup()
+      assert.equal(view.reserveLocal('ctr', view.nextEpoch('ctr')), true)
+      assert.deepEqual(take(), [{ type: 'owner:change', container: 'ctr', from: null, to: SELF, epoch: 1 }])
+      // Our heartbeat is built before the record is written: the name stays ours.
+      view.setLocalClaims([])
+      assert.deepEqual(take(), [])
+      view.ingest(hb(A, 1, { containers: [claim('ctr', 2)] }))
+      assert.deepEqual(drops(take()), [{ peerId: A, reason: 'unproven-handover' }])
+      assert.deepEqual(owner(view, 'ctr'), { owner: SELF, epoch: 1 })
+    })
+
+    test('once over, the record decides: kept when written, released when the start failed', () => {
+      const { view, take } = setup()
+      view.reserveLocal('ok', 1)
+      view.reserveLocal('failed', 1)
+      take()
+      view.unreserveLocal('ok')
+      view.unreserveLocal('failed')
+      view.setLocalClaims([claim('ok', 1)])
+      assert.deepEqual(take(), [{ type: 'owner:change', container: 'failed', from: SELF, to: null, epoch: 1 }])
+      assert.deepEqual(owner(view, 'ok'), { owner: SELF, epoch: 1 })
+    })
+
+    test('a name another peer owns is not reserved (msc run refuses it)', () => {
+      const { view, take } = setup()
+      view.ingest(hb(A, 1, { containers: [claim('web', 3)] }))
+      take()
+      assert.equal(view.reserveLocal('web', view.nextEpoch('web')), false)
+      assert.deepEqual(take(), [])
+      assert.deepEqual(owner(view, 'web'), { owner: A, epoch: 3 })
+    })
+  })
 })
 
 describe('members only (isMember)', () => {

@@ -153,6 +153,8 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
   private readonly now: () => number
   private readonly isMember: (peerId: string) => boolean
   private readonly verifyGrant?: (claim: ContainerClaim, claimant: string, current: Ownership) => boolean
+  /** Names of containers being started here (reserveLocal): name -> epoch. */
+  private readonly reserved = new Map<string, number>()
   private readonly maxClaimsPerPeer: number
   private readonly maxTombstonesPerPeer: number
   private readonly tombstoneTtlMs: number
@@ -402,7 +404,35 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
       if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
       mine.add(c.name)
     }
+    // A name being started here has no record yet: still ours.
+    for (const [name, epoch] of this.reserved) {
+      if (mine.has(name)) continue
+      const o = this.owners.get(name)
+      if (o?.owner === this.selfId && o.epoch === epoch) mine.add(name)
+    }
     this.releaseAllBut(this.selfId, mine)
+  }
+
+  /**
+   * A container is about to start here under `name` at `epoch`: the name is ours in
+   * this view from now on, before its record exists and before the next heartbeat
+   * lists it. Without this, a member's claim of the name heard in between (any
+   * epoch: the name was unknown) would take it, and this node would fence its own new
+   * container. Judged like our own claims; false (nothing changed) when the view gives
+   * the name to another peer. `unreserveLocal` ends it, once the record is written or
+   * the start failed.
+   */
+  reserveLocal (name: string, epoch: number): boolean {
+    if (this.judge(this.selfId, { name, epoch, state: 'created' }) !== true) return false
+    const o = this.owners.get(name)
+    if (o?.owner !== this.selfId || o.epoch !== epoch) this.setOwner(name, this.selfId, epoch)
+    this.reserved.set(name, epoch)
+    return true
+  }
+
+  /** Ends a reservation; the next local claims keep the name or release it. */
+  unreserveLocal (name: string): void {
+    this.reserved.delete(name)
   }
 
   /**
