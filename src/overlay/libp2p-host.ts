@@ -60,11 +60,13 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     ...(o.logger != null ? { logger: o.logger } : {}),
     ...(o.connectionGater != null ? { connectionGater: o.connectionGater } : {}),
     ...(o.metrics != null ? { metrics: o.metrics } : {}),
-    // libp2p's connection monitor pings every connection every 10 s from both ends (with
-    // a connection to every member, traffic growing with the cluster) and aborts one
-    // whose ping is late. It stays on: with it off, CI's flapping-link failover test
-    // self-fenced, a connection stalled by a cut lingering in TCP's retransmission
-    // backoff after the heal while lease renewals timed out on it.
+    // libp2p's connection monitor pings every connection every 10 s from both ends: with
+    // a connection to every member, most of an idle node's traffic at 16 nodes (1.6 of
+    // 2.8 KB/s measured). Off: a membership probe that goes unanswered pings its
+    // member's connection instead, and replaces it when that is late too
+    // (PeerConnector.checkConnection), so a connection stalled by a cut (TCP in
+    // retransmission backoff after the heal) is still replaced within a probe round.
+    connectionMonitor: { enabled: false },
     connectionManager: {
       // A node joining a cluster of N is dialled by the N - 1 others within about a
       // second (full mesh). libp2p's defaults (10 pending inbound connections, 5 per

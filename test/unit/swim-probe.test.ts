@@ -22,6 +22,7 @@ class Net {
   readonly states: Array<{ at: string; peer: string; state: SwimState }> = []
   readonly verdicts: Array<{ at: string; change: SwimChange }> = []
   readonly acks: string[] = []
+  readonly misses: string[] = []
 
   private reaches (a: string, b: string): boolean {
     return !this.down.has(a) && !this.down.has(b) && !this.cut.has(`${a}>${b}`) && !this.cut.has(`${b}>${a}`)
@@ -40,6 +41,7 @@ class Net {
       onState: (peer, state) => this.states.push({ at: id, peer, state }),
       onVerdict: (change) => this.verdicts.push({ at: id, change }),
       onAck: (peer) => this.acks.push(`${id}>${peer}`),
+      onDirectMiss: (peer) => this.misses.push(`${id}>${peer}`),
       transport: {
         ping: async (target, changes) => {
           if (!this.reaches(id, target)) return null
@@ -90,6 +92,7 @@ describe('probing', () => {
     assert.deepEqual(net.acks, ['A>B'])
     assert.equal(net.get('A').health, 0)
     assert.deepEqual(net.verdicts, [])
+    assert.deepEqual(net.misses, [], 'an answered probe has its connection checked by nothing else')
   })
 
   test('no direct ack, but a helper reaches it: alive, no suspicion', async () => {
@@ -99,6 +102,7 @@ describe('probing', () => {
     assert.equal(net.get('A').state('B'), 'alive')
     assert.equal(net.get('A').stats.indirectAcks, 1)
     assert.deepEqual(net.verdicts, [])
+    assert.deepEqual(net.misses, ['A>B'], 'the direct path failed: its connection is checked (and replaced if stalled)')
   })
 
   test("no ack directly nor through any helper: suspect, and the suspicion is this node's verdict", async () => {

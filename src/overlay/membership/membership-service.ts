@@ -53,6 +53,12 @@ const MIN_PROBE_TIMEOUT_MS = 1000
  * refused dial still fails at once.
  */
 const DIAL_ALLOWANCE_MS = 2000
+/**
+ * How long a ping over a member's connection may take, once a probe of it went
+ * unanswered, before the connection counts as stalled and is replaced (libp2p's
+ * connection monitor, which this stands in for, allowed a few seconds).
+ */
+const CONNECTION_CHECK_MS = 3_000
 /** Attempts at the sync of a new connection (0.5, 1, 2 and 4 s apart). */
 const SYNC_ON_CONNECT_TRIES = 5
 /** Peers named in syncs whose addresses are kept until the cluster admits them. */
@@ -149,6 +155,9 @@ export class MembershipService {
       },
       onAck: (peer, rttMs) => {
         this.o.view.heard(peer, rttMs)
+      },
+      onDirectMiss: (peer) => {
+        void this.checkConnection(peer)
       }
     })
   }
@@ -163,6 +172,12 @@ export class MembershipService {
     const before = this.o.view.get(peer)?.state
     this.o.view.setVerdict(peer, state)
     if (state !== before) this.log.debug({ peer, from: before, to: state, health: this.detector.health }, 'swim verdict')
+  }
+
+  /** A member's direct probe went unanswered: replace its connection if a ping over it is late too. */
+  private async checkConnection (peer: string): Promise<void> {
+    if (this.stopped) return
+    await this.o.connector.checkConnection(peer, CONNECTION_CHECK_MS)
   }
 
   /** One request to `peer`, its reply as a ProbeReply; null when none valid came within `timeoutMs`. */

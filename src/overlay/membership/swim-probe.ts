@@ -91,6 +91,12 @@ export interface SwimDetectorInit {
   onVerdict?: (change: SwimChange) => void
   /** Direct evidence that a member is up (it acked this node's probe), with the round trip. */
   onAck?: (peer: string, rttMs: number) => void
+  /**
+   * A direct probe of `peer` got no ack in time (before any ping-req goes out). The
+   * service checks the connection it went over and replaces a stalled one: this is
+   * the only liveness check a connection gets, so an idle node pings nothing else.
+   */
+  onDirectMiss?: (peer: string) => void
 }
 
 /** Changes piggy-backed on one probe message, at most. */
@@ -392,6 +398,7 @@ export class SwimDetector {
         this.receive(direct.changes, target)
         return
       }
+      this.o.onDirectMiss?.(target)
       // A suspect probed again needs no helpers: the probe is there to carry the suspicion to it.
       const helpers = indirect || m.state === 'alive' ? this.helpers(target) : []
       const replies = await Promise.all(helpers.map(async (via) => {
