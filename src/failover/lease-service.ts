@@ -62,6 +62,12 @@ export interface LeaseServiceInit {
   handle: (protocol: string, handler: (stream: Stream, peerId: string) => Promise<void>, maxStreams: number) => Promise<void>
   unhandle?: (protocol: string) => Promise<void>
   dial: (peer: string, protocol: string, signal: AbortSignal) => Promise<Stream>
+  /**
+   * A request to `peer` has gone unanswered for a while: check the connection it went
+   * over and replace it if it is stalled (Overlay.checkConnection). Leases are the one
+   * traffic that cannot wait for TCP's retransmission backoff after a cut heals.
+   */
+  checkConnection?: (peer: string, timeoutMs: number) => Promise<void>
   /** The membership view's say on a new lease or a raised epoch without handover: false when another peer owns the name. */
   mayHold?: (container: string, holder: string) => boolean
   /** The membership view's say on a failover: false while `holder` is seen alive and running `container`. */
@@ -512,6 +518,15 @@ export class LeaseService {
     const t0 = performance.now()
     let phase = 'dial'
     let f: FramedStream | undefined
+    // A grantor answers within milliseconds: one silent for half the request time is
+    // slow, or its connection stalled. A stalled one is replaced so that the renewal
+    // retried at the next tick goes over a fresh connection while the lease still runs.
+    const stallMs = this.requestTimeoutMs / 2
+    const stallCheck = this.init.checkConnection == null
+      ? undefined
+      : setTimeout(() => {
+        void this.init.checkConnection?.(peer, stallMs).catch(() => {})
+      }, stallMs)
     try {
       const stream = await this.init.dial(peer, LEASE_PROTOCOL, signal)
       f = new FramedStream(stream, { maxFrameBytes: MAX_LEASE_FRAME, idleTimeoutMs: timeoutMs })
@@ -525,6 +540,8 @@ export class LeaseService {
       this.log.debug({ peer, phase, ms: Math.round(performance.now() - t0), err: (err as Error).message }, 'lease exchange failed')
       f?.abort(err as Error)
       throw err
+    } finally {
+      clearTimeout(stallCheck)
     }
   }
 

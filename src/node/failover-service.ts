@@ -103,6 +103,9 @@ export class FailoverService {
         await o.handle(protocol, handler, max)
       },
       dial: async (peer, protocol, signal) => await o.dialProtocol(peer, protocol, signal),
+      checkConnection: async (peer, timeoutMs) => {
+        await o.checkConnection(peer, timeoutMs)
+      },
       // A failover never takes a container from an owner this node sees running it,
       // nor from one that left on purpose (its containers outlive its daemon).
       // A new lease, or a raised epoch, only for the owner the view knows (or for a

@@ -64,8 +64,9 @@ export async function createLibp2pHost (o: Libp2pHostOptions): Promise<MscLibp2p
     // a connection to every member, most of an idle node's traffic at 16 nodes (1.6 of
     // 2.8 KB/s measured). Off: a membership probe that goes unanswered pings its
     // member's connection instead, and replaces it when that is late too
-    // (PeerConnector.checkConnection), so a connection stalled by a cut (TCP in
-    // retransmission backoff after the heal) is still replaced within a probe round.
+    // (PeerConnector.checkConnection), as does a lease request a grantor leaves
+    // unanswered for a second, so a connection stalled by a cut (TCP in retransmission
+    // backoff after the heal) is still replaced before a lease runs out on it.
     connectionMonitor: { enabled: false },
     connectionManager: {
       // A node joining a cluster of N is dialled by the N - 1 others within about a

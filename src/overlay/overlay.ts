@@ -207,6 +207,11 @@ export class Overlay {
     this.membership?.publishNow()
   }
 
+  /** Pings `peerId` over its open connection and replaces the connection if the pong is later than `timeoutMs`. */
+  async checkConnection (peerId: string, timeoutMs: number): Promise<void> {
+    await this.connector?.checkConnection(peerId, timeoutMs)
+  }
+
   async dialProtocol (peerId: string, protocol: string, signal: AbortSignal): Promise<Stream> {
     return await this.host.dialProtocol(peerIdFromString(peerId), protocol, { signal })
   }

@@ -63,7 +63,7 @@ function fakeGuard (arms: Array<[string, number]>): LeaseGuardPort {
 /** Per dialling peer, how long (real ms) its requests take to reach the grantor. */
 const slow = new Map<string, number>()
 
-async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requestTimeoutMs?: number; leaseMs?: number } = {}): Promise<TestNode> {
+async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requestTimeoutMs?: number; leaseMs?: number; checks?: Array<[string, number]> } = {}): Promise<TestNode> {
   const id = peerIdFromPrivateKey(key).toString()
   const expired: Array<[string, number]> = []
   const arms: Array<[string, number]> = []
@@ -89,6 +89,13 @@ async function makeNode (key: PrivateKey, opts: { members?: () => string[]; requ
       void handler(b, id)
       return a
     },
+    ...(opts.checks != null
+      ? {
+        checkConnection: async (peer: string, timeoutMs: number) => {
+          opts.checks?.push([peer, timeoutMs])
+        }
+      }
+      : {}),
     mayTakeOver: () => true,
     onExpired: async (container, epoch) => {
       expired.push([container, epoch])
@@ -255,8 +262,10 @@ describe('renewals over a slow link', () => {
   // the lease guard: with a 2 s lease (margin 0.3 s), 1 s after the send.
   const trio: TestNode[] = []
   let members: string[] = []
+  /** The connection checks the holders asked for: [grantor, ping timeout]. */
+  const checks: Array<[string, number]> = []
   before(async () => {
-    for (let i = 0; i < 3; i++) trio.push(await makeNode(await generateKeyPair('Ed25519'), { members: () => members, requestTimeoutMs: 100, leaseMs: 2_000 }))
+    for (let i = 0; i < 3; i++) trio.push(await makeNode(await generateKeyPair('Ed25519'), { members: () => members, requestTimeoutMs: 100, leaseMs: 2_000, checks }))
     members = trio.map((x) => x.id)
     for (const x of trio) await x.svc.start()
   })
@@ -283,5 +292,25 @@ describe('renewals over a slow link', () => {
     } finally {
       slow.delete(h.id)
     }
+  })
+
+  test('a grantor silent for half the request time has its connection checked; one that answers in time does not', async () => {
+    const [h, g1, g2] = trio as [TestNode, TestNode, TestNode]
+    const t0 = t
+    await h.svc.acquire('stall', 1)
+    checks.length = 0
+    t = t0 + 500
+    await h.svc.tick()
+    assert.equal(checks.length, 0, 'answered at once: nothing checked')
+    // A stalled connection: every request sits 300 ms, six times the 50 ms check point.
+    slow.set(h.id, 300)
+    try {
+      t = t0 + 1_000
+      await h.svc.tick()
+    } finally {
+      slow.delete(h.id)
+    }
+    assert.deepEqual(checks.map(([p]) => p).sort(), [g1.id, g2.id].sort(), 'both grantors, never the holder itself')
+    for (const [, timeoutMs] of checks) assert.equal(timeoutMs, 50, 'the pong may take another half request time')
   })
 })
