@@ -300,8 +300,10 @@ describe('partitions', () => {
     // `paused` only for the instant of a replication freeze: then it runs again.
     let after = await inspect(n('n1'), 'flap')
     await waitFor(async () => (after = await inspect(n('n1'), 'flap')).state !== 'paused', 10_000, 'flap resumed after its replication freeze')
-    assert.equal(after.state, 'running', `still running on n1: ${JSON.stringify(after.leaseLost)}`)
-    assert.equal(after.pid, before.pid, 'the same process: never killed nor restored')
+    // What the holder saw of its renewals and connections, should it have lost the lease.
+    const leaseLog = (): string => c.logTail(n('n1'), 3000).split('\n').filter((l) => /"component":"(lease|connector)"|lease|stalled/.test(l)).slice(-40).join('\n')
+    assert.equal(after.state, 'running', `still running on n1: ${JSON.stringify(after.leaseLost)}\n${leaseLog()}`)
+    assert.equal(after.pid, before.pid, `the same process: never killed nor restored\n${leaseLog()}`)
     assert.equal(after.epoch, 1)
     assert.deepEqual(await runningOn('flap'), ['n1'])
   })
