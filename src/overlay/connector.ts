@@ -118,9 +118,10 @@ export class PeerConnector {
    * Pings the peer over the connection it has open, and drops the connection when the
    * pong is not back within `timeoutMs` (a connection stalled by a cut: after the heal
    * its TCP may sit in retransmission backoff for minutes, and every stream on it with
-   * it). Returns false when it dropped one. Asked only when a membership probe went
-   * unanswered: libp2p's connection monitor, which pinged every connection every 10 s
-   * from both ends, cost an idle node of a 16-node cluster most of its traffic.
+   * it). Returns false when it dropped one. Asked only when a membership probe or a
+   * lease request went unanswered: libp2p's connection monitor, which pinged every
+   * connection every 10 s from both ends, cost an idle node of a 16-node cluster most
+   * of its traffic.
    */
   async checkConnection (peerId: string, timeoutMs: number): Promise<boolean> {
     if (!this.connected(peerId)) return true
