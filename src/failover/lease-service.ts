@@ -150,6 +150,8 @@ export class LeaseService {
   async start (): Promise<void> {
     this.stopping = new AbortController()
     await this.grantor.start()
+    // When this grantor's restart wait began: what it had granted goes to no other holder for a lease from now.
+    this.log.info({ grants: this.grantor.records().length, leaseMs: this.leaseMs }, 'grantor started: no other holder for a lease')
     await this.init.guard?.start()
     await this.init.handle(LEASE_PROTOCOL, async (stream, peer) => {
       await this.onStream(stream, peer)
