@@ -399,10 +399,7 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
     const mine = new Set<string>()
     for (const c of claims) {
       this.workCount++
-      if (this.judge(this.selfId, c) !== true) continue
-      const o = this.owners.get(c.name)
-      if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
-      mine.add(c.name)
+      if (this.takeLocal(c)) mine.add(c.name)
     }
     // A name being started here has no record yet: still ours.
     for (const [name, epoch] of this.reserved) {
@@ -423,10 +420,16 @@ export class MembershipView extends TypedEventEmitter<MembershipEvents> {
    * the start failed.
    */
   reserveLocal (name: string, epoch: number): boolean {
-    if (this.judge(this.selfId, { name, epoch, state: 'created' }) !== true) return false
-    const o = this.owners.get(name)
-    if (o?.owner !== this.selfId || o.epoch !== epoch) this.setOwner(name, this.selfId, epoch)
+    if (!this.takeLocal({ name, epoch, state: 'created' })) return false
     this.reserved.set(name, epoch)
+    return true
+  }
+
+  /** One claim of ours, judged by the rules for everyone's: recorded (true) or not. */
+  private takeLocal (c: ContainerClaim): boolean {
+    if (this.judge(this.selfId, c) !== true) return false
+    const o = this.owners.get(c.name)
+    if (o?.owner !== this.selfId || o.epoch !== c.epoch) this.setOwner(c.name, this.selfId, c.epoch)
     return true
   }
 
