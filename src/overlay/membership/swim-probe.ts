@@ -93,8 +93,9 @@ export interface SwimDetectorInit {
   onAck?: (peer: string, rttMs: number) => void
   /**
    * A direct probe of `peer` got no ack in time (before any ping-req goes out). The
-   * service checks the connection it went over and replaces a stalled one: this is
-   * the only liveness check a connection gets, so an idle node pings nothing else.
+   * service checks the connection it went over and replaces a stalled one. With lease
+   * requests' own check (a grantor silent for a second), it is all the liveness checking
+   * a connection gets: an idle node pings nothing else.
    */
   onDirectMiss?: (peer: string) => void
 }
