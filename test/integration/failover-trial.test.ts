@@ -96,11 +96,8 @@ async function settle (): Promise<void> {
       return (info?.replication?.ackedGeneration ?? 0) >= 1
     }, 120_000, async () =>
       `${name} running once and replicated again (seed ${SEED}): runs on [${w.map((x) => x.name).join(', ')}], ` +
-      `replication ${JSON.stringify((info as ContainerInfo | null)?.replication)}\n` +
-      (await Promise.all(c.nodes.map(async (x) => `${x.name}: ${JSON.stringify(await c.inspectApi(x, name).then((i) => ({ state: i.state, epoch: i.epoch }), (e: Error) => e.message))}`))).join('\n') +
-      (w[0] == null ? '' : `\nview of ${w[0].name}: ${JSON.stringify((await c.peersApi(w[0]).catch(() => [])).map((p) => [p.name, p.state]))}` +
-        `\nevents on ${w[0].name}: ${(await c.msc(w[0], 'events', '--json', '--no-follow')).stdout.split('\n').filter((l) => l.includes(name)).slice(-8).join('\n')}`) +
-      `\n${c.nodes.map((x) => c.logTail(x, 12)).join('\n')}`)
+      `replication ${JSON.stringify((info as ContainerInfo | null)?.replication)}\n${await describe(name)}\n` +
+      c.nodes.map((x) => c.logTail(x, 12)).join('\n'))
   }
 }
 
