@@ -16,7 +16,7 @@ import { pskKeyBytes } from '../../src/overlay/psk.ts'
 import { admissionKey, hmacAdmission, keyClusterId } from '../../src/cluster/records.ts'
 import { JOIN_PROTOCOL, JoinAnswerSchema, MAX_CLUSTER_FRAME, SYNC_PROTOCOL, SyncAnswerSchema } from '../../src/cluster/messages.ts'
 import { decodeToken } from '../../src/cluster/tokens.ts'
-import { readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION } from '../../src/overlay/membership/swim-protocol.ts'
+import { membersDigest, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION } from '../../src/overlay/membership/swim-protocol.ts'
 
 export interface RawPeer {
   host: MscLibp2p
@@ -44,8 +44,8 @@ export async function rawPeer (opts: { psk?: Uint8Array; listen?: string; answer
 }
 
 /**
- * Answers a node's SWIM probes as a live member does (ack a ping, nack a ping-req, an
- * empty sync), so a hostile peer stays alive in the node's view for as long as its
+ * Answers a node's SWIM probes as a live member does (ack a ping, nack a ping-req, a
+ * sync as from a node that knows no member), so a hostile peer stays alive in the node's view for as long as its
  * host runs and a test's checks are not raced by a suspicion. What it publishes is
  * still judged by its content alone.
  */
@@ -55,7 +55,7 @@ async function answerProbes (host: MscLibp2p): Promise<void> {
       const signal = AbortSignal.timeout(10_000)
       try {
         const { request, framed } = await readRequest(stream, signal)
-        if (request.type === 'sync') await reply(framed, { v: SWIM_VERSION, type: 'sync', members: [] }, signal)
+        if (request.type === 'sync') await reply(framed, { v: SWIM_VERSION, type: 'sync', digest: membersDigest([]) }, signal)
         else await reply(framed, { v: SWIM_VERSION, type: request.type === 'ping' ? 'ack' : 'nack', changes: [] }, signal)
       } catch {
         stream.abort(new Error('not a probe'))

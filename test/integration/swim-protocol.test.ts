@@ -11,7 +11,7 @@ import { HEARTBEAT_VERSION } from '../../src/overlay/membership/heartbeat.ts'
 import { MembershipService } from '../../src/overlay/membership/membership-service.ts'
 import { MembershipView } from '../../src/overlay/membership/membership-view.ts'
 import { PeerConnector } from '../../src/overlay/connector.ts'
-import { exchange, MAX_PROBE_BYTES, SWIM_PROTOCOL, SWIM_VERSION, type SwimReply } from '../../src/overlay/membership/swim-protocol.ts'
+import { exchange, MAX_PROBE_BYTES, membersDigest, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, type SwimReply, type SwimRequest } from '../../src/overlay/membership/swim-protocol.ts'
 import type { MscLibp2p } from '../../src/overlay/libp2p-host.ts'
 import { silentLogger } from '../../src/util/logger.ts'
 import { loopbackHost } from '../helpers/loopback-host.ts'
@@ -96,10 +96,21 @@ describe('/msc/swim/1', () => {
     assert.equal(r.type, 'ack')
   })
 
-  test('a sync is answered with every member the node knows, itself first', async () => {
-    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', members: [] })
+  test('a sync whose member digest differs is answered with every member the node knows, itself first', async () => {
+    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', digest: membersDigest([]) })
     assert.equal(r.type, 'sync')
-    assert.deepEqual(r.type === 'sync' ? r.members.map((m) => m.peer) : [], [a.peerId.toString(), b.peerId.toString()])
+    assert.deepEqual(r.type === 'sync' ? r.members?.map((m) => m.peer) : [], [a.peerId.toString(), b.peerId.toString()])
+    assert.equal(r.type === 'sync' ? r.digest : '', membersDigest(service.detector.snapshot()))
+  })
+
+  test("a sync whose member digest is the same as the node's is answered with its heartbeat and digest, and no list", async () => {
+    const digest = membersDigest(service.detector.snapshot())
+    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', digest })
+    assert.equal(r.type, 'sync')
+    if (r.type !== 'sync') return
+    assert.equal(r.members, undefined)
+    assert.equal(r.digest, digest)
+    assert.equal(JSON.parse(r.heartbeat ?? '{}').peerId, a.peerId.toString())
   })
 
   test('a peer that is not a member of the cluster is refused', async () => {
@@ -124,12 +135,13 @@ describe('/msc/swim/1', () => {
     const cases: Array<[string, Uint8Array]> = [
       ['not JSON', enc('{"v":1,"type":')],
       ['unknown field', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: [], extra: 1 }))],
-      ['wrong version', enc(JSON.stringify({ v: 2, type: 'ping', changes: [] }))],
+      ['old version', enc(JSON.stringify({ v: 1, type: 'ping', changes: [] }))],
+      ['sync without a digest', enc(JSON.stringify({ v: SWIM_VERSION, type: 'sync', members: [] }))],
       ['unknown type', enc(JSON.stringify({ v: SWIM_VERSION, type: 'pong', changes: [] }))],
       ['9 changes', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: Array.from({ length: 9 }, () => change) }))],
       ['bad peer id', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: [{ ...change, peer: 'not a peer id!' }] }))],
       ['bad state', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: [{ ...change, state: 'left' }] }))],
-      ['oversized ping', enc(`{"v":1,"type":"ping","changes":[]${' '.repeat(MAX_PROBE_BYTES)}}`)]
+      ['oversized ping', enc(`{"v":${SWIM_VERSION},"type":"ping","changes":[]${' '.repeat(MAX_PROBE_BYTES)}}`)]
     ]
     for (const [what, bytes] of cases) {
       await refused('malformed', async () => await ask(b, bytes)).catch((err: Error) => {
@@ -144,11 +156,47 @@ describe('/msc/swim/1', () => {
     const hb = { v: HEARTBEAT_VERSION, type: 'heartbeat', peerId: other, incarnation: 1, seq: 1, sentAt: Date.now(), name: 'x', version: '0.1.0', role: 'node', addrs: [], containers: [],
       resources: { memFreeBytes: 0, memTotalBytes: 0, diskFreeBytes: 0 } }
     const member = { peer: other, incarnation: 1, refuted: 0, state: 'alive' as const, by: other, addrs: [] }
-    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', heartbeat: JSON.stringify(hb), members: [member] })
+    const r = await ask(b, { v: SWIM_VERSION, type: 'sync', heartbeat: JSON.stringify(hb), digest: membersDigest([member]), members: [member] })
     assert.equal(r.type, 'sync')
     assert.equal(view.stats().dropped['forged-sender'], before + 1)
     assert.equal(view.get(other), undefined)
     assert.equal(service.detector.state(other), undefined)
+  })
+
+  test('a node sends its member list only when the answer says the lists differ', async () => {
+    const requests: SwimRequest[] = []
+    let same = true
+    await b.handle(SWIM_PROTOCOL, (stream) => {
+      void (async () => {
+        const signal = AbortSignal.timeout(5000)
+        const { request, framed } = await readRequest(stream, signal)
+        requests.push(request)
+        if (request.type !== 'sync') return await reply(framed, { v: SWIM_VERSION, type: 'ack', changes: [] }, signal)
+        // A peer that knows no member but itself, or one whose list is the node's.
+        const own = { peer: b.peerId.toString(), incarnation: 1, refuted: 0, state: 'alive' as const, by: b.peerId.toString(), addrs: [] }
+        await reply(framed, same ? { v: SWIM_VERSION, type: 'sync', digest: membersDigest(service.detector.snapshot()) } : { v: SWIM_VERSION, type: 'sync', digest: membersDigest([own]), members: [own] }, signal)
+      })().catch(() => stream.abort(new Error('test peer')))
+    })
+    const syncs = (): Array<Extract<SwimRequest, { type: 'sync' }>> => requests.filter((r) => r.type === 'sync')
+    const counted = service.syncCounts()
+    try {
+      service.admitted([b.peerId.toString()])
+      for (let i = 0; i < 100 && syncs().length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+      assert.ok(syncs().length > 0, 'the node synced')
+      assert.ok(syncs().every((r) => r.members === undefined && r.digest === membersDigest(service.detector.snapshot())), 'a sync answered with the same digest carried no list')
+      assert.ok(service.syncCounts().same > counted.same)
+      requests.length = 0
+      same = false
+      service.admitted([b.peerId.toString()])
+      for (let i = 0; i < 100 && !syncs().some((r) => r.members != null); i++) await new Promise((resolve) => setTimeout(resolve, 20))
+      const full = syncs().findIndex((r) => r.members != null)
+      assert.ok(full > 0, `a second request carried the list after a first without it: ${JSON.stringify(syncs().map((r) => r.members?.length ?? null))}`)
+      assert.equal(syncs()[full - 1]?.members, undefined)
+      assert.deepEqual(syncs()[full]?.members?.map((m) => m.peer).sort(), [a.peerId.toString(), b.peerId.toString()].sort())
+      assert.ok(service.syncCounts().differed > counted.differed)
+    } finally {
+      await b.unhandle(SWIM_PROTOCOL)
+    }
   })
 
   test("after all the refusals, members' probes are still answered", async () => {

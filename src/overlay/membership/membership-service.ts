@@ -9,7 +9,7 @@ import type { MembershipView } from './membership-view.ts'
 import { ClaimLedger } from './claim-set.ts'
 import { CLAIMS_PROTOCOL, ClaimsPageError, encodePages, FETCH_TIMEOUT_MS, fetchClaims, serveClaims } from './claims-protocol.ts'
 import { SwimDetector, type ProbeReply, type SwimChange, type SwimState } from './swim-probe.ts'
-import { exchange, MAX_SYNC_ADDRS, MAX_SWIM_STREAMS, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, SwimRefusal, type SyncMessage } from './swim-protocol.ts'
+import { exchange, MAX_SYNC_ADDRS, membersDigest, MAX_SWIM_STREAMS, readRequest, reply, SWIM_PROTOCOL, SWIM_VERSION, SwimRefusal, type SyncMessage } from './swim-protocol.ts'
 
 export const MEMBERSHIP_TOPIC = '/msc/membership/1'
 
@@ -69,26 +69,15 @@ const MAX_CHANGES_AGE_MS = 30_000
 export type SwimRefusalReason = SwimRefusal['reason']
 
 /**
- * The full heartbeat is published at least this often (anti-entropy): 20 probe
- * intervals (within 10 to 30 s) times half the cluster size. Each published heartbeat
- * reaches every node about D + 1 times (gossipsub's flood publish, then its mesh of
- * D = 6), so a fixed period per node cost each node bytes growing with N; this way the
- * cluster as a whole republishes about one heartbeat per base period / 2, whatever N.
- */
-export function antiEntropyMs (intervalMs: number, clusterSize = 2): number {
-  return Math.min(30_000, Math.max(10_000, 20 * intervalMs)) * Math.max(1, clusterSize / 2)
-}
-
-/**
  * A push-pull sync with one random member this often: 10 probe intervals (within 5 to
- * 30 s), times an eighth of the cluster size past 8 nodes. A sync lists every member,
- * so its size grows with N: stretching the period keeps a node's sync bytes per second
- * flat (as memberlist's push-pull scaling does), at the price of slower repair of
- * missed gossip in a large cluster (SWIM's piggybacked changes still spread in
- * O(log N) probe rounds).
+ * 30 s). A settled cluster's syncs carry two heartbeats and two digests, not the member
+ * list (membersDigest), so their bytes do not grow with N and neither does the period.
+ * Syncs are also the heartbeats' anti-entropy: a node publishes its heartbeat on the
+ * topic only when it changes, and a member that missed that publish gets it from the
+ * next sync between the two (about every N / 2 periods for a given pair).
  */
-export function syncEveryMs (intervalMs: number, clusterSize = 2): number {
-  return Math.min(30_000, Math.max(5_000, 10 * intervalMs)) * Math.max(1, clusterSize / 8)
+export function syncEveryMs (intervalMs: number): number {
+  return Math.min(30_000, Math.max(5_000, 10 * intervalMs))
 }
 
 /** The direct probe timeout: half the interval, at least MIN_PROBE_TIMEOUT_MS, at most a third of the longest suspicion. */
@@ -99,9 +88,10 @@ export function probeTimeoutMs (intervalMs: number, suspicionMaxMs: number): num
 /**
  * Runs membership: the SWIM failure detector (swim-probe.ts) over /msc/swim/1, whose
  * verdicts are the view's member states; SWIM verdicts published on the gossipsub
- * topic as small changes messages; and this node's full heartbeat on the same topic,
- * rarely (at start, when its claims or addresses change, on a new connection, and
- * every antiEntropyMs). Every message on the topic is validated (invalid ones are
+ * topic as small changes messages; this node's full heartbeat on the same topic only
+ * at start and when its claims or addresses change; and push-pull syncs with one
+ * member at a time, which hand over heartbeats and repair missed gossip (syncEveryMs).
+ * Every message on the topic is validated (invalid ones are
  * rejected, so gossipsub neither delivers nor forwards them, and counted). Serves this
  * node's claim set over /msc/claims/1 to members, and fetches a peer's set when the
  * view cannot rebuild it from heartbeats (one fetch per peer at a time, backing off
@@ -124,7 +114,6 @@ export class MembershipService {
   readonly detector: SwimDetector
   private probeTimer?: NodeJS.Timeout
   private syncTimer?: NodeJS.Timeout
-  private lastPublished = 0
   /** The latest heartbeat built, as sent in syncs. */
   private heartbeatText?: string
   private publishedRev = -1
@@ -132,6 +121,8 @@ export class MembershipService {
   /** Addresses of peers named in syncs before the cluster admitted them here (rememberAddrs). */
   private readonly unadmittedAddrs = new Map<string, string[]>()
   private readonly refused: Record<SwimRefusalReason, number> = { 'not-member': 0, malformed: 0, 'target-not-member': 0 }
+  /** Syncs this node started, by whether the peer's member list had the same digest as ours. */
+  private readonly syncs = { same: 0, differed: 0 }
 
   constructor (init: MembershipServiceInit) {
     this.o = init
@@ -160,6 +151,11 @@ export class MembershipService {
         void this.checkConnection(peer)
       }
     })
+  }
+
+  /** Syncs this node started whose answer had the same member digest as its own, and those that differed (and carried the list). */
+  syncCounts (): { same: number; differed: number } {
+    return { ...this.syncs }
   }
 
   /** /msc/swim/1 requests refused, by reason (a test per reason: test/unit/swim-service.test.ts). */
@@ -196,19 +192,24 @@ export class MembershipService {
     }
   }
 
-  /** This node's side of a push-pull sync: its latest heartbeat, and every member it knows with where to dial it. */
-  private syncMessage (): SyncMessage {
+  /**
+   * This node's side of a push-pull sync: its latest heartbeat, the digest of the
+   * members it knows, and with `full` the members themselves with where to dial them.
+   */
+  private syncMessage (full: boolean): SyncMessage {
     const self = this.detector.selfId
+    const list = this.detector.snapshot()
+    const msg: SyncMessage = { v: SWIM_VERSION, type: 'sync', ...(this.heartbeatText != null ? { heartbeat: this.heartbeatText } : {}), digest: membersDigest(list) }
+    if (!full) return msg
     const own = dialableAddrs(this.o.libp2p.getMultiaddrs().map((m) => m.toString()))
-    const members = this.detector.snapshot().map((c) => ({ ...c, addrs: (c.peer === self ? own : this.o.view.get(c.peer)?.addrs ?? []).slice(0, MAX_SYNC_ADDRS) }))
-    return { v: SWIM_VERSION, type: 'sync', ...(this.heartbeatText != null ? { heartbeat: this.heartbeatText } : {}), members }
+    return { ...msg, members: list.map((c) => ({ ...c, addrs: (c.peer === self ? own : this.o.view.get(c.peer)?.addrs ?? []).slice(0, MAX_SYNC_ADDRS) })) }
   }
 
   /**
    * The other side of a sync: its heartbeat (checked as one from the topic, attributed to
-   * the stream's peer), its view of the members (SWIM's rules), and members this node
-   * has not heard of, which it dials: so a node that joins through one member, or missed
-   * gossip, catches up.
+   * the stream's peer), its view of the members when it sent them (SWIM's rules), and
+   * members this node has not heard of, which it dials: so a node that joins through
+   * one member, or missed gossip, catches up.
    */
   private onSync (peer: string, m: SyncMessage): void {
     if (m.heartbeat != null) {
@@ -220,6 +221,7 @@ export class MembershipService {
         if (!seen) this.ingestHeartbeat(r.heartbeat, true)
       }
     }
+    if (m.members == null) return
     this.detector.receive(m.members, peer, false)
     for (const x of m.members) {
       if (x.peer === this.detector.selfId || x.addrs.length === 0 || this.o.view.get(x.peer) != null) continue
@@ -231,15 +233,23 @@ export class MembershipService {
     }
   }
 
-  /** Push-pull: sends this node's heartbeat and every member it knows to `peer`, and takes in the same from it; true when it answered with its own. */
-  private async sync (peer: string): Promise<boolean> {
+  /**
+   * Push-pull with `peer`: both hand over their heartbeats and the digests of their
+   * member lists. When the digests differ, the answer carries its list, and this node
+   * sends its own in a second exchange (`full`), which is answered with the list again
+   * only if the two still differ: a settled cluster's syncs carry no list at all, and a
+   * sync never takes more than two exchanges. True when `peer` answered.
+   */
+  private async sync (peer: string, full = false): Promise<boolean> {
     if (this.stopped) return false
     const signal = AbortSignal.any([this.stopping.signal, AbortSignal.timeout(Math.max(5_000, this.o.intervalMs * 5))])
     try {
       const stream = await this.o.libp2p.dialProtocol(peerIdFromString(peer), SWIM_PROTOCOL, { signal })
-      const r = await exchange(stream, this.syncMessage(), signal)
+      const r = await exchange(stream, this.syncMessage(full), signal)
       if (r.type !== 'sync') return false
       this.onSync(peer, r)
+      this.syncs[r.members == null ? 'same' : 'differed']++
+      if (!full && r.members != null) return await this.sync(peer, true)
       return true
     } catch (err) {
       this.log.debug({ peer, err: (err as Error).message }, 'sync failed')
@@ -305,8 +315,10 @@ export class MembershipService {
         await reply(framed, { v: SWIM_VERSION, type: ack ? 'ack' : 'nack', changes: this.detector.piggyback(peer) }, signal)
         return
       }
+      // Compared before applying: the asker's list differs from ours, so it gets ours.
+      const differs = request.digest !== membersDigest(this.detector.snapshot())
       this.onSync(peer, request)
-      await reply(framed, this.syncMessage(), signal)
+      await reply(framed, this.syncMessage(differs), signal)
     } catch (err) {
       if (err instanceof SwimRefusal) this.refuse(peer, err)
       else this.log.debug({ peer, err: (err as Error).message }, 'swim request not served')
@@ -473,18 +485,13 @@ export class MembershipService {
     await this.publish('heartbeat')
   }
 
-  /** Members in the view, and this node. */
-  private clusterSize (): number {
-    return this.o.view.members().length + 1
-  }
-
-  /** The next push-pull round, after a period that grows with the cluster (syncEveryMs). */
+  /** The next push-pull round (syncEveryMs). */
   private scheduleSync (): void {
     if (this.stopped) return
     this.syncTimer = setTimeout(() => {
       this.syncRound()
       this.scheduleSync()
-    }, syncEveryMs(this.o.intervalMs, this.clusterSize()))
+    }, syncEveryMs(this.o.intervalMs))
   }
 
   /** One push-pull with a random alive member, and one with a connected member held suspect or dead here (it learns it, and refutes if it can). */
@@ -598,7 +605,10 @@ export class MembershipService {
 
   /**
    * Publishes this node's heartbeat. `onlyIfChanged`: only when its claims or addresses
-   * changed since the last one published, or anti-entropy is due.
+   * changed since the last one published. There is no periodic publish: each published
+   * heartbeat reaches every node about D + 1 times (gossipsub's flood publish, then its
+   * mesh of D = 6), which made a periodic one, at 16 nodes, most of an idle node's
+   * traffic; the syncs (syncEveryMs) hand it over point to point instead.
    */
   private async publish (type: Heartbeat['type'], force = false, onlyIfChanged = false): Promise<void> {
     if (this.stopped && !force) return
@@ -617,15 +627,14 @@ export class MembershipService {
       this.log.error({ err: (err as Error).message }, 'heartbeat over its size bound, not sent')
       return
     }
-    // What a sync hands over, fresh every interval even when nothing is published: with
-    // anti-entropy minutes apart in a large cluster, the last published heartbeat is older
-    // than receivers accept (30 s or more), and a joiner never listed the old members.
+    // What a sync hands over, fresh every interval even when nothing is published: the
+    // last published heartbeat may be minutes old, older than receivers accept (30 s),
+    // and its resources out of date.
     if (type === 'heartbeat') this.heartbeatText = new TextDecoder().decode(bytes)
     const addrs = hb.addrs.join(' ')
-    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs && Date.now() - this.lastPublished < antiEntropyMs(this.o.intervalMs, this.clusterSize())) return
+    if (onlyIfChanged && this.ledger.rev === this.publishedRev && addrs === this.publishedAddrs) return
     this.publishedRev = this.ledger.rev
     this.publishedAddrs = addrs
-    this.lastPublished = Date.now()
     try {
       await this.pubsub.publish(MEMBERSHIP_TOPIC, bytes)
     } catch (err) {

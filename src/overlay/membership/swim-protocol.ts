@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { z } from 'zod'
 import type { Stream } from '@libp2p/interface'
 import { FramedStream, FRAME_JSON } from '../../protocols/framing.ts'
@@ -12,11 +13,14 @@ import { MAX_PIGGYBACK, type SwimChange } from './swim-probe.ts'
  *
  *   ping      -> ack                       (the answerer is up)
  *   ping-req  -> ack | nack                (the answerer probed `target` for the asker)
- *   sync      -> sync                      (push-pull: both send their heartbeat and every member they know)
+ *   sync      -> sync                      (push-pull: both send their heartbeat, and the digest of the
+ *                                           members they know; the members themselves only when the
+ *                                           digests differ)
  */
 
 export const SWIM_PROTOCOL = '/msc/swim/1'
-export const SWIM_VERSION = 1
+/** 2: a sync carries the digest of its member list, and the list only when asked for it (1 listed every member in every sync). */
+export const SWIM_VERSION = 2
 /** A ping, ping-req, ack or nack frame. */
 export const MAX_PROBE_BYTES = 8 * 1024
 /** Members listed in one sync. */
@@ -53,7 +57,10 @@ const sync = z.object({
   type: z.literal('sync'),
   /** The sender's own heartbeat, validated as one received on the topic (it is the stream's remote peer's). */
   heartbeat: z.string().min(1).max(MAX_SYNC_HEARTBEAT_CHARS).optional(),
-  members: z.array(SyncMemberSchema).max(MAX_SYNC_MEMBERS)
+  /** membersDigest of the sender's member list: a receiver whose own list has the same digest has nothing to learn from it. */
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
+  /** The list itself: in a request when the sender was told the digests differ, in a reply when they do. */
+  members: z.array(SyncMemberSchema).max(MAX_SYNC_MEMBERS).optional()
 }).strict()
 
 export const SwimRequestSchema = z.discriminatedUnion('type', [
@@ -69,6 +76,19 @@ export const SwimReplySchema = z.discriminatedUnion('type', [
 ])
 
 export type SyncMessage = z.infer<typeof sync>
+
+/**
+ * The digest of a member list: sha256 over each member's peer id, incarnation, refuted
+ * count and state, sorted by peer id. Who reached a verdict (`by`) and the addresses
+ * are left out: they differ between nodes that agree on every member's state. Two
+ * nodes of a settled cluster hold the same list, so their syncs need not carry it.
+ */
+export function membersDigest (members: ReadonlyArray<Pick<SwimChange, 'peer' | 'incarnation' | 'refuted' | 'state'>>): string {
+  const lines = members.map((m) => `${m.peer} ${m.incarnation} ${m.refuted} ${m.state}\n`).sort()
+  const h = createHash('sha256')
+  for (const l of lines) h.update(l)
+  return h.digest('hex')
+}
 
 export type SwimRequest = z.infer<typeof SwimRequestSchema>
 export type SwimReply = z.infer<typeof SwimReplySchema>
