@@ -187,6 +187,40 @@ describe('suspicion (Lifeguard)', () => {
     assert.equal(a.state('B'), 'dead')
   })
 
+  test('a dead verdict on a suspicion K + 1 members voiced is piggy-backed, not published; one with fewer is published', async () => {
+    const net = Net.full(['A', 'B', 'C', 'D', 'E'])
+    net.down.add('B')
+    const a = net.get('A')
+    await a.probe('B')
+    for (const by of ['C', 'D', 'E']) a.receive([change('B', 'suspect', by)], by)
+    net.clock += MIN
+    a.tick()
+    assert.equal(a.state('B'), 'dead')
+    // A's own suspicion was published; its dead verdict, with A, C, D and E heard (K = 3), is not.
+    assert.deepEqual(net.verdicts, [{ at: 'A', change: change('B', 'suspect', 'A') }])
+    assert.ok(a.piggyback('C').some((c) => c.peer === 'B' && c.state === 'dead'), 'the dead verdict still rides on probes')
+    // Two voices only (D's own and C's): D's dead verdict is published.
+    const other = Net.full(['A', 'B', 'C', 'D', 'E'])
+    other.down.add('B')
+    const d = other.get('D')
+    await d.probe('B')
+    d.receive([change('B', 'suspect', 'C')], 'C')
+    other.clock += MAX
+    d.tick()
+    assert.equal(d.state('B'), 'dead')
+    assert.deepEqual(other.verdicts.at(-1), { at: 'D', change: change('B', 'dead', 'D') })
+  })
+
+  test("suspect on K + 1 members' word, then its own probe fails: counted, not published", async () => {
+    const net = Net.full(['A', 'B', 'C', 'D', 'E', 'F'])
+    net.down.add('B')
+    const a = net.get('A')
+    for (const by of ['C', 'D', 'E', 'F']) a.receive([change('B', 'suspect', by)], by)
+    await a.probe('B')
+    assert.deepEqual(net.verdicts, [])
+    assert.equal(a.state('B'), 'suspect')
+  })
+
   test('a suspicion relayed by another member (by is not the sender) does not confirm', async () => {
     const net = Net.full(['A', 'B', 'C', 'D', 'E'])
     net.down.add('B')

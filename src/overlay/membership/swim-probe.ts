@@ -291,10 +291,29 @@ export class SwimDetector {
     const scale = Math.max(1, Math.log10(n))
     const min = this.o.suspicionMinMs * scale
     const max = this.o.suspicionMaxMs * scale
-    const k = Math.min(EXPECTED_CONFIRMATIONS, n - 2)
+    const k = this.expectedConfirmations(n)
     if (k < 1) return max
     const c = Math.max(0, Math.min(confirmations, k))
     return Math.max(min, max - (max - min) * Math.log(c + 1) / Math.log(k + 1))
+  }
+
+  /** Lifeguard's K: the independent confirmations a suspicion needs for its shortest timeout. */
+  private expectedConfirmations (n = this.countLive()): number {
+    return Math.min(EXPECTED_CONFIRMATIONS, n - 2)
+  }
+
+  /**
+   * A suspicion this node holds with K + 1 members' own words (its first and K
+   * confirmations) was published on the topic by that many already: every member has
+   * heard enough of it to reach its shortest timeout, and a verdict of this node's on it
+   * (its own failed probe, its dead verdict) is only piggy-backed, not published. When a
+   * node dies, all N - 1 others see their connections close and probe it at once, and
+   * each publishing its suspicion and then its dead verdict to all was 2 N^2 deliveries
+   * at the moment the cluster has one member fewer to spread the load.
+   */
+  private heardEnough (s: Suspicion): boolean {
+    const k = this.expectedConfirmations()
+    return k >= 1 && s.confirmers.size >= k + 1
   }
 
   /** Expires suspicions whose timeout ran out: those members are dead here. */
@@ -308,7 +327,7 @@ export class SwimDetector {
       this.set(m.peer, { peer: m.peer, incarnation: m.incarnation, refuted: m.refuted, state: 'dead' })
       const change: SwimChange = { peer: m.peer, incarnation: m.incarnation, refuted: m.refuted, state: 'dead', by: this.selfId }
       this.enqueue(change)
-      this.o.onVerdict?.(change)
+      if (!this.heardEnough(m.suspicion)) this.o.onVerdict?.(change)
     }
   }
 
@@ -424,8 +443,9 @@ export class SwimDetector {
       // Already suspect on another's word: this node's own failed probe is one more
       // independent suspicion, which the others should hear in its name.
       if (now.suspicion == null || now.suspicion.confirmers.has(this.selfId)) return
+      const enough = this.heardEnough(now.suspicion)
       now.suspicion.confirmers.add(this.selfId)
-      this.o.onVerdict?.({ peer: target, incarnation: now.incarnation, refuted: now.refuted, state: 'suspect', by: this.selfId })
+      if (!enough) this.o.onVerdict?.({ peer: target, incarnation: now.incarnation, refuted: now.refuted, state: 'suspect', by: this.selfId })
     } finally {
       this.probing.delete(target)
     }
