@@ -318,10 +318,11 @@ export class Cluster {
   }
 
   /**
-   * Polls (the API, every 100 ms) until `observer` lists `subject` in `state`; returns
-   * that entry (its stateSince says when the transition happened in the observer).
+   * Polls (the API, every `everyMs`) until `observer` lists `subject` in `state`; returns
+   * that entry (its stateSince says when the transition happened in the observer, so a
+   * slower poll, which loads a crowded host less, measures the same time).
    */
-  async waitState (observer: ClusterNode, subject: ClusterNode, state: PeerInfo['state'], timeoutMs: number): Promise<PeerInfo> {
+  async waitState (observer: ClusterNode, subject: ClusterNode, state: PeerInfo['state'], timeoutMs: number, everyMs = 100): Promise<PeerInfo> {
     let found: PeerInfo | undefined
     let last = 'not listed'
     try {
@@ -330,7 +331,7 @@ export class Cluster {
         last = p == null ? 'not listed' : p.state
         if (p?.state === state) found = p
         return found != null
-      }, timeoutMs, `${observer.name} to see ${subject.name} ${state}`)
+      }, timeoutMs, `${observer.name} to see ${subject.name} ${state}`, everyMs)
     } catch (err) {
       throw new Error(`${(err as Error).message} (last seen: ${last})`)
     }
@@ -338,10 +339,10 @@ export class Cluster {
   }
 
   /**
-   * Polls (the API) until each of `nodes` lists every other one of them as alive.
-   * Returns the views at that moment: per observer name, its peer list.
+   * Polls (the API, every `everyMs`) until each of `nodes` lists every other one of
+   * them as alive. Returns the views at that moment: per observer name, its peer list.
    */
-  async waitAllAlive (timeoutMs: number, nodes: ClusterNode[] = this.nodes): Promise<Map<string, PeerInfo[]>> {
+  async waitAllAlive (timeoutMs: number, nodes: ClusterNode[] = this.nodes, everyMs = 100): Promise<Map<string, PeerInfo[]>> {
     let missing: string[] = []
     const views = new Map<string, PeerInfo[]>()
     try {
@@ -357,7 +358,7 @@ export class Cluster {
           }
         }
         return missing.length === 0
-      }, timeoutMs, `all of ${nodes.map((n) => n.name).join(', ')} to see each other alive`)
+      }, timeoutMs, `all of ${nodes.map((n) => n.name).join(', ')} to see each other alive`, everyMs)
     } catch (err) {
       throw new Error(`${(err as Error).message}: ${missing.join('; ')}`)
     }

@@ -193,12 +193,12 @@ export function sleep (ms: number): Promise<void> {
 }
 
 /** `what` may be a function: the message then says what was seen when the wait gave up. */
-export async function waitFor (cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string | Promise<string>)): Promise<void> {
+export async function waitFor (cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string | (() => string | Promise<string>), everyMs = 100): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (true) {
     if (await cond()) return
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? await what() : what}`)
-    await sleep(100)
+    await sleep(everyMs)
   }
 }
 
