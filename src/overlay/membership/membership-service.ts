@@ -261,8 +261,8 @@ export class MembershipService {
    * The sync of a new connection, tried again after 0.5, 1, 2 and 4 s until answered.
    * Each end admits the other to the cluster on its own schedule, and refuses a sync
    * from a peer it has not admitted yet; nothing else hands the two their heartbeats
-   * soon (anti-entropy is 10 s or more away), so a refused first sync left a peer's
-   * claims unseen for that long.
+   * soon (the next random sync between the two may be minutes away), so a refused
+   * first sync left a peer's claims unseen for that long.
    */
   private async syncOnConnect (peer: string): Promise<void> {
     for (let i = 0; i < SYNC_ON_CONNECT_TRIES; i++) {
@@ -473,7 +473,7 @@ export class MembershipService {
     this.o.view.setLocalClaims(await this.o.local.containers())
     this.pubsub.subscribe(MEMBERSHIP_TOPIC)
     // Every interval the heartbeat is rebuilt (which also checks this node's containers),
-    // but published only when it changed or anti-entropy is due.
+    // but published only when it changed (syncs carry it otherwise).
     this.publishTimer = setInterval(() => {
       void this.publish('heartbeat', false, true)
     }, this.o.intervalMs)
