@@ -35,7 +35,13 @@
  * heartbeat is part of it) and n2's view of n1's claim count. Ratios large/small.
  *
  *   node benchmarks/membership-scale.ts [--counts 2,8,16,32] [--window 60] [--pause 2] [--parts scale,records]
- *        [--small 10] [--large 1000] [--records-window 30]
+ *        [--small 10] [--large 1000] [--records-window 30] [--protocols]
+ *
+ * --protocols: the nodes also serve their metrics (--metrics-listen on their namespace's
+ * address), and the window's bytes received are given by protocol too, by libp2p's
+ * counters: what each protocol's streams carried, and 'global', everything on the
+ * connections (noise, yamux, multistream). Where the veth's bytes do not say which part
+ * of the traffic grows with N, this does.
  *
  * Writes benchmarks/results/membership-scale-<timestamp>.json and .csv (one row per
  * N and per records case), and, with benchmarks/plot.ts, docs/benchmarks/
@@ -52,7 +58,7 @@ import { sleep } from '../test/helpers/node-harness.ts'
 import { log, machineInfo, median, parseFlags, ratio, round, runBenchmark, table, writeResults, type MachineInfo } from './lib.ts'
 
 const USAGE = `usage: node benchmarks/membership-scale.ts [--counts 2,8,16,32] [--window 60] [--pause 2] [--parts scale,records]
-       [--small 10] [--large 1000] [--records-window 30]   (as root; see the comment at the top)
+       [--small 10] [--large 1000] [--records-window 30] [--protocols]   (as root; see the comment at the top)
 `
 /**
  * How often the nodes' APIs are polled while waiting for a verdict or for all to be
@@ -84,6 +90,8 @@ interface ScaleRow {
   detectMedianMs: number | null
   detectMaxMs: number | null
   perNode: Array<{ name: string; cpuNodePct: number; cpuChildrenPct: number; inBytesPerS: number }>
+  /** With --protocols: bytes per second a node received, by libp2p's count, per protocol ('global': the connections); median over the nodes. */
+  byProtocol?: Record<string, number>
 }
 
 interface RecordsRow {
@@ -109,6 +117,23 @@ async function vethBytes (node: ClusterNode): Promise<{ intoNs: number; outOfNs:
   // The host-side end: what it transmits goes into the namespace.
   const read = async (f: string): Promise<number> => Number((await fs.readFile(path.join(dir, f), 'utf8')).trim())
   return { intoNs: await read('tx_bytes'), outOfNs: await read('rx_bytes') }
+}
+
+/** Where a node serves its metrics with --protocols: its namespace's address (the benchmark reaches it over the veth). */
+const METRICS_PORT = 9464
+
+/**
+ * libp2p's received-bytes counters of a node (`libp2p_data_transfer_bytes_total`, by
+ * protocol, and 'global' for its connections: noise, yamux and multistream included).
+ */
+async function receivedByProtocol (node: ClusterNode): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://${node.host.ip}:${METRICS_PORT}/metrics`, { signal: AbortSignal.timeout(10_000) })).text()
+  const out = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    const m = /^libp2p_data_transfer_bytes_total\{protocol="(.+) received"\} (\S+)$/.exec(line)
+    if (m != null) out.set(m[1]!, Number(m[2]))
+  }
+  return out
 }
 
 /** "peer suspect" / "peer dead" lines in the node's JSON log with a time in [from, to]. */
@@ -174,7 +199,7 @@ async function detection (c: Cluster, victim: ClusterNode): Promise<Array<number
   }))
 }
 
-async function measureScale (count: number, windowS: number, pauseS: number): Promise<ScaleRow> {
+async function measureScale (count: number, windowS: number, pauseS: number, protocols: boolean): Promise<ScaleRow> {
   log(`N=${count}: starting ${count} nodes`)
   const c = await startCluster({ hosts: count, env: { LOG_LEVEL: 'info' }, start: false })
   try {
@@ -182,7 +207,7 @@ async function measureScale (count: number, windowS: number, pauseS: number): Pr
     const starts: number[] = []
     for (const n of c.nodes) {
       const t = Date.now()
-      await c.start(n, undefined, { timeoutMs: START_LIMIT_MS })
+      await c.start(n, protocols ? ['--metrics-listen', `${n.host.ip}:${METRICS_PORT}`] : undefined, { timeoutMs: START_LIMIT_MS })
       starts.push(Date.now() - t)
     }
     const statuses = await Promise.all(c.nodes.map(async (x) => await c.statusApi(x)))
@@ -199,12 +224,20 @@ async function measureScale (count: number, windowS: number, pauseS: number): Pr
     log(`N=${count}: all alive after ${aliveMs ?? 'never'} ms; idle window of ${windowS} s`)
     const cpu0 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
     const net0 = await Promise.all(c.nodes.map(vethBytes))
+    const proto0 = protocols ? await Promise.all(c.nodes.map(receivedByProtocol)) : []
     const t0 = Date.now()
     await sleep(windowS * 1000)
     const cpu1 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
     const net1 = await Promise.all(c.nodes.map(vethBytes))
+    const proto1 = protocols ? await Promise.all(c.nodes.map(receivedByProtocol)) : []
     const t1 = Date.now()
     const secs = (t1 - t0) / 1000
+    let byProtocol: Record<string, number> | undefined
+    if (protocols) {
+      byProtocol = {}
+      const names = new Set(proto1.flatMap((m) => [...m.keys()]))
+      for (const name of [...names].sort()) byProtocol[name] = round(median(proto1.map((m, i) => ((m.get(name) ?? 0) - (proto0[i]!.get(name) ?? 0)) / secs)), 0)
+    }
     const perNode = c.nodes.map((n, i) => ({
       name: n.name,
       cpuNodePct: round((cpu1[i]!.self - cpu0[i]!.self) / secs * 100, 2),
@@ -231,7 +264,8 @@ async function measureScale (count: number, windowS: number, pauseS: number): Pr
       cpuChildrenPct: round(median(perNode.map((p) => p.cpuChildrenPct)), 2),
       inBytesPerS: round(median(perNode.map((p) => p.inBytesPerS)), 0),
       flaps,
-      perNode
+      perNode,
+      ...(byProtocol != null ? { byProtocol } : {})
     }
   } finally {
     await c.destroy()
@@ -374,7 +408,7 @@ async function plot (scale: ScaleRow[], machine: MachineInfo, file: string): Pro
 }
 
 await runBenchmark('membership-scale', async () => {
-  const o = parseFlags(process.argv.slice(2), { counts: '2,8,16,32', window: 60, pause: 2, parts: 'scale,records', small: 10, large: 1000, recordsWindow: 30 }, USAGE)
+  const o = parseFlags(process.argv.slice(2), { counts: '2,8,16,32', window: 60, pause: 2, parts: 'scale,records', small: 10, large: 1000, recordsWindow: 30, protocols: false }, USAGE)
   if (process.getuid?.() !== 0) throw new Error('run as root (network namespaces)')
   const parts = o.parts.split(',')
   const counts = [...new Set([2, ...o.counts.split(',').map(Number)])].sort((a, b) => a - b)
@@ -384,7 +418,7 @@ await runBenchmark('membership-scale', async () => {
     for (const n of counts) {
       // A size that cannot be brought up on this machine is reported, and the smaller ones are kept.
       try {
-        scale.push(await measureScale(n, o.window, o.pause))
+        scale.push(await measureScale(n, o.window, o.pause, o.protocols))
       } catch (err) {
         log(`N=${n}: not measured: ${(err as Error).message.slice(0, 300)}`)
       }
@@ -421,8 +455,14 @@ await runBenchmark('membership-scale', async () => {
     'x cpu': ratio(r.cpuNodePct, small?.cpuNodePct)
   }))
   if (scale.length > 0) process.stdout.write(`\nidle membership, per node (medians), ratios against N = 2:\n${table(scaleTable)}`)
+  const protocolNames = [...new Set(scale.flatMap((r) => Object.keys(r.byProtocol ?? {})))]
+  const protocolTable = protocolNames.map((name) => ({
+    'received by protocol, B/s': name,
+    ...Object.fromEntries(scale.flatMap((r) => [[`N=${r.nodes}`, r.byProtocol?.[name] ?? null], [`x N=${r.nodes}`, ratio(r.byProtocol?.[name] ?? null, base?.byProtocol?.[name])]]))
+  }))
+  if (protocolTable.length > 0) process.stdout.write(`\nper node (medians), libp2p's counts ('global': its connections, with noise, yamux and multistream):\n${table(protocolTable)}`)
   if (records.length > 0) process.stdout.write(`\none node's claims: its bytes out per second, ratio against ${o.small} records:\n${table(recordsTable)}`)
-  const file = await writeResults('membership-scale', { machine, options: o, scale, records, scaleTable, recordsTable })
+  const file = await writeResults('membership-scale', { machine, options: o, scale, records, scaleTable, recordsTable, protocolTable })
   const csv = file.replace(/\.json$/, '.csv')
   await fs.writeFile(csv, 'part,n,alive_ms,start_median_ms,start_max_ms,cpu_node_pct,cpu_children_pct,in_bytes_per_s,flaps,pause_deaths,detect_median_ms,detect_max_ms,out_bytes_per_s,claims_seen\n' +
     [...scale.map((r) => `scale,${r.nodes},${r.aliveMs ?? ''},${r.startMedianMs},${r.startMaxMs},${r.cpuNodePct},${r.cpuChildrenPct},${r.inBytesPerS},${r.flaps},${r.pauseDeaths},${r.detectMedianMs ?? ''},${r.detectMaxMs ?? ''},,`),
