@@ -127,12 +127,49 @@ const METRICS_PORT = 9464
  * protocol, and 'global' for its connections: noise, yamux and multistream included).
  */
 async function receivedByProtocol (node: ClusterNode): Promise<Map<string, number>> {
-  const text = await (await fetch(`http://${node.host.ip}:${METRICS_PORT}/metrics`, { signal: AbortSignal.timeout(10_000) })).text()
+  const text = await (await fetch(`http://${node.host.ip}:${METRICS_PORT}/metrics`, { signal: AbortSignal.timeout(30_000) })).text()
   const out = new Map<string, number>()
   for (const line of text.split('\n')) {
     const m = /^libp2p_data_transfer_bytes_total\{protocol="(.+) received"\} (\S+)$/.exec(line)
     if (m != null) out.set(m[1]!, Number(m[2]))
   }
+  return out
+}
+
+interface ProtocolCounts {
+  at: number
+  counts: Map<string, number>
+}
+
+/**
+ * Every node's counters, one node at a time (32 scrapes at once on 2 cores outlasted a
+ * 10 s timeout), each with the time it was read. A node that does not answer is null:
+ * the by-protocol figures are an extra, and must not cost the run its main ones.
+ */
+async function scrapeAll (nodes: ClusterNode[]): Promise<Array<ProtocolCounts | null>> {
+  const out: Array<ProtocolCounts | null> = []
+  for (const n of nodes) {
+    try {
+      const counts = await receivedByProtocol(n)
+      out.push({ at: Date.now(), counts })
+    } catch (err) {
+      log(`${n.name}: metrics not read: ${(err as Error).message}`)
+      out.push(null)
+    }
+  }
+  return out
+}
+
+/** Per protocol, the median over the nodes read at both ends of bytes received per second between the two reads. */
+function protocolRates (before: Array<ProtocolCounts | null>, after: Array<ProtocolCounts | null>): Record<string, number> | undefined {
+  const pairs = before.flatMap((b, i) => {
+    const a = after[i]
+    return b != null && a != null && a.at > b.at ? [{ b, a }] : []
+  })
+  if (pairs.length === 0) return undefined
+  const names = new Set(pairs.flatMap(({ a }) => [...a.counts.keys()]))
+  const out: Record<string, number> = {}
+  for (const name of [...names].sort()) out[name] = round(median(pairs.map(({ b, a }) => ((a.counts.get(name) ?? 0) - (b.counts.get(name) ?? 0)) / ((a.at - b.at) / 1000))), 0)
   return out
 }
 
@@ -222,22 +259,18 @@ async function measureScale (count: number, windowS: number, pauseS: number, pro
       log(`N=${count}: ${(err as Error).message.slice(0, 300)}`)
     }
     log(`N=${count}: all alive after ${aliveMs ?? 'never'} ms; idle window of ${windowS} s`)
+    // The metrics are read outside the CPU and veth window: serving them is not membership's cost.
+    const proto0 = protocols ? await scrapeAll(c.nodes) : []
     const cpu0 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
     const net0 = await Promise.all(c.nodes.map(vethBytes))
-    const proto0 = protocols ? await Promise.all(c.nodes.map(receivedByProtocol)) : []
     const t0 = Date.now()
     await sleep(windowS * 1000)
     const cpu1 = await Promise.all(c.nodes.map(async (n) => await cpuOf(pidOf(n))))
     const net1 = await Promise.all(c.nodes.map(vethBytes))
-    const proto1 = protocols ? await Promise.all(c.nodes.map(receivedByProtocol)) : []
     const t1 = Date.now()
+    const proto1 = protocols ? await scrapeAll(c.nodes) : []
     const secs = (t1 - t0) / 1000
-    let byProtocol: Record<string, number> | undefined
-    if (protocols) {
-      byProtocol = {}
-      const names = new Set(proto1.flatMap((m) => [...m.keys()]))
-      for (const name of [...names].sort()) byProtocol[name] = round(median(proto1.map((m, i) => ((m.get(name) ?? 0) - (proto0[i]!.get(name) ?? 0)) / secs)), 0)
-    }
+    const byProtocol = protocols ? protocolRates(proto0, proto1) : undefined
     const perNode = c.nodes.map((n, i) => ({
       name: n.name,
       cpuNodePct: round((cpu1[i]!.self - cpu0[i]!.self) / secs * 100, 2),
@@ -455,7 +488,7 @@ await runBenchmark('membership-scale', async () => {
     'x cpu': ratio(r.cpuNodePct, small?.cpuNodePct)
   }))
   if (scale.length > 0) process.stdout.write(`\nidle membership, per node (medians), ratios against N = 2:\n${table(scaleTable)}`)
-  const protocolNames = [...new Set(scale.flatMap((r) => Object.keys(r.byProtocol ?? {})))]
+  const protocolNames = [...new Set(scale.flatMap((r) => Object.keys(r.byProtocol ?? {})))].sort()
   const protocolTable = protocolNames.map((name) => ({
     'received by protocol, B/s': name,
     ...Object.fromEntries(scale.flatMap((r) => [[`N=${r.nodes}`, r.byProtocol?.[name] ?? null], [`x N=${r.nodes}`, ratio(r.byProtocol?.[name] ?? null, base?.byProtocol?.[name])]]))
