@@ -130,13 +130,14 @@ describe('/msc/swim/1', () => {
     await refused('target-not-member', async () => await ask(b, { v: SWIM_VERSION, type: 'ping-req', target: b.peerId.toString(), timeoutMs: 1000, changes: [] }))
   })
 
-  test('malformed requests are refused: not JSON, unknown field, wrong version, too many changes, a bad peer id, an oversized ping', async () => {
+  test('malformed requests are refused: not JSON, unknown field, wrong version, too many changes, a bad peer id, an oversized ping, a sync without a proper digest', async () => {
     const change = { peer: b.peerId.toString(), incarnation: 1, refuted: 0, state: 'suspect', by: b.peerId.toString() }
     const cases: Array<[string, Uint8Array]> = [
       ['not JSON', enc('{"v":1,"type":')],
       ['unknown field', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: [], extra: 1 }))],
       ['old version', enc(JSON.stringify({ v: 1, type: 'ping', changes: [] }))],
       ['sync without a digest', enc(JSON.stringify({ v: SWIM_VERSION, type: 'sync', members: [] }))],
+      ['sync with a digest that is not 64 hex digits', enc(JSON.stringify({ v: SWIM_VERSION, type: 'sync', digest: 'AB'.repeat(32) }))],
       ['unknown type', enc(JSON.stringify({ v: SWIM_VERSION, type: 'pong', changes: [] }))],
       ['9 changes', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: Array.from({ length: 9 }, () => change) }))],
       ['bad peer id', enc(JSON.stringify({ v: SWIM_VERSION, type: 'ping', changes: [{ ...change, peer: 'not a peer id!' }] }))],
